@@ -1,0 +1,1 @@
+"""Pure statistics on per-arm sufficient statistics: no I/O, no globals, imports nothing of ours."""

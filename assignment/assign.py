@@ -1,0 +1,227 @@
+"""Which variant a unit gets: overrides, then sticky record, then layer, coverage and arm.
+
+The rules are specified in HASHING.md.  A spec is compiled once into lookup tables (integer
+thresholds, prebuilt `Assignment` objects) and cached by identity, so the hot path is one or
+two SHA-256 calls, a bisect and no allocation beyond the hashed string.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from assignment import hashing
+from experiments.errors import InvalidUnitError
+from experiments.names import unit_problem
+from experiments.spec import BASIS_POINTS, ExperimentSpec, HashVersion
+from experiments.store.protocol import StickyStore
+
+
+class Reason(StrEnum):
+    OVERRIDE_HEADER = "override-header"
+    OVERRIDE_UNIT = "override-unit"
+    STICKY = "sticky"
+    LAYER = "layer"  # outside the experiment's layer slice
+    COVERAGE = "coverage"  # not enrolled
+    HASH = "hash"  # randomised into an arm
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    experiment: str
+    variant: str
+    in_experiment: bool  # part of the randomised sample (counts as an exposure)
+    header_name: str
+    header_value: str
+    reason: Reason
+
+
+Bucketer = Callable[[str], Assignment]
+
+
+class _Compiled:
+    """Everything `assign` needs from a spec, precomputed."""
+
+    __slots__ = ("bucket", "header_overrides", "spec", "sticky_salt", "unit_overrides", "variants")
+
+    def __init__(self, spec: ExperimentSpec) -> None:
+        self.spec = spec  # keeps the spec alive, so its id() is not reused while cached
+
+        def make(key: str, in_experiment: bool, reason: Reason) -> Assignment:
+            value = spec.variant(key).header_value
+            return Assignment(spec.name, key, in_experiment, spec.header, value, reason)
+
+        self.variants = {v.key: make(v.key, True, Reason.STICKY) for v in spec.variants}
+        self.sticky_salt = spec.seed if spec.sticky else None
+        self.header_overrides: list[tuple[str, str, Assignment]] = []
+        self.unit_overrides: dict[str, Assignment] = {}
+        for o in spec.overrides:
+            if o.header is not None:
+                forced = make(o.variant, False, Reason.OVERRIDE_HEADER)
+                self.header_overrides.append((o.header.name, o.header.value, forced))
+            for unit in o.units or ():
+                self.unit_overrides.setdefault(unit, make(o.variant, False, Reason.OVERRIDE_UNIT))
+        arms = [make(v.key, True, Reason.HASH) for v in spec.variants]
+        control = spec.control_variant.key
+        excluded = {r: make(control, False, r) for r in (Reason.LAYER, Reason.COVERAGE)}
+        if spec.hash is HashVersion.GROWTHBOOK_V2:
+            self.bucket = _growthbook_bucketer(spec, arms, excluded)
+        else:
+            self.bucket = _abmesh_bucketer(spec, arms, excluded)
+
+
+def _abmesh_bucketer(
+    spec: ExperimentSpec, arms: list[Assignment], excluded: dict[Reason, Assignment]
+) -> Bucketer:
+    bucket_of, threshold = hashing.bucket_of, hashing.threshold
+    arm_prefix = hashing.hash_prefix(spec.seed, hashing.PURPOSE_ARM)
+    bounds = hashing.cumulative_thresholds([v.weight_bp for v in spec.variants], BASIS_POINTS)
+    bounds[-1] = hashing.HASH_SPACE  # the weights sum to 100 %: the last arm takes the rest
+    pick = arms.__getitem__
+
+    def arm(unit: str) -> Assignment:
+        return pick(bisect_right(bounds, bucket_of(arm_prefix, unit)))
+
+    chain = arm
+    coverage_bp = round(spec.coverage * BASIS_POINTS)
+    if coverage_bp < BASIS_POINTS:
+        cov_prefix = hashing.hash_prefix(spec.seed, hashing.PURPOSE_COVERAGE)
+        cov_limit = threshold(coverage_bp, BASIS_POINTS)
+        not_enrolled, inner = excluded[Reason.COVERAGE], chain
+
+        def covered(unit: str) -> Assignment:
+            return inner(unit) if bucket_of(cov_prefix, unit) < cov_limit else not_enrolled
+
+        chain = covered
+    if spec.layer is not None:
+        layer_prefix = hashing.hash_prefix(spec.layer.name, hashing.PURPOSE_LAYER)
+        low = threshold(round(spec.layer.start * 100), BASIS_POINTS)
+        high = threshold(round(spec.layer.end * 100), BASIS_POINTS)
+        outside, inner_layer = excluded[Reason.LAYER], chain
+
+        def layered(unit: str) -> Assignment:
+            return inner_layer(unit) if low <= bucket_of(layer_prefix, unit) < high else outside
+
+        chain = layered
+    return chain
+
+
+def _growthbook_bucketer(
+    spec: ExperimentSpec, arms: list[Assignment], excluded: dict[Reason, Assignment]
+) -> Bucketer:
+    seed, layer = spec.seed, spec.layer
+    ranges = hashing.growthbook_ranges(spec.coverage, [v.weight / 100 for v in spec.variants])
+
+    def bucket(unit: str) -> Assignment:
+        if layer is not None:
+            n = hashing.growthbook_hash("__" + layer.name, unit, 1)
+            if n is None or not layer.start / 100 <= n < layer.end / 100:
+                return excluded[Reason.LAYER]
+        index = hashing.choose_range(hashing.growthbook_hash(seed, unit, 2) or 0.0, ranges)
+        return arms[index] if index >= 0 else excluded[Reason.COVERAGE]
+
+    return bucket
+
+
+_CACHE: dict[int, _Compiled] = {}
+_CACHE_LIMIT = 4096
+
+
+def _compiled(spec: ExperimentSpec) -> _Compiled:
+    found = _CACHE.get(id(spec))
+    if found is not None and found.spec is spec:
+        return found
+    if len(_CACHE) >= _CACHE_LIMIT:
+        _CACHE.clear()
+    found = _CACHE[id(spec)] = _Compiled(spec)
+    return found
+
+
+def _check_unit(unit: str) -> None:
+    problem = unit_problem(unit)
+    if problem is not None:
+        raise InvalidUnitError(problem)
+
+
+def _forced(c: _Compiled, unit: str, headers: Mapping[str, str] | None) -> Assignment | None:
+    if headers and c.header_overrides:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        for name, value, forced in c.header_overrides:
+            if lowered.get(name) == value:
+                return forced
+    return c.unit_overrides.get(unit)
+
+
+def assign(
+    spec: ExperimentSpec,
+    unit: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    sticky: StickyStore | None = None,
+) -> Assignment:
+    """The variant of `unit` in `spec`.  `headers` may force a variant through the spec's
+    overrides; `sticky` is consulted and written when the spec asks for sticky assignment."""
+    c = _compiled(spec)
+    _check_unit(unit)
+    forced = _forced(c, unit, headers)
+    if forced is not None:
+        return forced
+    if sticky is None or c.sticky_salt is None:
+        return c.bucket(unit)
+    return _assign_sticky(c, [unit], sticky)[0]
+
+
+def assign_many(
+    spec: ExperimentSpec,
+    units: Sequence[str],
+    *,
+    headers: Mapping[str, str] | None = None,
+    sticky: StickyStore | None = None,
+) -> list[Assignment]:
+    """`assign` for many units at once (the same headers apply to all); sticky records are
+    read and written in one round trip each."""
+    c = _compiled(spec)
+    for i, unit in enumerate(units):
+        problem = unit_problem(unit)
+        if problem is not None:
+            raise InvalidUnitError(f"units[{i}]: {problem}")
+    if c.header_overrides and headers:
+        forced_all = _forced(c, "", headers)
+        if forced_all is not None and forced_all.reason is Reason.OVERRIDE_HEADER:
+            return [forced_all] * len(units)
+    overrides = c.unit_overrides
+    if sticky is None or c.sticky_salt is None:
+        bucket = c.bucket
+        if not overrides:
+            return [bucket(u) for u in units]
+        return [overrides.get(u) or bucket(u) for u in units]
+    results: list[Assignment | None] = [overrides.get(u) for u in units]
+    open_at = [i for i, r in enumerate(results) if r is None]
+    for i, r in zip(open_at, _assign_sticky(c, [units[i] for i in open_at], sticky), strict=True):
+        results[i] = r
+    return [r for r in results if r is not None]
+
+
+def _assign_sticky(c: _Compiled, units: Sequence[str], store: StickyStore) -> list[Assignment]:
+    spec, salt = c.spec, c.sticky_salt
+    assert salt is not None
+    recorded = store.get_sticky(spec.name, salt, _distinct(units))
+    fresh = {u: c.bucket(u) for u in units if c.variants.get(recorded.get(u, "")) is None}
+    new = {u: a.variant for u, a in fresh.items() if a.in_experiment}
+    if new:
+        recorded.update(store.put_sticky(spec.name, salt, new))
+    out: list[Assignment] = []
+    for u in units:
+        chosen, kept = fresh.get(u), c.variants.get(recorded.get(u, ""))
+        # Recorded earlier, or recorded first by another replica racing this one: the record wins.
+        if kept is not None and (chosen is None or kept.variant != chosen.variant):
+            chosen = kept
+        assert chosen is not None  # every unit is either recorded or freshly bucketed
+        out.append(chosen)
+    return out
+
+
+def _distinct(units: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(units))

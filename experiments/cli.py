@@ -1,0 +1,216 @@
+"""The `abmesh` command line.
+
+User mistakes (bad spec, unknown experiment, unreachable store, bad unit) print one line on
+stderr and exit 1; usage errors exit 2 (typer's convention).  No tracebacks for either.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from assignment import assign_many
+from experiments.errors import AbmeshError
+from experiments.loader import load_spec
+from experiments.store import ExperimentRecord, Store, open_store
+
+app = typer.Typer(
+    help="abmesh: sticky A/B assignment, sequential analysis and safe rollouts of ML models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+get_app = typer.Typer(help="Show stored objects.", no_args_is_help=True)
+app.add_typer(get_app, name="get")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        envvar="ABMESH_STORE",
+        show_envvar=True,
+        help="sqlite:///path.db or redis://host:port/db (default: ./abmesh.db)",
+    ),
+]
+
+
+class Output(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    YAML = "yaml"
+
+
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format.")]
+
+
+def _fail(message: str) -> NoReturn:
+    err.print(f"error: {message}", markup=False)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def _store(url: str | None) -> Iterator[Store]:
+    try:
+        store = open_store(url)
+    except AbmeshError as exc:
+        _fail(str(exc))
+    try:
+        yield store
+    except AbmeshError as exc:
+        _fail(str(exc))
+    finally:
+        store.close()
+
+
+def _print_data(data: object, output: Output) -> None:
+    if output is Output.YAML:
+        out.print(yaml.safe_dump(data, sort_keys=False).rstrip(), markup=False)
+    else:
+        out.print(json.dumps(data, indent=2), markup=False)
+
+
+def _record_data(record: ExperimentRecord) -> dict[str, object]:
+    return {
+        "name": record.name,
+        "revision": record.revision,
+        "status": record.status.value,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "spec": record.spec.model_dump(mode="json", by_alias=True, exclude_defaults=True),
+    }
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Option("--file", "-f", help="Spec file (YAML or JSON).")],
+) -> None:
+    """Check a spec file without storing it."""
+    try:
+        spec = load_spec(file)
+    except AbmeshError as exc:
+        _fail(str(exc))
+    out.print(f"{spec.name}: valid ({len(spec.variants)} variants, hash {spec.hash.value})")
+
+
+@app.command()
+def apply(
+    file: Annotated[Path, typer.Option("--file", "-f", help="Spec file (YAML or JSON).")],
+    store: StoreOpt = None,
+) -> None:
+    """Create an experiment, or store its changed spec as a new revision."""
+    try:
+        spec = load_spec(file)
+    except AbmeshError as exc:
+        _fail(str(exc))
+    with _store(store) as st:
+        result = st.put_experiment(spec)
+    record = result.record
+    verb = ("created" if record.revision == 1 else "configured") if result.changed else "unchanged"
+    out.print(f"experiment {record.name} {verb} (revision {record.revision})")
+
+
+@get_app.command("experiments")
+def get_experiments(store: StoreOpt = None, output: OutputOpt = Output.TEXT) -> None:
+    """List experiments."""
+    with _store(store) as st:
+        records = st.list_experiments()
+    if output is not Output.TEXT:
+        _print_data([_record_data(r) for r in records], output)
+        return
+    table = Table("NAME", "STATUS", "REVISION", "VARIANTS", "HASH", box=None)
+    for r in records:
+        split = " / ".join(f"{v.key}={v.weight:g}%" for v in r.spec.variants)
+        table.add_row(r.name, r.status.value, str(r.revision), split, r.spec.hash.value)
+    out.print(table if records else "no experiments")
+
+
+@get_app.command("experiment")
+def get_experiment(
+    name: str,
+    revision: Annotated[int | None, typer.Option(help="An older revision.", min=1)] = None,
+    store: StoreOpt = None,
+    output: OutputOpt = Output.YAML,
+) -> None:
+    """Show one experiment's spec and status."""
+    with _store(store) as st:
+        record = st.get_experiment(name, revision)
+    _print_data(_record_data(record), Output.JSON if output is Output.JSON else Output.YAML)
+
+
+@get_app.command("history")
+def get_history(name: str, store: StoreOpt = None) -> None:
+    """List an experiment's revisions."""
+    with _store(store) as st:
+        records = st.experiment_history(name)
+    for r in records:
+        split = " / ".join(f"{v.key}={v.weight:g}%" for v in r.spec.variants)
+        out.print(f"revision {r.revision}  {r.updated_at:.0f}  {split}", markup=False)
+
+
+@app.command()
+def delete(name: str, store: StoreOpt = None) -> None:
+    """Delete an experiment with its revisions and sticky records."""
+    with _store(store) as st:
+        st.delete_experiment(name)
+    out.print(f"experiment {name} deleted")
+
+
+@app.command("assign")
+def assign_cmd(
+    experiment: str,
+    units: Annotated[list[str], typer.Argument(help="One or more unit ids.")],
+    header: Annotated[
+        list[str] | None, typer.Option("--header", "-H", help="A request header, NAME=VALUE.")
+    ] = None,
+    store: StoreOpt = None,
+    output: OutputOpt = Output.TEXT,
+) -> None:
+    """Show which variant each unit gets, and the header to route it on."""
+    headers = {}
+    for item in header or ():
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            _fail(f"--header {item!r} must look like NAME=VALUE")
+        headers[name] = value
+    with _store(store) as st:
+        spec = st.get_experiment(experiment).spec
+        results = assign_many(spec, units, headers=headers, sticky=st)
+    if output is not Output.TEXT:
+        rows = [
+            {
+                "unit": u,
+                "variant": a.variant,
+                "in_experiment": a.in_experiment,
+                "header": {"name": a.header_name, "value": a.header_value},
+                "reason": a.reason.value,
+            }
+            for u, a in zip(units, results, strict=True)
+        ]
+        _print_data(rows, output)
+        return
+    for unit, a in zip(units, results, strict=True):
+        where = "in experiment" if a.in_experiment else "not in experiment"
+        out.print(
+            f"{unit}: {a.variant} ({where}, {a.reason.value})  {a.header_name}: {a.header_value}",
+            markup=False,
+        )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""The experiment spec: what is tested, on whom, how it is split and measured.
+
+A spec is data (YAML or JSON), validated here once so that everything downstream — the hash,
+the route renderers, the analysis — can trust it.  Validation messages name the field
+(`variants.1.weight: ...`).  Weights are percentages with a resolution of 0.01 (basis points)
+and coverage a fraction with a resolution of 0.0001, so the assignment thresholds are exact
+integers and the same in every language.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from experiments.names import HOST_RE, check_name, check_token, unit_problem
+
+SPEC_API_VERSION: Literal["abmesh/v1"] = "abmesh/v1"
+BASIS_POINTS = 10_000  # 100 % in units of 0.01 %
+
+
+def _name(value: str) -> str:
+    return check_name(value)
+
+
+def _header_name(value: str) -> str:
+    # HTTP header names are case-insensitive; Istio and Envoy match them lowercased.
+    return check_token(value, "header name").lower()
+
+
+def _header_value(value: str) -> str:
+    return check_token(value, "header value")
+
+
+def _unit(value: str) -> str:
+    problem = unit_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def to_basis_points(value: float, scale: int, what: str) -> int:
+    """`value * scale` as an exact integer, refusing finer resolution than one unit."""
+    scaled = value * scale
+    rounded = round(scaled)
+    if abs(scaled - rounded) > 1e-6:
+        raise ValueError(f"{what} {value} is finer than the supported resolution of {1 / scale}")
+    return rounded
+
+
+Name = Annotated[str, AfterValidator(_name)]
+HeaderName = Annotated[str, AfterValidator(_header_name)]
+HeaderValue = Annotated[str, AfterValidator(_header_value)]
+UnitId = Annotated[str, AfterValidator(_unit)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class HashVersion(StrEnum):
+    ABMESH_V1 = "abmesh-v1"
+    GROWTHBOOK_V2 = "growthbook-v2"
+
+
+class Destination(_Model):
+    """Where the mesh sends this variant's traffic (Istio host + DestinationRule subset)."""
+
+    host: str = Field(min_length=1, max_length=253)
+    subset: Name | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not HOST_RE.fullmatch(value):
+            raise ValueError(f"host {value!r} is not a DNS-1123 name (lowercase, digits, '-', '.')")
+        return value
+
+
+class Variant(_Model):
+    key: Name
+    header_value: HeaderValue
+    weight: float = Field(ge=0, le=100, allow_inf_nan=False)
+    destination: Destination
+    description: str = Field(default="", max_length=1000)
+
+    @property
+    def weight_bp(self) -> int:
+        return round(self.weight * 100)
+
+    @field_validator("weight")
+    @classmethod
+    def _weight_resolution(cls, value: float) -> float:
+        to_basis_points(value, 100, "weight")
+        return value
+
+
+class HeaderMatch(_Model):
+    name: HeaderName
+    value: HeaderValue
+
+
+class Override(_Model):
+    """Forces a variant: for requests carrying a header, or for listed units (QA, testers)."""
+
+    variant: Name
+    header: HeaderMatch | None = None
+    units: tuple[UnitId, ...] | None = Field(default=None, min_length=1, max_length=10_000)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.header is None) == (self.units is None):
+            raise ValueError("an override needs exactly one of 'header' or 'units'")
+        return self
+
+
+class Layer(_Model):
+    """A slice [start, end) in percent of a layer; experiments in one layer must not overlap."""
+
+    name: Name
+    start: float = Field(default=0, ge=0, le=100, allow_inf_nan=False)
+    end: float = Field(default=100, ge=0, le=100, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        to_basis_points(self.start, 100, "start")
+        to_basis_points(self.end, 100, "end")
+        if self.start >= self.end:
+            raise ValueError(f"start ({self.start}) must be below end ({self.end})")
+        return self
+
+    def overlaps(self, other: Layer) -> bool:
+        return self.name == other.name and self.start < other.end and other.start < self.end
+
+
+class MetricKind(StrEnum):
+    CONVERSION = "conversion"
+    SUM = "sum"
+    MEAN = "mean"
+    RATIO = "ratio"
+
+
+class Direction(StrEnum):
+    INCREASE = "increase"
+    DECREASE = "decrease"
+
+
+class Metric(_Model):
+    name: Name
+    kind: MetricKind
+    direction: Direction = Direction.INCREASE
+    numerator: Name | None = None
+    denominator: Name | None = None
+    # Non-inferiority margin for guardrails, relative to control (0.01 = 1 % worse tolerated).
+    margin: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ratio_parts(self) -> Self:
+        parts = self.numerator is not None and self.denominator is not None
+        if self.kind is MetricKind.RATIO and not parts:
+            raise ValueError("a ratio metric needs both 'numerator' and 'denominator'")
+        if self.kind is not MetricKind.RATIO and (self.numerator or self.denominator):
+            raise ValueError("'numerator' and 'denominator' are only for ratio metrics")
+        return self
+
+
+class Metrics(_Model):
+    primary: Metric
+    secondary: tuple[Metric, ...] = ()
+    guardrails: tuple[Metric, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        names = [m.name for m in (self.primary, *self.secondary, *self.guardrails)]
+        _no_repeats(names, "metric names")  # loc is "metrics" already
+        return self
+
+
+def _no_repeats(values: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{what} must be unique; {value!r} appears more than once")
+        seen.add(value)
+
+
+class ExperimentSpec(_Model):
+    api_version: Literal["abmesh/v1"] = Field(default=SPEC_API_VERSION, alias="apiVersion")
+    name: Name
+    description: str = Field(default="", max_length=4000)
+    unit: Name = "user_id"
+    salt: Name | None = None
+    header: HeaderName = "x-user-group"
+    hash: HashVersion = HashVersion.ABMESH_V1
+    variants: tuple[Variant, ...] = Field(max_length=26)
+    control: Name | None = None
+    coverage: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
+    layer: Layer | None = None
+    overrides: tuple[Override, ...] = Field(default=(), max_length=100)
+    sticky: bool = False
+    metrics: Metrics | None = None
+
+    @field_validator("variants")
+    @classmethod
+    def _at_least_two(cls, value: tuple[Variant, ...]) -> tuple[Variant, ...]:
+        # Checked here rather than with min_length so that a spec whose variants have errors
+        # of their own is not also told it has too few.
+        if len(value) < 2:
+            raise ValueError(f"an experiment needs at least two variants, got {len(value)}")
+        return value
+
+    @field_validator("coverage")
+    @classmethod
+    def _coverage_resolution(cls, value: float) -> float:
+        to_basis_points(value, BASIS_POINTS, "coverage")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        keys = [v.key for v in self.variants]
+        _no_repeats(keys, "variants: keys")
+        _no_repeats([v.header_value for v in self.variants], "variants: header values")
+        total = sum(v.weight_bp for v in self.variants)
+        if total != BASIS_POINTS:
+            raise ValueError(f"variants: weights must sum to 100; they sum to {total / 100:g}")
+        if self.control is not None and self.control not in keys:
+            raise ValueError(f"control: {self.control!r} is not one of the variants {keys}")
+        for i, override in enumerate(self.overrides):
+            if override.variant not in keys:
+                raise ValueError(
+                    f"overrides.{i}.variant {override.variant!r} is not one of the variants {keys}"
+                )
+        return self
+
+    @property
+    def seed(self) -> str:
+        """The hash salt: `salt`, or the experiment name (as GrowthBook defaults its seed)."""
+        return self.salt or self.name
+
+    @property
+    def control_variant(self) -> Variant:
+        key = self.control or self.variants[0].key
+        return next(v for v in self.variants if v.key == key)
+
+    def variant(self, key: str) -> Variant:
+        for v in self.variants:
+            if v.key == key:
+                return v
+        raise KeyError(key)

@@ -1,0 +1,232 @@
+"""Redis store: for production and several service replicas.
+
+Key layout under a prefix (default `abmesh:`; `?prefix=` in the URL):
+  {p}experiments                  hash  name -> JSON {revision, status, created_at, updated_at}
+  {p}exp:{name}:revisions         hash  revision -> JSON {spec, created_at}
+  {p}epoch                        counter bumped on every experiment write
+  {p}sticky:{experiment}:{salt}   hash  unit -> variant
+Experiment writes are optimistic transactions (WATCH the index, re-read, MULTI), so the layer
+overlap check and the revision bump are atomic against other replicas.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import redis
+
+from experiments.errors import NotFoundError, StoreError
+from experiments.loader import dump_spec, spec_from_mapping
+from experiments.names import NAME_RE
+from experiments.spec import ExperimentSpec
+from experiments.store.protocol import (
+    ExperimentRecord,
+    ExperimentStatus,
+    PutResult,
+    check_layer_conflicts,
+)
+
+DEFAULT_PREFIX = "abmesh:"
+
+
+class RedisStore:
+    def __init__(self, client: redis.Redis, *, prefix: str = DEFAULT_PREFIX, url: str = "") -> None:
+        # Typed Any: with decode_responses=True every reply is str, which redis-py's
+        # annotations (bytes | str) cannot express.
+        self.client: Any = client
+        self.prefix = prefix
+        self.url = url
+        self._index = f"{prefix}experiments"
+        self._epoch = f"{prefix}epoch"
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        prefix = query.pop("prefix", [DEFAULT_PREFIX])[0]
+        if not NAME_RE.fullmatch(prefix.rstrip(":")):
+            raise StoreError(f"store URL {url!r}: prefix {prefix!r} must be a name, e.g. abmesh:")
+        if query:
+            raise StoreError(f"store URL {url!r}: unknown option(s) {', '.join(sorted(query))}")
+        try:
+            client = redis.Redis.from_url(
+                urlunsplit(parts._replace(query="")),
+                decode_responses=True,
+                socket_connect_timeout=2.0,
+                socket_timeout=5.0,
+                health_check_interval=30,
+            )
+        except ValueError as exc:
+            raise StoreError(f"store URL {url!r} is not a valid Redis URL: {exc}") from None
+        return cls(client, prefix=prefix, url=url)
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis store {self.url or self.prefix!r}: {exc}") from None
+
+    def ping(self) -> None:
+        with self._guard():
+            self.client.ping()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _revisions(self, name: str) -> str:
+        return f"{self.prefix}exp:{name}:revisions"
+
+    def _sticky(self, experiment: str, salt: str) -> str:
+        return f"{self.prefix}sticky:{experiment}:{salt}"
+
+    # experiments
+
+    def put_experiment(self, spec: ExperimentSpec) -> PutResult:
+        text = dump_spec(spec)
+        with self._guard(), self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self._index)
+                    metas = {k: json.loads(v) for k, v in pipe.hgetall(self._index).items()}
+                    raws = dict(zip(metas, self._current(pipe, metas), strict=True))
+                    check_layer_conflicts(spec, [_spec(raw) for raw in raws.values() if raw])
+                    meta = metas.get(spec.name)
+                    if meta is not None and json.loads(raws[spec.name])["spec"] == text:
+                        pipe.unwatch()
+                        return PutResult(_record(spec, meta), changed=False)
+                    now = time.time()
+                    if meta is None:
+                        meta = {
+                            "revision": 1,
+                            "status": ExperimentStatus.DRAFT.value,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                    else:
+                        meta = {**meta, "revision": meta["revision"] + 1, "updated_at": now}
+                    pipe.multi()
+                    pipe.hset(
+                        self._revisions(spec.name),
+                        str(meta["revision"]),
+                        json.dumps({"spec": text, "created_at": now}),
+                    )
+                    pipe.hset(self._index, spec.name, json.dumps(meta))
+                    pipe.incr(self._epoch)
+                    pipe.execute()
+                    return PutResult(_record(spec, meta), changed=True)
+                except redis.WatchError:
+                    continue
+
+    def _current(self, conn: Any, metas: Mapping[str, Any]) -> list[Any]:
+        """The stored current revision of each experiment (queued, when `conn` is a pipeline)."""
+        return [conn.hget(self._revisions(n), str(meta["revision"])) for n, meta in metas.items()]
+
+    def get_experiment(self, name: str, revision: int | None = None) -> ExperimentRecord:
+        with self._guard():
+            meta = self._meta(name)
+            wanted = meta["revision"] if revision is None else revision
+            raw = self.client.hget(self._revisions(name), str(wanted))
+        if raw is None:
+            raise NotFoundError(f"experiment {name!r} has no revision {revision}")
+        stored = json.loads(raw)
+        if wanted == meta["revision"]:
+            return _record(_spec(raw), meta)
+        return _record(_spec(raw), {**meta, "revision": wanted, "updated_at": stored["created_at"]})
+
+    def list_experiments(self) -> list[ExperimentRecord]:
+        with self._guard():
+            metas = {k: json.loads(v) for k, v in self.client.hgetall(self._index).items()}
+            pipe = self.client.pipeline(transaction=False)
+            self._current(pipe, metas)
+            texts = pipe.execute()
+        records = [_record(_spec(t), metas[n]) for n, t in zip(metas, texts, strict=True) if t]
+        return sorted(records, key=lambda r: r.name)
+
+    def experiment_history(self, name: str) -> list[ExperimentRecord]:
+        with self._guard():
+            meta = self._meta(name)
+            stored = self.client.hgetall(self._revisions(name))
+        out = []
+        for rev in sorted(int(r) for r in stored):
+            raw = stored[str(rev)]
+            at = json.loads(raw)["created_at"]
+            out.append(_record(_spec(raw), {**meta, "revision": rev, "updated_at": at}))
+        return out
+
+    def set_status(self, name: str, status: ExperimentStatus) -> ExperimentRecord:
+        status = ExperimentStatus(status)
+        with self._guard(), self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self._index)
+                    raw = pipe.hget(self._index, name)
+                    if raw is None:
+                        raise NotFoundError(f"experiment {name!r} does not exist")
+                    meta = {**json.loads(raw), "status": status.value, "updated_at": time.time()}
+                    pipe.multi()
+                    pipe.hset(self._index, name, json.dumps(meta))
+                    pipe.incr(self._epoch)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        return self.get_experiment(name)
+
+    def delete_experiment(self, name: str) -> None:
+        with self._guard():
+            if not self.client.hdel(self._index, name):
+                raise NotFoundError(f"experiment {name!r} does not exist")
+            sticky = list(self.client.scan_iter(match=self._sticky(name, "*"), count=500))
+            self.client.delete(self._revisions(name), *sticky)
+            self.client.incr(self._epoch)
+
+    def config_epoch(self) -> int:
+        with self._guard():
+            return int(self.client.get(self._epoch) or 0)
+
+    def _meta(self, name: str) -> dict[str, Any]:
+        raw = self.client.hget(self._index, name)
+        if raw is None:
+            raise NotFoundError(f"experiment {name!r} does not exist")
+        meta: dict[str, Any] = json.loads(raw)
+        return meta
+
+    # sticky assignments
+
+    def get_sticky(self, experiment: str, salt: str, units: Sequence[str]) -> dict[str, str]:
+        if not units:
+            return {}
+        with self._guard():
+            values = self.client.hmget(self._sticky(experiment, salt), list(units))
+        return {u: v for u, v in zip(units, values, strict=True) if v is not None}
+
+    def put_sticky(self, experiment: str, salt: str, variants: Mapping[str, str]) -> dict[str, str]:
+        if not variants:
+            return {}
+        key, units = self._sticky(experiment, salt), list(variants)
+        with self._guard(), self.client.pipeline(transaction=True) as pipe:
+            for unit, variant in variants.items():
+                pipe.hsetnx(key, unit, variant)
+            pipe.hmget(key, units)
+            recorded = pipe.execute()[-1]
+        return dict(zip(units, recorded, strict=True))
+
+
+def _spec(raw: str) -> ExperimentSpec:
+    return spec_from_mapping(json.loads(json.loads(raw)["spec"]))
+
+
+def _record(spec: ExperimentSpec, meta: Mapping[str, Any]) -> ExperimentRecord:
+    return ExperimentRecord(
+        spec,
+        int(meta["revision"]),
+        ExperimentStatus(meta["status"]),
+        float(meta["created_at"]),
+        float(meta["updated_at"]),
+    )

@@ -1,0 +1,225 @@
+"""One contract, every backend: the same tests run against SQLite and a real Redis server."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from assignment import Reason, assign, assign_many
+from experiments import ExperimentSpec, load_spec
+from experiments.errors import ConflictError, NotFoundError, StoreError
+from experiments.store import ExperimentStatus, StickyStore, Store, open_store
+
+
+def make_spec(
+    name: str = "ranker-v2", weights: tuple[float, float] = (50, 50), **extra: Any
+) -> ExperimentSpec:
+    return load_spec(
+        {
+            "name": name,
+            **extra,
+            "variants": [
+                {
+                    "key": "control",
+                    "header_value": "group-a",
+                    "weight": weights[0],
+                    "destination": {"host": "model-v1"},
+                },
+                {
+                    "key": "treatment",
+                    "header_value": "group-b",
+                    "weight": weights[1],
+                    "destination": {"host": "model-v2"},
+                },
+            ],
+        }
+    )
+
+
+def test_implements_the_protocols(store: Store) -> None:
+    assert isinstance(store, Store)
+    assert isinstance(store, StickyStore)
+    store.ping()
+
+
+def test_create_read_list(store: Store) -> None:
+    result = store.put_experiment(make_spec())
+    assert result.changed
+    assert (result.record.revision, result.record.status) == (1, ExperimentStatus.DRAFT)
+    assert store.get_experiment("ranker-v2").spec == make_spec()
+    store.put_experiment(make_spec("another"))
+    assert [r.name for r in store.list_experiments()] == ["another", "ranker-v2"]
+
+
+def test_identical_put_is_a_no_op(store: Store) -> None:
+    first = store.put_experiment(make_spec())
+    epoch = store.config_epoch()
+    again = store.put_experiment(make_spec())
+    assert not again.changed
+    assert again.record.revision == first.record.revision == 1
+    assert store.config_epoch() == epoch
+
+
+def test_changes_make_revisions_and_history(store: Store) -> None:
+    store.put_experiment(make_spec(weights=(95, 5)))
+    store.put_experiment(make_spec(weights=(80, 20)))
+    third = store.put_experiment(make_spec(weights=(50, 50)))
+    assert third.record.revision == 3
+    history = store.experiment_history("ranker-v2")
+    assert [r.revision for r in history] == [1, 2, 3]
+    assert [r.spec.variants[1].weight for r in history] == [5, 20, 50]
+    old = store.get_experiment("ranker-v2", revision=1)
+    assert (old.revision, old.spec.variants[1].weight) == (1, 5)
+    assert store.get_experiment("ranker-v2").spec.variants[1].weight == 50
+    with pytest.raises(NotFoundError, match="revision 9"):
+        store.get_experiment("ranker-v2", revision=9)
+
+
+def test_status_changes(store: Store) -> None:
+    store.put_experiment(make_spec())
+    epoch = store.config_epoch()
+    record = store.set_status("ranker-v2", ExperimentStatus.RUNNING)
+    assert record.status is ExperimentStatus.RUNNING
+    assert store.get_experiment("ranker-v2").status is ExperimentStatus.RUNNING
+    assert store.config_epoch() > epoch
+    store.put_experiment(make_spec(weights=(90, 10)))
+    assert store.get_experiment("ranker-v2").status is ExperimentStatus.RUNNING  # kept
+    with pytest.raises(NotFoundError):
+        store.set_status("missing", ExperimentStatus.PAUSED)
+
+
+def test_missing_experiment(store: Store) -> None:
+    for call in (
+        lambda: store.get_experiment("missing"),
+        lambda: store.experiment_history("missing"),
+        lambda: store.delete_experiment("missing"),
+    ):
+        with pytest.raises(NotFoundError, match="'missing' does not exist"):
+            call()
+
+
+def test_delete_removes_revisions_and_sticky_records(store: Store) -> None:
+    store.put_experiment(make_spec(sticky=True))
+    store.put_sticky("ranker-v2", "ranker-v2", {"u1": "treatment"})
+    store.put_sticky("other", "other", {"u1": "control"})
+    store.delete_experiment("ranker-v2")
+    assert store.list_experiments() == []
+    assert store.get_sticky("ranker-v2", "ranker-v2", ["u1"]) == {}
+    assert store.get_sticky("other", "other", ["u1"]) == {"u1": "control"}
+    assert store.put_experiment(make_spec()).record.revision == 1  # a fresh start
+
+
+def test_config_epoch_grows_on_every_write(store: Store) -> None:
+    seen = [store.config_epoch()]
+    store.put_experiment(make_spec())
+    seen.append(store.config_epoch())
+    store.set_status("ranker-v2", ExperimentStatus.RUNNING)
+    seen.append(store.config_epoch())
+    store.delete_experiment("ranker-v2")
+    seen.append(store.config_epoch())
+    assert seen == sorted(set(seen))
+
+
+def test_overlapping_layer_slices_are_refused(store: Store) -> None:
+    store.put_experiment(make_spec("a", layer={"name": "ranking", "start": 0, "end": 50}))
+    store.put_experiment(make_spec("b", layer={"name": "ranking", "start": 50, "end": 100}))
+    store.put_experiment(make_spec("c", layer={"name": "other", "start": 0, "end": 100}))
+    with pytest.raises(ConflictError, match=r"slice \[40, 60\) of 'd' overlaps \[0, 50\) of 'a'"):
+        store.put_experiment(make_spec("d", layer={"name": "ranking", "start": 40, "end": 60}))
+    with pytest.raises(ConflictError, match="'a'"):
+        store.put_experiment(make_spec("b", layer={"name": "ranking", "start": 45, "end": 100}))
+    assert [r.name for r in store.list_experiments()] == ["a", "b", "c"]  # nothing half-written
+    assert store.get_experiment("b").revision == 1
+    # Moving an experiment within its own slice is fine.
+    store.put_experiment(make_spec("b", layer={"name": "ranking", "start": 60, "end": 100}))
+
+
+def test_sticky_first_writer_wins(store: Store) -> None:
+    assert store.get_sticky("e", "s", ["u1", "u2"]) == {}
+    assert store.put_sticky("e", "s", {"u1": "treatment"}) == {"u1": "treatment"}
+    assert store.put_sticky("e", "s", {"u1": "control", "u2": "control"}) == {
+        "u1": "treatment",
+        "u2": "control",
+    }
+    assert store.get_sticky("e", "s", ["u1", "u2", "u3"]) == {"u1": "treatment", "u2": "control"}
+    assert store.get_sticky("e", "other-salt", ["u1"]) == {}
+    many = {f"unit-{i}": "control" for i in range(2500)}  # more than one SQL parameter batch
+    assert store.put_sticky("e", "s", many) == many
+    assert store.get_sticky("e", "s", list(many)) == many
+
+
+def test_concurrent_sticky_writers_agree(store_url: str) -> None:
+    # Two clients race to record the same units with different variants: each unit ends up
+    # with exactly one variant, and both clients are told the same one.
+    units = [f"u{i}" for i in range(300)]
+    answers: list[dict[str, str]] = []
+
+    def write(variant: str) -> None:
+        st = open_store(store_url)
+        answers.append(st.put_sticky("e", "s", dict.fromkeys(units, variant)))
+        st.close()
+
+    threads = [threading.Thread(target=write, args=(v,)) for v in ("control", "treatment")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers[0] == answers[1]
+    assert len(set(answers[0].values())) == 1
+
+
+def test_sticky_assignment_survives_weight_changes(store: Store) -> None:
+    units = [f"user-{i}" for i in range(2000)]
+    spec = make_spec(sticky=True, weights=(50, 50))
+    first = assign_many(spec, units, sticky=store)
+    assert all(a.reason is Reason.HASH for a in first)
+    # Shrinking the candidate would move half its units back to control without the records.
+    shrunk = make_spec(sticky=True, weights=(90, 10))
+    assert assign_many(shrunk, units) != first
+    again = assign_many(shrunk, units, sticky=store)
+    assert [a.variant for a in again] == [a.variant for a in first]
+    assert {a.reason for a in again} == {Reason.STICKY}
+    # A scalar assignment reads the same records; a new unit is recorded on first sight.
+    assert assign(shrunk, units[7], sticky=store).variant == first[7].variant
+    fresh = assign(shrunk, "newcomer", sticky=store)
+    assert store.get_sticky("ranker-v2", "ranker-v2", ["newcomer"]) == {"newcomer": fresh.variant}
+
+
+def test_sticky_records_only_randomised_units(store: Store) -> None:
+    spec = make_spec(
+        sticky=True, coverage=0.5, overrides=[{"units": ["qa-1"], "variant": "treatment"}]
+    )
+    results = assign_many(spec, ["qa-1", *[f"u{i}" for i in range(200)]], sticky=store)
+    recorded = store.get_sticky("ranker-v2", "ranker-v2", [f"u{i}" for i in range(200)] + ["qa-1"])
+    assert set(recorded) == {f"u{i}" for i, a in enumerate(results[1:]) if a.in_experiment}
+    assert 0 < len(recorded) < 200
+
+
+def test_a_new_salt_re_randomises(store: Store) -> None:
+    units = [f"user-{i}" for i in range(500)]
+    assign_many(make_spec(sticky=True), units, sticky=store)
+    resalted = make_spec(sticky=True, salt="phase-2")
+    results = assign_many(resalted, units, sticky=store)
+    assert {a.reason for a in results} == {Reason.HASH}
+
+
+def test_unknown_store_urls_are_refused() -> None:
+    for url in (
+        "postgres://x",
+        "nonsense",
+        "sqlite://relative.db",
+        "redis://h/0?prefix=a b",
+        "redis://h/0?colour=red",
+    ):
+        with pytest.raises(StoreError, match="store URL"):
+            open_store(url)
+
+
+def test_unreachable_redis_is_a_store_error() -> None:
+    st = open_store("redis://127.0.0.1:9/0")
+    with pytest.raises(StoreError, match="Redis store"):
+        st.ping()
+    with pytest.raises(StoreError):
+        st.list_experiments()
