@@ -78,7 +78,6 @@ def _abmesh_bucketer(
     bucket_of, threshold = hashing.bucket_of, hashing.threshold
     arm_prefix = hashing.hash_prefix(spec.seed, hashing.PURPOSE_ARM)
     bounds = hashing.cumulative_thresholds([v.weight_bp for v in spec.variants], BASIS_POINTS)
-    bounds[-1] = hashing.HASH_SPACE  # the weights sum to 100 %: the last arm takes the rest
     pick = arms.__getitem__
 
     def arm(unit: str) -> Assignment:

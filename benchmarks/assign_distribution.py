@@ -23,11 +23,26 @@ from experiments import ExperimentSpec, load_spec
 
 
 def spec(name: str, treatment: float, salt: str | None = None) -> ExperimentSpec:
-    return load_spec({"name": name, "salt": salt, "variants": [
-        {"key": "control", "header_value": "a", "weight": 100 - treatment,
-         "destination": {"host": "m"}},
-        {"key": "treatment", "header_value": "b", "weight": treatment,
-         "destination": {"host": "m"}}]})
+    return load_spec(
+        {
+            "name": name,
+            "salt": salt,
+            "variants": [
+                {
+                    "key": "control",
+                    "header_value": "a",
+                    "weight": 100 - treatment,
+                    "destination": {"host": "m"},
+                },
+                {
+                    "key": "treatment",
+                    "header_value": "b",
+                    "weight": treatment,
+                    "destination": {"host": "m"},
+                },
+            ],
+        }
+    )
 
 
 def treated(s: ExperimentSpec, units: list[str]) -> np.ndarray:
@@ -63,15 +78,28 @@ def main() -> None:
         expected = [len(units) * (100 - treatment) / 100, len(units) * treatment / 100]
         p = stats.chisquare([len(units) - hits, hits], expected).pvalue
         rows.append((f"split {100 - treatment}/{treatment} vs weights", len(units), p))
-    rows.append(("two salts, 2x2 independence", len(units), independence_p(
-        treated(spec("ranker-v2", 50), units), treated(spec("ranker-v2", 50, "phase-2"), units))))
+    rows.append(
+        (
+            "two salts, 2x2 independence",
+            len(units),
+            independence_p(
+                treated(spec("ranker-v2", 50), units),
+                treated(spec("ranker-v2", 50, "phase-2"), units),
+            ),
+        )
+    )
     n = args.experiments
     arms = [treated(spec(f"exp-{i}", 50), small) for i in range(n)]
     rows.append((f"{n} near-identical names, worst pair", len(small), worst_pair(arms)))
     few = small[:20_000]
     for version in (1, 2):
-        rows.append((f"  growthbook hash v{version}, same names, worst pair", len(few),
-                     worst_pair(growthbook_arms(version, n, few))))
+        rows.append(
+            (
+                f"  growthbook hash v{version}, same names, worst pair",
+                len(few),
+                worst_pair(growthbook_arms(version, n, few)),
+            )
+        )
     print(f"{'check (abmesh-v1 unless named)':<46} {'units':>9} {'chi-square p':>13}")
     for name, count, p in rows:
         print(f"{name:<46} {count:>9,} {p:>13.3g}")

@@ -21,21 +21,33 @@ from experiments import ExperimentSpec, load_spec
 
 
 def spec(**extra: Any) -> ExperimentSpec:
-    return load_spec({
-        "name": "ranker-v2",
-        "variants": [
-            {"key": "control", "header_value": "group-a", "weight": 50,
-             "destination": {"host": "model-inference-v1", "subset": "v1"}},
-            {"key": "treatment", "header_value": "group-b", "weight": 50,
-             "destination": {"host": "model-inference-v2", "subset": "v2"}},
-        ],
-        "overrides": [
-            {"header": {"name": "x-user-group", "value": "internal-testers"},
-             "variant": "treatment"},
-            {"units": ["qa-1", "qa-2"], "variant": "treatment"},
-        ],
-        **extra,
-    })
+    return load_spec(
+        {
+            "name": "ranker-v2",
+            "variants": [
+                {
+                    "key": "control",
+                    "header_value": "group-a",
+                    "weight": 50,
+                    "destination": {"host": "model-inference-v1", "subset": "v1"},
+                },
+                {
+                    "key": "treatment",
+                    "header_value": "group-b",
+                    "weight": 50,
+                    "destination": {"host": "model-inference-v2", "subset": "v2"},
+                },
+            ],
+            "overrides": [
+                {
+                    "header": {"name": "x-user-group", "value": "internal-testers"},
+                    "variant": "treatment",
+                },
+                {"units": ["qa-1", "qa-2"], "variant": "treatment"},
+            ],
+            **extra,
+        }
+    )
 
 
 def best_rate(run: Callable[[], object], count: int, repeat: int) -> float:
@@ -78,18 +90,36 @@ def main() -> None:
     base, layered = spec(), spec(coverage=0.8, layer={"name": "ranking", "start": 0, "end": 50})
     gb_mode = spec(hash="growthbook-v2")
     rows: list[tuple[str, int, float]] = [
-        ("growthbook GrowthBook.run (hash v2)", len(gb_units),
-         best_rate(growthbook_run(gb_units), len(gb_units), args.repeat)),
-        ("abmesh assign (abmesh-v1, 50/50)", len(units),
-         best_rate(scalar(base, units), len(units), args.repeat)),
-        ("abmesh assign (layer + coverage: 3 hashes)", len(units),
-         best_rate(scalar(layered, units), len(units), args.repeat)),
-        ("abmesh assign (hash: growthbook-v2)", len(gb_units),
-         best_rate(scalar(gb_mode, gb_units), len(gb_units), args.repeat)),
-        ("abmesh assign_many (abmesh-v1, 50/50)", len(units),
-         best_rate(lambda: assign_many(base, units), len(units), args.repeat)),
-        ("abmesh assign_many (layer + coverage)", len(units),
-         best_rate(lambda: assign_many(layered, units), len(units), args.repeat)),
+        (
+            "growthbook GrowthBook.run (hash v2)",
+            len(gb_units),
+            best_rate(growthbook_run(gb_units), len(gb_units), args.repeat),
+        ),
+        (
+            "abmesh assign (abmesh-v1, 50/50)",
+            len(units),
+            best_rate(scalar(base, units), len(units), args.repeat),
+        ),
+        (
+            "abmesh assign (layer + coverage: 3 hashes)",
+            len(units),
+            best_rate(scalar(layered, units), len(units), args.repeat),
+        ),
+        (
+            "abmesh assign (hash: growthbook-v2)",
+            len(gb_units),
+            best_rate(scalar(gb_mode, gb_units), len(gb_units), args.repeat),
+        ),
+        (
+            "abmesh assign_many (abmesh-v1, 50/50)",
+            len(units),
+            best_rate(lambda: assign_many(base, units), len(units), args.repeat),
+        ),
+        (
+            "abmesh assign_many (layer + coverage)",
+            len(units),
+            best_rate(lambda: assign_many(layered, units), len(units), args.repeat),
+        ),
     ]
     baseline = rows[0][2]
     print(f"{'path':<44} {'units':>9} {'assign/s':>12} {'x growthbook':>13}")

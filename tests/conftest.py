@@ -1,12 +1,14 @@
 """Shared fixtures: real stores of both backends.
 
-Redis: the server at 127.0.0.1:6379 when it answers (the service machines run one), else a
+Redis: the server at $ABMESH_TEST_REDIS_URL (default 127.0.0.1:6379, which the service machines
+run) when it answers, else a
 private `redis-server` on a free loopback port in a temp dir, stopped by its own PID.  Every
 test gets its own key prefix, deleted afterwards, so tests never see each other's keys.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -20,7 +22,7 @@ import redis
 
 from experiments.store import Store, open_store
 
-DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+DEFAULT_REDIS = os.environ.get("ABMESH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def _answers(url: str) -> bool:

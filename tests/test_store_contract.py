@@ -126,7 +126,9 @@ def test_overlapping_layer_slices_are_refused(store: Store) -> None:
     store.put_experiment(make_spec("a", layer={"name": "ranking", "start": 0, "end": 50}))
     store.put_experiment(make_spec("b", layer={"name": "ranking", "start": 50, "end": 100}))
     store.put_experiment(make_spec("c", layer={"name": "other", "start": 0, "end": 100}))
-    with pytest.raises(ConflictError, match=r"slice \[40, 60\) of 'd' overlaps \[0, 50\) of 'a'"):
+    with pytest.raises(
+        ConflictError, match=r"\[40, 60\) of 'd' overlaps \[0, 50\) of 'a' and \[50, 100\) of 'b'"
+    ):
         store.put_experiment(make_spec("d", layer={"name": "ranking", "start": 40, "end": 60}))
     with pytest.raises(ConflictError, match="'a'"):
         store.put_experiment(make_spec("b", layer={"name": "ranking", "start": 45, "end": 100}))

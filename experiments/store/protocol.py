@@ -93,12 +93,17 @@ class Store(ExperimentStore, StickyStore, Protocol):
 
 def check_layer_conflicts(spec: ExperimentSpec, others: Iterable[ExperimentSpec]) -> None:
     """Refuse a spec whose layer slice overlaps that of another experiment in the same layer."""
-    if spec.layer is None:
+    layer = spec.layer
+    if layer is None:
         return
-    for other in others:
-        if other.name != spec.name and other.layer is not None and spec.layer.overlaps(other.layer):
-            raise ConflictError(
-                f"layer {spec.layer.name!r}: slice [{spec.layer.start:g}, {spec.layer.end:g}) of"
-                f" {spec.name!r} overlaps [{other.layer.start:g}, {other.layer.end:g}) of"
-                f" {other.name!r}; experiments in one layer need disjoint slices"
-            )
+    clashes = sorted(
+        (o.name, o.layer)
+        for o in others
+        if o.name != spec.name and o.layer is not None and layer.overlaps(o.layer)
+    )
+    if clashes:
+        taken = " and ".join(f"[{lay.start:g}, {lay.end:g}) of {name!r}" for name, lay in clashes)
+        raise ConflictError(
+            f"layer {layer.name!r}: slice [{layer.start:g}, {layer.end:g}) of {spec.name!r}"
+            f" overlaps {taken}; experiments in one layer need disjoint slices"
+        )
