@@ -14,40 +14,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import yaml
 from growthbook import Experiment, GrowthBook
 
 from assignment import assign, assign_many
-from experiments import ExperimentSpec, load_spec
+from experiments import EXAMPLES_DIR, ExperimentSpec, load_spec
 
 
 def spec(**extra: Any) -> ExperimentSpec:
-    return load_spec(
-        {
-            "name": "ranker-v2",
-            "variants": [
-                {
-                    "key": "control",
-                    "header_value": "group-a",
-                    "weight": 50,
-                    "destination": {"host": "model-inference-v1", "subset": "v1"},
-                },
-                {
-                    "key": "treatment",
-                    "header_value": "group-b",
-                    "weight": 50,
-                    "destination": {"host": "model-inference-v2", "subset": "v2"},
-                },
-            ],
-            "overrides": [
-                {
-                    "header": {"name": "x-user-group", "value": "internal-testers"},
-                    "variant": "treatment",
-                },
-                {"units": ["qa-1", "qa-2"], "variant": "treatment"},
-            ],
-            **extra,
-        }
-    )
+    """The shipped example (50/50, a forcing header and an allowlist), changed by `extra`."""
+    example = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text())
+    return load_spec({**example, **extra})
 
 
 def best_rate(run: Callable[[], object], count: int, repeat: int) -> float:

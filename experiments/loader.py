@@ -14,6 +14,7 @@ from experiments.errors import SpecError
 from experiments.spec import ExperimentSpec
 
 MAX_SPEC_BYTES = 1_000_000
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"  # shipped example specs
 
 
 def load_spec(source: str | Path | Mapping[str, Any]) -> ExperimentSpec:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "experiments" / "examples" / "ranker-v2.yaml"
+from experiments import EXAMPLES_DIR
+
+EXAMPLE = EXAMPLES_DIR / "ranker-v2.yaml"
 
 
 def abmesh(

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from experiments import ExperimentSpec, SpecError, dump_spec, load_spec, parse_spec
+from experiments import EXAMPLES_DIR, ExperimentSpec, SpecError, dump_spec, load_spec, parse_spec
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "experiments" / "examples" / "ranker-v2.yaml"
+EXAMPLE = EXAMPLES_DIR / "ranker-v2.yaml"
 ISSUE_EXAMPLE = """\
 name: ranker-v2
 unit: user_id

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 SPACE = 2**64
 
@@ -23,7 +24,7 @@ def bucket(salt: str, purpose: str, unit: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{salt}:{purpose}:{unit}".encode()).digest()[:8], "big")
 
 
-def variant_of(spec: dict, unit: str) -> list:
+def variant_of(spec: dict[str, Any], unit: str) -> list[Any]:
     """[variant, in_experiment, reason] by HASHING.md steps 3-5 (no overrides, no sticky)."""
     salt = spec.get("salt") or spec["name"]
     control = spec["variants"][0]["key"]
@@ -56,7 +57,7 @@ def gb_v2(seed: str, value: str) -> float:
     return (fnv1a32_utf16(str(fnv1a32_utf16(seed + value))) % 10000) / 10000
 
 
-def _variants(*weights: float) -> list[dict]:
+def _variants(*weights: float) -> list[dict[str, Any]]:
     return [
         {
             "key": f"v{i}",
@@ -68,7 +69,7 @@ def _variants(*weights: float) -> list[dict]:
     ]
 
 
-SPECS = [
+SPECS: list[dict[str, Any]] = [
     {"name": "ranker-v2", "variants": _variants(50, 50)},
     {"name": "canary", "variants": _variants(95, 5)},
     {"name": "three-way", "salt": "s-2026", "variants": _variants(33.34, 33.33, 33.33)},
@@ -149,7 +150,7 @@ def main() -> None:
     path.write_text(_one_case_a_line(cases), encoding="utf-8")
 
 
-def _one_case_a_line(cases: dict) -> str:
+def _one_case_a_line(cases: dict[str, Any]) -> str:
     def dump(value: object) -> str:
         return json.dumps(value, ensure_ascii=False)
 
