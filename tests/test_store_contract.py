@@ -225,3 +225,36 @@ def test_unreachable_redis_is_a_store_error() -> None:
         st.ping()
     with pytest.raises(StoreError):
         st.list_experiments()
+
+
+def test_status_change_with_expected_refuses_a_stale_view(store: Store) -> None:
+    store.put_experiment(make_spec())
+    store.set_status("ranker-v2", ExperimentStatus.RUNNING, expected=ExperimentStatus.DRAFT)
+    with pytest.raises(ConflictError, match="is running, not draft"):
+        store.set_status("ranker-v2", ExperimentStatus.STOPPED, expected=ExperimentStatus.DRAFT)
+    assert store.get_experiment("ranker-v2").status is ExperimentStatus.RUNNING
+
+
+def test_first_exposure_counts_once(store: Store) -> None:
+    assert store.exposure_counts("e") == {}
+    new = store.record_exposures("e", {"u1": ("control", 1.0), "u2": ("treatment", 2.0)})
+    assert new == 2
+    # A repeat (even claiming another variant) and a new unit: only the new unit counts.
+    again = store.record_exposures("e", {"u1": ("treatment", 3.0), "u3": ("control", 4.0)})
+    assert again == 1
+    assert store.exposure_counts("e") == {"control": 2, "treatment": 1}
+    assert store.exposure_counts("other") == {}
+
+
+def test_many_exposures_in_one_call(store: Store) -> None:
+    batch = {f"u{i}": ("treatment" if i % 4 == 0 else "control", float(i)) for i in range(5000)}
+    assert store.record_exposures("e", batch) == 5000
+    assert store.record_exposures("e", batch) == 0
+    assert store.exposure_counts("e") == {"treatment": 1250, "control": 3750}
+
+
+def test_delete_removes_exposures(store: Store) -> None:
+    store.put_experiment(make_spec())
+    store.record_exposures("ranker-v2", {"u1": ("control", 1.0)})
+    store.delete_experiment("ranker-v2")
+    assert store.exposure_counts("ranker-v2") == {}

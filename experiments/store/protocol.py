@@ -60,10 +60,14 @@ class ExperimentStore(Protocol):
     def experiment_history(self, name: str) -> list[ExperimentRecord]:
         """Every revision, oldest first; NotFoundError if the experiment does not exist."""
 
-    def set_status(self, name: str, status: ExperimentStatus) -> ExperimentRecord: ...
+    def set_status(
+        self, name: str, status: ExperimentStatus, *, expected: ExperimentStatus | None = None
+    ) -> ExperimentRecord:
+        """Set the status; with `expected`, only if the status is still that (else ConflictError),
+        so two concurrent transitions cannot both succeed."""
 
     def delete_experiment(self, name: str) -> None:
-        """Remove the experiment, its revisions and its sticky records."""
+        """Remove the experiment, its revisions, sticky records and exposures."""
 
     def config_epoch(self) -> int:
         """A counter that grows on every experiment write: a cheap poll for config caches."""
@@ -82,13 +86,32 @@ class StickyStore(Protocol):
 
 
 @runtime_checkable
-class Store(ExperimentStore, StickyStore, Protocol):
+class ExposureStore(Protocol):
+    """Which units saw which variant: the first exposure of a unit counts, later ones do not."""
+
+    def record_exposures(self, experiment: str, exposures: Mapping[str, tuple[str, float]]) -> int:
+        """Record each unit's first exposure, given as (variant, unix time); a unit recorded
+        before keeps its first record.  Returns how many units were new."""
+
+    def exposure_counts(self, experiment: str) -> dict[str, int]:
+        """Exposed units per variant."""
+
+
+@runtime_checkable
+class Store(ExperimentStore, StickyStore, ExposureStore, Protocol):
     url: str
 
     def ping(self) -> None:
         """Raise StoreError if the store cannot be reached."""
 
     def close(self) -> None: ...
+
+
+def check_status(name: str, current: ExperimentStatus, expected: ExperimentStatus | None) -> None:
+    if expected is not None and current is not expected:
+        raise ConflictError(
+            f"experiment {name!r} is {current.value}, not {expected.value}: it changed meanwhile"
+        )
 
 
 def check_layer_conflicts(spec: ExperimentSpec, others: Iterable[ExperimentSpec]) -> None:

@@ -5,6 +5,8 @@ Key layout under a prefix (default `abmesh:`; `?prefix=` in the URL):
   {p}exp:{name}:revisions         hash  revision -> JSON {spec, created_at}
   {p}epoch                        counter bumped on every experiment write
   {p}sticky:{experiment}:{salt}   hash  unit -> variant
+  {p}exposures:{experiment}       hash  unit -> "variant time" of its first exposure
+  {p}exposure-counts:{experiment} hash  variant -> exposed units
 Experiment writes are optimistic transactions (WATCH the index, re-read, MULTI), so the layer
 overlap check and the revision bump are atomic against other replicas.
 """
@@ -29,6 +31,7 @@ from experiments.store.protocol import (
     ExperimentStatus,
     PutResult,
     check_layer_conflicts,
+    check_status,
 )
 
 DEFAULT_PREFIX = "abmesh:"
@@ -42,6 +45,7 @@ class RedisStore:
         self.prefix = prefix
         self.url = url
         self._index = f"{prefix}experiments"
+        self._record_script = self.client.register_script(_RECORD_EXPOSURES)
         self._epoch = f"{prefix}epoch"
 
     @classmethod
@@ -84,6 +88,12 @@ class RedisStore:
 
     def _sticky(self, experiment: str, salt: str) -> str:
         return f"{self.prefix}sticky:{experiment}:{salt}"
+
+    def _exposures(self, experiment: str) -> str:
+        return f"{self.prefix}exposures:{experiment}"
+
+    def _exposure_counts(self, experiment: str) -> str:
+        return f"{self.prefix}exposure-counts:{experiment}"
 
     # experiments
 
@@ -159,7 +169,9 @@ class RedisStore:
             out.append(_record(_spec(raw), {**meta, "revision": rev, "updated_at": at}))
         return out
 
-    def set_status(self, name: str, status: ExperimentStatus) -> ExperimentRecord:
+    def set_status(
+        self, name: str, status: ExperimentStatus, *, expected: ExperimentStatus | None = None
+    ) -> ExperimentRecord:
         status = ExperimentStatus(status)
         with self._guard(), self.client.pipeline() as pipe:
             while True:
@@ -168,7 +180,9 @@ class RedisStore:
                     raw = pipe.hget(self._index, name)
                     if raw is None:
                         raise NotFoundError(f"experiment {name!r} does not exist")
-                    meta = {**json.loads(raw), "status": status.value, "updated_at": time.time()}
+                    meta = json.loads(raw)
+                    check_status(name, ExperimentStatus(meta["status"]), expected)
+                    meta.update(status=status.value, updated_at=time.time())
                     pipe.multi()
                     pipe.hset(self._index, name, json.dumps(meta))
                     pipe.incr(self._epoch)
@@ -183,7 +197,9 @@ class RedisStore:
             if not self.client.hdel(self._index, name):
                 raise NotFoundError(f"experiment {name!r} does not exist")
             sticky = list(self.client.scan_iter(match=self._sticky(name, "*"), count=500))
-            self.client.delete(self._revisions(name), *sticky)
+            self.client.delete(
+                self._revisions(name), self._exposures(name), self._exposure_counts(name), *sticky
+            )
             self.client.incr(self._epoch)
 
     def config_epoch(self) -> int:
@@ -196,6 +212,25 @@ class RedisStore:
             raise NotFoundError(f"experiment {name!r} does not exist")
         meta: dict[str, Any] = json.loads(raw)
         return meta
+
+    # exposures
+
+    def record_exposures(self, experiment: str, exposures: Mapping[str, tuple[str, float]]) -> int:
+        keys = [self._exposures(experiment), self._exposure_counts(experiment)]
+        items = list(exposures.items())
+        new = 0
+        with self._guard():
+            for start in range(0, len(items), _EXPOSURE_CHUNK):
+                args: list[str] = []
+                for unit, (variant, at) in items[start : start + _EXPOSURE_CHUNK]:
+                    args += [unit, variant, f"{variant} {at!r}"]
+                new += int(self._record_script(keys=keys, args=args))
+        return new
+
+    def exposure_counts(self, experiment: str) -> dict[str, int]:
+        with self._guard():
+            counts = self.client.hgetall(self._exposure_counts(experiment))
+        return {variant: int(n) for variant, n in counts.items()}
 
     # sticky assignments
 
@@ -216,6 +251,21 @@ class RedisStore:
             pipe.hmget(key, units)
             recorded = pipe.execute()[-1]
         return dict(zip(units, recorded, strict=True))
+
+
+# KEYS: exposures hash, counts hash.  ARGV: unit, variant, "variant time", repeated.
+# A unit's first exposure wins (HSETNX) and only then counts, atomically.
+_RECORD_EXPOSURES = """
+local new = 0
+for i = 1, #ARGV, 3 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 2]) == 1 then
+    redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
+    new = new + 1
+  end
+end
+return new
+"""
+_EXPOSURE_CHUNK = 2000  # units per script call: bounds the time Redis is blocked
 
 
 def _spec(raw: str) -> ExperimentSpec:

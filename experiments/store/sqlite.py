@@ -23,6 +23,7 @@ from experiments.store.protocol import (
     ExperimentStatus,
     PutResult,
     check_layer_conflicts,
+    check_status,
 )
 
 SCHEMA_VERSION = 1
@@ -37,6 +38,12 @@ CREATE TABLE IF NOT EXISTS sticky (
     experiment TEXT NOT NULL, salt TEXT NOT NULL, unit TEXT NOT NULL, variant TEXT NOT NULL,
     PRIMARY KEY (experiment, salt, unit)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS exposures (
+    experiment TEXT NOT NULL, unit TEXT NOT NULL, variant TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (experiment, unit)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS exposure_counts (
+    experiment TEXT NOT NULL, variant TEXT NOT NULL, units INTEGER NOT NULL,
+    PRIMARY KEY (experiment, variant));
 """
 _SQLITE_MAX_VARIABLES = 900  # below SQLite's historical limit of 999 bound parameters
 
@@ -155,14 +162,15 @@ class SQLiteStore:
             for text, rev, at in rows
         ]
 
-    def set_status(self, name: str, status: ExperimentStatus) -> ExperimentRecord:
+    def set_status(
+        self, name: str, status: ExperimentStatus, *, expected: ExperimentStatus | None = None
+    ) -> ExperimentRecord:
         with self._write() as db:
-            cursor = db.execute(
+            check_status(name, self._record(db, name).status, expected)
+            db.execute(
                 "UPDATE experiments SET status = ?, updated_at = ? WHERE name = ?",
                 (ExperimentStatus(status).value, time.time(), name),
             )
-            if cursor.rowcount == 0:
-                raise NotFoundError(f"experiment {name!r} does not exist")
             self._bump_epoch(db)
             return self._record(db, name)
 
@@ -171,7 +179,8 @@ class SQLiteStore:
             if db.execute("DELETE FROM experiments WHERE name = ?", (name,)).rowcount == 0:
                 raise NotFoundError(f"experiment {name!r} does not exist")
             db.execute("DELETE FROM experiment_revisions WHERE name = ?", (name,))
-            db.execute("DELETE FROM sticky WHERE experiment = ?", (name,))
+            for table in ("sticky", "exposures", "exposure_counts"):
+                db.execute(f"DELETE FROM {table} WHERE experiment = ?", (name,))
             self._bump_epoch(db)
 
     def config_epoch(self) -> int:
@@ -214,6 +223,32 @@ class SQLiteStore:
                 [(experiment, salt, u, v) for u, v in variants.items()],
             )
         return self.get_sticky(experiment, salt, list(variants))
+
+    # exposures
+
+    def record_exposures(self, experiment: str, exposures: Mapping[str, tuple[str, float]]) -> int:
+        new: dict[str, int] = {}
+        with self._write() as db:
+            for unit, (variant, at) in exposures.items():
+                inserted = db.execute(
+                    "INSERT OR IGNORE INTO exposures VALUES (?, ?, ?, ?)",
+                    (experiment, unit, variant, at),
+                ).rowcount
+                if inserted:
+                    new[variant] = new.get(variant, 0) + 1
+            db.executemany(
+                "INSERT INTO exposure_counts VALUES (?, ?, ?) ON CONFLICT(experiment, variant)"
+                " DO UPDATE SET units = units + excluded.units",
+                [(experiment, variant, n) for variant, n in new.items()],
+            )
+        return sum(new.values())
+
+    def exposure_counts(self, experiment: str) -> dict[str, int]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT variant, units FROM exposure_counts WHERE experiment = ?", (experiment,)
+            ).fetchall()
+        return dict(rows)
 
 
 _RECORDS = (
