@@ -26,6 +26,7 @@ class Reason(StrEnum):
     LAYER = "layer"  # outside the experiment's layer slice
     COVERAGE = "coverage"  # not enrolled
     HASH = "hash"  # randomised into an arm
+    INACTIVE = "inactive"  # the experiment is not running: control for all but overrides
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,15 @@ Bucketer = Callable[[str], Assignment]
 class _Compiled:
     """Everything `assign` needs from a spec, precomputed."""
 
-    __slots__ = ("bucket", "header_overrides", "spec", "sticky_salt", "unit_overrides", "variants")
+    __slots__ = (
+        "bucket",
+        "header_overrides",
+        "inactive",
+        "spec",
+        "sticky_salt",
+        "unit_overrides",
+        "variants",
+    )
 
     def __init__(self, spec: ExperimentSpec) -> None:
         self.spec = spec  # keeps the spec alive, so its id() is not reused while cached
@@ -55,17 +64,21 @@ class _Compiled:
 
         self.variants = {v.key: make(v.key, True, Reason.STICKY) for v in spec.variants}
         self.sticky_salt = spec.seed if spec.sticky else None
-        self.header_overrides: list[tuple[str, str, Assignment]] = []
-        self.unit_overrides: dict[str, Assignment] = {}
-        for o in spec.overrides:
+        # Overrides apply in spec order: each entry keeps its position, so a unit listed before
+        # a header override beats it and one listed after does not.
+        self.header_overrides: list[tuple[int, str, str, Assignment]] = []
+        self.unit_overrides: dict[str, tuple[int, Assignment]] = {}
+        for position, o in enumerate(spec.overrides):
             if o.header is not None:
                 forced = make(o.variant, False, Reason.OVERRIDE_HEADER)
-                self.header_overrides.append((o.header.name, o.header.value, forced))
+                self.header_overrides.append((position, o.header.name, o.header.value, forced))
+            by_unit = make(o.variant, False, Reason.OVERRIDE_UNIT)
             for unit in o.units or ():
-                self.unit_overrides.setdefault(unit, make(o.variant, False, Reason.OVERRIDE_UNIT))
+                self.unit_overrides[unit] = (position, by_unit)
         arms = [make(v.key, True, Reason.HASH) for v in spec.variants]
         control = spec.control_variant.key
         excluded = {r: make(control, False, r) for r in (Reason.LAYER, Reason.COVERAGE)}
+        self.inactive = make(control, False, Reason.INACTIVE)
         if spec.hash is HashVersion.GROWTHBOOK_V2:
             self.bucket = _growthbook_bucketer(spec, arms, excluded)
         else:
@@ -144,13 +157,23 @@ def _check_unit(unit: str) -> None:
         raise InvalidUnitError(problem)
 
 
-def _forced(c: _Compiled, unit: str, headers: Mapping[str, str] | None) -> Assignment | None:
-    if headers and c.header_overrides:
-        lowered = {k.lower(): v for k, v in headers.items()}
-        for name, value, forced in c.header_overrides:
+def _lowered(c: _Compiled, headers: Mapping[str, str] | None) -> dict[str, str] | None:
+    """Headers by lowercase name, or None when no header override could match."""
+    if not headers or not c.header_overrides:
+        return None
+    return {k.lower(): v for k, v in headers.items()}
+
+
+def _forced(c: _Compiled, unit: str, lowered: dict[str, str] | None) -> Assignment | None:
+    """The first override, in spec order, that applies to `unit` with these headers."""
+    by_unit = c.unit_overrides.get(unit)
+    if lowered is not None:
+        for position, name, value, forced in c.header_overrides:
+            if by_unit is not None and by_unit[0] < position:
+                break
             if lowered.get(name) == value:
                 return forced
-    return c.unit_overrides.get(unit)
+    return None if by_unit is None else by_unit[1]
 
 
 def assign(
@@ -159,14 +182,18 @@ def assign(
     *,
     headers: Mapping[str, str] | None = None,
     sticky: StickyStore | None = None,
+    active: bool = True,
 ) -> Assignment:
     """The variant of `unit` in `spec`.  `headers` may force a variant through the spec's
-    overrides; `sticky` is consulted and written when the spec asks for sticky assignment."""
+    overrides; `sticky` is consulted and written when the spec asks for sticky assignment;
+    an experiment that is not `active` (not running) gives everyone but overrides control."""
     c = _compiled(spec)
     _check_unit(unit)
-    forced = _forced(c, unit, headers)
+    forced = _forced(c, unit, _lowered(c, headers))
     if forced is not None:
         return forced
+    if not active:
+        return c.inactive
     if sticky is None or c.sticky_salt is None:
         return c.bucket(unit)
     return _assign_sticky(c, [unit], sticky)[0]
@@ -178,25 +205,26 @@ def assign_many(
     *,
     headers: Mapping[str, str] | None = None,
     sticky: StickyStore | None = None,
+    active: bool = True,
 ) -> list[Assignment]:
     """`assign` for many units at once (the same headers apply to all); sticky records are
     read and written in one round trip each."""
+    if isinstance(units, str):
+        raise TypeError("units must be a sequence of unit ids, not one string")
     c = _compiled(spec)
     for i, unit in enumerate(units):
         problem = unit_problem(unit)
         if problem is not None:
             raise InvalidUnitError(f"units[{i}]: {problem}")
-    if c.header_overrides and headers:
-        forced_all = _forced(c, "", headers)
-        if forced_all is not None and forced_all.reason is Reason.OVERRIDE_HEADER:
-            return [forced_all] * len(units)
-    overrides = c.unit_overrides
+    lowered = _lowered(c, headers)
+    if not active:
+        return [_forced(c, u, lowered) or c.inactive for u in units]
+    bucket = c.bucket
     if sticky is None or c.sticky_salt is None:
-        bucket = c.bucket
-        if not overrides:
+        if lowered is None and not c.unit_overrides:
             return [bucket(u) for u in units]
-        return [overrides.get(u) or bucket(u) for u in units]
-    results: list[Assignment | None] = [overrides.get(u) for u in units]
+        return [_forced(c, u, lowered) or bucket(u) for u in units]
+    results: list[Assignment | None] = [_forced(c, u, lowered) for u in units]
     open_at = [i for i, r in enumerate(results) if r is None]
     for i, r in zip(open_at, _assign_sticky(c, [units[i] for i in open_at], sticky), strict=True):
         results[i] = r
@@ -210,7 +238,7 @@ def _assign_sticky(c: _Compiled, units: Sequence[str], store: StickyStore) -> li
     fresh = {u: c.bucket(u) for u in units if c.variants.get(recorded.get(u, "")) is None}
     new = {u: a.variant for u, a in fresh.items() if a.in_experiment}
     if new:
-        recorded.update(store.put_sticky(spec.name, salt, new))
+        recorded.update(store.put_sticky(spec.name, salt, new, current=c.variants.keys()))
     out: list[Assignment] = []
     for u in units:
         chosen, kept = fresh.get(u), c.variants.get(recorded.get(u, ""))

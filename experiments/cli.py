@@ -7,6 +7,7 @@ stderr and exit 1; usage errors exit 2 (typer's convention).  No tracebacks for 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -56,7 +57,7 @@ OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format
 
 
 def _fail(message: str) -> NoReturn:
-    err.print(f"error: {message}", markup=False)
+    err.print("error: " + " ".join(message.split()), markup=False)
     raise typer.Exit(1)
 
 
@@ -177,7 +178,9 @@ def assign_cmd(
     store: StoreOpt = None,
     output: OutputOpt = Output.TEXT,
 ) -> None:
-    """Show which variant each unit gets, and the header to route it on."""
+    """Show which variant each unit gets, and the header to route it on.
+
+    Like the service, this records sticky assignments for specs with `sticky: true`."""
     headers = {}
     for item in header or ():
         name, sep, value = item.partition("=")
@@ -206,6 +209,40 @@ def assign_cmd(
             f"{unit}: {a.variant} ({where}, {a.reason.value})  {a.header_name}: {a.header_value}",
             markup=False,
         )
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    store: StoreOpt = None,
+    workers: Annotated[int, typer.Option(help="Worker processes.", min=1, max=64)] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Run the assignment service (HTTP API, ext_authz check, admin API, /metrics)."""
+    import uvicorn
+
+    from assignment.config import Settings
+
+    if store:
+        os.environ["ABMESH_STORE"] = store  # worker processes read their settings from it
+    try:
+        settings = Settings.from_env()
+        open_store(settings.store_url).close()
+    except AbmeshError as exc:
+        _fail(str(exc))
+    uvicorn.run(
+        "assignment.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=log_level,
+        timeout_graceful_shutdown=10,
+    )
 
 
 def main() -> None:

@@ -18,19 +18,40 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"  # shipped example s
 
 
 def load_spec(source: str | Path | Mapping[str, Any]) -> ExperimentSpec:
-    """Validate a spec given as a mapping, a path to a YAML/JSON file, or YAML/JSON text."""
+    """Validate a spec given as a mapping, a path to a YAML/JSON file, or YAML/JSON text.
+
+    A string is text if it holds a newline, starts with `{`, or looks like a YAML mapping
+    (`key: value`) and names no existing file; otherwise it is a path."""
     if isinstance(source, Mapping):
         return spec_from_mapping(source)
-    if isinstance(source, Path) or ("\n" not in source and not source.lstrip().startswith("{")):
-        path = Path(source)
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise SpecError([f"cannot read spec file {str(path)!r}: {exc.strerror}"]) from None
-        if size > MAX_SPEC_BYTES:
-            raise SpecError([f"spec file {str(path)!r} is larger than {MAX_SPEC_BYTES} bytes"])
-        return parse_spec(path.read_text(encoding="utf-8"))
-    return parse_spec(source)
+    if isinstance(source, str) and _looks_like_text(source):
+        return parse_spec(source)
+    return parse_spec(read_spec_file(Path(source)))
+
+
+def _looks_like_text(source: str) -> bool:
+    if "\n" in source or source.lstrip().startswith("{"):
+        return True
+    return ": " in source and not Path(source).exists()
+
+
+def read_spec_file(path: Path) -> str:
+    """The text of a spec file: a regular file of at most MAX_SPEC_BYTES bytes of UTF-8."""
+    where = f"spec file {str(path)!r}"
+    try:
+        if not path.is_file():
+            problem = "does not exist" if not path.exists() else "is not a regular file"
+            raise SpecError([f"{where} {problem}"])
+        with path.open("rb") as handle:
+            data = handle.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise SpecError([f"cannot read {where}: {exc.strerror}"]) from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError([f"{where} is larger than {MAX_SPEC_BYTES} bytes"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError([f"{where} is not UTF-8 text (byte {exc.start})"]) from None
 
 
 def parse_spec(text: str) -> ExperimentSpec:
@@ -39,6 +60,8 @@ def parse_spec(text: str) -> ExperimentSpec:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError([f"not valid YAML or JSON: {exc}".replace("\n", " ")]) from None
+    except RecursionError:
+        raise SpecError(["the document is nested too deeply"]) from None
     if not isinstance(data, Mapping):
         raise SpecError([f"a spec must be a mapping, got {type(data).__name__}"])
     return spec_from_mapping(data)
@@ -54,7 +77,8 @@ def spec_from_mapping(data: Mapping[str, Any]) -> ExperimentSpec:
 def _describe(err: Any) -> str:
     loc = ".".join(str(part) for part in err["loc"] if not str(part).startswith("function-"))
     message = str(err["msg"]).removeprefix("Value error, ")
-    return f"{loc}: {message}" if loc else message
+    # One line per problem, whatever a key or value holds.
+    return " ".join((f"{loc}: {message}" if loc else message).split())
 
 
 def dump_spec(spec: ExperimentSpec) -> str:

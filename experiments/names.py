@@ -19,6 +19,35 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 # DNS-1123 subdomain, as Kubernetes requires for Service hosts.
 HOST_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 
+# Headers abmesh must never set on a request or response: framing, connection management,
+# routing to the host, credentials and cookies.  x-envoy-* headers are Envoy's own.
+RESERVED_HEADERS = frozenset(
+    {
+        "connection",
+        "content-length",
+        "content-type",
+        "cookie",
+        "host",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "set-cookie",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "authorization",
+        "www-authenticate",
+        "location",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+    }
+)
+
 MAX_UNIT_BYTES = 256
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -39,6 +68,17 @@ def check_token(value: str, what: str) -> str:
             " !#$%&'*+-.^_`|~, 1-128 characters; no spaces, separators or control characters)"
         )
     return value
+
+
+def check_routing_header(name: str) -> str:
+    """A header abmesh sets (on responses and, through ext_authz, on upstream requests)."""
+    lowered = name.lower()
+    if lowered in RESERVED_HEADERS or lowered.startswith(("x-envoy-", "proxy-", "sec-")):
+        raise ValueError(
+            f"header {name!r} is reserved (framing, connection, host, credentials, cookies or"
+            " proxy headers): use a header of its own, such as x-user-group"
+        )
+    return name
 
 
 def unit_problem(unit: object) -> str | None:

@@ -17,11 +17,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     field_validator,
     model_validator,
 )
 
-from experiments.names import HOST_RE, check_name, check_token, unit_problem
+from experiments.names import HOST_RE, check_name, check_routing_header, check_token, unit_problem
 
 SPEC_API_VERSION: Literal["abmesh/v1"] = "abmesh/v1"
 BASIS_POINTS = 10_000  # 100 % in units of 0.01 %
@@ -34,6 +35,10 @@ def _name(value: str) -> str:
 def _header_name(value: str) -> str:
     # HTTP header names are case-insensitive; Istio and Envoy match them lowercased.
     return check_token(value, "header name").lower()
+
+
+def _routing_header(value: str) -> str:
+    return check_routing_header(_header_name(value))
 
 
 def _header_value(value: str) -> str:
@@ -58,6 +63,10 @@ def to_basis_points(value: float, scale: int, what: str) -> int:
 
 Name = Annotated[str, AfterValidator(_name)]
 HeaderName = Annotated[str, AfterValidator(_header_name)]
+RoutingHeader = Annotated[str, AfterValidator(_routing_header)]
+# Numbers and flags are not coerced from other types: `weight: true` or `sticky: "yes"` is a
+# mistake to report, not a value to guess (integers are still accepted as numbers).
+Number = Annotated[float, Strict()]
 HeaderValue = Annotated[str, AfterValidator(_header_value)]
 UnitId = Annotated[str, AfterValidator(_unit)]
 
@@ -76,7 +85,7 @@ class Destination(_Model):
 
     host: str = Field(min_length=1, max_length=253)
     subset: Name | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
+    port: Annotated[int, Strict()] | None = Field(default=None, ge=1, le=65535)
 
     @field_validator("host")
     @classmethod
@@ -89,7 +98,7 @@ class Destination(_Model):
 class Variant(_Model):
     key: Name
     header_value: HeaderValue
-    weight: float = Field(ge=0, le=100, allow_inf_nan=False)
+    weight: Number = Field(ge=0, le=100, allow_inf_nan=False)
     destination: Destination
     description: str = Field(default="", max_length=1000)
 
@@ -114,10 +123,12 @@ class Override(_Model):
 
     variant: Name
     header: HeaderMatch | None = None
-    units: tuple[UnitId, ...] | None = Field(default=None, min_length=1, max_length=10_000)
+    units: tuple[UnitId, ...] | None = Field(default=None, max_length=10_000)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:
+        if self.units is not None and not self.units:
+            raise ValueError("'units' must list at least one unit")
         if (self.header is None) == (self.units is None):
             raise ValueError("an override needs exactly one of 'header' or 'units'")
         return self
@@ -127,8 +138,8 @@ class Layer(_Model):
     """A slice [start, end) in percent of a layer; experiments in one layer must not overlap."""
 
     name: Name
-    start: float = Field(default=0, ge=0, le=100, allow_inf_nan=False)
-    end: float = Field(default=100, ge=0, le=100, allow_inf_nan=False)
+    start: Number = Field(default=0, ge=0, le=100, allow_inf_nan=False)
+    end: Number = Field(default=100, ge=0, le=100, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -161,7 +172,7 @@ class Metric(_Model):
     numerator: Name | None = None
     denominator: Name | None = None
     # Non-inferiority margin for guardrails, relative to control (0.01 = 1 % worse tolerated).
-    margin: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    margin: Number | None = Field(default=None, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _ratio_parts(self) -> Self:
@@ -199,14 +210,14 @@ class ExperimentSpec(_Model):
     description: str = Field(default="", max_length=4000)
     unit: Name = "user_id"
     salt: Name | None = None
-    header: HeaderName = "x-user-group"
+    header: RoutingHeader = "x-user-group"
     hash: HashVersion = HashVersion.ABMESH_V1
     variants: tuple[Variant, ...] = Field(max_length=26)
     control: Name | None = None
-    coverage: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
+    coverage: Number = Field(default=1.0, gt=0, le=1, allow_inf_nan=False)
     layer: Layer | None = None
     overrides: tuple[Override, ...] = Field(default=(), max_length=100)
-    sticky: bool = False
+    sticky: Annotated[bool, Strict()] = False
     metrics: Metrics | None = None
 
     @field_validator("variants")
@@ -234,11 +245,18 @@ class ExperimentSpec(_Model):
             raise ValueError(f"variants: weights must sum to 100; they sum to {total / 100:g}")
         if self.control is not None and self.control not in keys:
             raise ValueError(f"control: {self.control!r} is not one of the variants {keys}")
+        listed: dict[str, int] = {}
         for i, override in enumerate(self.overrides):
             if override.variant not in keys:
                 raise ValueError(
                     f"overrides.{i}.variant {override.variant!r} is not one of the variants {keys}"
                 )
+            for unit in override.units or ():
+                if listed.setdefault(unit, i) != i:
+                    raise ValueError(
+                        f"overrides.{i}.units: {unit!r} is listed in overrides.{listed[unit]}"
+                        " already; a unit may be forced by one override only"
+                    )
         return self
 
     @property

@@ -56,10 +56,21 @@ def test_overrides_come_before_layer_coverage_and_arm() -> None:
     assert assign(spec, "qa-3").variant == "v0"
 
 
-def test_header_override_beats_unit_override_in_spec_order() -> None:
-    spec = make_spec(50, 50, overrides=[OVERRIDES[2], OVERRIDES[0]])
-    result = assign(spec, "qa-3", headers={"x-user-group": "internal-testers"})
-    assert (result.variant, result.reason) == ("v1", Reason.OVERRIDE_HEADER)
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [((2, 0), ("v0", Reason.OVERRIDE_UNIT)), ((0, 2), ("v1", Reason.OVERRIDE_HEADER))],
+)
+def test_overrides_apply_in_spec_order(
+    order: tuple[int, int], expected: tuple[str, Reason]
+) -> None:
+    # qa-3 is listed for v0 and the header forces v1: whichever comes first in the spec wins.
+    spec = make_spec(50, 50, overrides=[OVERRIDES[i] for i in order])
+    headers = {"x-user-group": "internal-testers"}
+    result = assign(spec, "qa-3", headers=headers)
+    assert (result.variant, result.reason) == expected
+    many = assign_many(spec, ["qa-3", "other"], headers=headers)
+    assert (many[0].variant, many[0].reason) == expected
+    assert (many[1].variant, many[1].reason) == ("v1", Reason.OVERRIDE_HEADER)
 
 
 def test_non_matching_header_does_not_force() -> None:
@@ -95,6 +106,11 @@ def test_bulk_header_override_applies_to_all_units() -> None:
     spec = make_spec(100, 0, overrides=OVERRIDES)
     results = assign_many(spec, ["a", "qa-3"], headers={"x-user-group": "internal-testers"})
     assert [r.variant for r in results] == ["v1", "v1"]
+
+
+def test_a_string_is_not_a_batch_of_units() -> None:
+    with pytest.raises(TypeError, match="sequence of unit ids"):
+        assign_many(make_spec(50, 50), "abc")
 
 
 @pytest.mark.parametrize(
@@ -252,3 +268,19 @@ def test_spec_copies_assign_identically() -> None:
     spec = make_spec(20, 80)
     clone = load_spec(copy.deepcopy(spec.model_dump(by_alias=True)))
     assert assign_many(spec, UNITS[:500]) == assign_many(clone, UNITS[:500])
+
+
+def test_inactive_experiment_gives_control_except_to_overrides() -> None:
+    spec = make_spec(0, 100, overrides=OVERRIDES)
+    assert assign(spec, "someone").variant == "v1"
+    idle = assign(spec, "someone", active=False)
+    assert (idle.variant, idle.in_experiment, idle.reason) == ("v0", False, Reason.INACTIVE)
+    assert assign(spec, "qa-1", active=False).reason is Reason.OVERRIDE_UNIT
+    forced = assign(spec, "x", headers={"x-user-group": "internal-testers"}, active=False)
+    assert forced.variant == "v1"
+    many = assign_many(spec, ["a", "qa-1", "b"], active=False)
+    assert [(a.variant, a.reason) for a in many] == [
+        ("v0", Reason.INACTIVE),
+        ("v1", Reason.OVERRIDE_UNIT),
+        ("v0", Reason.INACTIVE),
+    ]

@@ -157,6 +157,26 @@ INVALID = [
         "overrides.0.header.name",
     ),
     (_set("layer", {"name": "search", "start": 60, "end": 40}), "layer"),
+    (_set("layer", {"name": "search", "start": "0", "end": 40}), "layer.start"),
+    (_set("variants.0.weight", True), "variants.0.weight"),
+    (_set("variants.0.weight", "50"), "variants.0.weight"),
+    (_set("coverage", True), "coverage"),
+    (_set("sticky", "yes"), "sticky"),
+    (_set("variants.0.destination.port", "80"), "variants.0.destination.port"),
+    (_set("header", "set-cookie"), "header: header 'set-cookie' is reserved"),
+    (_set("header", "Content-Length"), "header:"),
+    (_set("header", "transfer-encoding"), "header:"),
+    (_set("header", "host"), "header:"),
+    (_set("header", "authorization"), "header:"),
+    (_set("header", "x-envoy-upstream-alt-stat-name"), "header:"),
+    (_set("overrides", [{"variant": "treatment", "units": []}]), "overrides.0"),
+    (
+        _set(
+            "overrides",
+            [{"variant": "treatment", "units": ["qa"]}, {"variant": "control", "units": ["qa"]}],
+        ),
+        "overrides.1.units: 'qa' is listed in overrides.0 already",
+    ),
     (_set("metrics", {"primary": {"name": "rev", "kind": "ratio"}}), "metrics.primary"),
     (
         _set("metrics", {"primary": {"name": "click", "kind": "conversion", "direction": "up"}}),
@@ -193,14 +213,46 @@ def test_all_problems_are_reported_together() -> None:
     assert info.value.problems[1].startswith("variants.0.header_value:")
 
 
-@pytest.mark.parametrize("text", ["[1, 2]", "name: [unclosed", "just a string\nsecond line"])
+@pytest.mark.parametrize(
+    "text", ["[1, 2]", "name: [unclosed", "just a string\nsecond line", "[" * 100_000]
+)
 def test_malformed_documents_are_refused(text: str) -> None:
     with pytest.raises(SpecError):
         parse_spec(text)
 
 
+def test_every_problem_is_one_line() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec('name: ranker\n"odd\\nkey": 1\nvariants: []\n')
+    assert all("\n" not in problem for problem in info.value.problems)
+    assert any(problem.startswith("odd key:") for problem in info.value.problems)
+
+
+def test_single_line_yaml_text_is_not_taken_for_a_path() -> None:
+    with pytest.raises(SpecError, match="variants"):
+        load_spec("name: x")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\xff\xfe name: x", "not UTF-8"),
+        (b"x" * 1_000_001, "larger than"),
+        (None, "is not a regular file"),
+    ],
+)
+def test_unreadable_spec_files(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "spec.yaml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(SpecError, match=message):
+        load_spec(path)
+
+
 def test_missing_file_is_a_spec_error(tmp_path: Path) -> None:
-    with pytest.raises(SpecError, match="cannot read spec file"):
+    with pytest.raises(SpecError, match="does not exist"):
         load_spec(tmp_path / "absent.yaml")
 
 

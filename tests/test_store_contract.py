@@ -155,21 +155,33 @@ def test_sticky_first_writer_wins(store: Store) -> None:
 def test_concurrent_sticky_writers_agree(store_url: str) -> None:
     # Two clients race to record the same units with different variants: each unit ends up
     # with exactly one variant, and both clients are told the same one.
-    units = [f"u{i}" for i in range(300)]
-    answers: list[dict[str, str]] = []
+    stores = [open_store(store_url), open_store(store_url)]
+    start = threading.Barrier(2)
+    for round_ in range(5):
+        units = [f"r{round_}-u{i}" for i in range(300)]
+        answers: dict[str, dict[str, str]] = {}
 
-    def write(variant: str) -> None:
-        st = open_store(store_url)
-        answers.append(st.put_sticky("e", "s", dict.fromkeys(units, variant)))
+        def write(
+            index: int,
+            variant: str,
+            units: list[str] = units,
+            answers: dict[str, dict[str, str]] = answers,
+        ) -> None:
+            start.wait()  # both writers go at once
+            answers[variant] = stores[index].put_sticky("e", "s", dict.fromkeys(units, variant))
+
+        threads = [
+            threading.Thread(target=write, args=(i, v))
+            for i, v in enumerate(("control", "treatment"))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert answers["control"] == answers["treatment"]
+        assert answers["control"] == stores[0].get_sticky("e", "s", units)
+    for st in stores:
         st.close()
-
-    threads = [threading.Thread(target=write, args=(v,)) for v in ("control", "treatment")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert answers[0] == answers[1]
-    assert len(set(answers[0].values())) == 1
 
 
 def test_sticky_assignment_survives_weight_changes(store: Store) -> None:
@@ -258,3 +270,37 @@ def test_delete_removes_exposures(store: Store) -> None:
     store.record_exposures("ranker-v2", {"u1": ("control", 1.0)})
     store.delete_experiment("ranker-v2")
     assert store.exposure_counts("ranker-v2") == {}
+
+
+def test_sticky_record_of_a_removed_variant_is_replaced(store: Store) -> None:
+    store.put_sticky("e", "s", {"u1": "gone", "u2": "control"})
+    out = store.put_sticky(
+        "e", "s", {"u1": "treatment", "u2": "treatment"}, current={"control", "treatment"}
+    )
+    assert out == {"u1": "treatment", "u2": "control"}
+    assert store.get_sticky("e", "s", ["u1", "u2"]) == {"u1": "treatment", "u2": "control"}
+
+
+def test_units_of_a_removed_variant_stay_sticky_in_their_new_arm(store: Store) -> None:
+    def three(weights: tuple[float, ...]) -> ExperimentSpec:
+        keys = ["a", "b", "c"][: len(weights)]
+        return load_spec(
+            {
+                "name": "e",
+                "sticky": True,
+                "variants": [
+                    {"key": k, "header_value": k, "weight": w, "destination": {"host": "m"}}
+                    for k, w in zip(keys, weights, strict=True)
+                ],
+            }
+        )
+
+    units = [f"u{i}" for i in range(600)]
+    first = assign_many(three((34, 33, 33)), units, sticky=store)
+    moved = [u for u, a in zip(units, first, strict=True) if a.variant == "c"]
+    assert moved
+    second = dict(zip(units, assign_many(three((50, 50)), units, sticky=store), strict=True))
+    assert {second[u].reason for u in moved} == {Reason.HASH}
+    third = dict(zip(units, assign_many(three((90, 10)), units, sticky=store), strict=True))
+    assert all(third[u].variant == second[u].variant for u in units)
+    assert {a.reason for a in third.values()} == {Reason.STICKY}

@@ -15,6 +15,7 @@ from experiments.store.protocol import (
     ExperimentRecord,
     ExperimentStatus,
     ExperimentStore,
+    ExposureStore,
     PutResult,
     StickyStore,
     Store,
@@ -38,6 +39,10 @@ def _open_sqlite(url: str) -> Store:
     path = url.removeprefix("sqlite://")
     if not path.startswith("/") or path == "/":
         raise StoreError(f"store URL {url!r}: use sqlite:///relative.db or sqlite:////abs/path.db")
+    if path[1:] == ":memory:" or "?" in path:
+        raise StoreError(
+            f"store URL {url!r}: an in-memory or URI database keeps nothing; name a file"
+        )
     return SQLiteStore(path[1:], url=url)
 
 
@@ -51,7 +56,6 @@ _BACKENDS: dict[str, Callable[[str], Store]] = {
     "sqlite": _open_sqlite,
     "redis": _open_redis,
     "rediss": _open_redis,
-    "unix": _open_redis,
 }
 
 
@@ -70,6 +74,7 @@ __all__ = [
     "ExperimentRecord",
     "ExperimentStatus",
     "ExperimentStore",
+    "ExposureStore",
     "PutResult",
     "StickyStore",
     "Store",

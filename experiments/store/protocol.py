@@ -7,7 +7,7 @@ inheritance, without touching the ones here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -80,9 +80,18 @@ class StickyStore(Protocol):
     def get_sticky(self, experiment: str, salt: str, units: Sequence[str]) -> dict[str, str]:
         """The recorded variant of each unit that has one."""
 
-    def put_sticky(self, experiment: str, salt: str, variants: Mapping[str, str]) -> dict[str, str]:
+    def put_sticky(
+        self,
+        experiment: str,
+        salt: str,
+        variants: Mapping[str, str],
+        *,
+        current: Collection[str] | None = None,
+    ) -> dict[str, str]:
         """Record each unit's variant unless one is recorded already (the first writer wins,
-        also across replicas); returns the recorded variant of every unit given."""
+        also across replicas); returns the recorded variant of every unit given.  With
+        `current` (the spec's variant keys), a record naming a variant no longer in the spec is
+        replaced instead of kept."""
 
 
 @runtime_checkable

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -46,17 +46,27 @@ class RedisStore:
         self.url = url
         self._index = f"{prefix}experiments"
         self._record_script = self.client.register_script(_RECORD_EXPOSURES)
+        self._sticky_script = self.client.register_script(_PUT_STICKY)
         self._epoch = f"{prefix}epoch"
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+        except ValueError as exc:
+            raise StoreError(f"store URL {url!r} is not a valid Redis URL: {exc}") from None
+        query = parse_qs(parts.query, keep_blank_values=True)
         prefix = query.pop("prefix", [DEFAULT_PREFIX])[0]
         if not NAME_RE.fullmatch(prefix.rstrip(":")):
             raise StoreError(f"store URL {url!r}: prefix {prefix!r} must be a name, e.g. abmesh:")
         if query:
             raise StoreError(f"store URL {url!r}: unknown option(s) {', '.join(sorted(query))}")
+        if not parts.hostname:
+            raise StoreError(f"store URL {url!r} names no host (e.g. redis://127.0.0.1:6379/0)")
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise StoreError(f"store URL {url!r}: the database {db!r} must be a number")
         try:
             client = redis.Redis.from_url(
                 urlunsplit(parts._replace(query="")),
@@ -105,7 +115,7 @@ class RedisStore:
                     pipe.watch(self._index)
                     metas = {k: json.loads(v) for k, v in pipe.hgetall(self._index).items()}
                     raws = dict(zip(metas, self._current(pipe, metas), strict=True))
-                    check_layer_conflicts(spec, [_spec(raw) for raw in raws.values() if raw])
+                    check_layer_conflicts(spec, [_spec(raw) for raw in raws.values()])
                     meta = metas.get(spec.name)
                     if meta is not None and json.loads(raws[spec.name])["spec"] == text:
                         pipe.unwatch()
@@ -121,6 +131,8 @@ class RedisStore:
                     else:
                         meta = {**meta, "revision": meta["revision"] + 1, "updated_at": now}
                     pipe.multi()
+                    if meta["revision"] == 1:  # no leftovers of an earlier experiment so named
+                        pipe.delete(self._revisions(spec.name))
                     pipe.hset(
                         self._revisions(spec.name),
                         str(meta["revision"]),
@@ -155,7 +167,7 @@ class RedisStore:
             pipe = self.client.pipeline(transaction=False)
             self._current(pipe, metas)
             texts = pipe.execute()
-        records = [_record(_spec(t), metas[n]) for n, t in zip(metas, texts, strict=True) if t]
+        records = [_record(_spec(t), metas[n]) for n, t in zip(metas, texts, strict=True)]
         return sorted(records, key=lambda r: r.name)
 
     def experiment_history(self, name: str) -> list[ExperimentRecord]:
@@ -193,14 +205,26 @@ class RedisStore:
         return self.get_experiment(name)
 
     def delete_experiment(self, name: str) -> None:
-        with self._guard():
-            if not self.client.hdel(self._index, name):
-                raise NotFoundError(f"experiment {name!r} does not exist")
-            sticky = list(self.client.scan_iter(match=self._sticky(name, "*"), count=500))
-            self.client.delete(
-                self._revisions(name), self._exposures(name), self._exposure_counts(name), *sticky
-            )
-            self.client.incr(self._epoch)
+        with self._guard(), self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self._index)
+                    if not pipe.hexists(self._index, name):
+                        raise NotFoundError(f"experiment {name!r} does not exist")
+                    sticky = list(pipe.scan_iter(match=self._sticky(name, "*"), count=500))
+                    pipe.multi()
+                    pipe.hdel(self._index, name)
+                    pipe.delete(
+                        self._revisions(name),
+                        self._exposures(name),
+                        self._exposure_counts(name),
+                        *sticky,
+                    )
+                    pipe.incr(self._epoch)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
 
     def config_epoch(self) -> int:
         with self._guard():
@@ -220,9 +244,9 @@ class RedisStore:
         items = list(exposures.items())
         new = 0
         with self._guard():
-            for start in range(0, len(items), _EXPOSURE_CHUNK):
+            for start in range(0, len(items), _CHUNK):
                 args: list[str] = []
-                for unit, (variant, at) in items[start : start + _EXPOSURE_CHUNK]:
+                for unit, (variant, at) in items[start : start + _CHUNK]:
                     args += [unit, variant, f"{variant} {at!r}"]
                 new += int(self._record_script(keys=keys, args=args))
         return new
@@ -241,16 +265,23 @@ class RedisStore:
             values = self.client.hmget(self._sticky(experiment, salt), list(units))
         return {u: v for u, v in zip(units, values, strict=True) if v is not None}
 
-    def put_sticky(self, experiment: str, salt: str, variants: Mapping[str, str]) -> dict[str, str]:
-        if not variants:
-            return {}
-        key, units = self._sticky(experiment, salt), list(variants)
-        with self._guard(), self.client.pipeline(transaction=True) as pipe:
-            for unit, variant in variants.items():
-                pipe.hsetnx(key, unit, variant)
-            pipe.hmget(key, units)
-            recorded = pipe.execute()[-1]
-        return dict(zip(units, recorded, strict=True))
+    def put_sticky(
+        self,
+        experiment: str,
+        salt: str,
+        variants: Mapping[str, str],
+        *,
+        current: Collection[str] | None = None,
+    ) -> dict[str, str]:
+        keep = sorted(current) if current is not None else []
+        items, recorded = list(variants.items()), []
+        with self._guard():
+            for start in range(0, len(items), _CHUNK):
+                args = [str(len(keep)), *keep]
+                for unit, variant in items[start : start + _CHUNK]:
+                    args += [unit, variant]
+                recorded += self._sticky_script(keys=[self._sticky(experiment, salt)], args=args)
+        return {unit: variant for (unit, _), variant in zip(items, recorded, strict=True)}
 
 
 # KEYS: exposures hash, counts hash.  ARGV: unit, variant, "variant time", repeated.
@@ -265,10 +296,30 @@ for i = 1, #ARGV, 3 do
 end
 return new
 """
-_EXPOSURE_CHUNK = 2000  # units per script call: bounds the time Redis is blocked
+_CHUNK = 2000  # units per script call: bounds the time Redis is blocked
+
+# KEYS: the sticky hash.  ARGV: n, then n variant keys still in the spec (n = 0: keep every
+# record), then unit, variant pairs.  Returns the recorded variant of each unit.
+_PUT_STICKY = """
+local n = tonumber(ARGV[1])
+local current = {}
+for i = 2, n + 1 do current[ARGV[i]] = true end
+local out = {}
+for i = n + 2, #ARGV, 2 do
+  local recorded = redis.call('HGET', KEYS[1], ARGV[i])
+  if not recorded or (n > 0 and not current[recorded]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    recorded = ARGV[i + 1]
+  end
+  out[#out + 1] = recorded
+end
+return out
+"""
 
 
-def _spec(raw: str) -> ExperimentSpec:
+def _spec(raw: str | None) -> ExperimentSpec:
+    if raw is None:  # the index names a revision that is not stored: written by something else
+        raise StoreError("the Redis store is inconsistent: an indexed revision is missing")
     return spec_from_mapping(json.loads(json.loads(raw)["spec"]))
 
 

@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from experiments.store.protocol import (
     check_status,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: exposures
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
     name TEXT PRIMARY KEY, revision INTEGER NOT NULL, status TEXT NOT NULL,
@@ -53,34 +53,44 @@ class SQLiteStore:
         self.path = Path(path)
         self.url = url or f"sqlite:///{self.path}"
         self._lock = threading.Lock()
+        if not self.path.parent.is_dir():
+            raise StoreError(f"SQLite store {str(self.path)!r}: its directory does not exist")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=10.0
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} has schema version {version}; this abmesh knows up to"
-                    f" {SCHEMA_VERSION}: upgrade abmesh"
-                )
-            # executescript commits on its own, so the transaction is spelled out in the script.
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store {str(self.path)!r}: {exc}") from None
+        try:
+            self._migrate()
+        except (sqlite3.Error, StoreError) as exc:
+            self._db.close()
+            message = str(exc) if isinstance(exc, StoreError) else f"cannot open it: {exc}"
+            raise StoreError(f"SQLite store {str(self.path)!r}: {message}") from None
+
+    def _migrate(self) -> None:
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"schema version {version}; this abmesh knows up to {SCHEMA_VERSION}: upgrade it"
+            )
+        if version < SCHEMA_VERSION:
+            # executescript commits on its own, so the transaction is spelled out in the script;
+            # every statement is idempotent, so two processes migrating at once is harmless.
             self._db.executescript(
                 f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             )
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open SQLite store {str(self.path)!r}: {exc}") from None
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, self._errors():
             yield self._db
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, self._errors():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -88,6 +98,13 @@ class SQLiteStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:  # locked, disk full, corrupt: the store, not the caller
+            raise StoreError(f"SQLite store {str(self.path)!r}: {exc}") from None
 
     def ping(self) -> None:
         try:
@@ -216,12 +233,26 @@ class SQLiteStore:
                 )
         return found
 
-    def put_sticky(self, experiment: str, salt: str, variants: Mapping[str, str]) -> dict[str, str]:
+    def put_sticky(
+        self,
+        experiment: str,
+        salt: str,
+        variants: Mapping[str, str],
+        *,
+        current: Collection[str] | None = None,
+    ) -> dict[str, str]:
+        rows = [(experiment, salt, u, v) for u, v in variants.items()]
         with self._write() as db:
-            db.executemany(
-                "INSERT OR IGNORE INTO sticky VALUES (?, ?, ?, ?)",
-                [(experiment, salt, u, v) for u, v in variants.items()],
-            )
+            if current is None:
+                db.executemany("INSERT OR IGNORE INTO sticky VALUES (?, ?, ?, ?)", rows)
+            else:
+                keep = json.dumps(sorted(current))
+                db.executemany(
+                    "INSERT INTO sticky VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE"
+                    " SET variant = excluded.variant"
+                    " WHERE sticky.variant NOT IN (SELECT value FROM json_each(?))",
+                    [(*row, keep) for row in rows],
+                )
         return self.get_sticky(experiment, salt, list(variants))
 
     # exposures

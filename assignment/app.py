@@ -1,0 +1,156 @@
+"""The assignment service: `create_app()` builds the FastAPI app from `Settings`.
+
+Errors: every error a client can cause is a JSON body `{"error": "...", "problems": [...]}`
+naming the field, with 401, 404, 409, 413 or 422; a store outage on an admin call is 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from assignment.config import Settings
+from assignment.routes import assign, configs, experiments, extauthz, health
+from assignment.service import ServiceState
+from assignment.telemetry import LatencyMiddleware
+from experiments.errors import (
+    AbmeshError,
+    ConflictError,
+    InvalidUnitError,
+    NotFoundError,
+    SpecError,
+    StoreError,
+)
+from experiments.store import open_store
+
+log = logging.getLogger("abmesh.app")
+
+STATUS = {
+    NotFoundError: 404,
+    ConflictError: 409,
+    SpecError: 422,
+    InvalidUnitError: 422,
+    StoreError: 503,
+}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    state = ServiceState(settings, open_store(settings.store_url))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(state.cache.refresh)
+        tasks = [
+            asyncio.create_task(state.cache.poll(settings.refresh_interval)),
+            asyncio.create_task(state.exposures.run(settings.exposure_flush_interval)),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await state.exposures.flush()  # a graceful shutdown loses no exposure
+            if state.exposures.size:
+                log.error("%d exposures not written: the store is down", state.exposures.size)
+            state.store.close()
+
+    app = FastAPI(
+        title="abmesh",
+        summary="Sticky assignment of units to model variants, for service-mesh rollouts.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.abmesh = state
+    for router in (
+        assign.router,
+        extauthz.router,
+        configs.router,
+        experiments.router,
+        health.router,
+    ):
+        app.include_router(router)
+    _add_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(LatencyMiddleware, histogram=state.telemetry.latency)
+    return app
+
+
+def _error(
+    status: int,
+    message: str,
+    problems: list[str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, object] = {"error": message}
+    if problems:
+        body["problems"] = problems
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AbmeshError)
+    async def abmesh_error(request: Request, exc: AbmeshError) -> JSONResponse:
+        status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
+        if isinstance(exc, StoreError):
+            request.app.state.abmesh.telemetry.store_errors.labels("admin").inc()
+        problems = exc.problems if isinstance(exc, SpecError) else None
+        return _error(status, str(exc), problems)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err.get("loc", ()))
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        return _error(422, "invalid request: " + "; ".join(problems), problems)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        return _error(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+
+class BodyLimitMiddleware:
+    """413 for request bodies over `limit` bytes, declared or streamed, before they are read."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _error(
+                413, f"request body of {int(declared)} bytes exceeds the limit of {self.limit}"
+            )(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413, f"request body exceeds the limit of {self.limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)

@@ -1,0 +1,84 @@
+"""The service's one settings object, read from the environment (12-factor, like Kubernetes
+manifests set it).  A bad value stops start-up with a message that names the variable."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from experiments.errors import AbmeshError
+from experiments.names import check_name, check_token
+from experiments.store import default_store_url
+
+
+class SettingsError(AbmeshError):
+    """An ABMESH_* environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    store_url: str
+    admin_token: str | None = None  # bearer token for /v1/experiments; unset: admin API closed
+    api_key: str | None = None  # if set, /v1/assign and /v1/configs need `x-api-key`
+    refresh_interval: float = 2.0  # seconds between config-change polls
+    exposure_flush_interval: float = 1.0  # seconds: the most exposures a crash can lose
+    exposure_buffer_limit: int = 200_000  # pending exposures kept while the store is down
+    max_batch: int = 1000  # units x experiments in one POST /v1/assign
+    max_body_bytes: int = 1_048_576
+    extauthz_unit_header: str = "x-user-id"
+    extauthz_unit_cookie: str | None = None
+    extauthz_experiments: tuple[str, ...] = ()  # empty: every running experiment
+    extauthz_unassigned: Literal["control", "none"] = "control"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        d = cls(store_url="")  # the defaults
+
+        def text(name: str) -> str | None:
+            return env.get(f"ABMESH_{name}") or None
+
+        def number(name: str, default: float, low: float) -> float:
+            raw = text(name)
+            try:
+                value = default if raw is None else float(raw)
+            except ValueError:
+                raise SettingsError(f"ABMESH_{name}={raw!r} is not a number") from None
+            if not value >= low:
+                raise SettingsError(f"ABMESH_{name}={raw!r} must be at least {low}")
+            return value
+
+        header = text("EXTAUTHZ_UNIT_HEADER") or d.extauthz_unit_header
+        cookie = text("EXTAUTHZ_UNIT_COOKIE")
+        names = tuple(n.strip() for n in (text("EXTAUTHZ_EXPERIMENTS") or "").split(",") if n)
+        unassigned = text("EXTAUTHZ_UNASSIGNED") or d.extauthz_unassigned
+        try:
+            check_token(header, "ABMESH_EXTAUTHZ_UNIT_HEADER")
+            if cookie is not None:
+                check_token(cookie, "ABMESH_EXTAUTHZ_UNIT_COOKIE")
+            for name in names:
+                check_name(name, "ABMESH_EXTAUTHZ_EXPERIMENTS entry")
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        if unassigned not in ("control", "none"):
+            raise SettingsError(
+                f"ABMESH_EXTAUTHZ_UNASSIGNED={unassigned!r} must be 'control' or 'none'"
+            )
+        return cls(
+            store_url=text("STORE") or default_store_url(),
+            admin_token=text("ADMIN_TOKEN"),
+            api_key=text("API_KEY"),
+            refresh_interval=number("REFRESH_INTERVAL", d.refresh_interval, 0.05),
+            exposure_flush_interval=number(
+                "EXPOSURE_FLUSH_INTERVAL", d.exposure_flush_interval, 0.01
+            ),
+            exposure_buffer_limit=int(number("EXPOSURE_BUFFER_LIMIT", d.exposure_buffer_limit, 1)),
+            max_batch=int(number("MAX_BATCH", d.max_batch, 1)),
+            max_body_bytes=int(number("MAX_BODY_BYTES", d.max_body_bytes, 1024)),
+            extauthz_unit_header=header.lower(),
+            extauthz_unit_cookie=cookie,
+            extauthz_experiments=names,
+            extauthz_unassigned="none" if unassigned == "none" else "control",
+        )

@@ -1,0 +1,53 @@
+"""Dependencies shared by the routes, as `Annotated` aliases."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from assignment.service import ServiceState
+
+
+def get_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.abmesh
+    return state
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def _same(given: str, expected: str) -> bool:
+    # Constant-time: the time taken does not tell how much of a guess was right.
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def require_admin(request: Request, state: StateDep) -> None:
+    token = state.settings.admin_token
+    if token is None:
+        raise HTTPException(401, "the admin API is disabled: set ABMESH_ADMIN_TOKEN")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise HTTPException(
+            401,
+            "missing bearer token: send 'Authorization: Bearer <ABMESH_ADMIN_TOKEN>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not _same(given.strip(), token):
+        raise HTTPException(401, "wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_api_key(request: Request, state: StateDep) -> None:
+    key = state.settings.api_key
+    if key is None:
+        return
+    given = request.headers.get("x-api-key")
+    if given is None:
+        raise HTTPException(401, "missing API key: send the 'x-api-key' header")
+    if not _same(given, key):
+        raise HTTPException(401, "wrong API key")
+
+
+AdminDep = Depends(require_admin)
+ApiKeyDep = Depends(require_api_key)

@@ -1,0 +1,102 @@
+"""Exposure logging off the request path: buffer in memory, flush to the store in batches.
+
+Each unit's first assignment into an experiment is its exposure.  A request only adds the unit
+to an in-memory buffer (a dict insert); a background task writes the buffer to the store every
+`flush_interval` seconds in one call per experiment, and the service flushes once more on a
+graceful shutdown.  The store keeps the first exposure of a unit, so a unit sent twice (two
+replicas, a retried flush) is still counted once.
+
+Loss window: a crash (SIGKILL, OOM, power loss) loses what was buffered since the last flush,
+at most `flush_interval` seconds of new units; those units are exposed again, and counted, the
+next time they are assigned.  While the store is down, batches go back to the buffer, which
+holds at most `limit` pending units; beyond that new units are dropped and counted in
+`abmesh_exposures_dropped_total`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from experiments.errors import StoreError
+from experiments.store import ExposureStore
+
+log = logging.getLogger("abmesh.exposures")
+
+Batch = dict[str, dict[str, tuple[str, float]]]  # experiment -> unit -> (variant, time)
+
+
+class ExposureBuffer:
+    def __init__(
+        self,
+        store: ExposureStore,
+        *,
+        limit: int,
+        on_flushed: Callable[[int], None] = lambda n: None,
+        on_dropped: Callable[[int], None] = lambda n: None,
+    ) -> None:
+        self.store = store
+        self.limit = limit
+        self.pending: Batch = {}
+        self.size = 0
+        self._on_flushed = on_flushed
+        self._on_dropped = on_dropped
+
+    def add(self, experiment: str, unit: str, variant: str) -> None:
+        """Note an exposure (called on the event loop; no I/O)."""
+        units = self.pending.get(experiment)
+        if units is None:
+            units = self.pending[experiment] = {}
+        elif unit in units:
+            return
+        if self.size >= self.limit:
+            self._on_dropped(1)
+            return
+        units[unit] = (variant, time.time())
+        self.size += 1
+
+    def take(self) -> Batch:
+        batch, self.pending, self.size = self.pending, {}, 0
+        return batch
+
+    def put_back(self, batch: Batch) -> None:
+        """Return an unwritten batch; its earlier exposure times win over newer duplicates."""
+        for experiment, units in batch.items():
+            for unit, (variant, at) in units.items():
+                current = self.pending.setdefault(experiment, {})
+                if unit in current:
+                    current[unit] = (variant, at)
+                elif self.size < self.limit:
+                    current[unit] = (variant, at)
+                    self.size += 1
+                else:
+                    self._on_dropped(1)
+
+    def write(self, batch: Batch) -> int:
+        """Write a batch to the store (blocking; run it in a thread).  Returns new exposures."""
+        new = 0
+        for experiment, units in batch.items():
+            if units:
+                new += self.store.record_exposures(experiment, units)
+        return new
+
+    async def flush(self) -> None:
+        batch = self.take()
+        if not batch:
+            return
+        try:
+            written = sum(len(units) for units in batch.values())
+            await asyncio.to_thread(self.write, batch)
+        except StoreError as exc:
+            log.warning("exposure flush failed, will retry: %s", exc)
+            self.put_back(batch)
+            return
+        self._on_flushed(written)
+
+    async def run(self, interval: float) -> None:
+        """Flush every `interval` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.flush()

@@ -1,0 +1,82 @@
+"""Request and response bodies of the HTTP API, split by direction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from assignment.assign import Assignment
+from experiments.store import ExperimentRecord
+
+
+class HeaderOut(BaseModel):
+    name: str
+    value: str
+
+
+class AssignmentOut(BaseModel):
+    experiment: str
+    unit: str
+    variant: str
+    in_experiment: bool
+    reason: str
+    header: HeaderOut
+
+
+def assignment_body(unit: str, a: Assignment) -> dict[str, Any]:
+    """The JSON body of AssignmentOut, built directly (the hot path skips model validation)."""
+    return {
+        "experiment": a.experiment,
+        "unit": unit,
+        "variant": a.variant,
+        "in_experiment": a.in_experiment,
+        "reason": a.reason.value,
+        "header": {"name": a.header_name, "value": a.header_value},
+    }
+
+
+class BatchAssignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    units: list[str] = Field(min_length=1, description="Unit ids to assign.")
+    experiments: list[str] | None = Field(
+        default=None, min_length=1, description="Experiments to assign in; default: all running."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Request headers that may force a variant."
+    )
+
+
+class BatchAssignOut(BaseModel):
+    assignments: list[AssignmentOut]
+
+
+class ExperimentOut(BaseModel):
+    name: str
+    revision: int
+    status: str
+    created_at: float
+    updated_at: float
+    spec: dict[str, Any]
+
+
+def experiment_body(record: ExperimentRecord) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "revision": record.revision,
+        "status": record.status.value,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "spec": record.spec.model_dump(mode="json", by_alias=True),
+    }
+
+
+class ConfigsOut(BaseModel):
+    epoch: int
+    experiments: list[ExperimentOut]
+
+
+class ErrorOut(BaseModel):
+    error: str = Field(description="What is wrong, naming the field or parameter.")
+    problems: list[str] | None = None

@@ -1,0 +1,61 @@
+"""Assignment endpoints: one unit (GET, also sets the routing header) or a batch (POST)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+
+from assignment.deps import ApiKeyDep, StateDep
+from assignment.models import (
+    AssignmentOut,
+    BatchAssignIn,
+    BatchAssignOut,
+    ErrorOut,
+    assignment_body,
+)
+from experiments.store import ExperimentStatus
+
+router = APIRouter(prefix="/v1", tags=["assign"], dependencies=[ApiKeyDep])
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 404, 422)}
+
+
+@router.get("/assign/{experiment}", response_model=AssignmentOut, responses=ERRORS)
+async def assign_unit(
+    experiment: str,
+    unit: Annotated[str, Query(description="The unit id (user, session, device).")],
+    request: Request,
+    state: StateDep,
+) -> Response:
+    """The variant of one unit, with the header to route on (also set on this response).
+    Request headers may force a variant through the spec's overrides."""
+    record = state.cache.get(experiment)
+    a = await state.assign(record, unit, request.headers)
+    body = json.dumps(assignment_body(unit, a)).encode()
+    return Response(body, media_type="application/json", headers={a.header_name: a.header_value})
+
+
+@router.post(
+    "/assign", response_model=BatchAssignOut, responses={**ERRORS, 413: {"model": ErrorOut}}
+)
+async def assign_batch(body: BatchAssignIn, state: StateDep) -> Response:
+    """Many units in one or more experiments (default: every running experiment)."""
+    if body.experiments is None:
+        records = [
+            r for r in state.cache.experiments.values() if r.status is ExperimentStatus.RUNNING
+        ]
+    else:
+        records = [state.cache.get(name) for name in dict.fromkeys(body.experiments)]
+    size = len(body.units) * max(len(records), 1)
+    if size > state.settings.max_batch:
+        raise HTTPException(
+            413,
+            f"batch of {len(body.units)} units x {len(records)} experiments = {size} assignments"
+            f" exceeds the limit of {state.settings.max_batch}",
+        )
+    out = []
+    for record in records:
+        results = await state.assign_many(record, body.units, body.headers)
+        out += [assignment_body(u, a) for u, a in zip(body.units, results, strict=True)]
+    return Response(json.dumps({"assignments": out}).encode(), media_type="application/json")

@@ -1,0 +1,29 @@
+"""Experiment configs for clients that assign in-process (local evaluation)."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request, Response
+
+from assignment.deps import ApiKeyDep, StateDep
+from assignment.models import ConfigsOut, ErrorOut, experiment_body
+
+router = APIRouter(prefix="/v1", tags=["assign"], dependencies=[ApiKeyDep])
+
+
+@router.get("/configs", response_model=ConfigsOut, responses={401: {"model": ErrorOut}})
+def get_configs(request: Request, state: StateDep) -> Response:
+    """Every experiment with its status and spec.  Send the ETag back as If-None-Match: the
+    answer is 304 with no body while nothing changed."""
+    cache = state.cache
+    etag = f'"{cache.epoch or 0}"'
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    body = {
+        "epoch": cache.epoch or 0,
+        "experiments": [experiment_body(r) for r in cache.experiments.values()],
+    }
+    return Response(
+        json.dumps(body).encode(), media_type="application/json", headers={"ETag": etag}
+    )

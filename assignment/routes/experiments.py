@@ -1,0 +1,79 @@
+"""Admin API for experiments, behind the bearer token (ABMESH_ADMIN_TOKEN).
+
+Store calls block, so these are plain `def` routes (FastAPI runs them in its thread pool);
+every write refreshes this replica's config cache at once, others follow within one poll.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body, HTTPException, Response
+
+from assignment.deps import AdminDep, StateDep
+from assignment.models import ErrorOut, ExperimentOut, experiment_body
+from experiments.errors import NotFoundError
+from experiments.lifecycle import Action, next_status
+from experiments.loader import spec_from_mapping
+
+router = APIRouter(prefix="/v1/experiments", tags=["experiments"], dependencies=[AdminDep])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (401, 404, 409, 422, 503)
+}
+SpecBody = Body(description="An experiment spec (the JSON form of the YAML spec).")
+
+
+@router.get("", response_model=list[ExperimentOut], responses=ERRORS)
+def list_experiments(state: StateDep) -> list[dict[str, Any]]:
+    return [experiment_body(r) for r in state.store.list_experiments()]
+
+
+@router.get("/{name}", response_model=ExperimentOut, responses=ERRORS)
+def get_experiment(name: str, state: StateDep, revision: int | None = None) -> dict[str, Any]:
+    return experiment_body(state.store.get_experiment(name, revision))
+
+
+@router.post("", status_code=201, response_model=ExperimentOut, responses=ERRORS)
+def create_experiment(state: StateDep, spec: dict[str, Any] = SpecBody) -> dict[str, Any]:
+    """Create an experiment (409 if one of that name exists: use PUT to change it)."""
+    parsed = spec_from_mapping(spec)
+    try:
+        state.store.get_experiment(parsed.name)
+    except NotFoundError:
+        pass
+    else:
+        raise HTTPException(409, f"experiment {parsed.name!r} exists; PUT to change it")
+    record = state.store.put_experiment(parsed).record
+    state.cache.refresh()
+    return experiment_body(record)
+
+
+@router.put("/{name}", response_model=ExperimentOut, responses=ERRORS)
+def put_experiment(
+    name: str, response: Response, state: StateDep, spec: dict[str, Any] = SpecBody
+) -> dict[str, Any]:
+    """Create or change an experiment; a changed spec becomes a new revision (201 if new)."""
+    parsed = spec_from_mapping({"name": name, **spec})
+    if parsed.name != name:
+        raise HTTPException(422, f"name: the body names {parsed.name!r} but the path {name!r}")
+    result = state.store.put_experiment(parsed)
+    if result.changed and result.record.revision == 1:
+        response.status_code = 201
+    state.cache.refresh()
+    return experiment_body(result.record)
+
+
+@router.post("/{name}/{action}", response_model=ExperimentOut, responses=ERRORS)
+def change_status(name: str, action: Action, state: StateDep) -> dict[str, Any]:
+    """start (draft or paused → running), pause (running → paused), stop (→ stopped, final)."""
+    current = state.store.get_experiment(name).status
+    record = state.store.set_status(name, next_status(current, action), expected=current)
+    state.cache.refresh()
+    return experiment_body(record)
+
+
+@router.delete("/{name}", status_code=204, responses=ERRORS)
+def delete_experiment(name: str, state: StateDep) -> Response:
+    state.store.delete_experiment(name)
+    state.cache.refresh()
+    return Response(status_code=204)

@@ -1,0 +1,69 @@
+"""What the routes share: settings, store, config cache, exposure buffer, metrics, and the
+assignment step that ties them together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from assignment.assign import Assignment, assign, assign_many
+from assignment.cache import ConfigCache
+from assignment.config import Settings
+from assignment.exposures import ExposureBuffer
+from assignment.telemetry import Telemetry
+from experiments.errors import StoreError
+from experiments.store import ExperimentRecord, ExperimentStatus, Store
+
+log = logging.getLogger("abmesh.service")
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    store: Store
+    cache: ConfigCache = field(init=False)
+    telemetry: Telemetry = field(init=False)
+    exposures: ExposureBuffer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cache = ConfigCache(self.store)
+        self.telemetry = Telemetry(config_age=self.cache.age)
+        self.exposures = ExposureBuffer(
+            self.store,
+            limit=self.settings.exposure_buffer_limit,
+            on_flushed=self.telemetry.exposures_flushed.inc,
+            on_dropped=self.telemetry.exposures_dropped.inc,
+        )
+
+    async def assign(
+        self, record: ExperimentRecord, unit: str, headers: Mapping[str, str] | None
+    ) -> Assignment:
+        return (await self.assign_many(record, [unit], headers))[0]
+
+    async def assign_many(
+        self, record: ExperimentRecord, units: Sequence[str], headers: Mapping[str, str] | None
+    ) -> list[Assignment]:
+        """Assign, count, and buffer the exposures.  Only sticky specs touch the store (in a
+        thread); if it is down they fall back to the plain hash rather than fail."""
+        spec, active = record.spec, record.status is ExperimentStatus.RUNNING
+        if spec.sticky and active:
+            try:
+                results = await asyncio.to_thread(
+                    assign_many, spec, units, headers=headers, sticky=self.store, active=active
+                )
+            except StoreError as exc:
+                self.telemetry.store_errors.labels("sticky").inc()
+                log.warning("sticky records unavailable, assigning by hash: %s", exc)
+                results = assign_many(spec, units, headers=headers, active=active)
+        elif len(units) == 1:
+            results = [assign(spec, units[0], headers=headers, active=active)]
+        else:
+            results = assign_many(spec, units, headers=headers, active=active)
+        counter, buffer = self.telemetry.assignments, self.exposures
+        for unit, a in zip(units, results, strict=True):
+            counter.labels(a.experiment, a.variant).inc()
+            if a.in_experiment:
+                buffer.add(a.experiment, unit, a.variant)
+        return results
