@@ -1,18 +1,14 @@
 """Shared fixtures: real stores of both backends.
 
 Redis: the server at $ABMESH_TEST_REDIS_URL (default 127.0.0.1:6379, which the service machines
-run) when it answers, else a
-private `redis-server` on a free loopback port in a temp dir, stopped by its own PID.  Every
+run) when it answers, else a private `redis-server` on a free loopback port in a temp dir,
+stopped by its own PID.  Every
 test gets its own key prefix, deleted afterwards, so tests never see each other's keys.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +17,7 @@ import pytest
 import redis
 
 from experiments.store import Store, open_store
+from tests.servers import start_redis
 
 DEFAULT_REDIS = os.environ.get("ABMESH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -32,49 +29,14 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if _answers(DEFAULT_REDIS):
         yield DEFAULT_REDIS
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("no Redis answers on 127.0.0.1:6379 and redis-server is not installed")
-    port, workdir = _free_port(), tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while not _answers(url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"redis-server on port {port} did not start")
-        time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield f"redis://127.0.0.1:{server.port}/0"
+    server.stop()
 
 
 @pytest.fixture

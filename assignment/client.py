@@ -1,0 +1,248 @@
+"""Python client of the assignment service.
+
+Two modes:
+- remote (default): every `assign` is one HTTP call on a pooled connection with a short
+  timeout; on any failure (timeout, refused connection, error status, bad body) it returns the
+  control variant, flagged `fallback=True`, so an app never fails because abmesh is down.
+- local (`local=True`): the client pulls the experiment configs (`GET /v1/configs`, revalidated
+  with ETag every `refresh_interval` seconds) and hashes in-process with the same code as the
+  server, so answers cost microseconds and survive a service outage.  Exposures are reported in
+  batches through `POST /v1/assign` (the server re-derives and records them); call `flush()` or
+  `close()` before exiting.  Sticky specs are always asked of the server, which holds the records.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from assignment.assign import assign as assign_local
+from experiments.errors import AbmeshError
+from experiments.loader import spec_from_mapping
+from experiments.spec import ExperimentSpec
+
+log = logging.getLogger("abmesh.client")
+EXPOSURE_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAssignment:
+    experiment: str
+    unit: str
+    variant: str
+    in_experiment: bool
+    header_name: str | None
+    header_value: str | None
+    reason: str
+    fallback: bool = False  # True: the service could not be asked; this is the control variant
+    error: str | None = None
+
+
+class AssignmentClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 0.25,
+        api_key: str | None = None,
+        local: bool = False,
+        refresh_interval: float = 30.0,
+        fallback_variant: str = "control",
+        max_connections: int = 32,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.local = local
+        self.refresh_interval = refresh_interval
+        self.fallback_variant = fallback_variant
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            headers={"x-api-key": api_key} if api_key else {},
+            transport=transport,
+        )
+        self._specs: dict[str, tuple[ExperimentSpec, bool]] = {}  # name -> (spec, running)
+        self._etag: str | None = None
+        self._checked_at = float("-inf")
+        self._exposed: dict[str, list[str]] = {}
+
+    # remote
+
+    def assign(
+        self, experiment: str, unit: str, *, headers: Mapping[str, str] | None = None
+    ) -> ClientAssignment:
+        if self.local:
+            found = self._local_spec(experiment)
+            if found is not None and not found[0].sticky:
+                return self._assign_here(found, unit, headers)
+        try:
+            response = self._http.get(
+                f"/v1/assign/{quote(experiment, safe='')}",
+                params={"unit": unit},
+                headers=dict(headers or {}),
+            )
+            response.raise_for_status()
+            return _from_body(response.json())
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            return self._fallback(experiment, unit, _describe(exc))
+
+    def assign_many(
+        self, experiment: str, units: Sequence[str], *, headers: Mapping[str, str] | None = None
+    ) -> list[ClientAssignment]:
+        if self.local:
+            found = self._local_spec(experiment)
+            if found is not None and not found[0].sticky:
+                return [self._assign_here(found, u, headers) for u in units]
+        try:
+            response = self._http.post(
+                "/v1/assign",
+                json={
+                    "units": list(units),
+                    "experiments": [experiment],
+                    "headers": dict(headers or {}),
+                },
+            )
+            response.raise_for_status()
+            return [_from_body(item) for item in response.json()["assignments"]]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            return [self._fallback(experiment, u, _describe(exc)) for u in units]
+
+    def _fallback(self, experiment: str, unit: str, error: str) -> ClientAssignment:
+        log.warning("abmesh assign failed, using control for %s: %s", experiment, error)
+        known = self._specs.get(experiment)
+        if known is None:
+            return ClientAssignment(
+                experiment,
+                unit,
+                self.fallback_variant,
+                False,
+                None,
+                None,
+                "fallback",
+                fallback=True,
+                error=error,
+            )
+        control = known[0].control_variant
+        return ClientAssignment(
+            experiment,
+            unit,
+            control.key,
+            False,
+            known[0].header,
+            control.header_value,
+            "fallback",
+            fallback=True,
+            error=error,
+        )
+
+    # local evaluation
+
+    def refresh(self) -> None:
+        """Fetch the configs unless unchanged (ETag); raises httpx.HTTPError on failure."""
+        headers = {"If-None-Match": self._etag} if self._etag else {}
+        response = self._http.get("/v1/configs", headers=headers)
+        self._checked_at = time.monotonic()
+        if response.status_code == 304:
+            return
+        response.raise_for_status()
+        specs = {}
+        for item in response.json()["experiments"]:
+            specs[item["name"]] = (spec_from_mapping(item["spec"]), item["status"] == "running")
+        self._specs, self._etag = specs, response.headers.get("ETag")
+
+    def _local_spec(self, experiment: str) -> tuple[ExperimentSpec, bool] | None:
+        if time.monotonic() - self._checked_at >= self.refresh_interval:
+            try:
+                self.refresh()
+            except (httpx.HTTPError, ValueError, KeyError, AbmeshError) as exc:
+                log.warning("abmesh configs not refreshed, using the last ones: %s", exc)
+                self._checked_at = time.monotonic()  # do not retry on every call
+        return self._specs.get(experiment)
+
+    def _assign_here(
+        self, found: tuple[ExperimentSpec, bool], unit: str, headers: Mapping[str, str] | None
+    ) -> ClientAssignment:
+        spec, running = found
+        try:
+            a = assign_local(spec, unit, headers=headers, active=running)
+        except AbmeshError as exc:
+            return self._fallback(spec.name, unit, str(exc))
+        if a.in_experiment:
+            pending = self._exposed.setdefault(spec.name, [])
+            pending.append(unit)
+            if len(pending) >= EXPOSURE_BATCH:
+                self._send_exposures(spec.name)
+        return ClientAssignment(
+            spec.name,
+            unit,
+            a.variant,
+            a.in_experiment,
+            a.header_name,
+            a.header_value,
+            a.reason.value,
+        )
+
+    def flush(self) -> None:
+        """Report the exposures of local assignments to the service."""
+        for experiment in list(self._exposed):
+            self._send_exposures(experiment)
+
+    def _send_exposures(self, experiment: str) -> None:
+        units = list(dict.fromkeys(self._exposed.pop(experiment, [])))
+        for start in range(0, len(units), EXPOSURE_BATCH):
+            try:
+                self._http.post(
+                    "/v1/assign",
+                    json={
+                        "units": units[start : start + EXPOSURE_BATCH],
+                        "experiments": [experiment],
+                    },
+                ).raise_for_status()
+            except httpx.HTTPError as exc:
+                log.warning("abmesh exposures not reported for %s: %s", experiment, exc)
+
+    # lifetime
+
+    def close(self) -> None:
+        if self.local:
+            self.flush()
+        self._http.close()
+
+    def __enter__(self) -> AssignmentClient:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _from_body(body: Mapping[str, Any]) -> ClientAssignment:
+    header = body["header"]
+    return ClientAssignment(
+        body["experiment"],
+        body["unit"],
+        body["variant"],
+        bool(body["in_experiment"]),
+        header["name"],
+        header["value"],
+        body["reason"],
+    )
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, httpx.HTTPStatusError):
+        try:
+            return f"{exc.response.status_code}: {exc.response.json()['error']}"
+        except (ValueError, KeyError, TypeError):
+            return f"HTTP {exc.response.status_code}"
+    return f"{type(exc).__name__}: {exc}"

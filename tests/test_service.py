@@ -1,0 +1,274 @@
+"""The assignment service over real HTTP: `abmesh serve` in its own process, real stores."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from assignment import assign
+from experiments import EXAMPLES_DIR, load_spec
+from experiments.store import ExperimentStatus, open_store
+from tests.servers import Service, start_service
+
+TOKEN = "s3cret-token"
+EXAMPLE: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text())
+
+
+@pytest.fixture
+def service(tmp_path: Path, store_url: str) -> Iterator[Service]:
+    store = open_store(store_url)
+    store.put_experiment(load_spec(EXAMPLE))
+    store.set_status("ranker-v2", ExperimentStatus.RUNNING)
+    store.put_experiment(load_spec({**EXAMPLE, "name": "draft-exp"}))
+    store.close()
+    svc = start_service(store_url, tmp_path, admin_token=TOKEN, refresh_interval=0.2)
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+def http(service: Service) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service.url, timeout=10) as client:
+        yield client
+
+
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_assign_one_unit_sets_the_routing_header(http: httpx.Client) -> None:
+    r = http.get("/v1/assign/ranker-v2", params={"unit": "user-42"})
+    assert r.status_code == 200
+    body = r.json()
+    expected = assign(load_spec(EXAMPLE), "user-42")
+    assert body == {
+        "experiment": "ranker-v2",
+        "unit": "user-42",
+        "variant": expected.variant,
+        "in_experiment": True,
+        "reason": "hash",
+        "header": {"name": "x-user-group", "value": expected.header_value},
+    }
+    assert r.headers["x-user-group"] == expected.header_value
+
+
+def test_request_headers_force_a_variant(http: httpx.Client) -> None:
+    r = http.get(
+        "/v1/assign/ranker-v2",
+        params={"unit": "anyone"},
+        headers={"X-User-Group": "internal-testers"},
+    )
+    assert (r.json()["variant"], r.json()["reason"], r.json()["in_experiment"]) == (
+        "treatment",
+        "override-header",
+        False,
+    )
+    assert r.headers["x-user-group"] == "group-b"
+
+
+def test_experiment_that_is_not_running_gives_control(http: httpx.Client) -> None:
+    body = http.get("/v1/assign/draft-exp", params={"unit": "user-1"}).json()
+    assert (body["variant"], body["reason"], body["in_experiment"]) == (
+        "control",
+        "inactive",
+        False,
+    )
+    forced = http.get("/v1/assign/draft-exp", params={"unit": "qa-1"}).json()
+    assert forced["variant"] == "treatment"  # testers can check a draft end to end
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "status", "message"),
+    [
+        ("/v1/assign/nope", {"unit": "u"}, 404, "experiment 'nope' does not exist"),
+        ("/v1/assign/ranker-v2", {"unit": ""}, 422, "unit must not be empty"),
+        ("/v1/assign/ranker-v2", {"unit": "x" * 300}, 422, "at most 256"),
+        ("/v1/assign/ranker-v2", {"unit": "a\x00b"}, 422, "control characters"),
+        ("/v1/assign/ranker-v2", {"unit": "a\nb"}, 422, "control characters"),
+        ("/v1/assign/ranker-v2", {}, 422, "query.unit: Field required"),
+        ("/v1/nowhere", {}, 404, "no such endpoint"),
+    ],
+)
+def test_bad_assign_requests(
+    http: httpx.Client, path: str, params: dict[str, str], status: int, message: str
+) -> None:
+    r = http.get(path, params=params)
+    assert r.status_code == status
+    assert message in r.json()["error"]
+
+
+def test_batch_assign(http: httpx.Client) -> None:
+    units = [f"user-{i}" for i in range(50)] + ["qa-2"]
+    r = http.post("/v1/assign", json={"units": units, "experiments": ["ranker-v2", "draft-exp"]})
+    assert r.status_code == 200
+    rows = r.json()["assignments"]
+    assert len(rows) == 2 * len(units)
+    spec = load_spec(EXAMPLE)
+    for row, unit in zip(rows[: len(units)], units, strict=True):
+        assert (row["unit"], row["variant"]) == (unit, assign(spec, unit).variant)
+    assert {row["reason"] for row in rows[len(units) : -1]} == {"inactive"}
+    # Without "experiments": every running experiment.
+    default = http.post("/v1/assign", json={"units": ["u1"]}).json()["assignments"]
+    assert [row["experiment"] for row in default] == ["ranker-v2"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (
+            {"units": [f"u{i}" for i in range(600)], "experiments": ["ranker-v2", "draft-exp"]},
+            413,
+            "exceeds the limit of 1000",
+        ),
+        ({"units": ["ok", ""], "experiments": ["ranker-v2"]}, 422, "units[1]: unit must not"),
+        ({"units": ["u"], "experiments": ["ghost"]}, 404, "'ghost' does not exist"),
+        ({"units": []}, 422, "body.units"),
+        ({"units": "u1"}, 422, "body.units"),
+        ({"unit": ["u1"]}, 422, "body.unit"),
+    ],
+)
+def test_bad_batches(http: httpx.Client, body: dict[str, Any], status: int, message: str) -> None:
+    r = http.post("/v1/assign", json=body)
+    assert r.status_code == status
+    assert message in r.json()["error"]
+
+
+def test_oversized_and_malformed_bodies(http: httpx.Client) -> None:
+    big = http.post(
+        "/v1/assign",
+        content=b"[" + b"1," * 600_000 + b"1]",
+        headers={"content-type": "application/json"},
+    )
+    assert big.status_code == 413
+    assert "exceeds the limit" in big.json()["error"]
+    bad = http.post(
+        "/v1/assign", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert bad.status_code == 422
+    assert "JSON" in bad.json()["error"]
+
+
+def test_admin_needs_the_bearer_token(http: httpx.Client) -> None:
+    assert http.get("/v1/experiments").status_code == 401
+    wrong = http.get("/v1/experiments", headers={"Authorization": "Bearer nope"})
+    assert (wrong.status_code, wrong.json()["error"]) == (401, "wrong bearer token")
+    assert http.get("/v1/experiments", headers={"Authorization": TOKEN}).status_code == 401
+    listing = http.get("/v1/experiments", headers=ADMIN)
+    assert listing.status_code == 200
+    assert [e["name"] for e in listing.json()] == ["draft-exp", "ranker-v2"]
+
+
+def test_admin_create_update_and_lifecycle(http: httpx.Client) -> None:
+    spec = {**EXAMPLE, "name": "new-exp"}
+    created = http.post("/v1/experiments", json=spec, headers=ADMIN)
+    assert created.status_code == 201
+    assert (created.json()["revision"], created.json()["status"]) == (1, "draft")
+    assert http.post("/v1/experiments", json=spec, headers=ADMIN).status_code == 409
+    changed = {
+        **spec,
+        "variants": [{**v, "weight": w} for v, w in zip(spec["variants"], (90, 10), strict=True)],
+    }
+    updated = http.put("/v1/experiments/new-exp", json=changed, headers=ADMIN)
+    assert (updated.status_code, updated.json()["revision"]) == (200, 2)
+    assert (
+        http.put(
+            "/v1/experiments/brand-new", json={**spec, "name": "brand-new"}, headers=ADMIN
+        ).status_code
+        == 201
+    )
+    for action, status in (
+        ("start", "running"),
+        ("pause", "paused"),
+        ("start", "running"),
+        ("stop", "stopped"),
+    ):
+        r = http.post(f"/v1/experiments/new-exp/{action}", headers=ADMIN)
+        assert (r.status_code, r.json()["status"]) == (200, status)
+    refused = http.post("/v1/experiments/new-exp/start", headers=ADMIN)
+    assert refused.status_code == 409
+    assert "cannot start an experiment that is stopped" in refused.json()["error"]
+    assert http.post("/v1/experiments/new-exp/explode", headers=ADMIN).status_code == 422
+    assert (
+        http.get("/v1/experiments/new-exp", params={"revision": 1}, headers=ADMIN).json()["spec"][
+            "variants"
+        ][1]["weight"]
+        == 50
+    )
+    assert http.delete("/v1/experiments/brand-new", headers=ADMIN).status_code == 204
+    assert http.get("/v1/experiments/brand-new", headers=ADMIN).status_code == 404
+
+
+def test_admin_changes_reach_the_assign_endpoint_at_once(http: httpx.Client) -> None:
+    assert http.post("/v1/experiments/draft-exp/start", headers=ADMIN).status_code == 200
+    body = http.get("/v1/assign/draft-exp", params={"unit": "user-1"}).json()
+    assert body["reason"] == "hash"
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({**EXAMPLE, "variants": EXAMPLE["variants"][:1]}, "variants:"),
+        ({**EXAMPLE, "header": "x user"}, "header:"),
+        ({**EXAMPLE, "coverage": 2}, "coverage:"),
+        ({**EXAMPLE, "name": "a/b"}, "name:"),
+    ],
+)
+def test_admin_rejects_invalid_specs_naming_the_field(
+    http: httpx.Client, body: dict[str, Any], problem: str
+) -> None:
+    r = http.post("/v1/experiments", json=body, headers=ADMIN)
+    assert r.status_code == 422
+    assert any(p.startswith(problem) for p in r.json()["problems"])
+    assert [e["name"] for e in http.get("/v1/experiments", headers=ADMIN).json()] == [
+        "draft-exp",
+        "ranker-v2",
+    ]  # nothing stored
+
+
+def test_put_with_a_different_name_is_refused(http: httpx.Client) -> None:
+    r = http.put("/v1/experiments/ranker-v2", json={**EXAMPLE, "name": "other"}, headers=ADMIN)
+    assert r.status_code == 422
+    assert "the body names 'other'" in r.json()["error"]
+
+
+def test_health_readiness_and_metrics(http: httpx.Client) -> None:
+    assert http.get("/healthz").json() == {"status": "ok"}
+    ready = http.get("/readyz")
+    assert (ready.status_code, ready.json()["status"], ready.json()["experiments"]) == (
+        200,
+        "ready",
+        2,
+    )
+    http.get("/v1/assign/ranker-v2", params={"unit": "user-42"})
+    metrics = http.get("/metrics").text
+    variant = assign(load_spec(EXAMPLE), "user-42").variant
+    assert f'abmesh_assignments_total{{experiment="ranker-v2",variant="{variant}"}} 1.0' in metrics
+    assert 'route="/v1/assign/{experiment}"' in metrics
+    assert "abmesh_config_age_seconds" in metrics
+    assert "abmesh_store_errors_total" in metrics or "abmesh_store_errors" in metrics
+
+
+def test_configs_for_local_evaluation_with_etag(http: httpx.Client) -> None:
+    r = http.get("/v1/configs")
+    assert r.status_code == 200
+    assert {e["name"] for e in r.json()["experiments"]} == {"ranker-v2", "draft-exp"}
+    again = http.get("/v1/configs", headers={"If-None-Match": r.headers["ETag"]})
+    assert (again.status_code, again.content) == (304, b"")
+
+
+def test_openapi_documents_the_endpoints(http: httpx.Client) -> None:
+    paths = http.get("/openapi.json").json()["paths"]
+    for path in (
+        "/v1/assign/{experiment}",
+        "/v1/assign",
+        "/v1/extauthz/{path}",
+        "/v1/experiments",
+        "/v1/experiments/{name}/{action}",
+        "/readyz",
+    ):
+        assert path in paths
+    assert http.get("/docs").status_code == 200
