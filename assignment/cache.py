@@ -12,7 +12,7 @@ import logging
 import time
 
 from experiments.errors import NotFoundError, StoreError
-from experiments.store import ExperimentRecord, Store
+from experiments.store import ExperimentRecord, ExperimentStatus, Store
 
 log = logging.getLogger("abmesh.cache")
 
@@ -21,6 +21,7 @@ class ConfigCache:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.experiments: dict[str, ExperimentRecord] = {}
+        self.running: tuple[ExperimentRecord, ...] = ()  # by name; derived once per reload
         self.epoch: int | None = None
         self.loaded_at: float | None = None  # wall time of the last successful poll
         self.error: str | None = None  # why the last poll failed, while it keeps failing
@@ -47,6 +48,11 @@ class ConfigCache:
                 records = self.store.list_experiments()
                 # One assignment swaps the whole mapping: readers never see half a reload.
                 self.experiments = {r.name: r for r in records}
+                self.running = tuple(
+                    r
+                    for r in sorted(records, key=lambda r: r.name)
+                    if r.status is ExperimentStatus.RUNNING
+                )
                 self.epoch = epoch
         except StoreError as exc:
             if self.error is None:

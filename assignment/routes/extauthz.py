@@ -10,14 +10,14 @@ header (or, as configured, the control group) instead of an error status.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from fastapi import APIRouter, Request, Response
 
 from assignment.assign import Reason
-from assignment.deps import StateDep
 from assignment.service import ServiceState
 from experiments.names import unit_problem
-from experiments.store import ExperimentRecord, ExperimentStatus
+from experiments.store import ExperimentRecord
 
 log = logging.getLogger("abmesh.extauthz")
 router = APIRouter(prefix="/v1", tags=["ext_authz"])
@@ -26,8 +26,9 @@ _FORCED = (Reason.OVERRIDE_HEADER, Reason.OVERRIDE_UNIT)
 
 
 @router.api_route("/extauthz/{path:path}", methods=METHODS)
-async def extauthz_check(path: str, request: Request, state: StateDep) -> Response:
+async def extauthz_check(path: str, request: Request) -> Response:
     """Always 200; carries `<experiment header>: <group>` for Envoy's allowed_upstream_headers."""
+    state: ServiceState = request.app.state.abmesh  # no dependency injection on the hot path
     try:
         headers = await group_headers(request, state)
     except Exception:
@@ -37,15 +38,11 @@ async def extauthz_check(path: str, request: Request, state: StateDep) -> Respon
     return Response(status_code=200, headers=headers)
 
 
-def _experiments(state: ServiceState) -> list[ExperimentRecord]:
+def _experiments(state: ServiceState) -> Sequence[ExperimentRecord]:
     names = state.settings.extauthz_experiments
     if names:
         return [state.cache.experiments[n] for n in names if n in state.cache.experiments]
-    running = ExperimentStatus.RUNNING
-    return sorted(
-        (r for r in state.cache.experiments.values() if r.status is running),
-        key=lambda r: r.name,
-    )
+    return state.cache.running
 
 
 async def group_headers(request: Request, state: ServiceState) -> dict[str, str]:

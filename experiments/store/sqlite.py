@@ -258,19 +258,20 @@ class SQLiteStore:
     # exposures
 
     def record_exposures(self, experiment: str, exposures: Mapping[str, tuple[str, float]]) -> int:
+        by_variant: dict[str, list[tuple[str, str, str, float]]] = {}
+        for unit, (variant, at) in exposures.items():
+            by_variant.setdefault(variant, []).append((experiment, unit, variant, at))
         new: dict[str, int] = {}
         with self._write() as db:
-            for unit, (variant, at) in exposures.items():
-                inserted = db.execute(
-                    "INSERT OR IGNORE INTO exposures VALUES (?, ?, ?, ?)",
-                    (experiment, unit, variant, at),
-                ).rowcount
-                if inserted:
-                    new[variant] = new.get(variant, 0) + 1
+            for variant, rows in by_variant.items():
+                # One executemany per variant; total_changes tells how many rows were new.
+                before = db.total_changes
+                db.executemany("INSERT OR IGNORE INTO exposures VALUES (?, ?, ?, ?)", rows)
+                new[variant] = db.total_changes - before
             db.executemany(
                 "INSERT INTO exposure_counts VALUES (?, ?, ?) ON CONFLICT(experiment, variant)"
                 " DO UPDATE SET units = units + excluded.units",
-                [(experiment, variant, n) for variant, n in new.items()],
+                [(experiment, variant, n) for variant, n in new.items() if n],
             )
         return sum(new.values())
 
