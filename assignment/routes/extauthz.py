@@ -21,11 +21,14 @@ from experiments.store import ExperimentRecord
 
 log = logging.getLogger("abmesh.extauthz")
 router = APIRouter(prefix="/v1", tags=["ext_authz"])
-METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+# Envoy forwards the original method.  OpenAPI shows the check once (GET); one operation per
+# method would repeat it and clash on operation ids.
+OTHER_METHODS = ["POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 _FORCED = (Reason.OVERRIDE_HEADER, Reason.OVERRIDE_UNIT)
 
 
-@router.api_route("/extauthz/{path:path}", methods=METHODS)
+@router.api_route("/extauthz/{path:path}", methods=["GET"])
+@router.api_route("/extauthz/{path:path}", methods=OTHER_METHODS, include_in_schema=False)
 async def extauthz_check(path: str, request: Request) -> Response:
     """Always 200; carries `<experiment header>: <group>` for Envoy's allowed_upstream_headers."""
     state: ServiceState = request.app.state.abmesh  # no dependency injection on the hot path
