@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from experiments.errors import NotFoundError, StoreError
 from experiments.store import ExperimentRecord, ExperimentStatus, Store
@@ -18,8 +19,9 @@ log = logging.getLogger("abmesh.cache")
 
 
 class ConfigCache:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, on_error: Callable[[], None] = lambda: None) -> None:
         self.store = store
+        self.on_error = on_error
         self.experiments: dict[str, ExperimentRecord] = {}
         self.running: tuple[ExperimentRecord, ...] = ()  # by name; derived once per reload
         self.epoch: int | None = None
@@ -55,6 +57,7 @@ class ConfigCache:
                 )
                 self.epoch = epoch
         except StoreError as exc:
+            self.on_error()
             if self.error is None:
                 log.warning("store unreachable, serving cached configs: %s", exc)
             self.error = str(exc)

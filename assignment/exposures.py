@@ -36,6 +36,7 @@ class ExposureBuffer:
         limit: int,
         on_flushed: Callable[[int], None] = lambda n: None,
         on_dropped: Callable[[int], None] = lambda n: None,
+        on_error: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.limit = limit
@@ -43,6 +44,7 @@ class ExposureBuffer:
         self.size = 0
         self._on_flushed = on_flushed
         self._on_dropped = on_dropped
+        self._on_error = on_error
 
     def add(self, experiment: str, unit: str, variant: str) -> None:
         """Note an exposure (called on the event loop; no I/O)."""
@@ -90,6 +92,7 @@ class ExposureBuffer:
             written = sum(len(units) for units in batch.values())
             await asyncio.to_thread(self.write, batch)
         except StoreError as exc:
+            self._on_error()
             log.warning("exposure flush failed, will retry: %s", exc)
             self.put_back(batch)
             return

@@ -30,11 +30,14 @@ class ServiceState:
     def __post_init__(self) -> None:
         self.cache = ConfigCache(self.store)
         self.telemetry = Telemetry(config_age=self.cache.age)
+        store_errors = self.telemetry.store_errors
+        self.cache.on_error = store_errors.labels("config").inc
         self.exposures = ExposureBuffer(
             self.store,
             limit=self.settings.exposure_buffer_limit,
             on_flushed=self.telemetry.exposures_flushed.inc,
             on_dropped=self.telemetry.exposures_dropped.inc,
+            on_error=store_errors.labels("exposures").inc,
         )
 
     async def assign(

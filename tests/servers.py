@@ -65,11 +65,14 @@ class Service(Process):
 
 
 def start_service(
-    store_url: str, workdir: Path, port: int | None = None, **settings: object
+    store_url: str | None, workdir: Path, port: int | None = None, **settings: object
 ) -> Service:
-    """`abmesh serve` with ABMESH_<NAME> settings, e.g. admin_token="t"."""
+    """`abmesh serve` with ABMESH_<NAME> settings, e.g. admin_token="t"; store_url None: the
+    embedded default (an SQLite file in `workdir`)."""
     port = port or free_port()
-    env = {**os.environ, "ABMESH_STORE": store_url}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ABMESH_")}
+    if store_url is not None:
+        env["ABMESH_STORE"] = store_url
     env.update({f"ABMESH_{k.upper()}": str(v) for k, v in settings.items()})
     log = workdir / f"abmesh-serve-{port}.log"
     with log.open("wb") as out:

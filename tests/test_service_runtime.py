@@ -42,6 +42,7 @@ def test_cache_keeps_answering_through_a_store_outage(tmp_path: Path) -> None:
             assert ready["status"] == "degraded"
             assert any(r.startswith("store unreachable") for r in ready["reasons"])
             assert http.get("/readyz", params={"allow_cached": "true"}).status_code == 200
+            assert 'abmesh_store_errors_total{operation="config"}' in http.get("/metrics").text
             during = http.get("/v1/assign/ranker-v2", params={"unit": "user-7"})
             assert during.status_code == 200
             assert during.json() == before
@@ -255,3 +256,14 @@ def test_extauthz_forcing_header_and_unenrolled_units(authz: Any) -> None:
     assert r.headers["x-ranker-group"] == "group-a"
     only = httpx.get(f"{none.url}/v1/extauthz/p", headers={"x-user-id": outside})
     assert "x-ranker-group" not in only.headers  # not in ABMESH_EXTAUTHZ_EXPERIMENTS either
+
+
+def test_serve_runs_on_the_embedded_default_store(tmp_path: Path) -> None:
+    svc = start_service(None, tmp_path)  # no store configured, nothing else running
+    try:
+        assert httpx.get(f"{svc.url}/readyz").json()["status"] == "ready"
+        assert (tmp_path / "abmesh.db").exists()
+        r = httpx.get(f"{svc.url}/v1/assign/none", params={"unit": "u"})
+        assert r.status_code == 404
+    finally:
+        svc.stop()
