@@ -1,0 +1,231 @@
+"""Per-unit folding of events into per-arm sufficient statistics.
+
+The unit (user) is the statistical unit: an arm's statistics are over its exposed units, each
+contributing one value per series — the unit's total (a `sum`/`mean` metric) or 1 if it has
+any event (a `conversion` metric) — and 0 while it has none.  Every metric has two series: its
+post-exposure values `m` and its pre-period values `m~pre` (the CUPED covariate).
+
+Per arm and series the store keeps `n` (exposed units), `N` (exposed units whose value is not
+0) and over those, with a per-series shift `K` (the first non-zero unit value seen in the
+phase), `S = Σ(v − K)` and `Q = Σ(v − K)²`.  Units at 0 are counted, not summed: a unit's value
+jumping from 0 to 1e9 then never passes through a sum of squares of size 1e18 that later has to
+cancel, so `Q − S²/N` — and the arm's `m2 = Σ(v − v̄)²`, merged with its zeros by Chan's formula —
+stay exact for large values (revenue in cents, timestamps), the pitfall in stats-methods.md §1.
+For the pairs that analyses need (a metric and its covariate; a ratio's numerator and
+denominator, with their covariates) the plain cross sum `C = Σab` is kept.  `export` turns it
+all into plain sums.
+
+Events may arrive before the unit's exposure (exposures are buffered, events are not): the unit's
+totals are kept, and fold into the arm at the moment the unit is exposed.  A unit never exposed
+in the phase never counts.
+
+`Folder` works on plain dicts that a store loads for one batch and writes back in one
+transaction, so the arithmetic exists once for every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+from experiments.spec import ExperimentSpec, MetricKind
+
+PRE = "~pre"  # suffix of the pre-period (covariate) series of a metric
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """Which series exist for a spec, which are conversions, and which pairs need cross sums."""
+
+    series: tuple[str, ...]
+    conversion: frozenset[str]
+    pairs: tuple[tuple[str, str], ...]
+    ratios: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # ratio -> (num, den)
+
+    @classmethod
+    def from_spec(cls, spec: ExperimentSpec) -> FoldPlan:
+        event_metrics: dict[str, bool] = {}  # name -> is conversion
+        ratios: dict[str, tuple[str, str]] = {}
+        metrics = spec.metrics
+        declared = (
+            () if metrics is None else (metrics.primary, *metrics.secondary, *metrics.guardrails)
+        )
+        for m in declared:
+            if m.kind is MetricKind.RATIO:
+                assert m.numerator is not None  # checked by the spec
+                assert m.denominator is not None
+                ratios[m.name] = (m.numerator, m.denominator)
+                for part in (m.numerator, m.denominator):
+                    event_metrics.setdefault(part, False)
+            else:
+                event_metrics[m.name] = m.kind is MetricKind.CONVERSION
+        series = tuple(s for name in event_metrics for s in (name, name + PRE))
+        conversion = frozenset(
+            s for name, conv in event_metrics.items() if conv for s in (name, name + PRE)
+        )
+        pairs: dict[tuple[str, str], None] = {(name, name + PRE): None for name in event_metrics}
+        for num, den in ratios.values():
+            pairs.update(dict.fromkeys(combinations((num, den, num + PRE, den + PRE), 2)))
+        return cls(series, conversion, tuple(pairs), ratios)
+
+    def accepts(self, metric: str) -> bool:
+        return metric in self.series and not metric.endswith(PRE)
+
+    def partners(self, series: str) -> list[str]:
+        return [b if a == series else a for a, b in self.pairs if series in (a, b)]
+
+
+def stat_key(variant: str, name: str) -> str:
+    """Key of one number in a phase's statistics: `variant|n`, `variant|S|click`, ..."""
+    return f"{variant}|{name}"
+
+
+def pair_key(a: str, b: str) -> str:
+    return f"C|{a}|{b}"
+
+
+class Folder:
+    """Applies exposures and events to loaded state.  `totals` holds the raw per-unit totals
+    of the units in the batch (every series of the plan), `exposed` their arm if exposed,
+    `stats` and `shifts` the phase's statistics; changed keys are recorded for writing back."""
+
+    def __init__(
+        self,
+        plan: FoldPlan,
+        *,
+        stats: dict[str, float],
+        shifts: dict[str, float],
+        totals: dict[tuple[str, str], float],
+        exposed: dict[str, str],
+    ) -> None:
+        self.plan = plan
+        self.stats, self.shifts, self.totals, self.exposed = stats, shifts, totals, exposed
+        self.changed_stats: set[str] = set()
+        self.changed_totals: set[tuple[str, str]] = set()
+        self.changed_shifts: set[str] = set()
+        self.new_exposures: dict[str, str] = {}
+
+    def _value(self, series: str, total: float) -> float:
+        return min(1.0, total) if series in self.plan.conversion else total
+
+    def _unit_value(self, unit: str, series: str) -> float:
+        return self._value(series, self.totals.get((unit, series), 0.0))
+
+    def _bump(self, key: str, delta: float) -> None:
+        if delta:
+            self.stats[key] = self.stats.get(key, 0.0) + delta
+            self.changed_stats.add(key)
+
+    def _enter(self, variant: str, series: str, v: float, sign: float) -> None:
+        """Count a non-zero unit value into (sign 1) or out of (sign −1) the shifted sums."""
+        k = self.shifts.get(series)
+        if k is None:
+            k = self.shifts[series] = v  # the first non-zero value: N, S and Q are empty
+            self.changed_shifts.add(series)
+        self._bump(stat_key(variant, f"N|{series}"), sign)
+        self._bump(stat_key(variant, f"S|{series}"), sign * (v - k))
+        self._bump(stat_key(variant, f"Q|{series}"), sign * (v - k) ** 2)
+
+    def expose(self, unit: str, variant: str) -> bool:
+        """Record the unit's first exposure in the phase and fold its totals into the arm."""
+        if unit in self.exposed:
+            return False
+        self.exposed[unit] = self.new_exposures[unit] = variant
+        self._bump(stat_key(variant, "n"), 1.0)
+        values = {s: self._unit_value(unit, s) for s in self.plan.series}
+        for s, v in values.items():
+            if v != 0.0:
+                self._enter(variant, s, v, 1.0)
+        for a, b in self.plan.pairs:
+            self._bump(stat_key(variant, pair_key(a, b)), values[a] * values[b])
+        return True
+
+    def add(self, unit: str, series: str, value: float) -> None:
+        """Add one event's value (conversions count the event) to the unit's series total."""
+        old = self.totals.get((unit, series), 0.0)
+        new = old + (1.0 if series in self.plan.conversion else value)
+        self.totals[unit, series] = new
+        self.changed_totals.add((unit, series))
+        old_v, new_v = self._value(series, old), self._value(series, new)
+        variant = self.exposed.get(unit)
+        if new_v == old_v or variant is None:
+            return  # an unexposed unit's totals fold in when it is exposed
+        if old_v != 0.0 and new_v != 0.0:
+            k = self.shifts[series]
+            self._bump(stat_key(variant, f"S|{series}"), new_v - old_v)
+            self._bump(stat_key(variant, f"Q|{series}"), (new_v - old_v) * (new_v + old_v - 2 * k))
+        else:
+            if old_v != 0.0:
+                self._enter(variant, series, old_v, -1.0)
+            if new_v != 0.0:
+                self._enter(variant, series, new_v, 1.0)
+        for partner in self.plan.partners(series):
+            a, b = (series, partner) if (series, partner) in self.plan.pairs else (partner, series)
+            other = self._unit_value(unit, partner)
+            self._bump(stat_key(variant, pair_key(a, b)), (new_v - old_v) * other)
+
+
+class _ArmView:
+    """One arm's statistics as plain sums."""
+
+    def __init__(self, variant: str, stats: Mapping[str, float], shifts: Mapping[str, float]):
+        self.variant, self.stats, self.shifts = variant, stats, shifts
+        self.n = stats[stat_key(variant, "n")]
+
+    def get(self, name: str) -> float:
+        return self.stats.get(stat_key(self.variant, name), 0.0)
+
+    def sums(self, s: str) -> tuple[float, float, float]:
+        """Σv, Σv² and m2 = Σ(v − v̄)² over all n units, from N, S, Q over the non-zero ones."""
+        k, nz = self.shifts.get(s, 0.0), self.get(f"N|{s}")
+        shifted, q = self.get(f"S|{s}"), self.get(f"Q|{s}")
+        total, total_sq = shifted + nz * k, q + 2 * k * shifted + nz * k * k
+        if nz == 0:
+            return total, total_sq, 0.0
+        # Chan et al.'s merge of the non-zero group (mean K + S/N, m2 Q − S²/N) with the zeros.
+        mean_nz = k + shifted / nz
+        m2 = max(q - shifted * shifted / nz, 0.0) + mean_nz * mean_nz * nz * (self.n - nz) / self.n
+        return total, total_sq, m2
+
+
+def variants_of(stats: Mapping[str, float]) -> list[str]:
+    return sorted({key.split("|", 1)[0] for key in stats if key.endswith("|n")})
+
+
+def export(
+    plan: FoldPlan, stats: Mapping[str, float], shifts: Mapping[str, float]
+) -> dict[str, Any]:
+    """Per arm: exposures and, per metric, plain sums (`n`, `sum`, `sum_sq`, and `sum_x`,
+    `sum_x2`, `sum_xy` of the pre-period covariate) with `m2 = Σ(v − v̄)²` computed stably;
+    per ratio metric the cross sums of numerator and denominator."""
+    arms: dict[str, Any] = {}
+    for variant in variants_of(stats):
+        arm = _ArmView(variant, stats, shifts)
+        n = int(arm.n)
+        metrics: dict[str, Any] = {}
+        for s in plan.series:
+            if s.endswith(PRE):
+                continue
+            total, total_sq, m2 = arm.sums(s)
+            x, x2, _ = arm.sums(s + PRE)
+            metrics[s] = {
+                "n": n,
+                "sum": total,
+                "sum_sq": total_sq,
+                "m2": m2,
+                "sum_x": x,
+                "sum_x2": x2,
+                "sum_xy": arm.get(pair_key(s, s + PRE)),
+            }
+        for name, (num, den) in plan.ratios.items():
+            metrics[name] = {
+                "n": n,
+                "numerator": num,
+                "denominator": den,
+                "sum_num_den": arm.get(pair_key(num, den)),
+                "sum_num_x_den_x": arm.get(pair_key(num + PRE, den + PRE)),
+            }
+        arms[variant] = {"exposures": n, "metrics": metrics}
+    return arms
