@@ -25,7 +25,7 @@ from assignment.telemetry import LatencyMiddleware
 from experiments.errors import (
     AbmeshError,
     ConflictError,
-    InvalidUnitError,
+    InvalidInputError,
     NotFoundError,
     SpecError,
     StoreError,
@@ -38,7 +38,7 @@ STATUS = {
     NotFoundError: 404,
     ConflictError: 409,
     SpecError: 422,
-    InvalidUnitError: 422,
+    InvalidInputError: 422,
     StoreError: 503,
 }
 

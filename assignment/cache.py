@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from experiments.errors import NotFoundError, StoreError
+from experiments.folding import FoldPlan
 from experiments.store import ExperimentRecord, ExperimentStatus, Store
 
 log = logging.getLogger("abmesh.cache")
@@ -24,6 +25,7 @@ class ConfigCache:
         self.on_error = on_error
         self.experiments: dict[str, ExperimentRecord] = {}
         self.running: tuple[ExperimentRecord, ...] = ()  # by name; derived once per reload
+        self.plans: dict[str, FoldPlan] = {}  # how each experiment's events fold
         self.epoch: int | None = None
         self.loaded_at: float | None = None  # wall time of the last successful poll
         self.error: str | None = None  # why the last poll failed, while it keeps failing
@@ -49,6 +51,7 @@ class ConfigCache:
             if force or epoch != self.epoch:
                 records = self.store.list_experiments()
                 # One assignment swaps the whole mapping: readers never see half a reload.
+                self.plans = {r.name: FoldPlan.from_spec(r.spec) for r in records}
                 self.experiments = {r.name: r for r in records}
                 self.running = tuple(
                     r

@@ -21,17 +21,19 @@ import time
 from collections.abc import Callable
 
 from experiments.errors import StoreError
-from experiments.store import ExposureStore
+from experiments.folding import FoldPlan
+from experiments.store import StatsStore
 
 log = logging.getLogger("abmesh.exposures")
 
-Batch = dict[str, dict[str, tuple[str, float]]]  # experiment -> unit -> (variant, time)
+Units = dict[str, tuple[str, float]]  # unit -> (variant, time)
+Batch = dict[tuple[str, str], tuple[FoldPlan, Units]]  # (experiment, phase) -> (plan, units)
 
 
 class ExposureBuffer:
     def __init__(
         self,
-        store: ExposureStore,
+        store: StatsStore,
         *,
         limit: int,
         on_flushed: Callable[[int], None] = lambda n: None,
@@ -46,12 +48,13 @@ class ExposureBuffer:
         self._on_dropped = on_dropped
         self._on_error = on_error
 
-    def add(self, experiment: str, unit: str, variant: str) -> None:
+    def add(self, experiment: str, phase: str, plan: FoldPlan, unit: str, variant: str) -> None:
         """Note an exposure (called on the event loop; no I/O)."""
-        units = self.pending.get(experiment)
-        if units is None:
-            units = self.pending[experiment] = {}
-        elif unit in units:
+        entry = self.pending.get((experiment, phase))
+        if entry is None:
+            entry = self.pending[experiment, phase] = (plan, {})
+        units = entry[1]
+        if unit in units:
             return
         if self.size >= self.limit:
             self._on_dropped(1)
@@ -65,9 +68,9 @@ class ExposureBuffer:
 
     def put_back(self, batch: Batch) -> None:
         """Return an unwritten batch; its earlier exposure times win over newer duplicates."""
-        for experiment, units in batch.items():
+        for key, (plan, units) in batch.items():
+            current = self.pending.setdefault(key, (plan, {}))[1]
             for unit, (variant, at) in units.items():
-                current = self.pending.setdefault(experiment, {})
                 if unit in current:
                     current[unit] = (variant, at)
                 elif self.size < self.limit:
@@ -79,9 +82,9 @@ class ExposureBuffer:
     def write(self, batch: Batch) -> int:
         """Write a batch to the store (blocking; run it in a thread).  Returns new exposures."""
         new = 0
-        for experiment, units in batch.items():
+        for (experiment, phase), (plan, units) in batch.items():
             if units:
-                new += self.store.record_exposures(experiment, units)
+                new += self.store.record_exposures(experiment, phase, plan, units)
         return new
 
     async def flush(self) -> None:
@@ -89,7 +92,7 @@ class ExposureBuffer:
         if not batch:
             return
         try:
-            written = sum(len(units) for units in batch.values())
+            written = sum(len(units) for _, units in batch.values())
             await asyncio.to_thread(self.write, batch)
         except StoreError as exc:
             self._on_error()

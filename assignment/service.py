@@ -14,6 +14,7 @@ from assignment.config import Settings
 from assignment.exposures import ExposureBuffer
 from assignment.telemetry import Telemetry
 from experiments.errors import StoreError
+from experiments.folding import FoldPlan
 from experiments.store import ExperimentRecord, ExperimentStatus, Store
 
 log = logging.getLogger("abmesh.service")
@@ -65,8 +66,9 @@ class ServiceState:
         else:
             results = assign_many(spec, units, headers=headers, active=active)
         counter, buffer = self.telemetry.assignments, self.exposures
+        plan = self.cache.plans.get(spec.name) or FoldPlan.from_spec(spec)
         for unit, a in zip(units, results, strict=True):
             counter.labels(a.experiment, a.variant).inc()
             if a.in_experiment:
-                buffer.add(a.experiment, unit, a.variant)
+                buffer.add(a.experiment, record.phase, plan, unit, a.variant)
         return results

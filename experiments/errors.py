@@ -19,7 +19,11 @@ class SpecError(AbmeshError, ValueError):
         super().__init__("invalid experiment spec: " + "; ".join(problems))
 
 
-class InvalidUnitError(AbmeshError, ValueError):
+class InvalidInputError(AbmeshError, ValueError):
+    """An argument (a phase name, an event field, a file's content) is not acceptable."""
+
+
+class InvalidUnitError(InvalidInputError):
     """A unit id is empty, too long, not valid UTF-8 or holds control characters."""
 
 

@@ -25,7 +25,7 @@ transaction, so the arithmetic exists once for every backend.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
@@ -33,6 +33,18 @@ from typing import Any
 from experiments.spec import ExperimentSpec, MetricKind
 
 PRE = "~pre"  # suffix of the pre-period (covariate) series of a metric
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One business-metric event, validated.  `series` is the metric, or `metric~pre` for a
+    pre-period (covariate) value; `timestamp` is when it happened (unix seconds)."""
+
+    event_id: str
+    unit: str
+    series: str
+    value: float
+    timestamp: float
 
 
 @dataclass(frozen=True)
@@ -167,6 +179,51 @@ class Folder:
             self._bump(stat_key(variant, pair_key(a, b)), (new_v - old_v) * other)
 
 
+@dataclass
+class Loaded:
+    """What a store reads for one batch: the event ids already seen among the batch's, and the
+    state of the batch's units and of the phase."""
+
+    seen_ids: set[str]
+    totals: dict[tuple[str, str], float]
+    exposed: dict[str, str]
+    stats: dict[str, float]
+    shifts: dict[str, float]
+
+    def folder(self, plan: FoldPlan) -> Folder:
+        return Folder(
+            plan, stats=self.stats, shifts=self.shifts, totals=self.totals, exposed=self.exposed
+        )
+
+
+def fold_events(
+    plan: FoldPlan, loaded: Loaded, events: Sequence[Event]
+) -> tuple[Folder, list[Event], list[int]]:
+    """Fold the events not seen before; returns the folder, the new events, the duplicates'
+    positions (seen before, or earlier in the same batch)."""
+    folder = loaded.folder(plan)
+    seen = set(loaded.seen_ids)
+    new: list[Event] = []
+    duplicates: list[int] = []
+    for i, event in enumerate(events):
+        if event.event_id in seen:
+            duplicates.append(i)
+            continue
+        seen.add(event.event_id)
+        new.append(event)
+        folder.add(event.unit, event.series, event.value)
+    return folder, new, duplicates
+
+
+def fold_exposures(
+    plan: FoldPlan, loaded: Loaded, exposures: Mapping[str, tuple[str, float]]
+) -> Folder:
+    folder = loaded.folder(plan)
+    for unit, (variant, _) in exposures.items():
+        folder.expose(unit, variant)
+    return folder
+
+
 class _ArmView:
     """One arm's statistics as plain sums."""
 
@@ -192,6 +249,11 @@ class _ArmView:
 
 def variants_of(stats: Mapping[str, float]) -> list[str]:
     return sorted({key.split("|", 1)[0] for key in stats if key.endswith("|n")})
+
+
+def exposures_of(stats: Mapping[str, float]) -> dict[str, int]:
+    """Exposed units per variant."""
+    return {v: int(stats[stat_key(v, "n")]) for v in variants_of(stats)}
 
 
 def export(

@@ -11,6 +11,7 @@ import yaml
 
 from assignment.client import AssignmentClient
 from experiments import EXAMPLES_DIR, load_spec
+from experiments.folding import exposures_of
 from experiments.store import ExperimentStatus, open_store
 from tests.servers import Service, free_port, start_service, wait_until
 
@@ -88,7 +89,10 @@ def test_local_mode_reports_exposures(served: tuple[Service, str]) -> None:
     with AssignmentClient(svc.url, local=True) as client:
         exposed = sum(client.assign("ranker-v2", u).in_experiment for u in units)
     store = open_store(url)
-    wait_until(lambda: sum(store.exposure_counts("ranker-v2").values()) >= exposed, "exposures")
+    wait_until(
+        lambda: sum(exposures_of(store.phase_stats("ranker-v2", "main")[0]).values()) >= exposed,
+        "exposures",
+    )
     store.close()
     assert exposed == 120
 

@@ -14,6 +14,7 @@ import yaml
 
 from assignment import assign_many
 from experiments import EXAMPLES_DIR, load_spec
+from experiments.folding import exposures_of
 from experiments.store import ExperimentStatus, open_store
 from tests.servers import start_redis, start_service, wait_until
 
@@ -99,7 +100,7 @@ def test_exposure_counts_are_exact_after_a_burst_and_a_graceful_shutdown(
                 r = http.post("/v1/assign", json={"units": [unit], "experiments": ["ranker-v2"]})
                 assert r.status_code == 200
         store = open_store(store_url)
-        assert store.exposure_counts("ranker-v2") == {}  # nothing flushed yet
+        assert exposures_of(store.phase_stats("ranker-v2", "main")[0]) == {}  # nothing flushed yet
     # uvicorn shuts down gracefully, then re-raises the signal, so the exit status says SIGTERM.
     assert svc.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
     expected = Counter(
@@ -108,7 +109,7 @@ def test_exposure_counts_are_exact_after_a_burst_and_a_graceful_shutdown(
         if a.in_experiment
     )
     assert 250 < sum(expected.values()) < 400  # coverage and overrides left some units out
-    assert store.exposure_counts("ranker-v2") == dict(expected)
+    assert exposures_of(store.phase_stats("ranker-v2", "main")[0]) == dict(expected)
     store.close()
 
 
@@ -118,7 +119,11 @@ def test_exposures_are_flushed_periodically(tmp_path: Path, sqlite_store_url: st
     try:
         httpx.post(f"{svc.url}/v1/assign", json={"units": [f"u{i}" for i in range(100)]})
         store = open_store(sqlite_store_url)
-        wait_until(lambda: sum(store.exposure_counts("ranker-v2").values()) == 100, "flush", 10)
+        wait_until(
+            lambda: sum(exposures_of(store.phase_stats("ranker-v2", "main")[0]).values()) == 100,
+            "flush",
+            10,
+        )
         store.close()
     finally:
         svc.stop()

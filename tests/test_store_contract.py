@@ -10,7 +10,8 @@ import pytest
 from assignment import Reason, assign, assign_many
 from experiments import ExperimentSpec, load_spec
 from experiments.errors import ConflictError, NotFoundError, StoreError
-from experiments.store import ExperimentStatus, StickyStore, Store, open_store
+from experiments.folding import FoldPlan, exposures_of
+from experiments.store import DEFAULT_PHASE, ExperimentStatus, StickyStore, Store, open_store
 
 
 def make_spec(
@@ -247,29 +248,43 @@ def test_status_change_with_expected_refuses_a_stale_view(store: Store) -> None:
     assert store.get_experiment("ranker-v2").status is ExperimentStatus.RUNNING
 
 
+PLAN = FoldPlan.from_spec(make_spec())
+
+
+def counts(store: Store, experiment: str, phase: str = DEFAULT_PHASE) -> dict[str, int]:
+    return exposures_of(store.phase_stats(experiment, phase)[0])
+
+
 def test_first_exposure_counts_once(store: Store) -> None:
-    assert store.exposure_counts("e") == {}
-    new = store.record_exposures("e", {"u1": ("control", 1.0), "u2": ("treatment", 2.0)})
+    assert counts(store, "e") == {}
+    new = store.record_exposures(
+        "e", "main", PLAN, {"u1": ("control", 1.0), "u2": ("treatment", 2.0)}
+    )
     assert new == 2
     # A repeat (even claiming another variant) and a new unit: only the new unit counts.
-    again = store.record_exposures("e", {"u1": ("treatment", 3.0), "u3": ("control", 4.0)})
+    again = store.record_exposures(
+        "e", "main", PLAN, {"u1": ("treatment", 3.0), "u3": ("control", 4.0)}
+    )
     assert again == 1
-    assert store.exposure_counts("e") == {"control": 2, "treatment": 1}
-    assert store.exposure_counts("other") == {}
+    assert counts(store, "e") == {"control": 2, "treatment": 1}
+    assert counts(store, "other") == {}
+    assert counts(store, "e", "next") == {}  # a new phase starts from zero
+    assert store.phases("e") == ["main"]
 
 
 def test_many_exposures_in_one_call(store: Store) -> None:
     batch = {f"u{i}": ("treatment" if i % 4 == 0 else "control", float(i)) for i in range(5000)}
-    assert store.record_exposures("e", batch) == 5000
-    assert store.record_exposures("e", batch) == 0
-    assert store.exposure_counts("e") == {"treatment": 1250, "control": 3750}
+    assert store.record_exposures("e", "main", PLAN, batch) == 5000
+    assert store.record_exposures("e", "main", PLAN, batch) == 0
+    assert counts(store, "e") == {"treatment": 1250, "control": 3750}
 
 
 def test_delete_removes_exposures(store: Store) -> None:
     store.put_experiment(make_spec())
-    store.record_exposures("ranker-v2", {"u1": ("control", 1.0)})
+    store.record_exposures("ranker-v2", "main", PLAN, {"u1": ("control", 1.0)})
     store.delete_experiment("ranker-v2")
-    assert store.exposure_counts("ranker-v2") == {}
+    assert counts(store, "ranker-v2") == {}
+    assert store.phases("ranker-v2") == []
 
 
 def test_sticky_record_of_a_removed_variant_is_replaced(store: Store) -> None:

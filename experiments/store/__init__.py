@@ -12,11 +12,14 @@ from pathlib import Path
 
 from experiments.errors import StoreError
 from experiments.store.protocol import (
+    DEFAULT_PHASE,
     ExperimentRecord,
     ExperimentStatus,
     ExperimentStore,
-    ExposureStore,
+    IngestResult,
     PutResult,
+    Snapshot,
+    StatsStore,
     StickyStore,
     Store,
 )
@@ -71,11 +74,14 @@ def open_store(url: str | None = None) -> Store:
 
 
 __all__ = [
+    "DEFAULT_PHASE",
     "ExperimentRecord",
     "ExperimentStatus",
     "ExperimentStore",
-    "ExposureStore",
+    "IngestResult",
     "PutResult",
+    "Snapshot",
+    "StatsStore",
     "StickyStore",
     "Store",
     "default_store_url",

@@ -10,10 +10,14 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from experiments.errors import ConflictError
+from experiments.errors import ConflictError, InvalidInputError
+from experiments.folding import Event, FoldPlan
+from experiments.names import check_name
 from experiments.spec import ExperimentSpec
+
+DEFAULT_PHASE = "main"
 
 
 class ExperimentStatus(StrEnum):
@@ -32,6 +36,7 @@ class ExperimentRecord:
     status: ExperimentStatus
     created_at: float
     updated_at: float
+    phase: str = DEFAULT_PHASE  # statistics are kept per phase; a new phase starts from zero
 
     @property
     def name(self) -> str:
@@ -66,8 +71,11 @@ class ExperimentStore(Protocol):
         """Set the status; with `expected`, only if the status is still that (else ConflictError),
         so two concurrent transitions cannot both succeed."""
 
+    def set_phase(self, name: str, phase: str) -> ExperimentRecord:
+        """Start a new analysis phase: exposures and statistics start from zero in it."""
+
     def delete_experiment(self, name: str) -> None:
-        """Remove the experiment, its revisions, sticky records and exposures."""
+        """Remove the experiment, its revisions, sticky records, exposures, events and stats."""
 
     def config_epoch(self) -> int:
         """A counter that grows on every experiment write: a cheap poll for config caches."""
@@ -94,26 +102,77 @@ class StickyStore(Protocol):
         replaced instead of kept."""
 
 
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    accepted: int
+    duplicates: list[int]  # positions in the batch of events whose event_id was seen before
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    experiment: str
+    phase: str
+    at: float
+    stats: dict[str, Any]  # as `folding.export` makes it
+
+
 @runtime_checkable
-class ExposureStore(Protocol):
-    """Which units saw which variant: the first exposure of a unit counts, later ones do not."""
+class StatsStore(Protocol):
+    """Exposures, events and the per-arm statistics folded from them, per experiment and
+    phase (a new phase starts from zero).  Every call is one atomic, idempotent step."""
 
-    def record_exposures(self, experiment: str, exposures: Mapping[str, tuple[str, float]]) -> int:
-        """Record each unit's first exposure, given as (variant, unix time); a unit recorded
-        before keeps its first record.  Returns how many units were new."""
+    def record_exposures(
+        self,
+        experiment: str,
+        phase: str,
+        plan: FoldPlan,
+        exposures: Mapping[str, tuple[str, float]],
+    ) -> int:
+        """Record each unit's first exposure in the phase, given as (variant, unix time), and
+        fold the unit's totals into its arm; a unit exposed before keeps its first exposure.
+        Returns how many units were new."""
 
-    def exposure_counts(self, experiment: str) -> dict[str, int]:
-        """Exposed units per variant."""
+    def ingest_events(
+        self, experiment: str, phase: str, plan: FoldPlan, events: Sequence[Event]
+    ) -> IngestResult:
+        """Fold new events into the unit totals and arm statistics and keep them (raw) for the
+        retention period; an event whose event_id the experiment has seen is a duplicate."""
+
+    def phase_stats(self, experiment: str, phase: str) -> tuple[dict[str, float], dict[str, float]]:
+        """The folded statistics and series shifts of a phase (see `folding`)."""
+
+    def phases(self, experiment: str) -> list[str]:
+        """Phases with any exposure or event, oldest first."""
+
+    def save_snapshot(self, snapshot: Snapshot) -> None: ...
+
+    def snapshots(self, experiment: str, phase: str | None = None) -> list[Snapshot]:
+        """Snapshots, oldest first."""
+
+    def raw_events(
+        self, experiment: str, *, since: float = 0.0, limit: int = 100_000
+    ) -> list[dict[str, Any]]:
+        """Kept events received at or after `since`, oldest first."""
+
+    def purge_events(self, received_before: float) -> int:
+        """Forget raw events (and their ids: a retry older than this counts again)."""
 
 
 @runtime_checkable
-class Store(ExperimentStore, StickyStore, ExposureStore, Protocol):
+class Store(ExperimentStore, StickyStore, StatsStore, Protocol):
     url: str
 
     def ping(self) -> None:
         """Raise StoreError if the store cannot be reached."""
 
     def close(self) -> None: ...
+
+
+def check_phase(phase: str) -> str:
+    try:
+        return check_name(phase, "phase")
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
 
 
 def check_status(name: str, current: ExperimentStatus, expected: ExperimentStatus | None) -> None:

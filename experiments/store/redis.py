@@ -1,12 +1,12 @@
 """Redis store: for production and several service replicas.
 
-Key layout under a prefix (default `abmesh:`; `?prefix=` in the URL):
-  {p}experiments                  hash  name -> JSON {revision, status, created_at, updated_at}
+This part holds experiments and sticky records; `redis_stats` the exposures, events and
+statistics; `redis_base` the connection.  Key layout under a prefix (default `abmesh:`;
+`?prefix=` in the URL):
+  {p}experiments                  hash  name -> JSON {revision, status, phase, created_at, ...}
   {p}exp:{name}:revisions         hash  revision -> JSON {spec, created_at}
   {p}epoch                        counter bumped on every experiment write
   {p}sticky:{experiment}:{salt}   hash  unit -> variant
-  {p}exposures:{experiment}       hash  unit -> "variant time" of its first exposure
-  {p}exposure-counts:{experiment} hash  variant -> exposed units
 Experiment writes are optimistic transactions (WATCH the index, re-read, MULTI), so the layer
 overlap check and the revision bump are atomic against other replicas.
 """
@@ -15,95 +15,37 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis
 
 from experiments.errors import NotFoundError, StoreError
 from experiments.loader import dump_spec, spec_from_mapping
-from experiments.names import NAME_RE
 from experiments.spec import ExperimentSpec
 from experiments.store.protocol import (
+    DEFAULT_PHASE,
     ExperimentRecord,
     ExperimentStatus,
     PutResult,
     check_layer_conflicts,
+    check_phase,
     check_status,
 )
+from experiments.store.redis_base import DEFAULT_PREFIX
+from experiments.store.redis_stats import RedisStats
 
-DEFAULT_PREFIX = "abmesh:"
 
-
-class RedisStore:
+class RedisStore(RedisStats):
     def __init__(self, client: redis.Redis, *, prefix: str = DEFAULT_PREFIX, url: str = "") -> None:
-        # Typed Any: with decode_responses=True every reply is str, which redis-py's
-        # annotations (bytes | str) cannot express.
-        self.client: Any = client
-        self.prefix = prefix
-        self.url = url
-        self._index = f"{prefix}experiments"
-        self._record_script = self.client.register_script(_RECORD_EXPOSURES)
+        super().__init__(client, prefix=prefix, url=url)
         self._sticky_script = self.client.register_script(_PUT_STICKY)
-        self._epoch = f"{prefix}epoch"
-
-    @classmethod
-    def from_url(cls, url: str) -> RedisStore:
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
-        except ValueError as exc:
-            raise StoreError(f"store URL {url!r} is not a valid Redis URL: {exc}") from None
-        query = parse_qs(parts.query, keep_blank_values=True)
-        prefix = query.pop("prefix", [DEFAULT_PREFIX])[0]
-        if not NAME_RE.fullmatch(prefix.rstrip(":")):
-            raise StoreError(f"store URL {url!r}: prefix {prefix!r} must be a name, e.g. abmesh:")
-        if query:
-            raise StoreError(f"store URL {url!r}: unknown option(s) {', '.join(sorted(query))}")
-        if not parts.hostname:
-            raise StoreError(f"store URL {url!r} names no host (e.g. redis://127.0.0.1:6379/0)")
-        db = parts.path.strip("/")
-        if db and not db.isdigit():
-            raise StoreError(f"store URL {url!r}: the database {db!r} must be a number")
-        try:
-            client = redis.Redis.from_url(
-                urlunsplit(parts._replace(query="")),
-                decode_responses=True,
-                socket_connect_timeout=2.0,
-                socket_timeout=5.0,
-                health_check_interval=30,
-            )
-        except ValueError as exc:
-            raise StoreError(f"store URL {url!r} is not a valid Redis URL: {exc}") from None
-        return cls(client, prefix=prefix, url=url)
-
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        try:
-            yield
-        except redis.RedisError as exc:
-            raise StoreError(f"Redis store {self.url or self.prefix!r}: {exc}") from None
-
-    def ping(self) -> None:
-        with self._guard():
-            self.client.ping()
-
-    def close(self) -> None:
-        self.client.close()
 
     def _revisions(self, name: str) -> str:
         return f"{self.prefix}exp:{name}:revisions"
 
     def _sticky(self, experiment: str, salt: str) -> str:
         return f"{self.prefix}sticky:{experiment}:{salt}"
-
-    def _exposures(self, experiment: str) -> str:
-        return f"{self.prefix}exposures:{experiment}"
-
-    def _exposure_counts(self, experiment: str) -> str:
-        return f"{self.prefix}exposure-counts:{experiment}"
 
     # experiments
 
@@ -125,6 +67,7 @@ class RedisStore:
                         meta = {
                             "revision": 1,
                             "status": ExperimentStatus.DRAFT.value,
+                            "phase": DEFAULT_PHASE,
                             "created_at": now,
                             "updated_at": now,
                         }
@@ -185,6 +128,18 @@ class RedisStore:
         self, name: str, status: ExperimentStatus, *, expected: ExperimentStatus | None = None
     ) -> ExperimentRecord:
         status = ExperimentStatus(status)
+
+        def change(meta: dict[str, Any]) -> None:
+            check_status(name, ExperimentStatus(meta["status"]), expected)
+            meta["status"] = status.value
+
+        return self._update_meta(name, change)
+
+    def set_phase(self, name: str, phase: str) -> ExperimentRecord:
+        check_phase(phase)
+        return self._update_meta(name, lambda meta: meta.update(phase=phase))
+
+    def _update_meta(self, name: str, change: Callable[[dict[str, Any]], None]) -> ExperimentRecord:
         with self._guard(), self.client.pipeline() as pipe:
             while True:
                 try:
@@ -193,8 +148,8 @@ class RedisStore:
                     if raw is None:
                         raise NotFoundError(f"experiment {name!r} does not exist")
                     meta = json.loads(raw)
-                    check_status(name, ExperimentStatus(meta["status"]), expected)
-                    meta.update(status=status.value, updated_at=time.time())
+                    change(meta)
+                    meta["updated_at"] = time.time()
                     pipe.multi()
                     pipe.hset(self._index, name, json.dumps(meta))
                     pipe.incr(self._epoch)
@@ -212,14 +167,10 @@ class RedisStore:
                     if not pipe.hexists(self._index, name):
                         raise NotFoundError(f"experiment {name!r} does not exist")
                     sticky = list(pipe.scan_iter(match=self._sticky(name, "*"), count=500))
+                    stats = self.stats_keys(pipe, name)
                     pipe.multi()
                     pipe.hdel(self._index, name)
-                    pipe.delete(
-                        self._revisions(name),
-                        self._exposures(name),
-                        self._exposure_counts(name),
-                        *sticky,
-                    )
+                    pipe.delete(self._revisions(name), *sticky, *stats)
                     pipe.incr(self._epoch)
                     pipe.execute()
                     return
@@ -236,25 +187,6 @@ class RedisStore:
             raise NotFoundError(f"experiment {name!r} does not exist")
         meta: dict[str, Any] = json.loads(raw)
         return meta
-
-    # exposures
-
-    def record_exposures(self, experiment: str, exposures: Mapping[str, tuple[str, float]]) -> int:
-        keys = [self._exposures(experiment), self._exposure_counts(experiment)]
-        items = list(exposures.items())
-        new = 0
-        with self._guard():
-            for start in range(0, len(items), _CHUNK):
-                args: list[str] = []
-                for unit, (variant, at) in items[start : start + _CHUNK]:
-                    args += [unit, variant, f"{variant} {at!r}"]
-                new += int(self._record_script(keys=keys, args=args))
-        return new
-
-    def exposure_counts(self, experiment: str) -> dict[str, int]:
-        with self._guard():
-            counts = self.client.hgetall(self._exposure_counts(experiment))
-        return {variant: int(n) for variant, n in counts.items()}
 
     # sticky assignments
 
@@ -284,18 +216,6 @@ class RedisStore:
         return {unit: variant for (unit, _), variant in zip(items, recorded, strict=True)}
 
 
-# KEYS: exposures hash, counts hash.  ARGV: unit, variant, "variant time", repeated.
-# A unit's first exposure wins (HSETNX) and only then counts, atomically.
-_RECORD_EXPOSURES = """
-local new = 0
-for i = 1, #ARGV, 3 do
-  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 2]) == 1 then
-    redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
-    new = new + 1
-  end
-end
-return new
-"""
 _CHUNK = 2000  # units per script call: bounds the time Redis is blocked
 
 # KEYS: the sticky hash.  ARGV: n, then n variant keys still in the spec (n = 0: keep every
@@ -330,4 +250,5 @@ def _record(spec: ExperimentSpec, meta: Mapping[str, Any]) -> ExperimentRecord:
         ExperimentStatus(meta["status"]),
         float(meta["created_at"]),
         float(meta["updated_at"]),
+        str(meta.get("phase", DEFAULT_PHASE)),
     )

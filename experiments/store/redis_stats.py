@@ -1,0 +1,236 @@
+"""Redis part of the store for exposures, events, folded statistics and snapshots.
+
+Keys, per experiment E and phase P (under the store's prefix):
+  ph:E:P:totals   hash  "unit<US>series" -> the unit's raw total      (US: \\x1f, never in a unit)
+  ph:E:P:exposed  hash  unit -> variant of its first exposure in the phase
+  ph:E:P:stats    hash  folded statistics (see experiments.folding)
+  ph:E:P:shifts   hash  series -> shift
+  phases:E        zset  phase -> first seen
+  ev:E:ids        zset  event_id -> received at (idempotency, trimmed with the raw events)
+  ev:E:log        stream of the raw events (ids are the receive times)
+  snap:E          list  JSON snapshots
+A batch is an optimistic transaction: WATCH the keys it reads, read, fold in Python
+(`experiments.folding`, the same code as SQLite), MULTI the writes, retry if another writer
+got in between.  A batch is applied whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis
+
+from experiments.folding import Event, Folder, FoldPlan, Loaded, fold_events, fold_exposures
+from experiments.store.protocol import IngestResult, Snapshot
+from experiments.store.redis_base import RedisBase
+
+US = "\x1f"  # joins unit and series in a hash field; unit ids cannot hold control characters
+
+
+class RedisStats(RedisBase):
+    def _ph(self, experiment: str, phase: str, part: str) -> str:
+        return f"{self.prefix}ph:{experiment}:{phase}:{part}"
+
+    def _ev(self, experiment: str, part: str) -> str:
+        return f"{self.prefix}ev:{experiment}:{part}"
+
+    def stats_keys(self, conn: Any, experiment: str) -> list[str]:
+        """Every key of the experiment's exposures, events and statistics."""
+        found = list(conn.scan_iter(match=f"{self.prefix}ph:{experiment}:*", count=500))
+        return [
+            *found,
+            self._ev(experiment, "ids"),
+            self._ev(experiment, "log"),
+            f"{self.prefix}phases:{experiment}",
+            f"{self.prefix}snap:{experiment}",
+        ]
+
+    def record_exposures(
+        self,
+        experiment: str,
+        phase: str,
+        plan: FoldPlan,
+        exposures: Mapping[str, tuple[str, float]],
+    ) -> int:
+        def fold(loaded: Loaded) -> tuple[Folder, int]:
+            folder = fold_exposures(plan, loaded, exposures)
+            return folder, len(folder.new_exposures)
+
+        new: int = self._apply(
+            experiment, phase, plan, list(exposures), [], fold, lambda pipe, folder, result: None
+        )
+        return new
+
+    def ingest_events(
+        self, experiment: str, phase: str, plan: FoldPlan, events: Sequence[Event]
+    ) -> IngestResult:
+        ids_key, log_key = self._ev(experiment, "ids"), self._ev(experiment, "log")
+
+        def fold(loaded: Loaded) -> tuple[Folder, tuple[list[Event], list[int]]]:
+            folder, new, duplicates = fold_events(plan, loaded, events)
+            return folder, (new, duplicates)
+
+        def keep(pipe: Any, folder: Folder, result: tuple[list[Event], list[int]]) -> None:
+            new, received = result[0], time.time()
+            if new:
+                pipe.zadd(ids_key, dict.fromkeys((e.event_id for e in new), received))
+            for e in new:
+                pipe.xadd(
+                    log_key,
+                    {
+                        "event_id": e.event_id,
+                        "phase": phase,
+                        "unit": e.unit,
+                        "metric": e.series,
+                        "value": repr(e.value),
+                        "timestamp": repr(e.timestamp),
+                    },
+                )
+
+        units = list(dict.fromkeys(e.unit for e in events))
+        new, duplicates = self._apply(
+            experiment, phase, plan, units, [e.event_id for e in events], fold, keep
+        )
+        return IngestResult(len(new), duplicates)
+
+    def phase_stats(self, experiment: str, phase: str) -> tuple[dict[str, float], dict[str, float]]:
+        with self._guard():
+            stats = self.client.hgetall(self._ph(experiment, phase, "stats"))
+            shifts = self.client.hgetall(self._ph(experiment, phase, "shifts"))
+        return ({k: float(v) for k, v in stats.items()}, {k: float(v) for k, v in shifts.items()})
+
+    def phases(self, experiment: str) -> list[str]:
+        with self._guard():
+            found: list[str] = self.client.zrange(f"{self.prefix}phases:{experiment}", 0, -1)
+        return found
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        data = {"phase": snapshot.phase, "at": snapshot.at, "stats": snapshot.stats}
+        with self._guard():
+            self.client.rpush(f"{self.prefix}snap:{snapshot.experiment}", json.dumps(data))
+
+    def snapshots(self, experiment: str, phase: str | None = None) -> list[Snapshot]:
+        with self._guard():
+            raw = self.client.lrange(f"{self.prefix}snap:{experiment}", 0, -1)
+        items = [json.loads(r) for r in raw]
+        out = [
+            Snapshot(experiment, d["phase"], d["at"], d["stats"])
+            for d in items
+            if phase is None or d["phase"] == phase
+        ]
+        return sorted(out, key=lambda snap: snap.at)
+
+    def raw_events(
+        self, experiment: str, *, since: float = 0.0, limit: int = 100_000
+    ) -> list[dict[str, Any]]:
+        with self._guard():
+            rows = self.client.xrange(
+                self._ev(experiment, "log"), min=f"{int(since * 1000)}-0", count=limit
+            )
+        out = []
+        for stream_id, fields in rows:
+            out.append(
+                {
+                    "event_id": fields["event_id"],
+                    "phase": fields["phase"],
+                    "unit": fields["unit"],
+                    "metric": fields["metric"],
+                    "value": float(fields["value"]),
+                    "timestamp": float(fields["timestamp"]),
+                    "received_at": int(stream_id.split("-")[0]) / 1000,
+                }
+            )
+        return out
+
+    def purge_events(self, received_before: float) -> int:
+        purged = 0
+        with self._guard():
+            for name in self.client.hkeys(self._index):
+                purged += self.client.xtrim(
+                    self._ev(name, "log"), minid=f"{int(received_before * 1000)}-0"
+                )
+                self.client.zremrangebyscore(self._ev(name, "ids"), "-inf", f"({received_before!r}")
+        return purged
+
+    def _apply(
+        self,
+        experiment: str,
+        phase: str,
+        plan: FoldPlan,
+        units: Sequence[str],
+        event_ids: Sequence[str],
+        fold: Any,
+        keep: Any,
+    ) -> Any:
+        """Read the batch's state under WATCH, fold, write in MULTI; retry on a conflict."""
+        keys = {
+            part: self._ph(experiment, phase, part)
+            for part in ("totals", "exposed", "stats", "shifts")
+        }
+        ids_key = self._ev(experiment, "ids")
+        with self._guard(), self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(ids_key, *keys.values())
+                    loaded = self._load(pipe, keys, ids_key, plan, units, event_ids)
+                    folder, result = fold(loaded)
+                    pipe.multi()
+                    self._write_back(pipe, keys, folder)
+                    keep(pipe, folder, result)
+                    if folder.changed_totals or folder.new_exposures:
+                        pipe.zadd(
+                            f"{self.prefix}phases:{experiment}", {phase: time.time()}, nx=True
+                        )
+                    pipe.execute()
+                    return result
+                except redis.WatchError:
+                    continue
+
+    def _load(
+        self,
+        conn: Any,
+        keys: Mapping[str, str],
+        ids_key: str,
+        plan: FoldPlan,
+        units: Sequence[str],
+        event_ids: Sequence[str],
+    ) -> Loaded:
+        seen: set[str] = set()
+        if event_ids:
+            scores = conn.zmscore(ids_key, list(event_ids))
+            seen = {e for e, score in zip(event_ids, scores, strict=True) if score is not None}
+        totals: dict[tuple[str, str], float] = {}
+        exposed: dict[str, str] = {}
+        if units:
+            # Every series of the batch's units is needed (cross sums): one HMGET for all.
+            pairs = [(u, s) for u in units for s in plan.series]
+            if pairs:
+                values = conn.hmget(keys["totals"], [f"{u}{US}{s}" for u, s in pairs])
+                totals = {p: float(v) for p, v in zip(pairs, values, strict=True) if v is not None}
+            variants = conn.hmget(keys["exposed"], list(units))
+            exposed = {u: v for u, v in zip(units, variants, strict=True) if v is not None}
+        stats = {k: float(v) for k, v in conn.hgetall(keys["stats"]).items()}
+        shifts = {k: float(v) for k, v in conn.hgetall(keys["shifts"]).items()}
+        return Loaded(seen, totals, exposed, stats, shifts)
+
+    def _write_back(self, pipe: Any, keys: Mapping[str, str], folder: Folder) -> None:
+        if folder.changed_totals:
+            pipe.hset(
+                keys["totals"],
+                mapping={
+                    f"{u}{US}{s}": repr(folder.totals[u, s]) for u, s in folder.changed_totals
+                },
+            )
+        if folder.new_exposures:
+            pipe.hset(keys["exposed"], mapping=folder.new_exposures)
+        if folder.changed_stats:
+            pipe.hset(
+                keys["stats"], mapping={k: repr(folder.stats[k]) for k in folder.changed_stats}
+            )
+        if folder.changed_shifts:
+            pipe.hset(
+                keys["shifts"], mapping={s: repr(folder.shifts[s]) for s in folder.changed_shifts}
+            )

@@ -1,0 +1,130 @@
+"""SQLite connection handling shared by the store's parts: schema, locking, error mapping.
+
+One connection per store object, serialised by a lock (the service runs its store calls off the
+event loop); writes take the database lock up front (BEGIN IMMEDIATE) so that a read-check-write
+cannot interleave with another process's write, and every sqlite3 error becomes a StoreError.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from experiments.errors import StoreError
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS experiments (
+    name TEXT PRIMARY KEY, revision INTEGER NOT NULL, status TEXT NOT NULL,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, phase TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS experiment_revisions (
+    name TEXT NOT NULL, revision INTEGER NOT NULL, spec TEXT NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (name, revision));
+CREATE TABLE IF NOT EXISTS sticky (
+    experiment TEXT NOT NULL, salt TEXT NOT NULL, unit TEXT NOT NULL, variant TEXT NOT NULL,
+    PRIMARY KEY (experiment, salt, unit)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS exposures (
+    experiment TEXT NOT NULL, phase TEXT NOT NULL, unit TEXT NOT NULL, variant TEXT NOT NULL,
+    at REAL NOT NULL, PRIMARY KEY (experiment, phase, unit)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS unit_totals (
+    experiment TEXT NOT NULL, phase TEXT NOT NULL, unit TEXT NOT NULL, series TEXT NOT NULL,
+    total REAL NOT NULL, PRIMARY KEY (experiment, phase, unit, series)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stats (
+    experiment TEXT NOT NULL, phase TEXT NOT NULL, key TEXT NOT NULL, value REAL NOT NULL,
+    PRIMARY KEY (experiment, phase, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS shifts (
+    experiment TEXT NOT NULL, phase TEXT NOT NULL, series TEXT NOT NULL, k REAL NOT NULL,
+    PRIMARY KEY (experiment, phase, series)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS phases (
+    experiment TEXT NOT NULL, phase TEXT NOT NULL, first_seen REAL NOT NULL,
+    PRIMARY KEY (experiment, phase));
+CREATE TABLE IF NOT EXISTS events (
+    experiment TEXT NOT NULL, event_id TEXT NOT NULL, phase TEXT NOT NULL, unit TEXT NOT NULL,
+    metric TEXT NOT NULL, value REAL NOT NULL, timestamp REAL NOT NULL, received_at REAL NOT NULL,
+    PRIMARY KEY (experiment, event_id));
+CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+CREATE TABLE IF NOT EXISTS snapshots (
+    experiment TEXT NOT NULL, phase TEXT NOT NULL, at REAL NOT NULL, stats TEXT NOT NULL,
+    PRIMARY KEY (experiment, phase, at));
+"""
+_SQLITE_MAX_VARIABLES = 900  # below SQLite's historical limit of 999 bound parameters
+
+
+class SQLiteBase:
+    def __init__(self, path: str | Path, *, url: str | None = None) -> None:
+        self.path = Path(path)
+        self.url = url or f"sqlite:///{self.path}"
+        self._lock = threading.Lock()
+        if not self.path.parent.is_dir():
+            raise StoreError(f"SQLite store {str(self.path)!r}: its directory does not exist")
+        try:
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store {str(self.path)!r}: {exc}") from None
+        try:
+            self._migrate()
+        except (sqlite3.Error, StoreError) as exc:
+            self._db.close()
+            message = str(exc) if isinstance(exc, StoreError) else f"cannot open it: {exc}"
+            raise StoreError(f"SQLite store {str(self.path)!r}: {message}") from None
+
+    def _migrate(self) -> None:
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"schema version {version}; this abmesh knows up to {SCHEMA_VERSION}: upgrade it"
+            )
+        if version < SCHEMA_VERSION:
+            # executescript commits on its own, so the transaction is spelled out in the script;
+            # every statement is idempotent, so two processes migrating at once is harmless.
+            self._db.executescript(
+                f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            )
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors():
+            yield self._db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:  # locked, disk full, corrupt: the store, not the caller
+            raise StoreError(f"SQLite store {str(self.path)!r}: {exc}") from None
+
+    def ping(self) -> None:
+        try:
+            with self._read() as db:
+                db.execute("SELECT 1").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {str(self.path)!r} is not usable: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    """Slices small enough for one statement's bound parameters."""
+    for start in range(0, len(items), _SQLITE_MAX_VARIABLES):
+        yield items[start : start + _SQLITE_MAX_VARIABLES]
