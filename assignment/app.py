@@ -7,7 +7,6 @@ naming the field, with 401, 404, 409, 413 or 422; a store outage on an admin cal
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from assignment.config import Settings
@@ -50,29 +50,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(state.cache.refresh)
+        stop = asyncio.Event()
         tasks = [
-            asyncio.create_task(state.cache.poll(settings.refresh_interval)),
-            asyncio.create_task(state.exposures.run(settings.exposure_flush_interval)),
+            asyncio.create_task(state.cache.poll(settings.refresh_interval, stop)),
+            asyncio.create_task(state.exposures.run(settings.exposure_flush_interval, stop)),
         ]
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            stop.set()  # the loops finish what they are writing, then end
+            await asyncio.gather(*tasks, return_exceptions=True)
             await state.exposures.flush()  # a graceful shutdown loses no exposure
             if state.exposures.size:
                 log.error("%d exposures not written: the store is down", state.exposures.size)
             state.store.close()
 
     app = FastAPI(
+        redirect_slashes=False,  # a stray slash is a JSON 404, not a bare redirect
         title="abmesh",
         summary="Sticky assignment of units to model variants, for service-mesh rollouts.",
         version="0.1.0",
         lifespan=lifespan,
     )
     app.state.abmesh = state
+    app.router.routes.append(
+        Route(extauthz.PATH_PREFIX + "/{path:path}", extauthz.AnyMethod(), include_in_schema=False)
+    )
     for router in (
         assign.router,
         extauthz.router,
@@ -127,14 +130,15 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 class BodyLimitMiddleware:
-    """413 for request bodies over `limit` bytes, declared or streamed, before they are read."""
+    """413 for request bodies over `limit` bytes, declared or streamed, before they are read.
+    Not on the ext_authz check: it never reads the body, and must never refuse a request."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(extauthz.PATH_PREFIX):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

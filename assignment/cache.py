@@ -1,78 +1,104 @@
 """In-process cache of the experiment configs, so no request waits on the store.
 
 The cache polls the store's config epoch (one cheap read) and reloads the experiments only when
-it changed.  When the store is unreachable the last good configs stay in use: `/v1/assign`
-keeps answering, and `/readyz` reports the outage and the age of what is served.
+it changed.  When the store is unreachable, or holds a config this version cannot read, the last
+good configs stay in use: `/v1/assign` keeps answering, and `/readyz` reports why and the age of
+what is served.  A reload replaces one immutable `Configs` object, so a reader sees either the
+old or the new configs, never a mix; a lock keeps a slow reload from overwriting a newer one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
-from experiments.errors import NotFoundError, StoreError
+from assignment.background import stopped
+from experiments.errors import NotFoundError
 from experiments.folding import FoldPlan
 from experiments.store import ExperimentRecord, ExperimentStatus, Store
 
 log = logging.getLogger("abmesh.cache")
 
 
+@dataclass(frozen=True)
+class Configs:
+    epoch: int | None = None
+    experiments: dict[str, ExperimentRecord] = field(default_factory=dict)
+    running: tuple[ExperimentRecord, ...] = ()  # by name
+    plans: dict[str, FoldPlan] = field(default_factory=dict)  # how each experiment's events fold
+
+    @classmethod
+    def of(cls, epoch: int, records: Sequence[ExperimentRecord]) -> Configs:
+        ordered = sorted(records, key=lambda r: r.name)
+        return cls(
+            epoch,
+            {r.name: r for r in ordered},
+            tuple(r for r in ordered if r.status is ExperimentStatus.RUNNING),
+            {r.name: FoldPlan.from_spec(r.spec) for r in ordered},
+        )
+
+
 class ConfigCache:
     def __init__(self, store: Store, on_error: Callable[[], None] = lambda: None) -> None:
         self.store = store
         self.on_error = on_error
-        self.experiments: dict[str, ExperimentRecord] = {}
-        self.running: tuple[ExperimentRecord, ...] = ()  # by name; derived once per reload
-        self.plans: dict[str, FoldPlan] = {}  # how each experiment's events fold
-        self.epoch: int | None = None
+        self.on_refresh: Callable[[float], None] = lambda at: None
+        self.configs = Configs()
         self.loaded_at: float | None = None  # wall time of the last successful poll
         self.error: str | None = None  # why the last poll failed, while it keeps failing
+        self._lock = threading.Lock()
 
     @property
     def loaded(self) -> bool:
-        return self.epoch is not None
+        return self.configs.epoch is not None
+
+    @property
+    def experiments(self) -> dict[str, ExperimentRecord]:
+        return self.configs.experiments
+
+    @property
+    def running(self) -> tuple[ExperimentRecord, ...]:
+        return self.configs.running
+
+    @property
+    def epoch(self) -> int | None:
+        return self.configs.epoch
 
     def age(self) -> float:
         """Seconds since the configs were last confirmed current (inf before the first load)."""
         return float("inf") if self.loaded_at is None else time.time() - self.loaded_at
 
     def get(self, name: str) -> ExperimentRecord:
-        record = self.experiments.get(name)
+        record = self.configs.experiments.get(name)
         if record is None:
             raise NotFoundError(f"experiment {name!r} does not exist")
         return record
 
-    def refresh(self, *, force: bool = False) -> bool:
-        """Poll the store; reload if anything changed.  Returns False if the store failed."""
-        try:
-            epoch = self.store.config_epoch()
-            if force or epoch != self.epoch:
-                records = self.store.list_experiments()
-                # One assignment swaps the whole mapping: readers never see half a reload.
-                self.plans = {r.name: FoldPlan.from_spec(r.spec) for r in records}
-                self.experiments = {r.name: r for r in records}
-                self.running = tuple(
-                    r
-                    for r in sorted(records, key=lambda r: r.name)
-                    if r.status is ExperimentStatus.RUNNING
-                )
-                self.epoch = epoch
-        except StoreError as exc:
-            self.on_error()
-            if self.error is None:
-                log.warning("store unreachable, serving cached configs: %s", exc)
-            self.error = str(exc)
-            return False
-        if self.error is not None:
-            log.info("store reachable again")
-        self.error = None
-        self.loaded_at = time.time()
-        return True
+    def refresh(self) -> bool:
+        """Poll the store; reload if anything changed.  Returns False if that failed."""
+        with self._lock:
+            try:
+                epoch = self.store.config_epoch()
+                if epoch != self.configs.epoch:
+                    self.configs = Configs.of(epoch, self.store.list_experiments())
+            except Exception as exc:  # store down, or a config this version cannot read
+                self.on_error()
+                if self.error is None:
+                    log.warning("configs not refreshed, serving the cached ones: %s", exc)
+                self.error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+                return False
+            if self.error is not None:
+                log.info("configs refreshed again")
+            self.error = None
+            self.loaded_at = time.time()
+            self.on_refresh(self.loaded_at)
+            return True
 
-    async def poll(self, interval: float) -> None:
-        """Refresh every `interval` seconds until cancelled."""
-        while True:
-            await asyncio.sleep(interval)
+    async def poll(self, interval: float, stop: asyncio.Event) -> None:
+        """Refresh every `interval` seconds until `stop` is set."""
+        while not await stopped(stop, interval):
             await asyncio.to_thread(self.refresh)

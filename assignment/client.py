@@ -6,9 +6,14 @@ Two modes:
   control variant, flagged `fallback=True`, so an app never fails because abmesh is down.
 - local (`local=True`): the client pulls the experiment configs (`GET /v1/configs`, revalidated
   with ETag every `refresh_interval` seconds) and hashes in-process with the same code as the
-  server, so answers cost microseconds and survive a service outage.  Exposures are reported in
-  batches through `POST /v1/assign` (the server re-derives and records them); call `flush()` or
+  server, so answers cost microseconds and survive a service outage.  Exposures are reported
+  through `POST /v1/assign` (the server re-derives and records them) in batches, at the latest
+  `exposure_interval` seconds after the first of a batch (checked on each call: no thread); a
+  failed report is kept for the next one (up to EXPOSURE_BACKLOG units).  Call `flush()` or
   `close()` before exiting.  Sticky specs are always asked of the server, which holds the records.
+
+The fallback variant is the spec's control when the client knows the spec (local mode, or after
+`refresh()`), else `fallback_variant` with no header.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from experiments.spec import ExperimentSpec
 
 log = logging.getLogger("abmesh.client")
 EXPOSURE_BATCH = 500
+EXPOSURE_BACKLOG = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +60,14 @@ class AssignmentClient:
         api_key: str | None = None,
         local: bool = False,
         refresh_interval: float = 30.0,
+        exposure_interval: float = 5.0,
         fallback_variant: str = "control",
         max_connections: int = 32,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.local = local
         self.refresh_interval = refresh_interval
+        self.exposure_interval = exposure_interval
         self.fallback_variant = fallback_variant
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
@@ -74,6 +82,7 @@ class AssignmentClient:
         self._etag: str | None = None
         self._checked_at = float("-inf")
         self._exposed: dict[str, list[str]] = {}
+        self._first_pending: float | None = None
 
     # remote
 
@@ -163,7 +172,7 @@ class AssignmentClient:
         if time.monotonic() - self._checked_at >= self.refresh_interval:
             try:
                 self.refresh()
-            except (httpx.HTTPError, ValueError, KeyError, AbmeshError) as exc:
+            except (httpx.HTTPError, ValueError, KeyError, TypeError, AbmeshError) as exc:
                 log.warning("abmesh configs not refreshed, using the last ones: %s", exc)
                 self._checked_at = time.monotonic()  # do not retry on every call
         return self._specs.get(experiment)
@@ -176,11 +185,18 @@ class AssignmentClient:
             a = assign_local(spec, unit, headers=headers, active=running)
         except AbmeshError as exc:
             return self._fallback(spec.name, unit, str(exc))
+        full = False
         if a.in_experiment:
             pending = self._exposed.setdefault(spec.name, [])
             pending.append(unit)
-            if len(pending) >= EXPOSURE_BATCH:
-                self._send_exposures(spec.name)
+            full = len(pending) >= EXPOSURE_BATCH
+            if self._first_pending is None:
+                self._first_pending = time.monotonic()
+        due = self._first_pending is not None and (
+            time.monotonic() - self._first_pending >= self.exposure_interval
+        )
+        if full or due:
+            self.flush()
         return ClientAssignment(
             spec.name,
             unit,
@@ -192,23 +208,26 @@ class AssignmentClient:
         )
 
     def flush(self) -> None:
-        """Report the exposures of local assignments to the service."""
-        for experiment in list(self._exposed):
-            self._send_exposures(experiment)
+        """Report the exposures of local assignments to the service; keep what fails."""
+        pending, self._exposed, self._first_pending = self._exposed, {}, None
+        for experiment, exposed in pending.items():
+            units = list(dict.fromkeys(exposed))
+            for start in range(0, len(units), EXPOSURE_BATCH):
+                batch = units[start : start + EXPOSURE_BATCH]
+                try:
+                    self._http.post(
+                        "/v1/assign", json={"units": batch, "experiments": [experiment]}
+                    ).raise_for_status()
+                except httpx.HTTPError as exc:
+                    log.warning("abmesh exposures not reported for %s: %s", experiment, exc)
+                    self._keep(experiment, units[start:])
+                    break
 
-    def _send_exposures(self, experiment: str) -> None:
-        units = list(dict.fromkeys(self._exposed.pop(experiment, [])))
-        for start in range(0, len(units), EXPOSURE_BATCH):
-            try:
-                self._http.post(
-                    "/v1/assign",
-                    json={
-                        "units": units[start : start + EXPOSURE_BATCH],
-                        "experiments": [experiment],
-                    },
-                ).raise_for_status()
-            except httpx.HTTPError as exc:
-                log.warning("abmesh exposures not reported for %s: %s", experiment, exc)
+    def _keep(self, experiment: str, units: list[str]) -> None:
+        backlog = self._exposed.setdefault(experiment, [])
+        backlog.extend(units[: max(EXPOSURE_BACKLOG - len(backlog), 0)])
+        if self._first_pending is None:
+            self._first_pending = time.monotonic()
 
     # lifetime
 

@@ -6,11 +6,12 @@ to an in-memory buffer (a dict insert); a background task writes the buffer to t
 graceful shutdown.  The store keeps the first exposure of a unit, so a unit sent twice (two
 replicas, a retried flush) is still counted once.
 
-Loss window: a crash (SIGKILL, OOM, power loss) loses what was buffered since the last flush,
-at most `flush_interval` seconds of new units; those units are exposed again, and counted, the
-next time they are assigned.  While the store is down, batches go back to the buffer, which
-holds at most `limit` pending units; beyond that new units are dropped and counted in
-`abmesh_exposures_dropped_total`.
+Loss window: a crash (SIGKILL, OOM, power loss) loses what was buffered since the last
+successful flush: normally at most `flush_interval` seconds of new units, but while the store is
+down everything buffered since it went down (failed batches go back to the buffer, which holds
+at most `limit` units; beyond that new units are dropped and counted in
+`abmesh_exposures_dropped_total`).  Lost units are exposed again, and counted, the next time
+they are assigned.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from experiments.errors import StoreError
+from assignment.background import stopped
 from experiments.folding import FoldPlan
 from experiments.store import StatsStore
 
@@ -94,15 +95,14 @@ class ExposureBuffer:
         try:
             written = sum(len(units) for _, units in batch.values())
             await asyncio.to_thread(self.write, batch)
-        except StoreError as exc:
+        except Exception as exc:  # the store is down (or failing): keep the batch for later
             self._on_error()
             log.warning("exposure flush failed, will retry: %s", exc)
             self.put_back(batch)
             return
         self._on_flushed(written)
 
-    async def run(self, interval: float) -> None:
-        """Flush every `interval` seconds until cancelled."""
-        while True:
-            await asyncio.sleep(interval)
+    async def run(self, interval: float, stop: asyncio.Event) -> None:
+        """Flush every `interval` seconds until `stop` is set."""
+        while not await stopped(stop, interval):
             await self.flush()

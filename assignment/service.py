@@ -33,6 +33,7 @@ class ServiceState:
         self.telemetry = Telemetry(config_age=self.cache.age)
         store_errors = self.telemetry.store_errors
         self.cache.on_error = store_errors.labels("config").inc
+        self.cache.on_refresh = self.telemetry.config_refreshed.set
         self.exposures = ExposureBuffer(
             self.store,
             limit=self.settings.exposure_buffer_limit,
@@ -66,7 +67,7 @@ class ServiceState:
         else:
             results = assign_many(spec, units, headers=headers, active=active)
         counter, buffer = self.telemetry.assignments, self.exposures
-        plan = self.cache.plans.get(spec.name) or FoldPlan.from_spec(spec)
+        plan = self.cache.configs.plans.get(spec.name) or FoldPlan.from_spec(spec)
         for unit, a in zip(units, results, strict=True):
             counter.labels(a.experiment, a.variant).inc()
             if a.in_experiment:

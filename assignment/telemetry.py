@@ -1,12 +1,21 @@
 """Prometheus metrics of the service, on a registry of its own per app (so several apps in one
-process, as in tests, do not collide), and the middleware that times every request."""
+process, as in tests, do not collide), and the middleware that times every request.
+
+With several worker processes (`abmesh serve --workers N` sets PROMETHEUS_MULTIPROC_DIR) each
+worker writes its values to files there and /metrics merges them, so a scrape sees the sum over
+workers whichever worker answers.  The config age is then exported as the time of the last
+refresh (`time() - abmesh_config_refreshed_timestamp_seconds` in PromQL), since a gauge computed
+at scrape time cannot be merged across processes.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -48,12 +57,28 @@ class Telemetry:
             "ext_authz checks answered without a header after an internal error.",
             registry=r,
         )
-        age = Gauge(
-            "abmesh_config_age_seconds",
-            "Seconds since the configs were last confirmed current.",
+        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        self.config_refreshed = Gauge(
+            "abmesh_config_refreshed_timestamp_seconds",
+            "Unix time the configs were last confirmed current.",
+            multiprocess_mode="max",
             registry=r,
         )
-        age.set_function(config_age)
+        if not self.multiprocess:
+            age = Gauge(
+                "abmesh_config_age_seconds",
+                "Seconds since the configs were last confirmed current.",
+                registry=r,
+            )
+            age.set_function(config_age)
+
+    def exposition(self) -> bytes:
+        """The text /metrics serves: this process's registry, or every worker's files."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
 
 
 class LatencyMiddleware:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -231,18 +232,21 @@ def serve(
         open_store(settings.store_url).close()
     except AbmeshError as exc:
         _fail(str(exc))
-    uvicorn.run(
-        "assignment.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level=log_level,
-        timeout_graceful_shutdown=10,
-    )
+    with tempfile.TemporaryDirectory(prefix="abmesh-metrics-") as metrics_dir:
+        if workers > 1:  # each worker writes its metrics there; /metrics merges them
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        uvicorn.run(
+            "assignment.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level=log_level,
+            timeout_graceful_shutdown=10,
+        )
 
 
 def main() -> None:

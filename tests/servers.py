@@ -65,7 +65,11 @@ class Service(Process):
 
 
 def start_service(
-    store_url: str | None, workdir: Path, port: int | None = None, **settings: object
+    store_url: str | None,
+    workdir: Path,
+    port: int | None = None,
+    workers: int = 1,
+    **settings: object,
 ) -> Service:
     """`abmesh serve` with ABMESH_<NAME> settings, e.g. admin_token="t"; store_url None: the
     embedded default (an SQLite file in `workdir`)."""
@@ -86,6 +90,8 @@ def start_service(
                 str(port),
                 "--log-level",
                 "warning",
+                "--workers",
+                str(workers),
             ],
             env=env,
             stdout=out,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,18 +84,50 @@ def test_remote_assign_with_forcing_header(served: tuple[Service, str]) -> None:
     )
 
 
+def _exposed(url: str, experiment: str) -> int:
+    store = open_store(url)
+    try:
+        return sum(exposures_of(store.phase_stats(experiment, "main")[0]).values())
+    finally:
+        store.close()
+
+
 def test_local_mode_reports_exposures(served: tuple[Service, str]) -> None:
     svc, url = served
     units = [f"local-{i}" for i in range(120)]
+    before = _exposed(url, "ranker-v2")
     with AssignmentClient(svc.url, local=True) as client:
         exposed = sum(client.assign("ranker-v2", u).in_experiment for u in units)
-    store = open_store(url)
-    wait_until(
-        lambda: sum(exposures_of(store.phase_stats("ranker-v2", "main")[0]).values()) >= exposed,
-        "exposures",
-    )
-    store.close()
     assert exposed == 120
+    # These units are new to the service: the count grows by exactly what this client reported.
+    wait_until(lambda: _exposed(url, "ranker-v2") == before + 120, "exposures")
+
+
+def test_local_mode_reports_after_the_interval_and_keeps_failed_reports(
+    served: tuple[Service, str], tmp_path: Path
+) -> None:
+    _, url = served
+    own = start_service(url, tmp_path)  # a replica of its own, to take down mid-test
+    client = AssignmentClient(own.url, local=True, exposure_interval=0.3)
+    try:
+        before = _exposed(url, "three")
+        exposed = [
+            u for u in (f"late-{i}" for i in range(30)) if client.assign("three", u).in_experiment
+        ]
+        assert exposed
+        time.sleep(0.4)
+        client.assign("three", "trigger-0")  # the interval has passed: this call reports
+        wait_until(lambda: _exposed(url, "three") >= before + len(exposed), "the report")
+        own.stop()  # now a report fails, and its units are kept for the next one
+        more = [
+            u for u in (f"kept-{i}" for i in range(30)) if client.assign("three", u).in_experiment
+        ]
+        client.flush()
+        assert more
+        assert set(more) <= set(client._exposed.get("three", []))
+    finally:
+        client.close()
+        own.stop()
 
 
 def test_fallback_to_control_when_the_service_is_down() -> None:

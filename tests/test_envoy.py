@@ -18,7 +18,8 @@ from tests.servers import Service, start_service
 
 EXAMPLE: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text())
 MODEL = {"control": "v1", "treatment": "v2"}
-USERS = [f"user-{i}" for i in range(120)]
+# Non-ASCII ids travel as UTF-8 header bytes; HTTP servers decode those as latin-1.
+USERS = [f"user-{i}" for i in range(120)] + ["用户-9", "日本", "user-😀", "ñandú", "müller", "Łódź"]
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +66,11 @@ def test_ext_authz_routes_each_user_consistently(stack: tuple[EnvoyStack, Servic
     envoy, _ = stack
     expected = expected_models()
     assert set(expected.values()) == {"v1", "v2"}
+    assert {expected[u] for u in USERS[120:]} == {"v1", "v2"}  # both models among non-ASCII
     with httpx.Client(base_url=envoy.authz, timeout=5) as http:
         for _ in range(3):
             for user, model in expected.items():
-                r = http.post("/predict", headers={"x-user-id": user}, content=b"{}")
+                r = http.post("/predict", headers={"x-user-id": user.encode()}, content=b"{}")
                 assert r.status_code == 200
                 assert r.json()["model"] == model, user
                 assert r.headers["x-seen-group"] == ("group-b" if model == "v2" else "group-a")

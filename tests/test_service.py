@@ -249,7 +249,19 @@ def test_health_readiness_and_metrics(http: httpx.Client) -> None:
     assert f'abmesh_assignments_total{{experiment="ranker-v2",variant="{variant}"}} 1.0' in metrics
     assert 'route="/v1/assign/{experiment}"' in metrics
     assert "abmesh_config_age_seconds" in metrics
-    assert "abmesh_store_errors_total" in metrics or "abmesh_store_errors" in metrics
+    assert "abmesh_config_age_seconds " in metrics
+    assert "# TYPE abmesh_store_errors_total counter" in metrics
+
+
+def test_odd_requests_get_json_errors(http: httpx.Client) -> None:
+    huge = http.get("/v1/experiments/ranker-v2", params={"revision": 2**63}, headers=ADMIN)
+    assert huge.status_code == 422
+    assert "revision" in huge.json()["error"]
+    slash = http.get("/v1/assign/ranker-v2/", params={"unit": "u"})
+    assert (slash.status_code, slash.json()["error"]) == (
+        404,
+        "no such endpoint: GET /v1/assign/ranker-v2/",
+    )
 
 
 def test_configs_for_local_evaluation_with_etag(http: httpx.Client) -> None:

@@ -41,7 +41,7 @@ def test_cache_keeps_answering_through_a_store_outage(tmp_path: Path) -> None:
             wait_until(lambda: http.get("/readyz").status_code == 503, "readyz to see the outage")
             ready = http.get("/readyz").json()
             assert ready["status"] == "degraded"
-            assert any(r.startswith("store unreachable") for r in ready["reasons"])
+            assert any(r.startswith("configs not refreshed: Redis store") for r in ready["reasons"])
             assert http.get("/readyz", params={"allow_cached": "true"}).status_code == 200
             assert 'abmesh_store_errors_total{operation="config"}' in http.get("/metrics").text
             during = http.get("/v1/assign/ranker-v2", params={"unit": "user-7"})
@@ -214,7 +214,10 @@ def test_extauthz_sets_each_running_experiments_header(authz: Any) -> None:
     assert "x-paused" not in r.headers  # not running
 
 
-@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
+@pytest.mark.parametrize(
+    "method",
+    ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "PROPFIND", "PURGE", "MKCOL"],
+)
 def test_extauthz_answers_any_method_and_path(authz: Any, method: str) -> None:
     svc, _ = authz
     r = httpx.request(method, f"{svc.url}/v1/extauthz/", headers={"x-user-id": "user-1"})
@@ -270,5 +273,157 @@ def test_serve_runs_on_the_embedded_default_store(tmp_path: Path) -> None:
         assert (tmp_path / "abmesh.db").exists()
         r = httpx.get(f"{svc.url}/v1/assign/none", params={"unit": "u"})
         assert r.status_code == 404
+    finally:
+        svc.stop()
+
+
+def test_extauthz_never_refuses_a_large_body(authz: Any) -> None:
+    svc, _ = authz
+    r = httpx.post(
+        f"{svc.url}/v1/extauthz/upload", content=b"x" * 2_000_000, headers={"x-user-id": "user-42"}
+    )
+    assert r.status_code == 200
+    assert "x-user-group" in r.headers
+
+
+def test_extauthz_reads_utf8_unit_ids_like_assign(authz: Any) -> None:
+    svc, _ = authz
+    for unit in ("用户-9", "日本", "é-user"):
+        expected = httpx.get(f"{svc.url}/v1/assign/ranker-v2", params={"unit": unit}).json()
+        r = httpx.get(f"{svc.url}/v1/extauthz/p", headers={"x-user-id": unit.encode()})
+        assert r.headers["x-user-group"] == expected["header"]["value"], unit
+
+
+def test_experiments_sharing_a_header_route_their_own_units(tmp_path: Path) -> None:
+    # Two experiments in disjoint layer slices set the same header: each unit gets the group
+    # of the experiment it is in, not the control of the other one.
+    url = f"sqlite:///{tmp_path / 'abmesh.db'}"
+    variants = [
+        {"key": "control", "header_value": "group-a", "weight": 0, "destination": {"host": "m"}}
+    ]
+    for name, (start, end), group in (
+        ("a-exp", (0, 50), "group-b"),
+        ("b-exp", (50, 100), "group-c"),
+    ):
+        running(
+            url,
+            name=name,
+            overrides=[],
+            layer={"name": "l", "start": start, "end": end},
+            variants=[
+                *variants,
+                {"key": "t", "header_value": group, "weight": 100, "destination": {"host": "m"}},
+            ],
+        )
+    svc = start_service(url, tmp_path)
+    try:
+        seen = set()
+        for i in range(40):
+            r = httpx.get(f"{svc.url}/v1/extauthz/p", headers={"x-user-id": f"u{i}"})
+            seen.add(r.headers["x-user-group"])
+        assert seen == {"group-b", "group-c"}  # never group-a: every unit is in one of them
+    finally:
+        svc.stop()
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("unit=%FF", "not valid UTF-8"),
+        ("unit=%ED%A0%80", "not valid UTF-8"),
+        ("unit=a&unit=b", "give the unit once"),
+    ],
+)
+def test_assign_refuses_malformed_unit_queries(authz: Any, query: str, message: str) -> None:
+    svc, _ = authz
+    r = httpx.get(f"{svc.url}/v1/assign/ranker-v2?{query}")
+    assert r.status_code == 422
+    assert message in r.json()["error"]
+
+
+def test_a_config_this_version_cannot_read_degrades_but_keeps_serving(tmp_path: Path) -> None:
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'abmesh.db'}"
+    running(url)
+    svc = start_service(url, tmp_path, refresh_interval=0.1, exposure_flush_interval=600)
+    try:
+        with httpx.Client(base_url=svc.url, timeout=10) as http:
+            before = http.get("/v1/assign/ranker-v2", params={"unit": "user-3"}).json()
+            db = sqlite3.connect(tmp_path / "abmesh.db")
+            db.execute("UPDATE experiment_revisions SET spec = json_set(spec, '$.future', 1)")
+            db.execute("UPDATE counters SET value = value + 1 WHERE name = 'epoch'")
+            db.commit()
+            wait_until(lambda: http.get("/readyz").status_code == 503, "readyz to degrade")
+            reason = http.get("/readyz").json()["reasons"][0]
+            assert reason.startswith("configs not refreshed")
+            assert "future" in reason
+            assert http.get("/v1/assign/ranker-v2", params={"unit": "user-3"}).json() == before
+            db.execute("UPDATE experiment_revisions SET spec = json_remove(spec, '$.future')")
+            db.execute("UPDATE counters SET value = value + 1 WHERE name = 'epoch'")
+            db.commit()
+            db.close()
+            wait_until(lambda: http.get("/readyz").status_code == 200, "readyz to recover")
+    finally:
+        svc.stop()
+    store = open_store(url)
+    assert exposures_of(store.phase_stats("ranker-v2", "main")[0]) == {before["variant"]: 1}
+    store.close()
+
+
+def test_exposures_buffered_through_a_store_outage_are_written_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    redis_server = start_redis(tmp_path / "redis", persist=True)
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    running(url)
+    svc = start_service(url, tmp_path, exposure_flush_interval=0.1, refresh_interval=0.1)
+    units = [f"user-{i}" for i in range(60)]
+    try:
+        with httpx.Client(base_url=svc.url, timeout=10) as http:
+            redis_server.stop()
+            for unit in units:
+                assert http.get("/v1/assign/ranker-v2", params={"unit": unit}).status_code == 200
+            wait_until(
+                lambda: (
+                    'abmesh_store_errors_total{operation="exposures"}' in http.get("/metrics").text
+                ),
+                "a failed flush",
+            )
+            restarted = start_redis(tmp_path / "redis", port=redis_server.port, persist=True)
+            try:
+                store = open_store(url)
+                wait_until(
+                    lambda: (
+                        sum(exposures_of(store.phase_stats("ranker-v2", "main")[0]).values())
+                        == len(units)
+                    ),
+                    "the kept exposures to be written",
+                )
+                expected = Counter(a.variant for a in assign_many(load_spec(EXAMPLE), units))
+                assert exposures_of(store.phase_stats("ranker-v2", "main")[0]) == dict(expected)
+                store.close()
+            finally:
+                svc.stop()
+                restarted.stop()
+    finally:
+        svc.stop()
+
+
+def test_metrics_add_up_across_worker_processes(tmp_path: Path, sqlite_store_url: str) -> None:
+    running(sqlite_store_url)
+    svc = start_service(sqlite_store_url, tmp_path, workers=2)
+    try:
+        with httpx.Client(base_url=svc.url, timeout=10) as http:
+            for i in range(40):
+                http.get("/v1/assign/ranker-v2", params={"unit": f"u{i}"})
+            for _ in range(4):  # whichever worker answers the scrape, it sees all 40
+                text = http.get("/metrics").text
+                total = sum(
+                    float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith("abmesh_assignments_total{")
+                )
+                assert total == 40
     finally:
         svc.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
@@ -16,6 +17,7 @@ from assignment.models import (
     assignment_body,
 )
 from assignment.service import ServiceState
+from experiments.errors import InvalidUnitError
 
 router = APIRouter(prefix="/v1", tags=["assign"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 404, 422)}
@@ -47,9 +49,7 @@ async def assign_unit(request: Request) -> Response:
     state: ServiceState = request.app.state.abmesh
     check_api_key(request, state)
     experiment = request.path_params["experiment"]
-    unit = request.query_params.get("unit")
-    if unit is None:
-        raise HTTPException(422, "query.unit: Field required")
+    unit = _unit_param(request.scope["query_string"])
     record = state.cache.get(experiment)
     a = await state.assign(record, unit, request.headers)
     body = json.dumps(assignment_body(unit, a)).encode()
@@ -80,3 +80,18 @@ async def assign_batch(body: BatchAssignIn, state: StateDep) -> Response:
         results = await state.assign_many(record, body.units, body.headers)
         out += [assignment_body(u, a) for u, a in zip(body.units, results, strict=True)]
     return Response(json.dumps({"assignments": out}).encode(), media_type="application/json")
+
+
+def _unit_param(query: bytes) -> str:
+    """The one `unit` of a query string, decoded strictly: bytes that are not UTF-8 are a 422,
+    not a U+FFFD that would put every such id into one bucket."""
+    try:
+        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidUnitError("query.unit: the unit is not valid UTF-8") from None
+    units = [value for key, value in pairs if key == "unit"]
+    if not units:
+        raise HTTPException(422, "query.unit: Field required")
+    if len(units) > 1:
+        raise HTTPException(422, "query.unit: give the unit once")
+    return units[0]

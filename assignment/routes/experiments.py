@@ -6,9 +6,9 @@ every write refreshes this replica's config cache at once, others follow within 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Response
+from fastapi import APIRouter, Body, HTTPException, Query, Response
 
 from assignment.deps import AdminDep, StateDep
 from assignment.models import ErrorOut, ExperimentOut, experiment_body
@@ -29,7 +29,11 @@ def list_experiments(state: StateDep) -> list[dict[str, Any]]:
 
 
 @router.get("/{name}", response_model=ExperimentOut, responses=ERRORS)
-def get_experiment(name: str, state: StateDep, revision: int | None = None) -> dict[str, Any]:
+def get_experiment(
+    name: str,
+    state: StateDep,
+    revision: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+) -> dict[str, Any]:
     return experiment_body(state.store.get_experiment(name, revision))
 
 

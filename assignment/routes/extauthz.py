@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 
 from fastapi import APIRouter, Request, Response
+from starlette.types import Receive, Scope, Send
 
 from assignment.assign import Reason
 from assignment.service import ServiceState
@@ -21,16 +22,14 @@ from experiments.store import ExperimentRecord
 
 log = logging.getLogger("abmesh.extauthz")
 router = APIRouter(prefix="/v1", tags=["ext_authz"])
-# Envoy forwards the original method.  OpenAPI shows the check once (GET); one operation per
-# method would repeat it and clash on operation ids.
-OTHER_METHODS = ["POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+PATH_PREFIX = "/v1/extauthz"
 _FORCED = (Reason.OVERRIDE_HEADER, Reason.OVERRIDE_UNIT)
 
 
-@router.api_route("/extauthz/{path:path}", methods=["GET"])
-@router.api_route("/extauthz/{path:path}", methods=OTHER_METHODS, include_in_schema=False)
+@router.get("/extauthz/{path:path}")
 async def extauthz_check(path: str, request: Request) -> Response:
-    """Always 200; carries `<experiment header>: <group>` for Envoy's allowed_upstream_headers."""
+    """Always 200; carries `<experiment header>: <group>` for Envoy's allowed_upstream_headers.
+    Envoy forwards the original method, so every method is answered alike (OpenAPI shows GET)."""
     state: ServiceState = request.app.state.abmesh  # no dependency injection on the hot path
     try:
         headers = await group_headers(request, state)
@@ -41,6 +40,17 @@ async def extauthz_check(path: str, request: Request) -> Response:
     return Response(status_code=200, headers=headers)
 
 
+class AnyMethod:
+    """The same check as an ASGI app, which Starlette routes for every method (PROPFIND, PURGE
+    and other extension methods included): a 405 would reach the user as a denial.  create_app
+    mounts it ahead of the routers; the GET route above documents the check in OpenAPI."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        response = await extauthz_check(request.path_params.get("path", ""), request)
+        await response(scope, receive, send)
+
+
 def _experiments(state: ServiceState) -> Sequence[ExperimentRecord]:
     names = state.settings.extauthz_experiments
     if names:
@@ -48,24 +58,36 @@ def _experiments(state: ServiceState) -> Sequence[ExperimentRecord]:
     return state.cache.running
 
 
+def _text(raw: str | None) -> str | None:
+    """A header value as sent: HTTP servers decode header bytes as latin-1, so a UTF-8 unit id
+    arrives garbled; undo that (None if the bytes are not UTF-8)."""
+    if raw is None:
+        return None
+    try:
+        return raw.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return None
+
+
 async def group_headers(request: Request, state: ServiceState) -> dict[str, str]:
     settings = state.settings
-    unit = request.headers.get(settings.extauthz_unit_header)
+    unit = _text(request.headers.get(settings.extauthz_unit_header))
     if unit is None and settings.extauthz_unit_cookie is not None:
-        unit = request.cookies.get(settings.extauthz_unit_cookie)
+        unit = _text(request.cookies.get(settings.extauthz_unit_cookie))
     if unit is not None and unit_problem(unit) is not None:
         unit = None
-    control = settings.extauthz_unassigned == "control"
-    out: dict[str, str] = {}
+    # Experiments may share a header (disjoint layer slices): a unit's real assignment, in any
+    # of them, beats another's control; control fills a header only when nobody assigned it.
+    assigned: dict[str, str] = {}
+    controls: dict[str, str] = {}
     for record in _experiments(state):
         spec = record.spec
-        if spec.header in out:  # two experiments on one header: the first (by name) owns it
-            continue
-        if unit is None:
-            if control:
-                out[spec.header] = spec.control_variant.header_value
-            continue
-        a = await state.assign(record, unit, request.headers)
-        if a.in_experiment or a.reason in _FORCED or control:
-            out[a.header_name] = a.header_value
-    return out
+        if unit is not None and spec.header not in assigned:
+            a = await state.assign(record, unit, request.headers)
+            if a.in_experiment or a.reason in _FORCED:
+                assigned[a.header_name] = a.header_value
+                continue
+        controls.setdefault(spec.header, spec.control_variant.header_value)
+    if settings.extauthz_unassigned == "control":
+        return {**controls, **assigned}
+    return assigned

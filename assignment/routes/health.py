@@ -1,10 +1,11 @@
 """Liveness, readiness and Prometheus metrics.
 
-/readyz is 503 until the configs are loaded, and while the store is unreachable, with the
-reasons in the body.  During a store outage every replica is in that state, and taking them
-all out of a Service would turn a store outage into a full one, although they still answer
-from the cache; so `?allow_cached=true` (for Kubernetes readiness probes) answers 200 while
-cached configs are served, still listing the reasons.
+/readyz is 503 until the configs are loaded, and while they cannot be refreshed (store
+unreachable, or a config this version cannot read), with the reasons in the body.  During a
+store outage every replica is in that state, and taking them all out of a Service would turn a
+store outage into a full one, although they still answer from the cache; so
+`?allow_cached=true` (for Kubernetes readiness probes) answers 200 while cached configs are
+served, still listing the reasons.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from assignment.deps import StateDep
 
@@ -34,7 +35,9 @@ async def readyz(state: StateDep, allow_cached: bool = False) -> JSONResponse:
     if not cache.loaded:
         reasons.append("configs not loaded yet")
     if cache.error is not None:
-        reasons.append(f"store unreachable: {cache.error}")
+        reasons.append(f"configs not refreshed: {cache.error}")
+    elif cache.loaded and cache.age() > 5 * state.settings.refresh_interval + 10:
+        reasons.append(f"configs not refreshed for {cache.age():.0f} s")
     body: dict[str, Any] = {
         "status": "degraded" if reasons else "ready",
         "experiments": len(cache.experiments),
@@ -47,4 +50,4 @@ async def readyz(state: StateDep, allow_cached: bool = False) -> JSONResponse:
 
 @router.get("/metrics")
 async def metrics(state: StateDep) -> Response:
-    return Response(generate_latest(state.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(state.telemetry.exposition(), media_type=CONTENT_TYPE_LATEST)

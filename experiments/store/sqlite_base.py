@@ -109,7 +109,8 @@ class SQLiteBase:
     def _errors(self) -> Iterator[None]:
         try:
             yield
-        except sqlite3.Error as exc:  # locked, disk full, corrupt: the store, not the caller
+        except (sqlite3.Error, OverflowError) as exc:  # locked, disk full, corrupt, or an
+            # integer SQLite cannot hold: the store's answer, not a crash
             raise StoreError(f"SQLite store {str(self.path)!r}: {exc}") from None
 
     def ping(self) -> None:

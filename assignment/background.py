@@ -1,0 +1,15 @@
+"""The service's background loops share one way to wait: sleep, unless asked to stop."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+async def stopped(stop: asyncio.Event, timeout: float) -> bool:
+    """Wait up to `timeout` seconds for `stop`; True if it was set.  Loops end on it instead of
+    being cancelled, so a write in progress (a flush, a snapshot) is never cut off halfway."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True
