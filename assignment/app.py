@@ -19,7 +19,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from assignment.config import Settings
-from assignment.routes import assign, configs, experiments, extauthz, health
+from assignment.routes import assign, configs, events, experiments, extauthz, health
 from assignment.service import ServiceState
 from assignment.telemetry import LatencyMiddleware
 from experiments.errors import (
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tasks = [
             asyncio.create_task(state.cache.poll(settings.refresh_interval, stop)),
             asyncio.create_task(state.exposures.run(settings.exposure_flush_interval, stop)),
+            asyncio.create_task(state.housekeeping(stop)),
         ]
         try:
             yield
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         assign.router,
         extauthz.router,
         configs.router,
+        events.router,
         experiments.router,
         health.router,
     ):
@@ -109,7 +111,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, StoreError):
             request.app.state.abmesh.telemetry.store_errors.labels("admin").inc()
         problems = exc.problems if isinstance(exc, SpecError) else None
-        return _error(status, str(exc), problems)
+        # A store outage is temporary: tell clients when to retry (the batch, whole).
+        retry = {"Retry-After": "1"} if status == 503 else None
+        return _error(status, str(exc), problems, headers=retry)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

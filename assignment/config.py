@@ -26,6 +26,9 @@ class Settings:
     exposure_flush_interval: float = 1.0  # seconds: the most exposures a crash can lose
     exposure_buffer_limit: int = 200_000  # pending exposures kept while the store is down
     max_batch: int = 1000  # units x experiments in one POST /v1/assign
+    max_events: int = 5000  # events in one POST /v1/events
+    snapshot_interval: float = 300.0  # seconds between automatic snapshots; 0: none
+    event_retention_days: float = 30.0  # raw events (and their ids) kept this long
     max_body_bytes: int = 1_048_576
     extauthz_unit_header: str = "x-user-id"
     extauthz_unit_cookie: str | None = None
@@ -76,6 +79,9 @@ class Settings:
             ),
             exposure_buffer_limit=int(number("EXPOSURE_BUFFER_LIMIT", d.exposure_buffer_limit, 1)),
             max_batch=int(number("MAX_BATCH", d.max_batch, 1)),
+            max_events=int(number("MAX_EVENTS", d.max_events, 1)),
+            snapshot_interval=number("SNAPSHOT_INTERVAL", d.snapshot_interval, 0),
+            event_retention_days=number("EVENT_RETENTION_DAYS", d.event_retention_days, 0.001),
             max_body_bytes=int(number("MAX_BODY_BYTES", d.max_body_bytes, 1024)),
             extauthz_unit_header=header.lower(),
             extauthz_unit_cookie=cookie,

@@ -58,6 +58,7 @@ class ExperimentOut(BaseModel):
     status: str
     created_at: float
     updated_at: float
+    phase: str
     spec: dict[str, Any]
 
 
@@ -68,8 +69,13 @@ def experiment_body(record: ExperimentRecord) -> dict[str, Any]:
         "status": record.status.value,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
+        "phase": record.phase,
         "spec": record.spec.model_dump(mode="json", by_alias=True),
     }
+
+
+class PhaseIn(BaseModel):
+    phase: str = Field(description="The new phase's name, e.g. canary-2 or ab.")
 
 
 class ConfigsOut(BaseModel):
@@ -80,3 +86,22 @@ class ConfigsOut(BaseModel):
 class ErrorOut(BaseModel):
     error: str = Field(description="What is wrong, naming the field or parameter.")
     problems: list[str] | None = None
+
+
+class EventsIn(BaseModel):
+    events: list[Any] = Field(
+        description="Events {event_id, experiment, unit, metric, value (default 1), timestamp "
+        "(unix s or ISO 8601 with offset; default now), pre_period (default false)}; each is "
+        "validated on its own."
+    )
+
+
+class RejectedOut(BaseModel):
+    index: int
+    error: str
+
+
+class EventsOut(BaseModel):
+    accepted: int
+    duplicates: int
+    rejected: list[RejectedOut]

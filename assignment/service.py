@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from assignment.assign import Assignment, assign, assign_many
+from assignment.background import stopped
 from assignment.cache import ConfigCache
 from assignment.config import Settings
 from assignment.exposures import ExposureBuffer
 from assignment.telemetry import Telemetry
 from experiments.errors import StoreError
 from experiments.folding import FoldPlan
+from experiments.reporting import take_snapshot
 from experiments.store import ExperimentRecord, ExperimentStatus, Store
 
 log = logging.getLogger("abmesh.service")
@@ -73,3 +76,21 @@ class ServiceState:
             if a.in_experiment:
                 buffer.add(a.experiment, record.phase, plan, unit, a.variant)
         return results
+
+    async def housekeeping(self, stop: asyncio.Event) -> None:
+        """Snapshot every running experiment each `snapshot_interval` seconds (on a shared
+        schedule, so replicas write one snapshot) and drop raw events past their retention."""
+        interval = self.settings.snapshot_interval
+        if interval <= 0:
+            return
+        while not await stopped(stop, interval):
+            try:
+                await asyncio.to_thread(self._housekeep, interval)
+            except Exception as exc:  # the store is down: try again next time
+                self.telemetry.store_errors.labels("snapshot").inc()
+                log.warning("snapshots not taken: %s", exc)
+
+    def _housekeep(self, interval: float) -> None:
+        for record in self.cache.running:
+            take_snapshot(self.store, record, bucket=interval)
+        self.store.purge_events(time.time() - self.settings.event_retention_days * 86400)

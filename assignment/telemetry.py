@@ -52,6 +52,12 @@ class Telemetry:
             "Exposures dropped because the buffer was full.",
             registry=r,
         )
+        self.events = Counter(
+            "abmesh_events",
+            "Events received, by outcome (accepted, duplicate, rejected) and rejection reason.",
+            ["outcome", "reason"],
+            registry=r,
+        )
         self.extauthz_errors = Counter(
             "abmesh_extauthz_errors",
             "ext_authz checks answered without a header after an internal error.",

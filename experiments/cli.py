@@ -6,24 +6,28 @@ stderr and exit 1; usage errors exit 2 (typer's convention).  No tracebacks for 
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-import yaml
-from rich.console import Console
 from rich.table import Table
 
 from assignment import assign_many
+from experiments import cli_data
+from experiments.cli_common import (
+    Output,
+    OutputOpt,
+    StoreOpt,
+    fail,
+    out,
+    print_data,
+    store_for,
+)
 from experiments.errors import AbmeshError
 from experiments.loader import load_spec
-from experiments.store import ExperimentRecord, Store, open_store
+from experiments.store import ExperimentRecord, open_store
 
 app = typer.Typer(
     help="abmesh: sticky A/B assignment, sequential analysis and safe rollouts of ML models.",
@@ -33,54 +37,6 @@ app = typer.Typer(
 )
 get_app = typer.Typer(help="Show stored objects.", no_args_is_help=True)
 app.add_typer(get_app, name="get")
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-StoreOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--store",
-        envvar="ABMESH_STORE",
-        show_envvar=True,
-        help="sqlite:///path.db or redis://host:port/db (default: ./abmesh.db)",
-    ),
-]
-
-
-class Output(StrEnum):
-    TEXT = "text"
-    JSON = "json"
-    YAML = "yaml"
-
-
-OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format.")]
-
-
-def _fail(message: str) -> NoReturn:
-    err.print("error: " + " ".join(message.split()), markup=False)
-    raise typer.Exit(1)
-
-
-@contextmanager
-def _store(url: str | None) -> Iterator[Store]:
-    try:
-        store = open_store(url)
-    except AbmeshError as exc:
-        _fail(str(exc))
-    try:
-        yield store
-    except AbmeshError as exc:
-        _fail(str(exc))
-    finally:
-        store.close()
-
-
-def _print_data(data: object, output: Output) -> None:
-    if output is Output.YAML:
-        out.print(yaml.safe_dump(data, sort_keys=False).rstrip(), markup=False)
-    else:
-        out.print(json.dumps(data, indent=2), markup=False)
 
 
 def _record_data(record: ExperimentRecord) -> dict[str, object]:
@@ -102,7 +58,7 @@ def validate(
     try:
         spec = load_spec(file)
     except AbmeshError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     out.print(f"{spec.name}: valid ({len(spec.variants)} variants, hash {spec.hash.value})")
 
 
@@ -115,8 +71,8 @@ def apply(
     try:
         spec = load_spec(file)
     except AbmeshError as exc:
-        _fail(str(exc))
-    with _store(store) as st:
+        fail(str(exc))
+    with store_for(store) as st:
         result = st.put_experiment(spec)
     record = result.record
     verb = ("created" if record.revision == 1 else "configured") if result.changed else "unchanged"
@@ -126,10 +82,10 @@ def apply(
 @get_app.command("experiments")
 def get_experiments(store: StoreOpt = None, output: OutputOpt = Output.TEXT) -> None:
     """List experiments."""
-    with _store(store) as st:
+    with store_for(store) as st:
         records = st.list_experiments()
     if output is not Output.TEXT:
-        _print_data([_record_data(r) for r in records], output)
+        print_data([_record_data(r) for r in records], output)
         return
     table = Table("NAME", "STATUS", "REVISION", "VARIANTS", "HASH", box=None)
     for r in records:
@@ -146,15 +102,15 @@ def get_experiment(
     output: OutputOpt = Output.YAML,
 ) -> None:
     """Show one experiment's spec and status."""
-    with _store(store) as st:
+    with store_for(store) as st:
         record = st.get_experiment(name, revision)
-    _print_data(_record_data(record), Output.JSON if output is Output.JSON else Output.YAML)
+    print_data(_record_data(record), Output.JSON if output is Output.JSON else Output.YAML)
 
 
 @get_app.command("history")
 def get_history(name: str, store: StoreOpt = None) -> None:
     """List an experiment's revisions."""
-    with _store(store) as st:
+    with store_for(store) as st:
         records = st.experiment_history(name)
     for r in records:
         split = " / ".join(f"{v.key}={v.weight:g}%" for v in r.spec.variants)
@@ -164,7 +120,7 @@ def get_history(name: str, store: StoreOpt = None) -> None:
 @app.command()
 def delete(name: str, store: StoreOpt = None) -> None:
     """Delete an experiment with its revisions and sticky records."""
-    with _store(store) as st:
+    with store_for(store) as st:
         st.delete_experiment(name)
     out.print(f"experiment {name} deleted")
 
@@ -186,9 +142,9 @@ def assign_cmd(
     for item in header or ():
         name, sep, value = item.partition("=")
         if not sep or not name:
-            _fail(f"--header {item!r} must look like NAME=VALUE")
+            fail(f"--header {item!r} must look like NAME=VALUE")
         headers[name] = value
-    with _store(store) as st:
+    with store_for(store) as st:
         spec = st.get_experiment(experiment).spec
         results = assign_many(spec, units, headers=headers, sticky=st)
     if output is not Output.TEXT:
@@ -202,7 +158,7 @@ def assign_cmd(
             }
             for u, a in zip(units, results, strict=True)
         ]
-        _print_data(rows, output)
+        print_data(rows, output)
         return
     for unit, a in zip(units, results, strict=True):
         where = "in experiment" if a.in_experiment else "not in experiment"
@@ -231,7 +187,7 @@ def serve(
         settings = Settings.from_env()
         open_store(settings.store_url).close()
     except AbmeshError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     with tempfile.TemporaryDirectory(prefix="abmesh-metrics-") as metrics_dir:
         if workers > 1:  # each worker writes its metrics there; /metrics merges them
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -247,6 +203,9 @@ def serve(
             log_level=log_level,
             timeout_graceful_shutdown=10,
         )
+
+
+cli_data.register(app)
 
 
 def main() -> None:

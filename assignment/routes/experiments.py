@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, Query, Response
 
 from assignment.deps import AdminDep, StateDep
-from assignment.models import ErrorOut, ExperimentOut, experiment_body
+from assignment.models import ErrorOut, ExperimentOut, PhaseIn, experiment_body
 from experiments.errors import NotFoundError
 from experiments.lifecycle import Action, next_status
 from experiments.loader import spec_from_mapping
@@ -65,6 +65,15 @@ def put_experiment(
         response.status_code = 201
     state.cache.refresh()
     return experiment_body(result.record)
+
+
+@router.post("/{name}/phase", response_model=ExperimentOut, responses=ERRORS)
+def start_phase(name: str, state: StateDep, body: PhaseIn) -> dict[str, Any]:
+    """Start a new analysis phase: exposures and statistics start from zero in it (the old
+    phase's stay readable)."""
+    record = state.store.set_phase(name, body.phase)
+    state.cache.refresh()
+    return experiment_body(record)
 
 
 @router.post("/{name}/{action}", response_model=ExperimentOut, responses=ERRORS)

@@ -1,0 +1,76 @@
+"""Event ingest, and the statistics, snapshots and raw events folded from it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+
+from assignment import collector
+from assignment.deps import ApiKeyDep, StateDep
+from assignment.models import ErrorOut, EventsIn, EventsOut
+from experiments.reporting import phase_report
+
+router = APIRouter(prefix="/v1", dependencies=[ApiKeyDep])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (401, 404, 413, 422, 503)
+}
+
+
+@router.post("/events", response_model=EventsOut, responses=ERRORS, tags=["events"])
+async def post_events(body: EventsIn, state: StateDep) -> dict[str, Any]:
+    """Ingest a batch idempotently (by event_id).  A bad item is rejected alone; the rest is
+    applied.  503 with Retry-After when the store is down: resend the whole batch, events
+    already applied come back as duplicates."""
+    limit = state.settings.max_events
+    if len(body.events) > limit:
+        raise HTTPException(413, f"batch of {len(body.events)} events exceeds the limit of {limit}")
+    configs = state.cache.configs
+    parsed = collector.parse_events(body.events, configs.experiments, configs.plans)
+    outcome = await asyncio.to_thread(
+        collector.ingest, state.store, parsed, configs.experiments, configs.plans
+    )
+    counter = state.telemetry.events
+    counter.labels("accepted", "").inc(outcome.accepted)
+    counter.labels("duplicate", "").inc(outcome.duplicates)
+    for _, rejection in outcome.rejected:
+        counter.labels("rejected", rejection.reason).inc()
+    return {
+        "accepted": outcome.accepted,
+        "duplicates": outcome.duplicates,
+        "rejected": [
+            {"index": i, "error": str(r)} for i, r in sorted(outcome.rejected, key=lambda x: x[0])
+        ],
+    }
+
+
+@router.get("/experiments/{name}/stats", tags=["stats"], responses=ERRORS)
+def get_stats(name: str, state: StateDep, phase: str | None = None) -> dict[str, Any]:
+    """Per-arm sufficient statistics of a phase (default: the current one)."""
+    return phase_report(state.store, state.store.get_experiment(name), phase)
+
+
+@router.get("/experiments/{name}/snapshots", tags=["stats"], responses=ERRORS)
+def get_snapshots(name: str, state: StateDep, phase: str | None = None) -> dict[str, Any]:
+    """The statistics as they were at each snapshot, oldest first."""
+    state.store.get_experiment(name)  # 404 for an unknown experiment
+    return {
+        "experiment": name,
+        "snapshots": [
+            {"phase": s.phase, "at": s.at, "arms": s.stats}
+            for s in state.store.snapshots(name, phase)
+        ],
+    }
+
+
+@router.get("/experiments/{name}/events", tags=["stats"], responses=ERRORS)
+def get_events(
+    name: str,
+    state: StateDep,
+    since: Annotated[float, Query(ge=0, description="Received at or after (unix s).")] = 0.0,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> dict[str, Any]:
+    """Raw events kept for the retention period, oldest first (page with `since`)."""
+    state.store.get_experiment(name)
+    return {"experiment": name, "events": state.store.raw_events(name, since=since, limit=limit)}
