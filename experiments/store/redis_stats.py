@@ -6,17 +6,19 @@ Keys, per experiment E and phase P (under the store's prefix):
   ph:E:P:stats    hash  folded statistics (see experiments.folding)
   ph:E:P:shifts   hash  series -> shift
   phases:E        zset  phase -> first seen
-  ev:E:ids        zset  event_id -> received at (idempotency, trimmed with the raw events)
-  ev:E:log        stream of the raw events (ids are the receive times)
-  snap:E          list  JSON snapshots
+  ev:E:ids        zset  event_id -> received at (idempotency; trimmed with the raw events)
+  ev:E:raw        hash  event_id -> JSON [phase, unit, metric, value, timestamp, received at]
+  snap:E          hash  "phase|time" -> JSON snapshot
 A batch is an optimistic transaction: WATCH the keys it reads, read, fold in Python
 (`experiments.folding`, the same code as SQLite), MULTI the writes, retry if another writer
-got in between.  A batch is applied whole or not at all.
+got in between.  A batch is applied whole or not at all.  Within one process batches take a
+lock, so its threads do not make each other retry.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,6 +33,8 @@ US = "\x1f"  # joins unit and series in a hash field; unit ids cannot hold contr
 
 
 class RedisStats(RedisBase):
+    _batch_lock = threading.Lock()  # per process: a batch at a time (see the module docstring)
+
     def _ph(self, experiment: str, phase: str, part: str) -> str:
         return f"{self.prefix}ph:{experiment}:{phase}:{part}"
 
@@ -67,7 +71,7 @@ class RedisStats(RedisBase):
     def ingest_events(
         self, experiment: str, phase: str, plan: FoldPlan, events: Sequence[Event]
     ) -> IngestResult:
-        ids_key, log_key = self._ev(experiment, "ids"), self._ev(experiment, "log")
+        ids_key, raw_key = self._ev(experiment, "ids"), self._ev(experiment, "raw")
 
         def fold(loaded: Loaded) -> tuple[Folder, tuple[list[Event], list[int]]]:
             folder, new, duplicates = fold_events(plan, loaded, events)
@@ -75,18 +79,15 @@ class RedisStats(RedisBase):
 
         def keep(pipe: Any, folder: Folder, result: tuple[list[Event], list[int]]) -> None:
             new, received = result[0], time.time()
-            if new:
+            if new:  # one command each for the whole batch: ids by time, and the events
                 pipe.zadd(ids_key, dict.fromkeys((e.event_id for e in new), received))
-            for e in new:
-                pipe.xadd(
-                    log_key,
-                    {
-                        "event_id": e.event_id,
-                        "phase": phase,
-                        "unit": e.unit,
-                        "metric": e.series,
-                        "value": repr(e.value),
-                        "timestamp": repr(e.timestamp),
+                pipe.hset(
+                    raw_key,
+                    mapping={
+                        e.event_id: json.dumps(
+                            [phase, e.unit, e.series, e.value, e.timestamp, received]
+                        )
+                        for e in new
                     },
                 )
 
@@ -109,12 +110,16 @@ class RedisStats(RedisBase):
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         data = {"phase": snapshot.phase, "at": snapshot.at, "stats": snapshot.stats}
-        with self._guard():
-            self.client.rpush(f"{self.prefix}snap:{snapshot.experiment}", json.dumps(data))
+        with self._guard():  # one per phase and time: a replica's copy replaces the other's
+            self.client.hset(
+                f"{self.prefix}snap:{snapshot.experiment}",
+                f"{snapshot.phase}|{snapshot.at!r}",
+                json.dumps(data),
+            )
 
     def snapshots(self, experiment: str, phase: str | None = None) -> list[Snapshot]:
         with self._guard():
-            raw = self.client.lrange(f"{self.prefix}snap:{experiment}", 0, -1)
+            raw = self.client.hvals(f"{self.prefix}snap:{experiment}")
         items = [json.loads(r) for r in raw]
         out = [
             Snapshot(experiment, d["phase"], d["at"], d["stats"])
@@ -127,20 +132,24 @@ class RedisStats(RedisBase):
         self, experiment: str, *, since: float = 0.0, limit: int = 100_000
     ) -> list[dict[str, Any]]:
         with self._guard():
-            rows = self.client.xrange(
-                self._ev(experiment, "log"), min=f"{int(since * 1000)}-0", count=limit
+            ids = self.client.zrangebyscore(
+                self._ev(experiment, "ids"), since, "+inf", start=0, num=limit
             )
+            raw = self.client.hmget(self._ev(experiment, "raw"), ids) if ids else []
         out = []
-        for stream_id, fields in rows:
+        for event_id, item in zip(ids, raw, strict=True):
+            if item is None:
+                continue
+            phase, unit, metric, value, timestamp, received = json.loads(item)
             out.append(
                 {
-                    "event_id": fields["event_id"],
-                    "phase": fields["phase"],
-                    "unit": fields["unit"],
-                    "metric": fields["metric"],
-                    "value": float(fields["value"]),
-                    "timestamp": float(fields["timestamp"]),
-                    "received_at": int(stream_id.split("-")[0]) / 1000,
+                    "event_id": event_id,
+                    "phase": phase,
+                    "unit": unit,
+                    "metric": metric,
+                    "value": value,
+                    "timestamp": timestamp,
+                    "received_at": received,
                 }
             )
         return out
@@ -149,10 +158,15 @@ class RedisStats(RedisBase):
         purged = 0
         with self._guard():
             for name in self.client.hkeys(self._index):
-                purged += self.client.xtrim(
-                    self._ev(name, "log"), minid=f"{int(received_before * 1000)}-0"
-                )
-                self.client.zremrangebyscore(self._ev(name, "ids"), "-inf", f"({received_before!r}")
+                ids_key = self._ev(name, "ids")
+                old = self.client.zrangebyscore(ids_key, "-inf", f"({received_before!r}")
+                for start in range(0, len(old), 10_000):
+                    chunk = old[start : start + 10_000]
+                    pipe = self.client.pipeline(transaction=True)
+                    pipe.hdel(self._ev(name, "raw"), *chunk)
+                    pipe.zrem(ids_key, *chunk)
+                    pipe.execute()
+                purged += len(old)
         return purged
 
     def _apply(
@@ -171,7 +185,7 @@ class RedisStats(RedisBase):
             for part in ("totals", "exposed", "stats", "shifts")
         }
         ids_key = self._ev(experiment, "ids")
-        with self._guard(), self.client.pipeline() as pipe:
+        with self._batch_lock, self._guard(), self.client.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(ids_key, *keys.values())
