@@ -66,6 +66,7 @@ def _parse(
 ) -> tuple[str, Event]:
     if not isinstance(item, Mapping):
         raise RejectedEventError("type", f"event: must be an object, got {type(item).__name__}")
+    item = {k: v for k, v in item.items() if v is not None}  # null: absent (default applies)
     unknown = set(item) - FIELDS
     if unknown:
         raise RejectedEventError(

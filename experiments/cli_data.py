@@ -38,7 +38,7 @@ def _rows(path: Path, fmt: FileFormat) -> Iterator[Any]:
         import pandas as pd
 
         frame = pd.read_parquet(path)
-        yield from frame.where(frame.notna(), None).to_dict(orient="records")
+        yield from frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
     elif fmt is FileFormat.JSONL:
         with path.open(encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
