@@ -7,7 +7,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from assignment.assign import Assignment
-from experiments.store import ExperimentRecord
 
 
 class HeaderOut(BaseModel):
@@ -60,18 +59,6 @@ class ExperimentOut(BaseModel):
     updated_at: float
     phase: str
     spec: dict[str, Any]
-
-
-def experiment_body(record: ExperimentRecord) -> dict[str, Any]:
-    return {
-        "name": record.name,
-        "revision": record.revision,
-        "status": record.status.value,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-        "phase": record.phase,
-        "spec": record.spec.model_dump(mode="json", by_alias=True),
-    }
 
 
 class PhaseIn(BaseModel):

@@ -27,7 +27,8 @@ from experiments.cli_common import (
 )
 from experiments.errors import AbmeshError
 from experiments.loader import load_spec
-from experiments.store import ExperimentRecord, open_store
+from experiments.reporting import record_data
+from experiments.store import open_store
 
 app = typer.Typer(
     help="abmesh: sticky A/B assignment, sequential analysis and safe rollouts of ML models.",
@@ -37,17 +38,6 @@ app = typer.Typer(
 )
 get_app = typer.Typer(help="Show stored objects.", no_args_is_help=True)
 app.add_typer(get_app, name="get")
-
-
-def _record_data(record: ExperimentRecord) -> dict[str, object]:
-    return {
-        "name": record.name,
-        "revision": record.revision,
-        "status": record.status.value,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-        "spec": record.spec.model_dump(mode="json", by_alias=True, exclude_defaults=True),
-    }
 
 
 @app.command()
@@ -85,7 +75,7 @@ def get_experiments(store: StoreOpt = None, output: OutputOpt = Output.TEXT) -> 
     with store_for(store) as st:
         records = st.list_experiments()
     if output is not Output.TEXT:
-        print_data([_record_data(r) for r in records], output)
+        print_data([record_data(r, defaults=False) for r in records], output)
         return
     table = Table("NAME", "STATUS", "REVISION", "VARIANTS", "HASH", box=None)
     for r in records:
@@ -104,7 +94,9 @@ def get_experiment(
     """Show one experiment's spec and status."""
     with store_for(store) as st:
         record = st.get_experiment(name, revision)
-    print_data(_record_data(record), Output.JSON if output is Output.JSON else Output.YAML)
+    print_data(
+        record_data(record, defaults=False), Output.JSON if output is Output.JSON else Output.YAML
+    )
 
 
 @get_app.command("history")

@@ -10,6 +10,19 @@ from experiments.folding import FoldPlan, export
 from experiments.store import ExperimentRecord, Snapshot, StatsStore
 
 
+def record_data(record: ExperimentRecord, *, defaults: bool = True) -> dict[str, Any]:
+    """An experiment as JSON: status, revision, phase and spec (without defaults, if asked)."""
+    return {
+        "name": record.name,
+        "revision": record.revision,
+        "status": record.status.value,
+        "phase": record.phase,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "spec": record.spec.model_dump(mode="json", by_alias=True, exclude_defaults=not defaults),
+    }
+
+
 def phase_report(
     store: StatsStore, record: ExperimentRecord, phase: str | None = None
 ) -> dict[str, Any]:

@@ -12,8 +12,7 @@ import pandas as pd
 import pytest
 
 from tests.oracle import assert_same_arms, expected_arms
-from tests.test_events import METRICS, make_events
-from tests.test_events_failures import prepare
+from tests.test_events import METRICS, make_events, prepare
 
 
 def abmesh(*args: str, store: str, ok: bool = True) -> subprocess.CompletedProcess[str]:

@@ -57,16 +57,24 @@ def make_events(count: int, seed: int = 1) -> list[dict[str, Any]]:
     return events
 
 
-@pytest.fixture
-def setup(tmp_path: Path, store_url: str) -> Iterator[tuple[str, Store, dict[str, str]]]:
-    store = open_store(store_url)
+def prepare(url: str) -> dict[str, str]:
+    """A running experiment with the exposures of UNITS straight in the store (the arm of
+    every event comes from them); returns unit -> variant of the exposed units."""
+    store = open_store(url)
     spec = load_spec(SPEC)
     store.put_experiment(spec)
     store.set_status(spec.name, ExperimentStatus.RUNNING)
-    # Exposures straight into the store: the arm of every event comes from them.
     results = assign_many(spec, UNITS)
     exposed = {u: a.variant for u, a in zip(UNITS, results, strict=True) if a.in_experiment}
     store.record_exposures(spec.name, "main", PLAN, {u: (v, 1.0) for u, v in exposed.items()})
+    store.close()
+    return exposed
+
+
+@pytest.fixture
+def setup(store_url: str) -> Iterator[tuple[str, Store, dict[str, str]]]:
+    exposed = prepare(store_url)
+    store = open_store(store_url)
     yield store_url, store, exposed
     store.close()
 

@@ -11,24 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from assignment import assign_many
-from experiments import load_spec
-from experiments.store import ExperimentStatus, open_store
 from tests.oracle import assert_same_arms, expected_arms
 from tests.servers import start_redis, start_service
-from tests.test_events import METRICS, PLAN, SPEC, UNITS, make_events, stats_of
-
-
-def prepare(url: str) -> dict[str, str]:
-    store = open_store(url)
-    spec = load_spec(SPEC)
-    store.put_experiment(spec)
-    store.set_status(spec.name, ExperimentStatus.RUNNING)
-    results = assign_many(spec, UNITS)
-    exposed = {u: a.variant for u, a in zip(UNITS, results, strict=True) if a.in_experiment}
-    store.record_exposures(spec.name, "main", PLAN, {u: (v, 1.0) for u, v in exposed.items()})
-    store.close()
-    return exposed
+from tests.test_events import METRICS, make_events, prepare, stats_of
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis-aof"])

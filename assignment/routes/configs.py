@@ -7,7 +7,8 @@ import json
 from fastapi import APIRouter, Request, Response
 
 from assignment.deps import ApiKeyDep, StateDep
-from assignment.models import ConfigsOut, ErrorOut, experiment_body
+from assignment.models import ConfigsOut, ErrorOut
+from experiments.reporting import record_data
 
 router = APIRouter(prefix="/v1", tags=["assign"], dependencies=[ApiKeyDep])
 
@@ -22,7 +23,7 @@ def get_configs(request: Request, state: StateDep) -> Response:
         return Response(status_code=304, headers={"ETag": etag})
     body = {
         "epoch": cache.epoch or 0,
-        "experiments": [experiment_body(r) for r in cache.experiments.values()],
+        "experiments": [record_data(r) for r in cache.experiments.values()],
     }
     return Response(
         json.dumps(body).encode(), media_type="application/json", headers={"ETag": etag}

@@ -11,10 +11,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, Query, Response
 
 from assignment.deps import AdminDep, StateDep
-from assignment.models import ErrorOut, ExperimentOut, PhaseIn, experiment_body
+from assignment.models import ErrorOut, ExperimentOut, PhaseIn
 from experiments.errors import NotFoundError
 from experiments.lifecycle import Action, next_status
 from experiments.loader import spec_from_mapping
+from experiments.reporting import record_data
 
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"], dependencies=[AdminDep])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -25,7 +26,7 @@ SpecBody = Body(description="An experiment spec (the JSON form of the YAML spec)
 
 @router.get("", response_model=list[ExperimentOut], responses=ERRORS)
 def list_experiments(state: StateDep) -> list[dict[str, Any]]:
-    return [experiment_body(r) for r in state.store.list_experiments()]
+    return [record_data(r) for r in state.store.list_experiments()]
 
 
 @router.get("/{name}", response_model=ExperimentOut, responses=ERRORS)
@@ -34,7 +35,7 @@ def get_experiment(
     state: StateDep,
     revision: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
 ) -> dict[str, Any]:
-    return experiment_body(state.store.get_experiment(name, revision))
+    return record_data(state.store.get_experiment(name, revision))
 
 
 @router.post("", status_code=201, response_model=ExperimentOut, responses=ERRORS)
@@ -49,7 +50,7 @@ def create_experiment(state: StateDep, spec: dict[str, Any] = SpecBody) -> dict[
         raise HTTPException(409, f"experiment {parsed.name!r} exists; PUT to change it")
     record = state.store.put_experiment(parsed).record
     state.cache.refresh()
-    return experiment_body(record)
+    return record_data(record)
 
 
 @router.put("/{name}", response_model=ExperimentOut, responses=ERRORS)
@@ -64,7 +65,7 @@ def put_experiment(
     if result.changed and result.record.revision == 1:
         response.status_code = 201
     state.cache.refresh()
-    return experiment_body(result.record)
+    return record_data(result.record)
 
 
 @router.post("/{name}/phase", response_model=ExperimentOut, responses=ERRORS)
@@ -73,7 +74,7 @@ def start_phase(name: str, state: StateDep, body: PhaseIn) -> dict[str, Any]:
     phase's stay readable)."""
     record = state.store.set_phase(name, body.phase)
     state.cache.refresh()
-    return experiment_body(record)
+    return record_data(record)
 
 
 @router.post("/{name}/{action}", response_model=ExperimentOut, responses=ERRORS)
@@ -82,7 +83,7 @@ def change_status(name: str, action: Action, state: StateDep) -> dict[str, Any]:
     current = state.store.get_experiment(name).status
     record = state.store.set_status(name, next_status(current, action), expected=current)
     state.cache.refresh()
-    return experiment_body(record)
+    return record_data(record)
 
 
 @router.delete("/{name}", status_code=204, responses=ERRORS)
