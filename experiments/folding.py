@@ -6,14 +6,17 @@ any event (a `conversion` metric) — and 0 while it has none.  Every metric has
 post-exposure values `m` and its pre-period values `m~pre` (the CUPED covariate).
 
 Per arm and series the store keeps `n` (exposed units), `N` (exposed units whose value is not
-0) and over those, with a per-series shift `K` (the first non-zero unit value seen in the
-phase), `S = Σ(v − K)` and `Q = Σ(v − K)²`.  Units at 0 are counted, not summed: a unit's value
+0) and over those, with a per-series shift `K` (a non-zero unit value of the phase), the sums
+`S = Σ(v − K)` and `Q = Σ(v − K)²`.  Units at 0 are counted, not summed: a unit's value
 jumping from 0 to 1e9 then never passes through a sum of squares of size 1e18 that later has to
-cancel, so `Q − S²/N` — and the arm's `m2 = Σ(v − v̄)²`, merged with its zeros by Chan's formula —
-stay exact for large values (revenue in cents, timestamps), the pitfall in stats-methods.md §1.
-For the pairs that analyses need (a metric and its covariate; a ratio's numerator and
-denominator, with their covariates) the plain cross sum `C = Σab` is kept.  `export` turns it
-all into plain sums.
+cancel, and `m2 = Σ(v − v̄)²` — the non-zero group's `Q − S²/N` merged with the zeros by Chan's
+formula — stays exact for large values (revenue in cents, timestamps), the pitfall in
+stats-methods.md §1.  While a series has no non-zero unit in any arm its shift is chosen anew,
+so a huge value that went back to 0 (a refund) leaves no trace.  For the pairs analyses need (a
+metric and its covariate, for CUPED; a ratio's numerator and denominator with their covariates,
+for the delta method) the same is kept over the units where both values are non-zero
+(`P`, `A`, `B`, `C` = count, Σ(a − Ka), Σ(b − Kb), Σ(a − Ka)(b − Kb)), from which `export`
+merges the stable co-moment `Σ(a − ā)(b − b̄)` over all units.
 
 Events may arrive before the unit's exposure (exposures are buffered, events are not): the unit's
 totals are kept, and fold into the arm at the moment the unit is exposed.  A unit never exposed
@@ -85,8 +88,8 @@ class FoldPlan:
     def accepts(self, metric: str) -> bool:
         return metric in self.series and not metric.endswith(PRE)
 
-    def partners(self, series: str) -> list[str]:
-        return [b if a == series else a for a, b in self.pairs if series in (a, b)]
+    def pairs_of(self, series: str) -> list[tuple[str, str]]:
+        return [(a, b) for a, b in self.pairs if series in (a, b)]
 
 
 def stat_key(variant: str, name: str) -> str:
@@ -94,8 +97,9 @@ def stat_key(variant: str, name: str) -> str:
     return f"{variant}|{name}"
 
 
-def pair_key(a: str, b: str) -> str:
-    return f"C|{a}|{b}"
+def pair_key(a: str, b: str, part: str) -> str:
+    """`P|a|b` (units with both non-zero), `A|a|b`, `B|a|b` (their shifted sums), `C|a|b`."""
+    return f"{part}|{a}|{b}"
 
 
 class Folder:
@@ -130,15 +134,45 @@ class Folder:
             self.stats[key] = self.stats.get(key, 0.0) + delta
             self.changed_stats.add(key)
 
-    def _enter(self, variant: str, series: str, v: float, sign: float) -> None:
-        """Count a non-zero unit value into (sign 1) or out of (sign −1) the shifted sums."""
+    def _set(self, key: str, value: float) -> None:
+        if self.stats.get(key, 0.0) != value:
+            self.stats[key] = value
+            self.changed_stats.add(key)
+
+    def _shift(self, series: str, v: float) -> float:
+        """The series' shift; chosen anew (with its sums cleared) while no unit is non-zero."""
         k = self.shifts.get(series)
-        if k is None:
-            k = self.shifts[series] = v  # the first non-zero value: N, S and Q are empty
+        nonzero = sum(
+            self.stats.get(stat_key(a, f"N|{series}"), 0.0) for a in variants_of(self.stats)
+        )
+        if k is None or nonzero == 0:
+            k = self.shifts[series] = v
             self.changed_shifts.add(series)
+            for variant in variants_of(self.stats):  # exactly empty, not rounding residue
+                for name in (f"S|{series}", f"Q|{series}"):
+                    self._set(stat_key(variant, name), 0.0)
+                for a, b in self.plan.pairs_of(series):
+                    for part in "PABC":
+                        self._set(stat_key(variant, pair_key(a, b, part)), 0.0)
+        return k
+
+    def _series(self, variant: str, series: str, v: float, sign: float) -> None:
+        """Count a unit's value of a series in (sign 1) or out (sign −1) of the arm."""
+        if v == 0.0:
+            return
+        k = self._shift(series, v) if sign > 0 else self.shifts[series]
         self._bump(stat_key(variant, f"N|{series}"), sign)
         self._bump(stat_key(variant, f"S|{series}"), sign * (v - k))
         self._bump(stat_key(variant, f"Q|{series}"), sign * (v - k) ** 2)
+
+    def _pair(self, variant: str, a: str, b: str, va: float, vb: float, sign: float) -> None:
+        if va == 0.0 or vb == 0.0:
+            return
+        da, db = va - self.shifts[a], vb - self.shifts[b]
+        self._bump(stat_key(variant, pair_key(a, b, "P")), sign)
+        self._bump(stat_key(variant, pair_key(a, b, "A")), sign * da)
+        self._bump(stat_key(variant, pair_key(a, b, "B")), sign * db)
+        self._bump(stat_key(variant, pair_key(a, b, "C")), sign * da * db)
 
     def expose(self, unit: str, variant: str) -> bool:
         """Record the unit's first exposure in the phase and fold its totals into the arm."""
@@ -148,10 +182,9 @@ class Folder:
         self._bump(stat_key(variant, "n"), 1.0)
         values = {s: self._unit_value(unit, s) for s in self.plan.series}
         for s, v in values.items():
-            if v != 0.0:
-                self._enter(variant, s, v, 1.0)
+            self._series(variant, s, v, 1.0)
         for a, b in self.plan.pairs:
-            self._bump(stat_key(variant, pair_key(a, b)), values[a] * values[b])
+            self._pair(variant, a, b, values[a], values[b], 1.0)
         return True
 
     def add(self, unit: str, series: str, value: float) -> None:
@@ -164,19 +197,19 @@ class Folder:
         variant = self.exposed.get(unit)
         if new_v == old_v or variant is None:
             return  # an unexposed unit's totals fold in when it is exposed
-        if old_v != 0.0 and new_v != 0.0:
-            k = self.shifts[series]
-            self._bump(stat_key(variant, f"S|{series}"), new_v - old_v)
-            self._bump(stat_key(variant, f"Q|{series}"), (new_v - old_v) * (new_v + old_v - 2 * k))
-        else:
-            if old_v != 0.0:
-                self._enter(variant, series, old_v, -1.0)
-            if new_v != 0.0:
-                self._enter(variant, series, new_v, 1.0)
-        for partner in self.plan.partners(series):
-            a, b = (series, partner) if (series, partner) in self.plan.pairs else (partner, series)
-            other = self._unit_value(unit, partner)
-            self._bump(stat_key(variant, pair_key(a, b)), (new_v - old_v) * other)
+        # Take the unit's old value out of the arm, then put the new one in.
+        pairs = self.plan.pairs_of(series)
+        other = {(a, b): self._unit_value(unit, b if a == series else a) for a, b in pairs}
+        for a, b in pairs:
+            self._pair(variant, a, b, *self._ordered(a, series, old_v, other[a, b]), -1.0)
+        self._series(variant, series, old_v, -1.0)
+        self._series(variant, series, new_v, 1.0)
+        for a, b in pairs:
+            self._pair(variant, a, b, *self._ordered(a, series, new_v, other[a, b]), 1.0)
+
+    @staticmethod
+    def _ordered(a: str, series: str, mine: float, theirs: float) -> tuple[float, float]:
+        return (mine, theirs) if a == series else (theirs, mine)
 
 
 @dataclass
@@ -225,7 +258,7 @@ def fold_exposures(
 
 
 class _ArmView:
-    """One arm's statistics as plain sums."""
+    """One arm's statistics as plain sums and stable central moments."""
 
     def __init__(self, variant: str, stats: Mapping[str, float], shifts: Mapping[str, float]):
         self.variant, self.stats, self.shifts = variant, stats, shifts
@@ -246,6 +279,28 @@ class _ArmView:
         m2 = max(q - shifted * shifted / nz, 0.0) + mean_nz * mean_nz * nz * (self.n - nz) / self.n
         return total, total_sq, m2
 
+    def cross(self, a: str, b: str) -> tuple[float, float]:
+        """Σab and the co-moment Σ(a − ā)(b − b̄) over all n units.  The units fall into four
+        groups — both non-zero, only a, only b, neither — whose within-group co-moments are
+        C − A·B/P, 0, 0, 0; the between-group terms use group means (Chan's merge again)."""
+        ka, kb = self.shifts.get(a, 0.0), self.shifts.get(b, 0.0)
+        p, sa, sb, c = (self.get(pair_key(a, b, part)) for part in "PABC")
+        total = c + ka * sb + kb * sa + p * ka * kb
+        if self.n == 0:
+            return total, 0.0
+        na, nb = self.get(f"N|{a}"), self.get(f"N|{b}")
+        sum_a, sum_b = self.get(f"S|{a}") + na * ka, self.get(f"S|{b}") + nb * kb
+        mean_a, mean_b = sum_a / self.n, sum_b / self.n
+        groups = [  # (units, mean of a, mean of b) of each group
+            (p, ka + sa / p if p else 0.0, kb + sb / p if p else 0.0),
+            (na - p, ka + (self.get(f"S|{a}") - sa) / (na - p) if na > p else 0.0, 0.0),
+            (nb - p, 0.0, kb + (self.get(f"S|{b}") - sb) / (nb - p) if nb > p else 0.0),
+            (self.n - na - nb + p, 0.0, 0.0),
+        ]
+        within = c - sa * sb / p if p else 0.0
+        between = sum(size * (ma - mean_a) * (mb - mean_b) for size, ma, mb in groups if size)
+        return total, within + between
+
 
 def variants_of(stats: Mapping[str, float]) -> list[str]:
     return sorted({key.split("|", 1)[0] for key in stats if key.endswith("|n")})
@@ -259,9 +314,10 @@ def exposures_of(stats: Mapping[str, float]) -> dict[str, int]:
 def export(
     plan: FoldPlan, stats: Mapping[str, float], shifts: Mapping[str, float]
 ) -> dict[str, Any]:
-    """Per arm: exposures and, per metric, plain sums (`n`, `sum`, `sum_sq`, and `sum_x`,
-    `sum_x2`, `sum_xy` of the pre-period covariate) with `m2 = Σ(v − v̄)²` computed stably;
-    per ratio metric the cross sums of numerator and denominator."""
+    """Per arm: exposures and, per metric, `n`, `sum`, `sum_sq` and the stable `m2 = Σ(y − ȳ)²`;
+    of the pre-period covariate `sum_x`, `sum_x2`, `m2_x`, and `sum_xy` with the stable
+    co-moment `c_xy = Σ(x − x̄)(y − ȳ)`.  Per ratio metric the same sums and co-moments of every
+    pair among numerator, denominator and their covariates (`pairs`), and `sum_num_den`."""
     arms: dict[str, Any] = {}
     for variant in variants_of(stats):
         arm = _ArmView(variant, stats, shifts)
@@ -271,7 +327,8 @@ def export(
             if s.endswith(PRE):
                 continue
             total, total_sq, m2 = arm.sums(s)
-            x, x2, _ = arm.sums(s + PRE)
+            x, x2, m2_x = arm.sums(s + PRE)
+            xy, c_xy = arm.cross(s, s + PRE)
             metrics[s] = {
                 "n": n,
                 "sum": total,
@@ -279,15 +336,23 @@ def export(
                 "m2": m2,
                 "sum_x": x,
                 "sum_x2": x2,
-                "sum_xy": arm.get(pair_key(s, s + PRE)),
+                "m2_x": m2_x,
+                "sum_xy": xy,
+                "c_xy": c_xy,
             }
         for name, (num, den) in plan.ratios.items():
+            pairs = {
+                f"{a}|{b}": dict(zip(("sum", "comoment"), arm.cross(a, b), strict=True))
+                for a, b in plan.pairs
+                if {a, b} <= {num, den, num + PRE, den + PRE}
+            }
             metrics[name] = {
                 "n": n,
                 "numerator": num,
                 "denominator": den,
-                "sum_num_den": arm.get(pair_key(num, den)),
-                "sum_num_x_den_x": arm.get(pair_key(num + PRE, den + PRE)),
+                "sum_num_den": pairs[f"{num}|{den}"]["sum"],
+                "c_num_den": pairs[f"{num}|{den}"]["comoment"],
+                "pairs": pairs,
             }
         arms[variant] = {"exposures": n, "metrics": metrics}
     return arms

@@ -181,6 +181,8 @@ class Metric(_Model):
             raise ValueError("a ratio metric needs both 'numerator' and 'denominator'")
         if self.kind is not MetricKind.RATIO and (self.numerator or self.denominator):
             raise ValueError("'numerator' and 'denominator' are only for ratio metrics")
+        if parts and self.numerator == self.denominator:
+            raise ValueError("a ratio's numerator and denominator must be different metrics")
         return self
 
 

@@ -18,6 +18,7 @@ def expected_arms(
     events: Sequence[Mapping[str, Any]],
     exposed: Mapping[str, str],
     metrics: Mapping[str, str],  # metric -> kind ("conversion" or "sum")
+    ratios: Mapping[str, tuple[str, str]] | None = None,  # ratio -> (numerator, denominator)
 ) -> dict[str, Any]:
     frame = pd.DataFrame(list(events)).drop_duplicates("event_id", keep="first")
     frame = frame[frame["unit"].isin(list(exposed))]
@@ -29,7 +30,8 @@ def expected_arms(
     out: dict[str, Any] = {}
     for variant, units in arms.groupby(arms):
         index = pd.Index(units.index, name="unit")
-        metric_stats = {}
+        metric_stats: dict[str, Any] = {}
+        values: dict[str, np.ndarray] = {}
         for metric, kind in metrics.items():
 
             def unit_values(
@@ -43,6 +45,7 @@ def expected_arms(
                 return per_unit.reindex(index, fill_value=0.0).to_numpy(dtype=float)
 
             y, x = unit_values(False), unit_values(True)
+            values[metric] = y
             metric_stats[metric] = {
                 "n": len(index),
                 "sum": y.sum(),
@@ -50,7 +53,15 @@ def expected_arms(
                 "m2": ((y - y.mean()) ** 2).sum(),
                 "sum_x": x.sum(),
                 "sum_x2": (x * x).sum(),
+                "m2_x": ((x - x.mean()) ** 2).sum(),
                 "sum_xy": (x * y).sum(),
+                "c_xy": ((x - x.mean()) * (y - y.mean())).sum(),
+            }
+        for name, (num, den) in (ratios or {}).items():
+            a, b = values[num], values[den]
+            metric_stats[name] = {
+                "sum_num_den": (a * b).sum(),
+                "c_num_den": ((a - a.mean()) * (b - b.mean())).sum(),
             }
         out[str(variant)] = {"exposures": len(index), "metrics": metric_stats}
     return out

@@ -70,6 +70,8 @@ def oracle(exposed: dict[str, str], totals: dict[tuple[str, str], float]) -> dic
 
 
 def close(a: float, b: float) -> bool:
+    # Sums of squares of values up to 1e6 reach 1e13: an absolute tolerance of 1e-6 on those
+    # would ask for more digits than doubles hold, so allow 1e-9 of the largest scale.
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
 
 
@@ -143,6 +145,45 @@ def test_large_values_keep_their_variance() -> None:
     assert arm["sum"] == pytest.approx(values.sum(), rel=1e-12)
     naive = (arm["sum_sq"] - arm["sum"] ** 2 / n) / (n - 1)
     assert naive != pytest.approx(np.var(values, ddof=1), rel=1e-2)  # why the shift exists
+
+
+def test_a_huge_value_that_returns_to_zero_leaves_no_trace() -> None:
+    # A refund: one unit gets +1e12, then −1e12.  Then 5000 ordinary units arrive.  The shift
+    # chosen for 1e12 must not stay, or the sums of squares of the ordinary units cancel badly.
+    rng = np.random.default_rng(3)
+    stats: dict[str, float] = {}
+    shifts: dict[str, float] = {}
+    folder = Folder(PLAN, stats=stats, shifts=shifts, totals={}, exposed={})
+    folder.expose("refund", "a")
+    folder.add("refund", "revenue", 1e12)
+    folder.add("refund", "revenue", -1e12)
+    values = 100 + rng.normal(0, 1, size=5000)
+    for i, v in enumerate(values):
+        folder.expose(f"u{i}", "a")
+        folder.add(f"u{i}", "revenue", float(v))
+    arm = export(PLAN, stats, shifts)["a"]["metrics"]["revenue"]
+    everyone = np.append(values, 0.0)
+    assert arm["sum"] == pytest.approx(everyone.sum(), rel=1e-12)
+    assert arm["sum_sq"] == pytest.approx((everyone**2).sum(), rel=1e-9)
+    assert arm["m2"] == pytest.approx(((everyone - everyone.mean()) ** 2).sum(), rel=1e-9)
+
+
+def test_large_covariates_keep_their_covariance() -> None:
+    # x and y near 1e9 with a correlated spread of about 1: CUPED's theta = c_xy / m2_x.
+    rng = np.random.default_rng(9)
+    x = 1e9 + rng.normal(0, 1, size=4000)
+    y = 1e9 + 1.01 * (x - 1e9) + rng.normal(0, 0.1, size=4000)
+    stats: dict[str, float] = {}
+    shifts: dict[str, float] = {}
+    folder = Folder(PLAN, stats=stats, shifts=shifts, totals={}, exposed={})
+    for i in range(len(x)):
+        folder.add(f"u{i}", "revenue~pre", float(x[i]))
+        folder.expose(f"u{i}", "a")
+        folder.add(f"u{i}", "revenue", float(y[i]))
+    arm = export(PLAN, stats, shifts)["a"]["metrics"]["revenue"]
+    theta = arm["c_xy"] / arm["m2_x"]
+    assert theta == pytest.approx(np.cov(x, y)[0, 1] / np.var(x, ddof=1), rel=1e-6)
+    assert arm["m2_x"] / (len(x) - 1) == pytest.approx(np.var(x, ddof=1), rel=1e-6)
 
 
 def test_changed_keys_are_tracked_for_writing_back() -> None:
