@@ -112,7 +112,10 @@ def _number(item: Mapping[str, Any], key: str, default: float) -> float:
     value = item.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RejectedEventError(key, f"{key}: must be a number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise RejectedEventError(key, f"{key}: too large") from None
     if not math.isfinite(value):
         raise RejectedEventError(key, f"{key}: must be finite, got {value}")
     return value
@@ -131,6 +134,8 @@ def _timestamp(item: Mapping[str, Any], now: float) -> float:
             ) from None
         if parsed.tzinfo is None:
             raise RejectedEventError("timestamp", "timestamp: an ISO 8601 time needs a UTC offset")
+        if parsed.timestamp() < 0:
+            raise RejectedEventError("timestamp", "timestamp: must not be before 1970")
         return parsed.timestamp()
     value = _number(item, "timestamp", now)
     if value < 0:

@@ -79,11 +79,10 @@ class ServiceState:
 
     async def housekeeping(self, stop: asyncio.Event) -> None:
         """Snapshot every running experiment each `snapshot_interval` seconds (on a shared
-        schedule, so replicas write one snapshot) and drop raw events past their retention."""
+        schedule, so replicas write one snapshot; 0: no snapshots) and drop raw events past
+        their retention (hourly when there are no snapshots)."""
         interval = self.settings.snapshot_interval
-        if interval <= 0:
-            return
-        while not await stopped(stop, interval):
+        while not await stopped(stop, interval if interval > 0 else 3600.0):
             try:
                 await asyncio.to_thread(self._housekeep, interval)
             except Exception as exc:  # the store is down: try again next time
@@ -91,6 +90,6 @@ class ServiceState:
                 log.warning("snapshots not taken: %s", exc)
 
     def _housekeep(self, interval: float) -> None:
-        for record in self.cache.running:
+        for record in self.cache.running if interval > 0 else ():
             take_snapshot(self.store, record, bucket=interval)
         self.store.purge_events(time.time() - self.settings.event_retention_days * 86400)

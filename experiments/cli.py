@@ -26,9 +26,10 @@ from experiments.cli_common import (
     store_for,
 )
 from experiments.errors import AbmeshError
+from experiments.lifecycle import apply_spec
 from experiments.loader import load_spec
 from experiments.reporting import record_data
-from experiments.store import open_store
+from experiments.store import DEFAULT_PHASE, open_store
 
 app = typer.Typer(
     help="abmesh: sticky A/B assignment, sequential analysis and safe rollouts of ML models.",
@@ -63,10 +64,11 @@ def apply(
     except AbmeshError as exc:
         fail(str(exc))
     with store_for(store) as st:
-        result = st.put_experiment(spec)
+        result = apply_spec(st, spec)
     record = result.record
     verb = ("created" if record.revision == 1 else "configured") if result.changed else "unchanged"
-    out.print(f"experiment {record.name} {verb} (revision {record.revision})")
+    phase = f", phase {record.phase}" if record.phase != DEFAULT_PHASE else ""
+    out.print(f"experiment {record.name} {verb} (revision {record.revision}{phase})")
 
 
 @get_app.command("experiments")

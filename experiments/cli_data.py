@@ -23,6 +23,7 @@ from experiments.store import Store
 
 events_app = typer.Typer(help="Business-metric events.", no_args_is_help=True)
 IMPORT_BATCH = 5000
+csv.field_size_limit(1 << 20)  # a cell over 1 MiB is an error, not a memory hog
 SHOWN_ERRORS = 10
 
 
@@ -38,9 +39,15 @@ def _rows(path: Path, fmt: FileFormat) -> Iterator[Any]:
         import pandas as pd
 
         frame = pd.read_parquet(path)
+        for column in frame.columns:  # datetimes become unix seconds (naive ones taken as UTC)
+            if pd.api.types.is_datetime64_any_dtype(frame[column]):
+                times = frame[column]
+                if times.dt.tz is None:
+                    times = times.dt.tz_localize("UTC")
+                frame[column] = times.map(lambda t: None if pd.isna(t) else t.timestamp())
         yield from frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
     elif fmt is FileFormat.JSONL:
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:  # -sig: tolerate a byte-order mark
             for number, line in enumerate(handle, 1):
                 if line.strip():
                     try:
@@ -48,12 +55,14 @@ def _rows(path: Path, fmt: FileFormat) -> Iterator[Any]:
                     except json.JSONDecodeError as exc:
                         yield {"__error__": f"line {number}: not JSON ({exc.msg})"}
     else:
-        with path.open(encoding="utf-8", newline="") as handle:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
             yield from (_from_csv(row) for row in csv.DictReader(handle))
 
 
-def _from_csv(row: dict[str, str]) -> dict[str, Any]:
-    item: dict[str, Any] = {k: v for k, v in row.items() if v not in (None, "")}
+def _from_csv(row: dict[str | None, Any]) -> dict[str, Any]:
+    if None in row:  # DictReader's key for cells beyond the header
+        return {"__error__": "the row has more cells than the header has columns"}
+    item: dict[str, Any] = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
     for key in ("value", "timestamp"):
         if key in item:
             # An ISO time stays text; anything else unreadable is rejected with its field named.
@@ -96,8 +105,8 @@ def import_events(
                     batch = []
             a, d = _import_batch(st, batch, rows, experiments, plans, errors)
             accepted, duplicates, rows = accepted + a, duplicates + d, rows + len(batch)
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            fail(f"cannot read {file}: {exc}")
+        except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
+            fail(f"cannot read {file} after row {rows}: {exc}")
     out.print(
         f"{rows} rows: {accepted} accepted, {duplicates} duplicates, {len(errors)} rejected",
         markup=False,
@@ -113,11 +122,14 @@ def import_events(
 def _import_batch(
     st: Store, batch: list[Any], offset: int, experiments: Any, plans: Any, errors: list[str]
 ) -> tuple[int, int]:
-    items = [row if "__error__" not in row else 0 for row in batch]
+    def unreadable(row: Any) -> bool:
+        return isinstance(row, dict) and "__error__" in row
+
+    items = [0 if unreadable(row) else row for row in batch]  # 0: rejected as not an object
     parsed = collector.parse_events(items, experiments, plans)
     outcome = collector.ingest(st, parsed, experiments, plans)
     for index, rejection in outcome.rejected:
-        detail = batch[index].get("__error__") if isinstance(batch[index], dict) else None
+        detail = batch[index]["__error__"] if unreadable(batch[index]) else None
         message = detail or str(rejection).split(".", 1)[1]
         errors.append(f"row {offset + index + 1}: {message}")
     return outcome.accepted, outcome.duplicates
@@ -208,7 +220,7 @@ def export(
                 for row in stat_rows(experiment, s.phase, s.stats, at=s.at)
             ]
         else:
-            rows = [{"experiment": experiment, **e} for e in st.raw_events(experiment)]
+            rows = [{"experiment": experiment, **e} for e in _all_events(st, experiment)]
     frame = pd.DataFrame(rows)
     if fmt is FileFormat.PARQUET:
         if output is None:
@@ -226,6 +238,16 @@ def export(
             output.write_text(text)
     if output is not None:
         out.print(f"{len(frame)} rows written to {output}", markup=False)
+
+
+def _all_events(st: Store, experiment: str, page: int = 50_000) -> Iterator[dict[str, Any]]:
+    since, after = 0.0, None
+    while True:
+        events = st.raw_events(experiment, since=since, after=after, limit=page)
+        yield from events
+        if len(events) < page:
+            return
+        since, after = events[-1]["received_at"], events[-1]["event_id"]
 
 
 def register(app: typer.Typer) -> None:

@@ -28,6 +28,7 @@ transaction, so the arithmetic exists once for every backend.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -84,6 +85,26 @@ class FoldPlan:
         for num, den in ratios.values():
             pairs.update(dict.fromkeys(combinations((num, den, num + PRE, den + PRE), 2)))
         return cls(series, conversion, tuple(pairs), ratios)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "series": self.series,
+                "conversion": sorted(self.conversion),
+                "pairs": self.pairs,
+                "ratios": dict(self.ratios),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> FoldPlan:
+        data = json.loads(text)
+        return cls(
+            tuple(data["series"]),
+            frozenset(data["conversion"]),
+            tuple((a, b) for a, b in data["pairs"]),
+            {k: (v[0], v[1]) for k, v in data["ratios"].items()},
+        )
 
     def accepts(self, metric: str) -> bool:
         return metric in self.series and not metric.endswith(PRE)

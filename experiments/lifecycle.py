@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from experiments.errors import ConflictError
-from experiments.store.protocol import ExperimentStatus
+from experiments.errors import ConflictError, NotFoundError
+from experiments.folding import FoldPlan
+from experiments.spec import ExperimentSpec
+from experiments.store.protocol import ExperimentRecord, ExperimentStatus, PutResult, Store
 
 
 class Action(StrEnum):
@@ -42,3 +44,22 @@ def next_status(current: ExperimentStatus, action: Action) -> ExperimentStatus:
         hint = f"allowed: {', '.join(allowed)}" if allowed else "it is final"
         raise ConflictError(f"cannot {action.value} an experiment that is {current.value} ({hint})")
     return target
+
+
+def apply_spec(store: Store, spec: ExperimentSpec) -> PutResult:
+    """Store a spec; if it changes how events fold (metrics added, removed or redefined) while
+    the current phase holds data, start a new phase, named after the revision: statistics
+    folded under two different plans would not mean anything."""
+    try:
+        before: ExperimentRecord | None = store.get_experiment(spec.name)
+    except NotFoundError:
+        before = None
+    result = store.put_experiment(spec)
+    if before is None or not result.changed:
+        return result
+    if FoldPlan.from_spec(before.spec) == FoldPlan.from_spec(spec):
+        return result
+    if before.phase not in store.phases(spec.name):
+        return result
+    record = store.set_phase(spec.name, f"{before.phase}-r{result.record.revision}")
+    return PutResult(record, changed=True)

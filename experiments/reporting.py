@@ -29,11 +29,13 @@ def phase_report(
     """`{"experiment", "phase", "phases", "arms": {variant: {"exposures", "metrics": {...}}}}`."""
     phase = phase or record.phase
     stats, shifts = store.phase_stats(record.name, phase)
+    # A phase's statistics are read with the plan they were built with.
+    plan = store.phase_plan(record.name, phase) or FoldPlan.from_spec(record.spec)
     return {
         "experiment": record.name,
         "phase": phase,
         "phases": store.phases(record.name),
-        "arms": export(FoldPlan.from_spec(record.spec), stats, shifts),
+        "arms": export(plan, stats, shifts),
     }
 
 

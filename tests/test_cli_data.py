@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from tests.oracle import assert_same_arms, expected_arms
-from tests.test_events import METRICS, make_events, prepare
+from tests.test_events import METRICS, RATIOS, make_events, prepare
 
 
 def abmesh(*args: str, store: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -74,7 +74,7 @@ def test_import_backfills_idempotently(
             check=True,
         ).stdout
     )
-    assert_same_arms(stats["arms"], expected_arms(events, exposed, METRICS))
+    assert_same_arms(stats["arms"], expected_arms(events, exposed, METRICS, RATIOS))
 
 
 def test_import_reports_bad_rows_and_keeps_the_good(
@@ -107,7 +107,7 @@ def test_stats_snapshot_export_and_phase(
     assert "ranker-v2, phase main" in table
     assert "phase main" in abmesh("snapshot", "ranker-v2", store=url).stdout
 
-    expected = expected_arms(events, exposed, METRICS)
+    expected = expected_arms(events, exposed, METRICS, RATIOS)
     csv_path = tmp_path / "stats.csv"
     abmesh("export", "ranker-v2", "-o", str(csv_path), store=url)
     frame = pd.read_csv(csv_path)
@@ -141,3 +141,39 @@ def test_stats_snapshot_export_and_phase(
     assert bad.stderr.startswith("error: phase 'a b' must be")
     needs_file = abmesh("export", "ranker-v2", "--format", "parquet", store=url, ok=False)
     assert "give a file with -o" in needs_file.stderr
+
+
+def test_import_survives_odd_files(
+    ready: tuple[str, dict[str, str], list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    url, _, _ = ready
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes(
+        "\ufeffevent_id,experiment,unit,metric\r\nx1,ranker-v2,u1,click\r\n"
+        "x2,ranker-v2,u2,click,surplus\r\n".encode()
+    )
+    proc = abmesh("events", "import", str(bom), store=url, ok=False)
+    assert "2 rows: 1 accepted" in proc.stdout
+    assert "row 2: the row has more cells than the header has columns" in proc.stdout
+    lines = tmp_path / "odd.jsonl"
+    lines.write_text(
+        '5\nnull\n{"event_id": "x3", "experiment": "ranker-v2", "unit": "u3", "metric": "click"}\n'
+    )
+    proc = abmesh("events", "import", str(lines), store=url, ok=False)
+    assert "3 rows: 1 accepted, 0 duplicates, 2 rejected" in proc.stdout
+    times = tmp_path / "times.parquet"
+    pd.DataFrame(
+        {
+            "event_id": ["t1"],
+            "experiment": ["ranker-v2"],
+            "unit": ["u4"],
+            "metric": ["click"],
+            "timestamp": [pd.Timestamp("2026-11-01T10:00:00")],
+        }
+    ).to_parquet(times)
+    assert "1 accepted" in abmesh("events", "import", str(times), store=url).stdout
+    huge = tmp_path / "huge.csv"
+    huge.write_text("event_id,experiment,unit,metric\n" + "x" * (2 << 20) + ",e,u,m\n")
+    proc = abmesh("events", "import", str(huge), store=url, ok=False)
+    assert proc.returncode == 1
+    assert "field larger than field limit" in proc.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,10 @@ SPEC: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_tex
 SPEC["metrics"]["secondary"] = [
     {"name": "revenue", "kind": "sum"},
     {"name": "score", "kind": "mean"},
+    {"name": "revenue_per_score", "kind": "ratio", "numerator": "revenue", "denominator": "score"},
 ]
 METRICS = {"click": "conversion", "revenue": "sum", "score": "sum"}
+RATIOS = {"revenue_per_score": ("revenue", "score")}
 PLAN = FoldPlan.from_spec(load_spec(SPEC))
 UNITS = [f"user-{i}" for i in range(600)]
 
@@ -116,7 +119,7 @@ def test_10k_events_with_duplicates_match_pandas(
         assert all(a["rejected"] == [] for a in answers)
         report = stats_of(svc.url)
         assert (report["experiment"], report["phase"]) == ("ranker-v2", "main")
-        assert_same_arms(report["arms"], expected_arms(events, exposed, METRICS))
+        assert_same_arms(report["arms"], expected_arms(events, exposed, METRICS, RATIOS))
         # A retried stream changes nothing.
         again = post(svc.url, events)
         assert sum(a["accepted"] for a in again) == 0
@@ -151,20 +154,20 @@ def test_two_servers_ingesting_concurrently_agree_with_pandas(
         for t in threads:
             t.join()
         assert errors == []
-        assert_same_arms(stats_of(servers[0].url)["arms"], expected_arms(events, exposed, METRICS))
+        assert_same_arms(
+            stats_of(servers[0].url)["arms"], expected_arms(events, exposed, METRICS, RATIOS)
+        )
     finally:
         for s in servers:
             s.stop()
 
 
-def test_events_before_exposure_count_from_the_exposure_on(
-    tmp_path: Path, sqlite_store_url: str
-) -> None:
-    store = open_store(sqlite_store_url)
+def test_events_before_exposure_count_from_the_exposure_on(tmp_path: Path, store_url: str) -> None:
+    store = open_store(store_url)
     spec = load_spec(SPEC)
     store.put_experiment(spec)
     store.set_status(spec.name, ExperimentStatus.RUNNING)
-    svc = start_service(sqlite_store_url, tmp_path, exposure_flush_interval=0.1)
+    svc = start_service(store_url, tmp_path, exposure_flush_interval=0.1)
     try:
         unit = "late-unit"
         variant = assign_many(spec, [unit])[0].variant
@@ -235,6 +238,8 @@ BAD = [
     (_bad(value="12"), "events[1].value: must be a number"),
     (_bad(value=True), "events[1].value: must be a number"),
     (_bad(value=1e300), "events[1].value: must be at most"),
+    (_bad(value=10**400), "events[1].value: too large"),
+    (_bad(timestamp="1900-01-01T00:00:00+00:00"), "events[1].timestamp: must not be before"),
     (_bad(metric="nope"), "events[1].metric: 'nope' is not a metric"),
     (_bad(metric="click~pre"), "events[1].metric"),
     (_bad(experiment="ghost"), "events[1].experiment: 'ghost' does not exist"),
@@ -316,14 +321,15 @@ def test_raw_events_and_snapshots_for_notebooks(
         assert {"unit", "metric", "value", "timestamp", "received_at", "phase"} <= set(kept[0])
         from tests.servers import wait_until
 
-        wait_until(
-            lambda: (
-                len(httpx.get(f"{svc.url}/v1/experiments/ranker-v2/snapshots").json()["snapshots"])
-                >= 2
-            ),
-            "two automatic snapshots",
-        )
-        snaps = httpx.get(f"{svc.url}/v1/experiments/ranker-v2/snapshots").json()["snapshots"]
+        posted = time.time()
+
+        def snapshots() -> list[dict[str, Any]]:
+            body = httpx.get(f"{svc.url}/v1/experiments/ranker-v2/snapshots").json()
+            return list(body["snapshots"])
+
+        # Snapshots fall on a shared 0.3 s schedule: wait for one taken after the events.
+        wait_until(lambda: any(s["at"] >= posted for s in snapshots()), "a later snapshot")
+        snaps = snapshots()
         assert snaps[-1]["arms"] == stats_of(svc.url)["arms"]
         assert [s["at"] for s in snaps] == sorted(s["at"] for s in snaps)
         metrics = httpx.get(f"{svc.url}/metrics").text
@@ -338,3 +344,57 @@ def test_stats_endpoint_shape(svc: Service) -> None:
     arms = json.loads(text)["arms"]
     assert set(arms["control"]["metrics"]["revenue"]) >= {"n", "sum", "sum_sq"}
     assert httpx.get(f"{svc.url}/v1/experiments/ghost/stats").status_code == 404
+
+
+def test_an_experiment_created_elsewhere_a_moment_ago_takes_events(
+    tmp_path: Path, store_url: str
+) -> None:
+    svc = start_service(store_url, tmp_path, refresh_interval=3600)  # the cache will not poll
+    try:
+        prepare(store_url)  # created after the service loaded its (empty) configs
+        r = httpx.post(
+            f"{svc.url}/v1/events",
+            json={
+                "events": [
+                    {
+                        "event_id": "new-1",
+                        "experiment": "ranker-v2",
+                        "unit": "user-1",
+                        "metric": "click",
+                    }
+                ]
+            },
+        )
+        assert r.json() == {"accepted": 1, "duplicates": 0, "rejected": []}
+    finally:
+        svc.stop()
+
+
+def test_changing_the_metrics_starts_a_new_phase(tmp_path: Path, store_url: str) -> None:
+    from experiments.lifecycle import apply_spec
+
+    exposed = prepare(store_url)
+    events = make_events(400, seed=5)
+    svc = start_service(store_url, tmp_path)
+    try:
+        post(svc.url, events)
+        store = open_store(store_url)
+        changed = {
+            **SPEC,
+            "metrics": {
+                **SPEC["metrics"],
+                "secondary": [*SPEC["metrics"]["secondary"], {"name": "dwell", "kind": "mean"}],
+            },
+        }
+        record = apply_spec(store, load_spec(changed)).record
+        assert (record.revision, record.phase) == (2, "main-r2")
+        same = apply_spec(store, load_spec({**changed, "description": "words only"})).record
+        assert same.phase == "main-r2"  # a change that does not touch the metrics: same phase
+        store.close()
+        old = httpx.get(
+            f"{svc.url}/v1/experiments/ranker-v2/stats", params={"phase": "main"}
+        ).json()
+        assert "dwell" not in old["arms"]["control"]["metrics"]  # read with its own plan
+        assert_same_arms(old["arms"], expected_arms(events, exposed, METRICS, RATIOS))
+    finally:
+        svc.stop()

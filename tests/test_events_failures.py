@@ -13,7 +13,7 @@ import pytest
 
 from tests.oracle import assert_same_arms, expected_arms
 from tests.servers import start_redis, start_service
-from tests.test_events import METRICS, make_events, prepare, stats_of
+from tests.test_events import METRICS, RATIOS, make_events, prepare, stats_of
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis-aof"])
@@ -64,7 +64,7 @@ def test_kill_9_mid_stream_then_resend_counts_every_event_once(
                 )
                 assert r.status_code == 200
             assert_same_arms(
-                stats_of(restarted.url)["arms"], expected_arms(events, exposed, METRICS)
+                stats_of(restarted.url)["arms"], expected_arms(events, exposed, METRICS, RATIOS)
             )
         finally:
             restarted.stop()
@@ -92,7 +92,7 @@ def test_store_down_is_a_503_with_retry_after_and_nothing_half_applied(tmp_path:
         assert stats_of(svc.url) == before  # the failed batch left no trace
         retry = httpx.post(f"{svc.url}/v1/events", json={"events": second}).json()
         assert retry["rejected"] == []
-        assert_same_arms(stats_of(svc.url)["arms"], expected_arms(events, exposed, METRICS))
+        assert_same_arms(stats_of(svc.url)["arms"], expected_arms(events, exposed, METRICS, RATIOS))
     finally:
         svc.stop()
         redis_server.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -319,3 +320,39 @@ def test_units_of_a_removed_variant_stay_sticky_in_their_new_arm(store: Store) -
     third = dict(zip(units, assign_many(three((90, 10)), units, sticky=store), strict=True))
     assert all(third[u].variant == second[u].variant for u in units)
     assert {a.reason for a in third.values()} == {Reason.STICKY}
+
+
+def test_a_used_phase_name_cannot_come_back(store: Store) -> None:
+    store.put_experiment(make_spec())
+    store.record_exposures("ranker-v2", "main", PLAN, {"u1": ("control", 1.0)})
+    assert store.set_phase("ranker-v2", "ab").phase == "ab"
+    assert store.set_phase("ranker-v2", "ab").phase == "ab"  # staying put is fine
+    with pytest.raises(ConflictError, match="used phase 'main' before"):
+        store.set_phase("ranker-v2", "main")
+    assert store.phase_plan("ranker-v2", "main") == PLAN
+    assert store.phase_plan("ranker-v2", "ab") is None  # no data yet
+
+
+def test_raw_events_page_by_cursor(store: Store) -> None:
+    from experiments.folding import Event
+
+    store.put_experiment(make_spec())
+    for batch in range(3):  # each batch shares one receive time
+        store.ingest_events(
+            "ranker-v2",
+            "main",
+            PLAN,
+            [Event(f"b{batch}-e{i}", f"u{i}", "click", 1.0, 0.0) for i in range(10)],
+        )
+    seen: list[str] = []
+    since, after = 0.0, None
+    while True:
+        page = store.raw_events("ranker-v2", since=since, after=after, limit=7)
+        seen += [e["event_id"] for e in page]
+        if len(page) < 7:
+            break
+        since, after = page[-1]["received_at"], page[-1]["event_id"]
+    assert sorted(seen) == sorted(f"b{b}-e{i}" for b in range(3) for i in range(10))
+    assert len(seen) == len(set(seen))
+    assert store.purge_events(received_before=time.time() + 1) == 30
+    assert store.raw_events("ranker-v2") == []

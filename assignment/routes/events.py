@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Query
 from assignment import collector
 from assignment.deps import ApiKeyDep, StateDep
 from assignment.models import ErrorOut, EventsIn, EventsOut
+from experiments.errors import StoreError
 from experiments.reporting import phase_report
 
 router = APIRouter(prefix="/v1", dependencies=[ApiKeyDep])
@@ -26,8 +27,15 @@ async def post_events(body: EventsIn, state: StateDep) -> dict[str, Any]:
     limit = state.settings.max_events
     if len(body.events) > limit:
         raise HTTPException(413, f"batch of {len(body.events)} events exceeds the limit of {limit}")
+    if not state.cache.loaded:
+        raise StoreError("experiment configs are not loaded yet: the store is unreachable")
     configs = state.cache.configs
     parsed = collector.parse_events(body.events, configs.experiments, configs.plans)
+    if any(r.reason == "experiment" for _, r in parsed.rejected):
+        # Perhaps created a moment ago on another replica: look again before refusing.
+        await asyncio.to_thread(state.cache.refresh)
+        configs = state.cache.configs
+        parsed = collector.parse_events(body.events, configs.experiments, configs.plans)
     outcome = await asyncio.to_thread(
         collector.ingest, state.store, parsed, configs.experiments, configs.plans
     )
@@ -69,8 +77,18 @@ def get_events(
     name: str,
     state: StateDep,
     since: Annotated[float, Query(ge=0, description="Received at or after (unix s).")] = 0.0,
+    after: Annotated[
+        str | None,
+        Query(
+            max_length=128,
+            description="Event id received at `since` to start "
+            "after: the last event of the previous page.",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> dict[str, Any]:
-    """Raw events kept for the retention period, oldest first (page with `since`)."""
+    """Raw events kept for the retention period, in (received_at, event_id) order.  Page with
+    `since` and `after` = the last event's received_at and event_id."""
     state.store.get_experiment(name)
-    return {"experiment": name, "events": state.store.raw_events(name, since=since, limit=limit)}
+    events = state.store.raw_events(name, since=since, after=after, limit=limit)
+    return {"experiment": name, "events": events}

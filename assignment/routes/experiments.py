@@ -13,7 +13,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Response
 from assignment.deps import AdminDep, StateDep
 from assignment.models import ErrorOut, ExperimentOut, PhaseIn
 from experiments.errors import NotFoundError
-from experiments.lifecycle import Action, next_status
+from experiments.lifecycle import Action, apply_spec, next_status
 from experiments.loader import spec_from_mapping
 from experiments.reporting import record_data
 
@@ -48,7 +48,7 @@ def create_experiment(state: StateDep, spec: dict[str, Any] = SpecBody) -> dict[
         pass
     else:
         raise HTTPException(409, f"experiment {parsed.name!r} exists; PUT to change it")
-    record = state.store.put_experiment(parsed).record
+    record = apply_spec(state.store, parsed).record
     state.cache.refresh()
     return record_data(record)
 
@@ -61,7 +61,7 @@ def put_experiment(
     parsed = spec_from_mapping({"name": name, **spec})
     if parsed.name != name:
         raise HTTPException(422, f"name: the body names {parsed.name!r} but the path {name!r}")
-    result = state.store.put_experiment(parsed)
+    result = apply_spec(state.store, parsed)
     if result.changed and result.record.revision == 1:
         response.status_code = 201
     state.cache.refresh()

@@ -72,7 +72,8 @@ class ExperimentStore(Protocol):
         so two concurrent transitions cannot both succeed."""
 
     def set_phase(self, name: str, phase: str) -> ExperimentRecord:
-        """Start a new analysis phase: exposures and statistics start from zero in it."""
+        """Start a new analysis phase: exposures and statistics start from zero in it.
+        ConflictError for a phase used before (its statistics would silently continue)."""
 
     def delete_experiment(self, name: str) -> None:
         """Remove the experiment, its revisions, sticky records, exposures, events and stats."""
@@ -144,15 +145,25 @@ class StatsStore(Protocol):
     def phases(self, experiment: str) -> list[str]:
         """Phases with any exposure or event, oldest first."""
 
+    def phase_plan(self, experiment: str, phase: str) -> FoldPlan | None:
+        """The fold plan a phase's statistics were built with (None: no data yet)."""
+
     def save_snapshot(self, snapshot: Snapshot) -> None: ...
 
     def snapshots(self, experiment: str, phase: str | None = None) -> list[Snapshot]:
         """Snapshots, oldest first."""
 
     def raw_events(
-        self, experiment: str, *, since: float = 0.0, limit: int = 100_000
+        self,
+        experiment: str,
+        *,
+        since: float = 0.0,
+        after: str | None = None,
+        limit: int = 100_000,
     ) -> list[dict[str, Any]]:
-        """Kept events received at or after `since`, oldest first."""
+        """Kept events in (received_at, event_id) order, from `since` on; with `after` (an
+        event id received at `since`), from just after it: a cursor for paging, since a whole
+        batch shares one receive time."""
 
     def purge_events(self, received_before: float) -> int:
         """Forget raw events (and their ids: a retry older than this counts again)."""
@@ -173,6 +184,15 @@ def check_phase(phase: str) -> str:
         return check_name(phase, "phase")
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
+
+
+def check_new_phase(name: str, current: str, phase: str, used: Sequence[str]) -> None:
+    check_phase(phase)
+    if phase != current and phase in used:
+        raise ConflictError(
+            f"experiment {name!r} used phase {phase!r} before; a new phase needs a new name"
+            " (its statistics would otherwise continue)"
+        )
 
 
 def check_status(name: str, current: ExperimentStatus, expected: ExperimentStatus | None) -> None:

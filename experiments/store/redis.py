@@ -29,6 +29,7 @@ from experiments.store.protocol import (
     ExperimentStatus,
     PutResult,
     check_layer_conflicts,
+    check_new_phase,
     check_phase,
     check_status,
 )
@@ -137,7 +138,13 @@ class RedisStore(RedisStats):
 
     def set_phase(self, name: str, phase: str) -> ExperimentRecord:
         check_phase(phase)
-        return self._update_meta(name, lambda meta: meta.update(phase=phase))
+        used = self.phases(name)
+
+        def change(meta: dict[str, Any]) -> None:
+            check_new_phase(name, meta.get("phase", DEFAULT_PHASE), phase, used)
+            meta["phase"] = phase
+
+        return self._update_meta(name, change)
 
     def _update_meta(self, name: str, change: Callable[[dict[str, Any]], None]) -> ExperimentRecord:
         with self._guard(), self.client.pipeline() as pipe:

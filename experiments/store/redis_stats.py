@@ -18,6 +18,7 @@ lock, so its threads do not make each other retry.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -25,11 +26,13 @@ from typing import Any
 
 import redis
 
+from experiments.errors import StoreError
 from experiments.folding import Event, Folder, FoldPlan, Loaded, fold_events, fold_exposures
 from experiments.store.protocol import IngestResult, Snapshot
 from experiments.store.redis_base import RedisBase
 
 US = "\x1f"  # joins unit and series in a hash field; unit ids cannot hold control characters
+MAX_ATTEMPTS = 50  # optimistic retries of one batch before giving up with a StoreError (503)
 
 
 class RedisStats(RedisBase):
@@ -47,8 +50,9 @@ class RedisStats(RedisBase):
         return [
             *found,
             self._ev(experiment, "ids"),
-            self._ev(experiment, "log"),
+            self._ev(experiment, "raw"),
             f"{self.prefix}phases:{experiment}",
+            f"{self.prefix}plans:{experiment}",
             f"{self.prefix}snap:{experiment}",
         ]
 
@@ -108,6 +112,11 @@ class RedisStats(RedisBase):
             found: list[str] = self.client.zrange(f"{self.prefix}phases:{experiment}", 0, -1)
         return found
 
+    def phase_plan(self, experiment: str, phase: str) -> FoldPlan | None:
+        with self._guard():
+            text = self.client.hget(f"{self.prefix}plans:{experiment}", phase)
+        return None if text is None else FoldPlan.from_json(text)
+
     def save_snapshot(self, snapshot: Snapshot) -> None:
         data = {"phase": snapshot.phase, "at": snapshot.at, "stats": snapshot.stats}
         with self._guard():  # one per phase and time: a replica's copy replaces the other's
@@ -129,12 +138,21 @@ class RedisStats(RedisBase):
         return sorted(out, key=lambda snap: snap.at)
 
     def raw_events(
-        self, experiment: str, *, since: float = 0.0, limit: int = 100_000
+        self,
+        experiment: str,
+        *,
+        since: float = 0.0,
+        after: str | None = None,
+        limit: int = 100_000,
     ) -> list[dict[str, Any]]:
+        ids_key = self._ev(experiment, "ids")
         with self._guard():
-            ids = self.client.zrangebyscore(
-                self._ev(experiment, "ids"), since, "+inf", start=0, num=limit
-            )
+            # The zset orders by (score = received at, member = event id): page by rank.
+            rank = self.client.zrank(ids_key, after) if after is not None else None
+            if rank is None:
+                first = self.client.zrangebyscore(ids_key, since, "+inf", start=0, num=1)
+                rank = self.client.zrank(ids_key, first[0]) - 1 if first else None
+            ids = [] if rank is None else self.client.zrange(ids_key, rank + 1, rank + limit)
             raw = self.client.hmget(self._ev(experiment, "raw"), ids) if ids else []
         out = []
         for event_id, item in zip(ids, raw, strict=True):
@@ -185,10 +203,13 @@ class RedisStats(RedisBase):
             for part in ("totals", "exposed", "stats", "shifts")
         }
         ids_key = self._ev(experiment, "ids")
+        watched = [ids_key, *keys.values()] if event_ids else list(keys.values())
         with self._batch_lock, self._guard(), self.client.pipeline() as pipe:
-            while True:
+            for attempt in range(MAX_ATTEMPTS):
+                if attempt:  # another process wrote first: back off, randomised, and redo
+                    time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
                 try:
-                    pipe.watch(ids_key, *keys.values())
+                    pipe.watch(*watched)
                     loaded = self._load(pipe, keys, ids_key, plan, units, event_ids)
                     folder, result = fold(loaded)
                     pipe.multi()
@@ -198,10 +219,17 @@ class RedisStats(RedisBase):
                         pipe.zadd(
                             f"{self.prefix}phases:{experiment}", {phase: time.time()}, nx=True
                         )
+                        pipe.hsetnx(
+                            f"{self.prefix}plans:{experiment}", phase, folder.plan.to_json()
+                        )
                     pipe.execute()
                     return result
                 except redis.WatchError:
                     continue
+        raise StoreError(
+            f"Redis store: {MAX_ATTEMPTS} conflicting writes in a row on {experiment!r};"
+            " too many writers at once, retry later"
+        )
 
     def _load(
         self,

@@ -21,6 +21,7 @@ from experiments.store.protocol import (
     ExperimentStatus,
     PutResult,
     check_layer_conflicts,
+    check_new_phase,
     check_phase,
     check_status,
 )
@@ -119,6 +120,11 @@ class SQLiteStore(SQLiteStats):
     def set_phase(self, name: str, phase: str) -> ExperimentRecord:
         check_phase(phase)
         with self._write() as db:
+            used = [
+                row[0]
+                for row in db.execute("SELECT phase FROM phases WHERE experiment = ?", (name,))
+            ]
+            check_new_phase(name, self._record(db, name).phase, phase, used)
             cursor = db.execute(
                 "UPDATE experiments SET phase = ?, updated_at = ? WHERE name = ?",
                 (phase, time.time(), name),

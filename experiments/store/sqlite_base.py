@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS shifts (
     experiment TEXT NOT NULL, phase TEXT NOT NULL, series TEXT NOT NULL, k REAL NOT NULL,
     PRIMARY KEY (experiment, phase, series)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS phases (
-    experiment TEXT NOT NULL, phase TEXT NOT NULL, first_seen REAL NOT NULL,
+    experiment TEXT NOT NULL, phase TEXT NOT NULL, first_seen REAL NOT NULL, plan TEXT NOT NULL,
     PRIMARY KEY (experiment, phase));
 CREATE TABLE IF NOT EXISTS events (
     experiment TEXT NOT NULL, event_id TEXT NOT NULL, phase TEXT NOT NULL, unit TEXT NOT NULL,

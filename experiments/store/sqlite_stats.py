@@ -79,6 +79,13 @@ class SQLiteStats(SQLiteBase):
             ).fetchall()
         return [row[0] for row in rows]
 
+    def phase_plan(self, experiment: str, phase: str) -> FoldPlan | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT plan FROM phases WHERE experiment = ? AND phase = ?", (experiment, phase)
+            ).fetchone()
+        return None if row is None else FoldPlan.from_json(row[0])
+
     def save_snapshot(self, snapshot: Snapshot) -> None:
         with self._write() as db:
             db.execute(
@@ -96,13 +103,19 @@ class SQLiteStats(SQLiteBase):
         return [Snapshot(experiment, p, at, json.loads(stats)) for p, at, stats in rows]
 
     def raw_events(
-        self, experiment: str, *, since: float = 0.0, limit: int = 100_000
+        self,
+        experiment: str,
+        *,
+        since: float = 0.0,
+        after: str | None = None,
+        limit: int = 100_000,
     ) -> list[dict[str, Any]]:
         with self._read() as db:
             rows = db.execute(
                 "SELECT event_id, phase, unit, metric, value, timestamp, received_at FROM events"
-                " WHERE experiment = ? AND received_at >= ? ORDER BY received_at, rowid LIMIT ?",
-                (experiment, since, limit),
+                " WHERE experiment = ? AND (received_at > ? OR (received_at = ? AND event_id > ?))"
+                " ORDER BY received_at, event_id LIMIT ?",
+                (experiment, since, since, "" if after is None else after, limit),
             ).fetchall()
         names = ("event_id", "phase", "unit", "metric", "value", "timestamp", "received_at")
         return [dict(zip(names, row, strict=True)) for row in rows]
@@ -180,10 +193,11 @@ def _write_back(db: sqlite3.Connection, experiment: str, phase: str, folder: Fol
         [(experiment, phase, k, folder.stats[k]) for k in folder.changed_stats],
     )
     db.executemany(
-        "INSERT INTO shifts VALUES (?, ?, ?, ?)",
+        "INSERT INTO shifts VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET k = excluded.k",
         [(experiment, phase, s, folder.shifts[s]) for s in folder.changed_shifts],
     )
     if folder.changed_totals or folder.new_exposures:
         db.execute(
-            "INSERT OR IGNORE INTO phases VALUES (?, ?, ?)", (experiment, phase, time.time())
+            "INSERT OR IGNORE INTO phases VALUES (?, ?, ?, ?)",
+            (experiment, phase, time.time(), folder.plan.to_json()),
         )
