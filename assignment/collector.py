@@ -66,14 +66,15 @@ def _parse(
 ) -> tuple[str, Event]:
     if not isinstance(item, Mapping):
         raise RejectedEventError("type", f"event: must be an object, got {type(item).__name__}")
-    item = {k: v for k, v in item.items() if v is not None}  # null: absent (default applies)
-    unknown = set(item) - FIELDS
-    if unknown:
+    if None in item.values():
+        item = {k: v for k, v in item.items() if v is not None}  # null: absent (default)
+    if not item.keys() <= FIELDS:
+        unknown = item.keys() - FIELDS
         raise RejectedEventError(
             "field", f"{sorted(unknown)[0]}: unknown field (known: {', '.join(sorted(FIELDS))})"
         )
     event_id = _text(item, "event_id")
-    if unit_problem(event_id) is not None or len(event_id) > MAX_ID_CHARS:
+    if len(event_id) > MAX_ID_CHARS or unit_problem(event_id) is not None:
         raise RejectedEventError(
             "event_id", f"event_id: must be 1-{MAX_ID_CHARS} characters without control characters"
         )

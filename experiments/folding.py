@@ -143,6 +143,16 @@ class Folder:
         self.changed_totals: set[tuple[str, str]] = set()
         self.changed_shifts: set[str] = set()
         self.new_exposures: dict[str, str] = {}
+        self._nonzero: dict[str, float] = {}  # series -> non-zero units over all arms
+
+    def _nonzero_total(self, series: str) -> float:
+        total = self._nonzero.get(series)
+        if total is None:
+            suffix = f"|N|{series}"
+            total = self._nonzero[series] = sum(
+                v for k, v in self.stats.items() if k.endswith(suffix)
+            )
+        return total
 
     def _value(self, series: str, total: float) -> float:
         return min(1.0, total) if series in self.plan.conversion else total
@@ -163,10 +173,7 @@ class Folder:
     def _shift(self, series: str, v: float) -> float:
         """The series' shift; chosen anew (with its sums cleared) while no unit is non-zero."""
         k = self.shifts.get(series)
-        nonzero = sum(
-            self.stats.get(stat_key(a, f"N|{series}"), 0.0) for a in variants_of(self.stats)
-        )
-        if k is None or nonzero == 0:
+        if k is None or self._nonzero_total(series) == 0:
             k = self.shifts[series] = v
             self.changed_shifts.add(series)
             for variant in variants_of(self.stats):  # exactly empty, not rounding residue
@@ -182,6 +189,7 @@ class Folder:
         if v == 0.0:
             return
         k = self._shift(series, v) if sign > 0 else self.shifts[series]
+        self._nonzero[series] = self._nonzero_total(series) + sign
         self._bump(stat_key(variant, f"N|{series}"), sign)
         self._bump(stat_key(variant, f"S|{series}"), sign * (v - k))
         self._bump(stat_key(variant, f"Q|{series}"), sign * (v - k) ** 2)
