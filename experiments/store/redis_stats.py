@@ -210,7 +210,7 @@ class RedisStats(RedisBase):
                     time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
                 try:
                     pipe.watch(*watched)
-                    loaded = self._load(pipe, keys, ids_key, plan, units, event_ids)
+                    loaded = self._load(keys, ids_key, plan, units, event_ids)
                     folder, result = fold(loaded)
                     pipe.multi()
                     self._write_back(pipe, keys, folder)
@@ -233,30 +233,30 @@ class RedisStats(RedisBase):
 
     def _load(
         self,
-        conn: Any,
         keys: Mapping[str, str],
         ids_key: str,
         plan: FoldPlan,
         units: Sequence[str],
         event_ids: Sequence[str],
     ) -> Loaded:
-        seen: set[str] = set()
-        if event_ids:
-            scores = conn.zmscore(ids_key, list(event_ids))
-            seen = {e for e, score in zip(event_ids, scores, strict=True) if score is not None}
-        totals: dict[tuple[str, str], float] = {}
-        exposed: dict[str, str] = {}
-        if units:
-            # Every series of the batch's units is needed (cross sums): one HMGET for all.
-            pairs = [(u, s) for u in units for s in plan.series]
-            if pairs:
-                values = conn.hmget(keys["totals"], [f"{u}{US}{s}" for u, s in pairs])
-                totals = {p: float(v) for p, v in zip(pairs, values, strict=True) if v is not None}
-            variants = conn.hmget(keys["exposed"], list(units))
-            exposed = {u: v for u, v in zip(units, variants, strict=True) if v is not None}
-        stats = {k: float(v) for k, v in conn.hgetall(keys["stats"]).items()}
-        shifts = {k: float(v) for k, v in conn.hgetall(keys["shifts"]).items()}
-        return Loaded(seen, totals, exposed, stats, shifts)
+        """Every read of a batch in one round trip.  They go over another connection than the
+        WATCH: a write to a watched key after the WATCH still fails the EXEC, wherever the
+        reads were made."""
+        pairs = [(u, s) for u in units for s in plan.series]  # all series: cross sums need them
+        reads = self.client.pipeline(transaction=False)
+        reads.zmscore(ids_key, list(event_ids) or [""])
+        reads.hmget(keys["totals"], [f"{u}{US}{s}" for u, s in pairs] or [""])
+        reads.hmget(keys["exposed"], list(units) or [""])
+        reads.hgetall(keys["stats"])
+        reads.hgetall(keys["shifts"])
+        scores, values, variants, stats, shifts = reads.execute()
+        return Loaded(
+            {e for e, score in zip(event_ids, scores, strict=False) if score is not None},
+            {p: float(v) for p, v in zip(pairs, values, strict=False) if v is not None},
+            {u: v for u, v in zip(units, variants, strict=False) if v is not None},
+            {k: float(v) for k, v in stats.items()},
+            {k: float(v) for k, v in shifts.items()},
+        )
 
     def _write_back(self, pipe: Any, keys: Mapping[str, str], folder: Folder) -> None:
         if folder.changed_totals:
