@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.exposures.flush()  # a graceful shutdown loses no exposure
             if state.exposures.size:
                 log.error("%d exposures not written: the store is down", state.exposures.size)
+            state.writer.shutdown(wait=True)
             state.store.close()
 
     app = FastAPI(

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from assignment.background import stopped
 from experiments.folding import FoldPlan
@@ -40,8 +41,11 @@ class ExposureBuffer:
         on_flushed: Callable[[int], None] = lambda n: None,
         on_dropped: Callable[[int], None] = lambda n: None,
         on_error: Callable[[], None] = lambda: None,
+        run_write: Callable[..., Awaitable[Any]] | None = None,
     ) -> None:
         self.store = store
+        # Where the blocking write runs: the service's writer thread, or any thread.
+        self.run_write = run_write or asyncio.to_thread
         self.limit = limit
         self.pending: Batch = {}
         self.size = 0
@@ -94,7 +98,7 @@ class ExposureBuffer:
             return
         try:
             written = sum(len(units) for _, units in batch.values())
-            await asyncio.to_thread(self.write, batch)
+            await self.run_write(self.write, batch)
         except Exception as exc:  # the store is down (or failing): keep the batch for later
             self._on_error()
             log.warning("exposure flush failed, will retry: %s", exc)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from assignment.assign import Assignment, assign, assign_many
 from assignment.background import stopped
@@ -21,6 +23,7 @@ from experiments.reporting import take_snapshot
 from experiments.store import ExperimentRecord, ExperimentStatus, Store
 
 log = logging.getLogger("abmesh.service")
+T = TypeVar("T")
 
 
 @dataclass
@@ -32,6 +35,9 @@ class ServiceState:
     exposures: ExposureBuffer = field(init=False)
 
     def __post_init__(self) -> None:
+        # One thread does the CPU-heavy store writes (event batches, exposure flushes): they
+        # queue instead of several threads fighting over the GIL and the store's write lock.
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="abmesh-writer")
         self.cache = ConfigCache(self.store)
         self.telemetry = Telemetry(config_age=self.cache.age)
         store_errors = self.telemetry.store_errors
@@ -43,7 +49,12 @@ class ServiceState:
             on_flushed=self.telemetry.exposures_flushed.inc,
             on_dropped=self.telemetry.exposures_dropped.inc,
             on_error=store_errors.labels("exposures").inc,
+            run_write=self.write,
         )
+
+    async def write(self, work: Callable[..., T], *args: Any) -> T:
+        """Run `work(*args)` on the writer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.writer, work, *args)
 
     async def assign(
         self, record: ExperimentRecord, unit: str, headers: Mapping[str, str] | None

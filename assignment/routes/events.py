@@ -36,7 +36,8 @@ async def post_events(body: EventsIn, state: StateDep) -> dict[str, Any]:
         await asyncio.to_thread(state.cache.refresh)
         configs = state.cache.configs
         parsed = collector.parse_events(body.events, configs.experiments, configs.plans)
-    outcome = await asyncio.to_thread(
+    # Validation runs here, folding on the writer thread: the two overlap across requests.
+    outcome = await state.write(
         collector.ingest, state.store, parsed, configs.experiments, configs.plans
     )
     counter = state.telemetry.events
