@@ -1,13 +1,13 @@
 """Redis part of the store for exposures, events, folded statistics and snapshots.
 
 Keys, per experiment E and phase P (under the store's prefix):
-  ph:E:P:totals   hash  "unit<US>series" -> the unit's raw total      (US: \\x1f, never in a unit)
-  ph:E:P:exposed  hash  unit -> variant of its first exposure in the phase
+  ph:E:P:units    hash  unit -> "variant<RS>series=total<RS>..." (variant of its first exposure
+                        in the phase, or empty; RS is \\x1e, which no unit or name holds)
   ph:E:P:stats    hash  folded statistics (see experiments.folding)
   ph:E:P:shifts   hash  series -> shift
   phases:E        zset  phase -> first seen
   ev:E:ids        zset  event_id -> received at (idempotency; trimmed with the raw events)
-  ev:E:raw        hash  event_id -> JSON [phase, unit, metric, value, timestamp, received at]
+  ev:E:raw        hash  event_id -> "phase<RS>unit<RS>metric<RS>value<RS>timestamp<RS>received"
   snap:E          hash  "phase|time" -> JSON snapshot
 A batch is an optimistic transaction: WATCH the keys it reads, read, fold in Python
 (`experiments.folding`, the same code as SQLite), MULTI the writes, retry if another writer
@@ -31,7 +31,7 @@ from experiments.folding import Event, Folder, FoldPlan, Loaded, fold_events, fo
 from experiments.store.protocol import IngestResult, Snapshot
 from experiments.store.redis_base import RedisBase
 
-US = "\x1f"  # joins unit and series in a hash field; unit ids cannot hold control characters
+RS = "\x1e"  # separates a unit's fields; unit ids and names cannot hold control characters
 MAX_ATTEMPTS = 50  # optimistic retries of one batch before giving up with a StoreError (503)
 
 
@@ -85,12 +85,12 @@ class RedisStats(RedisBase):
             new, received = result[0], time.time()
             if new:  # one command each for the whole batch: ids by time, and the events
                 pipe.zadd(ids_key, dict.fromkeys((e.event_id for e in new), received))
+                tail = f"{RS}{received!r}"
                 pipe.hset(
                     raw_key,
                     mapping={
-                        e.event_id: json.dumps(
-                            [phase, e.unit, e.series, e.value, e.timestamp, received]
-                        )
+                        e.event_id: f"{phase}{RS}{e.unit}{RS}{e.series}{RS}{e.value!r}{RS}"
+                        f"{e.timestamp!r}{tail}"
                         for e in new
                     },
                 )
@@ -158,16 +158,16 @@ class RedisStats(RedisBase):
         for event_id, item in zip(ids, raw, strict=True):
             if item is None:
                 continue
-            phase, unit, metric, value, timestamp, received = json.loads(item)
+            phase, unit, metric, value, timestamp, received = item.split(RS)
             out.append(
                 {
                     "event_id": event_id,
                     "phase": phase,
                     "unit": unit,
                     "metric": metric,
-                    "value": value,
-                    "timestamp": timestamp,
-                    "received_at": received,
+                    "value": float(value),
+                    "timestamp": float(timestamp),
+                    "received_at": float(received),
                 }
             )
         return out
@@ -198,10 +198,7 @@ class RedisStats(RedisBase):
         keep: Any,
     ) -> Any:
         """Read the batch's state under WATCH, fold, write in MULTI; retry on a conflict."""
-        keys = {
-            part: self._ph(experiment, phase, part)
-            for part in ("totals", "exposed", "stats", "shifts")
-        }
+        keys = {part: self._ph(experiment, phase, part) for part in ("units", "stats", "shifts")}
         ids_key = self._ev(experiment, "ids")
         watched = [ids_key, *keys.values()] if event_ids else list(keys.values())
         with self._batch_lock, self._guard(), self.client.pipeline() as pipe:
@@ -210,7 +207,7 @@ class RedisStats(RedisBase):
                     time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
                 try:
                     pipe.watch(*watched)
-                    loaded = self._load(keys, ids_key, plan, units, event_ids)
+                    loaded = self._load(keys, ids_key, units, event_ids)
                     folder, result = fold(loaded)
                     pipe.multi()
                     self._write_back(pipe, keys, folder)
@@ -235,39 +232,47 @@ class RedisStats(RedisBase):
         self,
         keys: Mapping[str, str],
         ids_key: str,
-        plan: FoldPlan,
         units: Sequence[str],
         event_ids: Sequence[str],
     ) -> Loaded:
         """Every read of a batch in one round trip.  They go over another connection than the
         WATCH: a write to a watched key after the WATCH still fails the EXEC, wherever the
         reads were made."""
-        pairs = [(u, s) for u in units for s in plan.series]  # all series: cross sums need them
         reads = self.client.pipeline(transaction=False)
         reads.zmscore(ids_key, list(event_ids) or [""])
-        reads.hmget(keys["totals"], [f"{u}{US}{s}" for u, s in pairs] or [""])
-        reads.hmget(keys["exposed"], list(units) or [""])
+        reads.hmget(keys["units"], list(units) or [""])
         reads.hgetall(keys["stats"])
         reads.hgetall(keys["shifts"])
-        scores, values, variants, stats, shifts = reads.execute()
+        scores, records, stats, shifts = reads.execute()
+        totals: dict[tuple[str, str], float] = {}
+        exposed: dict[str, str] = {}
+        for unit, record in zip(units, records, strict=False):
+            if record is None:
+                continue
+            variant, *entries = record.split(RS)
+            if variant:
+                exposed[unit] = variant
+            for entry in entries:
+                series, _, total = entry.partition("=")
+                totals[unit, series] = float(total)
         return Loaded(
             {e for e, score in zip(event_ids, scores, strict=False) if score is not None},
-            {p: float(v) for p, v in zip(pairs, values, strict=False) if v is not None},
-            {u: v for u, v in zip(units, variants, strict=False) if v is not None},
+            totals,
+            exposed,
             {k: float(v) for k, v in stats.items()},
             {k: float(v) for k, v in shifts.items()},
         )
 
     def _write_back(self, pipe: Any, keys: Mapping[str, str], folder: Folder) -> None:
-        if folder.changed_totals:
-            pipe.hset(
-                keys["totals"],
-                mapping={
-                    f"{u}{US}{s}": repr(folder.totals[u, s]) for u, s in folder.changed_totals
-                },
-            )
-        if folder.new_exposures:
-            pipe.hset(keys["exposed"], mapping=folder.new_exposures)
+        changed = {u for u, _ in folder.changed_totals} | folder.new_exposures.keys()
+        if changed:
+            # One field per unit holds its arm and every total: a batch reads and writes
+            # each unit once, whatever the number of series.
+            per_unit: dict[str, list[str]] = {u: [folder.exposed.get(u, "")] for u in changed}
+            for (unit, series), total in folder.totals.items():
+                if unit in per_unit:
+                    per_unit[unit].append(f"{series}={total!r}")
+            pipe.hset(keys["units"], mapping={u: RS.join(parts) for u, parts in per_unit.items()})
         if folder.changed_stats:
             pipe.hset(
                 keys["stats"], mapping={k: repr(folder.stats[k]) for k in folder.changed_stats}
