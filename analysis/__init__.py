@@ -1,1 +1,22 @@
-"""Pure statistics on per-arm sufficient statistics: no I/O, no globals, imports nothing of ours."""
+"""Pure statistics on per-arm sufficient statistics: no I/O, no globals, imports nothing of ours.
+
+So far: `ArmStats`, the fixed-horizon references (`welch_ttest`, `proportions_ztest`), the
+always-valid `msprt` and the SRM check `srm_test`.  Conventions: `a` is control, `b` treatment,
+effects are b − a; see ../shared/stats-methods.md.
+"""
+
+from analysis.fixed import proportions_ztest, welch_ttest
+from analysis.msprt import msprt
+from analysis.results import InferenceResult
+from analysis.srm import SRMResult, srm_test
+from analysis.stats import ArmStats
+
+__all__ = [
+    "ArmStats",
+    "InferenceResult",
+    "SRMResult",
+    "msprt",
+    "proportions_ztest",
+    "srm_test",
+    "welch_ttest",
+]
