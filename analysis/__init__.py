@@ -1,13 +1,16 @@
 """Pure statistics on per-arm sufficient statistics: no I/O, no globals, imports nothing of ours.
 
 So far: `ArmStats`, the fixed-horizon references (`welch_ttest`, `proportions_ztest`), the
-always-valid `msprt` and the SRM check `srm_test`.  Conventions: `a` is control, `b` treatment,
-effects are b − a; see ../shared/stats-methods.md.
+always-valid `msprt`, `confidence_sequence` and `SequentialMonitor`, `cuped`, and `srm_test`.
+Conventions: `a` is control, `b` treatment, effects are b − a; see
+../shared/stats-methods.md.
 """
 
+from analysis.cuped import cuped, pooled_theta
 from analysis.fixed import proportions_ztest, welch_ttest
 from analysis.msprt import msprt
 from analysis.results import InferenceResult
+from analysis.sequences import SequentialMonitor, confidence_sequence
 from analysis.srm import SRMResult, srm_test
 from analysis.stats import ArmStats
 
@@ -15,7 +18,11 @@ __all__ = [
     "ArmStats",
     "InferenceResult",
     "SRMResult",
+    "SequentialMonitor",
+    "confidence_sequence",
+    "cuped",
     "msprt",
+    "pooled_theta",
     "proportions_ztest",
     "srm_test",
     "welch_ttest",

@@ -1,0 +1,107 @@
+"""Asymptotic confidence sequences (Waudby-Smith, Arbour, Sinha, Kennedy, Ramdas, "Time-uniform
+central limit theory and asymptotic confidence sequences", Ann. Statist. 2024) and the monitor
+that keeps an always-valid state across looks.
+
+For the difference of means the CS is the mSPRT interval with τ² = ρ² N v (stats-methods.md §3:
+the identities are exact), so `confidence_sequence` reuses analysis.msprt.  The relative lift
+r = ȳ_b/ȳ_a − 1 uses the delta-method variance
+Var(r̂) = s_b²/(ȳ_a² n_b) + s_a² ȳ_b²/(ȳ_a⁴ n_a).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+from analysis.msprt import msprt, rho2_for
+from analysis.results import InferenceResult
+from analysis.stats import ArmStats
+
+
+def confidence_sequence(
+    a: ArmStats,
+    b: ArmStats,
+    *,
+    alpha: float,
+    n_star: float,
+    relative: bool = False,
+    theta0: float = 0.0,
+    kind: Literal["mean", "proportion"] = "mean",
+) -> InferenceResult:
+    """One look of the asymptotic CS for b − a (or for the relative lift b/a − 1), tightest
+    near a total sample of n* units; with its always-valid p-value for H₀: effect = θ₀."""
+    if not relative:
+        return replace(
+            msprt(a, b, alpha=alpha, n_star=n_star, theta0=theta0, kind=kind),
+            method=f"confidence sequence ({kind})",
+        )
+    method = f"confidence sequence (relative lift, {kind})"
+    mean_a, mean_b = a.mean, b.mean
+    if a.n < 2 or b.n < 2 or mean_a == 0 or math.isnan(mean_a):
+        # No variance yet, or a zero control mean: the lift is undefined; say nothing.
+        return InferenceResult(method, 1.0, 1.0, math.nan, -math.inf, math.inf, alpha)
+    var_a, var_b = (
+        (a.proportion_variance, b.proportion_variance)
+        if kind == "proportion"
+        else (a.variance, b.variance)
+    )
+    v = var_b / (mean_a**2 * b.n) + var_a * mean_b**2 / (mean_a**4 * a.n)
+    estimate = mean_b / mean_a - 1
+    if not v > 0:
+        return InferenceResult(method, 1.0, 1.0, estimate, -math.inf, math.inf, alpha)
+    tau2 = rho2_for(n_star, alpha) * (a.n + b.n) * v
+    log_lambda = 0.5 * math.log(v / (v + tau2)) + tau2 * (estimate - theta0) ** 2 / (
+        2 * v * (v + tau2)
+    )
+    radius = math.sqrt(v * (v + tau2) / tau2 * math.log((v + tau2) / (v * alpha * alpha)))
+    return InferenceResult(
+        method,
+        math.exp(min(log_lambda, 700.0)),
+        min(1.0, math.exp(-log_lambda)),
+        estimate,
+        estimate - radius,
+        estimate + radius,
+        alpha,
+    )
+
+
+@dataclass
+class SequentialMonitor:
+    """The always-valid state of one comparison across looks: the running minimum of the
+    p-value and the running intersection of the intervals (a p recomputed from cumulative sums
+    alone is not monotone).  `to_dict`/`from_dict` let the store keep it across restarts;
+    changing alpha, n_star or theta0 mid-experiment voids the guarantee, so they are fixed."""
+
+    alpha: float
+    n_star: float
+    relative: bool = False
+    theta0: float = 0.0
+    kind: Literal["mean", "proportion"] = "mean"
+    pvalue: float = 1.0
+    low: float = -math.inf
+    high: float = math.inf
+    looks: int = 0
+
+    def update(self, a: ArmStats, b: ArmStats) -> InferenceResult:
+        """Take one look; returns it with the running p-value and interval."""
+        look = confidence_sequence(
+            a,
+            b,
+            alpha=self.alpha,
+            n_star=self.n_star,
+            relative=self.relative,
+            theta0=self.theta0,
+            kind=self.kind,
+        )
+        self.pvalue = min(self.pvalue, look.pvalue)
+        self.low, self.high = max(self.low, look.ci_low), min(self.high, look.ci_high)
+        self.looks += 1
+        return replace(look, pvalue=self.pvalue, ci_low=self.low, ci_high=self.high)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SequentialMonitor:
+        return cls(**data)
