@@ -32,10 +32,6 @@ TRANSITIONS: dict[tuple[ExperimentStatus, Action], ExperimentStatus] = {
 }
 
 
-def is_terminal(status: ExperimentStatus) -> bool:
-    return status is ExperimentStatus.STOPPED
-
-
 def next_status(current: ExperimentStatus, action: Action) -> ExperimentStatus:
     """The status after `action`; ConflictError names the allowed actions when it is refused."""
     target = TRANSITIONS.get((current, action))

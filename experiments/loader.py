@@ -26,7 +26,7 @@ def load_spec(source: str | Path | Mapping[str, Any]) -> ExperimentSpec:
         return spec_from_mapping(source)
     if isinstance(source, str) and _looks_like_text(source):
         return parse_spec(source)
-    return parse_spec(read_spec_file(Path(source)))
+    return parse_spec(_read_spec_file(Path(source)))
 
 
 def _looks_like_text(source: str) -> bool:
@@ -35,7 +35,7 @@ def _looks_like_text(source: str) -> bool:
     return ": " in source and not Path(source).exists()
 
 
-def read_spec_file(path: Path) -> str:
+def _read_spec_file(path: Path) -> str:
     """The text of a spec file: a regular file of at most MAX_SPEC_BYTES bytes of UTF-8."""
     where = f"spec file {str(path)!r}"
     try:
