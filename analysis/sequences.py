@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
-from analysis.msprt import msprt, rho2_for
+from analysis.mixture import effect_and_variance, rho2_for
+from analysis.msprt import Kind, arm_variance, check_settings, look, msprt
 from analysis.results import InferenceResult
 from analysis.stats import ArmStats
 
@@ -27,7 +28,7 @@ def confidence_sequence(
     n_star: float,
     relative: bool = False,
     theta0: float = 0.0,
-    kind: Literal["mean", "proportion"] = "mean",
+    kind: Kind = "mean",
 ) -> InferenceResult:
     """One look of the asymptotic CS for b − a (or for the relative lift b/a − 1), tightest
     near a total sample of n* units; with its always-valid p-value for H₀: effect = θ₀."""
@@ -36,34 +37,19 @@ def confidence_sequence(
             msprt(a, b, alpha=alpha, n_star=n_star, theta0=theta0, kind=kind),
             method=f"confidence sequence ({kind})",
         )
+    check_settings(alpha, kind)
     method = f"confidence sequence (relative lift, {kind})"
-    mean_a, mean_b = a.mean, b.mean
-    if a.n < 2 or b.n < 2 or mean_a == 0 or math.isnan(mean_a):
-        # No variance yet, or a zero control mean: the lift is undefined; say nothing.
+    if a.n < 2 or b.n < 2:
         return InferenceResult(method, 1.0, 1.0, math.nan, -math.inf, math.inf, alpha)
-    var_a, var_b = (
-        (a.proportion_variance, b.proportion_variance)
-        if kind == "proportion"
-        else (a.variance, b.variance)
+    # A zero control mean leaves the lift undefined: nan estimate, no information.
+    estimate, v = (
+        float(x)
+        for x in effect_and_variance(
+            a.mean, arm_variance(a, kind), a.n, b.mean, arm_variance(b, kind), b.n, relative=True
+        )
     )
-    v = var_b / (mean_a**2 * b.n) + var_a * mean_b**2 / (mean_a**4 * a.n)
-    estimate = mean_b / mean_a - 1
-    if not v > 0:
-        return InferenceResult(method, 1.0, 1.0, estimate, -math.inf, math.inf, alpha)
-    tau2 = rho2_for(n_star, alpha) * (a.n + b.n) * v
-    log_lambda = 0.5 * math.log(v / (v + tau2)) + tau2 * (estimate - theta0) ** 2 / (
-        2 * v * (v + tau2)
-    )
-    radius = math.sqrt(v * (v + tau2) / tau2 * math.log((v + tau2) / (v * alpha * alpha)))
-    return InferenceResult(
-        method,
-        math.exp(min(log_lambda, 700.0)),
-        min(1.0, math.exp(-log_lambda)),
-        estimate,
-        estimate - radius,
-        estimate + radius,
-        alpha,
-    )
+    tau2 = float(rho2_for(n_star, alpha)) * (a.n + b.n) * v if v > 0 else 1.0
+    return look(method, estimate, v, tau2, theta0, alpha)
 
 
 @dataclass
@@ -77,7 +63,7 @@ class SequentialMonitor:
     n_star: float
     relative: bool = False
     theta0: float = 0.0
-    kind: Literal["mean", "proportion"] = "mean"
+    kind: Kind = "mean"
     pvalue: float = 1.0
     low: float = -math.inf
     high: float = math.inf

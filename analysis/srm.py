@@ -1,4 +1,5 @@
 """Sample ratio mismatch: are the arms' unit counts what the weights promise?  Pearson's χ²
+for one look, and the sequential Dirichlet–multinomial test for continuous monitoring
 (stats-methods.md §5); abmesh flags p < 0.001.  Count assigned units, not events."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from scipy import stats
+from scipy import special, stats
 
 SRM_ALPHA = 0.001
 
@@ -52,3 +53,65 @@ def srm_test(counts: Sequence[float], weights: Sequence[float]) -> SRMResult:
     df = len(kept) - 1
     pvalue = float(stats.chi2.sf(statistic, df)) if df > 0 else 1.0
     return SRMResult(statistic, pvalue, df, tuple(counts), tuple(e for _, e in pairs))
+
+
+@dataclass(frozen=True, slots=True)
+class SequentialSRMResult:
+    """One look of the sequential SRM test: the Bayes factor against the planned ratio and its
+    always-valid p-value (the running minimum when `previous_pvalue` is passed)."""
+
+    statistic: float  # the Bayes factor BF_n (inf if it overflows)
+    log_bayes_factor: float
+    pvalue: float
+    observed: tuple[float, ...]
+    expected: tuple[float, ...]
+    concentration: float
+
+    @property
+    def mismatch(self) -> bool:
+        return self.pvalue < SRM_ALPHA
+
+    def summary(self) -> str:
+        verdict = "MISMATCH" if self.mismatch else "ok"
+        return (
+            f"sequential SRM Bayes factor {self.statistic:.4g}, p {self.pvalue:.4g}: {verdict}; "
+            f"units {', '.join(f'{o:g}' for o in self.observed)}"
+        )
+
+
+def sequential_srm(
+    counts: Sequence[float],
+    weights: Sequence[float],
+    *,
+    k: float = 100.0,
+    previous_pvalue: float = 1.0,
+) -> SequentialSRMResult:
+    """Lindon & Malek's anytime-valid multinomial test (NeurIPS 2022) of the unit counts
+    against the weights: a Dirichlet(k·θ₀) mixture over the alternatives,
+    BF = [B(kθ₀ + c)/B(kθ₀)] / Π θ₀ᵢ^cᵢ, and p = min(previous p, 1/BF).  `k` is the prior's
+    concentration (savvi's default 100; Optimizely's ssrm-test uses 10,000, which reacts
+    later to small imbalances).  Units in an arm weighted 0 are a certain mismatch."""
+    check = srm_test(counts, weights)  # validates the inputs the same way
+    if not k > 0 or not math.isfinite(k):
+        raise ValueError(f"k must be a positive number, got {k}")
+    if not 0 <= previous_pvalue <= 1:
+        raise ValueError(f"previous_pvalue must lie in [0, 1], got {previous_pvalue}")
+    if check.pvalue == 0.0 and math.isinf(check.statistic):
+        return SequentialSRMResult(math.inf, math.inf, 0.0, check.observed, check.expected, k)
+    weight_sum = sum(weights)
+    kept = [(c, w / weight_sum) for c, w in zip(counts, weights, strict=True) if w > 0]
+    prior = [k * theta for _, theta in kept]
+    posterior = [a + c for a, (c, _) in zip(prior, kept, strict=True)]
+    log_bf = (
+        _log_beta(posterior)
+        - _log_beta(prior)
+        - sum(c * math.log(theta) for c, theta in kept if c > 0)
+    )
+    pvalue = min(previous_pvalue, 1.0, math.exp(-log_bf) if log_bf > -700 else 1.0)
+    statistic = math.exp(log_bf) if log_bf < 700 else math.inf
+    return SequentialSRMResult(statistic, log_bf, pvalue, check.observed, check.expected, k)
+
+
+def _log_beta(a: Sequence[float]) -> float:
+    """log of the multivariate Beta function Π Γ(aᵢ)/Γ(Σaᵢ)."""
+    return float(sum(special.gammaln(x) for x in a) - special.gammaln(sum(a)))

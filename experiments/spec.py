@@ -12,67 +12,39 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    Strict,
-    field_validator,
-    model_validator,
+from pydantic import Field, Strict, field_validator, model_validator
+
+from experiments.names import HOST_RE
+from experiments.spec_base import (
+    BASIS_POINTS,
+    SPEC_API_VERSION,
+    HeaderName,
+    HeaderValue,
+    Name,
+    Number,
+    RoutingHeader,
+    SpecModel,
+    UnitId,
+    no_repeats,
+    to_basis_points,
 )
+from experiments.spec_metrics import AnalysisSettings, Direction, Metric, MetricKind, Metrics
 
-from experiments.names import HOST_RE, check_name, check_routing_header, check_token, unit_problem
-
-SPEC_API_VERSION: Literal["abmesh/v1"] = "abmesh/v1"
-BASIS_POINTS = 10_000  # 100 % in units of 0.01 %
-
-
-def _name(value: str) -> str:
-    return check_name(value)
-
-
-def _header_name(value: str) -> str:
-    # HTTP header names are case-insensitive; Istio and Envoy match them lowercased.
-    return check_token(value, "header name").lower()
-
-
-def _routing_header(value: str) -> str:
-    return check_routing_header(_header_name(value))
-
-
-def _header_value(value: str) -> str:
-    return check_token(value, "header value")
-
-
-def _unit(value: str) -> str:
-    problem = unit_problem(value)
-    if problem:
-        raise ValueError(problem)
-    return value
-
-
-def to_basis_points(value: float, scale: int, what: str) -> int:
-    """`value * scale` as an exact integer, refusing finer resolution than one unit."""
-    scaled = value * scale
-    rounded = round(scaled)
-    if abs(scaled - rounded) > 1e-6:
-        raise ValueError(f"{what} {value} is finer than the supported resolution of {1 / scale}")
-    return rounded
-
-
-Name = Annotated[str, AfterValidator(_name)]
-HeaderName = Annotated[str, AfterValidator(_header_name)]
-RoutingHeader = Annotated[str, AfterValidator(_routing_header)]
-# Numbers and flags are not coerced from other types: `weight: true` or `sticky: "yes"` is a
-# mistake to report, not a value to guess (integers are still accepted as numbers).
-Number = Annotated[float, Strict()]
-HeaderValue = Annotated[str, AfterValidator(_header_value)]
-UnitId = Annotated[str, AfterValidator(_unit)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+__all__ = [
+    "BASIS_POINTS",
+    "SPEC_API_VERSION",
+    "AnalysisSettings",
+    "Destination",
+    "Direction",
+    "ExperimentSpec",
+    "HashVersion",
+    "Layer",
+    "Metric",
+    "MetricKind",
+    "Metrics",
+    "Override",
+    "Variant",
+]
 
 
 class HashVersion(StrEnum):
@@ -80,7 +52,7 @@ class HashVersion(StrEnum):
     GROWTHBOOK_V2 = "growthbook-v2"
 
 
-class Destination(_Model):
+class Destination(SpecModel):
     """Where the mesh sends this variant's traffic (Istio host + DestinationRule subset)."""
 
     host: str = Field(min_length=1, max_length=253)
@@ -95,7 +67,7 @@ class Destination(_Model):
         return value
 
 
-class Variant(_Model):
+class Variant(SpecModel):
     key: Name
     header_value: HeaderValue
     weight: Number = Field(ge=0, le=100, allow_inf_nan=False)
@@ -113,12 +85,12 @@ class Variant(_Model):
         return value
 
 
-class HeaderMatch(_Model):
+class HeaderMatch(SpecModel):
     name: HeaderName
     value: HeaderValue
 
 
-class Override(_Model):
+class Override(SpecModel):
     """Forces a variant: for requests carrying a header, or for listed units (QA, testers)."""
 
     variant: Name
@@ -134,7 +106,7 @@ class Override(_Model):
         return self
 
 
-class Layer(_Model):
+class Layer(SpecModel):
     """A slice [start, end) in percent of a layer; experiments in one layer must not overlap."""
 
     name: Name
@@ -153,60 +125,7 @@ class Layer(_Model):
         return self.name == other.name and self.start < other.end and other.start < self.end
 
 
-class MetricKind(StrEnum):
-    CONVERSION = "conversion"
-    SUM = "sum"
-    MEAN = "mean"
-    RATIO = "ratio"
-
-
-class Direction(StrEnum):
-    INCREASE = "increase"
-    DECREASE = "decrease"
-
-
-class Metric(_Model):
-    name: Name
-    kind: MetricKind
-    direction: Direction = Direction.INCREASE
-    numerator: Name | None = None
-    denominator: Name | None = None
-    # Non-inferiority margin for guardrails, relative to control (0.01 = 1 % worse tolerated).
-    margin: Number | None = Field(default=None, ge=0, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _ratio_parts(self) -> Self:
-        parts = self.numerator is not None and self.denominator is not None
-        if self.kind is MetricKind.RATIO and not parts:
-            raise ValueError("a ratio metric needs both 'numerator' and 'denominator'")
-        if self.kind is not MetricKind.RATIO and (self.numerator or self.denominator):
-            raise ValueError("'numerator' and 'denominator' are only for ratio metrics")
-        if parts and self.numerator == self.denominator:
-            raise ValueError("a ratio's numerator and denominator must be different metrics")
-        return self
-
-
-class Metrics(_Model):
-    primary: Metric
-    secondary: tuple[Metric, ...] = ()
-    guardrails: tuple[Metric, ...] = ()
-
-    @model_validator(mode="after")
-    def _unique(self) -> Self:
-        names = [m.name for m in (self.primary, *self.secondary, *self.guardrails)]
-        _no_repeats(names, "metric names")  # loc is "metrics" already
-        return self
-
-
-def _no_repeats(values: list[str], what: str) -> None:
-    seen: set[str] = set()
-    for value in values:
-        if value in seen:
-            raise ValueError(f"{what} must be unique; {value!r} appears more than once")
-        seen.add(value)
-
-
-class ExperimentSpec(_Model):
+class ExperimentSpec(SpecModel):
     api_version: Literal["abmesh/v1"] = Field(default=SPEC_API_VERSION, alias="apiVersion")
     name: Name
     description: str = Field(default="", max_length=4000)
@@ -221,6 +140,7 @@ class ExperimentSpec(_Model):
     overrides: tuple[Override, ...] = Field(default=(), max_length=100)
     sticky: Annotated[bool, Strict()] = False
     metrics: Metrics | None = None
+    analysis: AnalysisSettings = AnalysisSettings()
 
     @field_validator("variants")
     @classmethod
@@ -240,8 +160,8 @@ class ExperimentSpec(_Model):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         keys = [v.key for v in self.variants]
-        _no_repeats(keys, "variants: keys")
-        _no_repeats([v.header_value for v in self.variants], "variants: header values")
+        no_repeats(keys, "variants: keys")
+        no_repeats([v.header_value for v in self.variants], "variants: header values")
         total = sum(v.weight_bp for v in self.variants)
         if total != BASIS_POINTS:
             raise ValueError(f"variants: weights must sum to 100; they sum to {total / 100:g}")

@@ -1,0 +1,106 @@
+"""`decide`: one look at an experiment, turned into continue / winner / harm / no_difference /
+invalid with the reasons and the numbers behind them.
+
+The order of judgement, and why:
+1. An operational guardrail over its limit (p99 latency, 5xx rate — values the caller reads
+   from Prometheus) is harm at once: the candidate is hurting users whatever the statistics.
+2. A sample ratio mismatch (Pearson χ² or the sequential Dirichlet–multinomial test below
+   `srm_alpha`) makes every comparison untrustworthy: invalid.
+3. Burn-in: no statistical verdict before `min_units_per_arm` units in each arm (and, for
+   conversions, one converted and one unconverted unit per arm); plug-in variances are
+   unstable before that (stats-methods.md §9).
+4. The primary metric by the always-valid confidence sequence (running minimum p, running
+   intersection of intervals, kept in the state), or by Lan–DeMets boundaries at planned looks;
+   α is split over the treatment arms (Bonferroni, which stays valid at any stopping time).
+   Metric guardrails are non-inferiority tests: harm when the interval lies wholly beyond the
+   margin on the bad side; a margin must also be *shown* kept before a winner is declared.
+5. No difference when the interval lies inside ±MDE, at the horizon, or at the final
+   group-sequential look without a crossing.
+
+The arithmetic over all comparisons runs in one numpy pass; `decide_many` batches experiments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from analysis.decision import Decision, DecisionState
+from analysis.guardrails import Threshold
+from analysis.inputs import ExperimentStats
+from analysis.looks import Pair, prepare
+from analysis.mixture import Array, effect_and_variance, mixture, pvalue_of, rho2_for
+from analysis.msprt import arm_variance
+from analysis.verdicts import conclude
+from experiments.spec import ExperimentSpec
+
+Request = tuple[ExperimentSpec, ExperimentStats, Sequence[Threshold], DecisionState | None]
+
+
+def decide(
+    spec: ExperimentSpec,
+    stats: ExperimentStats,
+    guardrails: Sequence[Threshold] = (),
+    state: DecisionState | None = None,
+) -> Decision:
+    """One look at `spec`'s experiment.  `state` is the previous Decision's `state` (None at the
+    first look); it is not changed, and the returned Decision carries the new one."""
+    return decide_many([(spec, stats, guardrails, state)])[0]
+
+
+def decide_many(requests: Sequence[Request]) -> list[Decision]:
+    """`decide` for many experiments at once, sharing one vectorised pass."""
+    looks = [prepare(*request) for request in requests]
+    values = evaluate([p for look in looks for p in look.pairs])
+    decisions, start = [], 0
+    for look in looks:
+        end = start + len(look.pairs)
+        decisions.append(conclude(look, values[:, start:end]))
+        start = end
+    return decisions
+
+
+def evaluate(pairs: Sequence[Pair]) -> Array:
+    """Rows: estimate, Var(estimate), running p, running low, running high (one column per
+    pair).  Each pair's confidence sequence is tuned to its spec's n* (stats-methods.md §3)."""
+    if not pairs:
+        return np.empty((5, 0))
+    cols = np.array(
+        [
+            (
+                p.a.mean,
+                arm_variance(p.a, p.kind),
+                p.a.n,
+                p.b.mean,
+                arm_variance(p.b, p.kind),
+                p.b.n,
+                p.alpha,
+                p.n_star,
+                p.relative,
+                *p.prior,
+            )
+            for p in pairs
+        ],
+        dtype=float,
+    ).T
+    ma, va, na, mb, vb, nb, alpha, n_star, relative, p0, low0, high0 = cols
+    est_abs, v_abs = effect_and_variance(ma, va, na, mb, vb, nb, relative=False)
+    est_rel, v_rel = effect_and_variance(ma, va, na, mb, vb, nb, relative=True)
+    rel = relative > 0
+    est, v = np.where(rel, est_rel, est_abs), np.where(rel, v_rel, v_abs)
+    with np.errstate(invalid="ignore"):
+        tau2 = rho2_for(n_star, alpha) * (na + nb) * v
+    log_lambda, radius = mixture(est, v, tau2, 0.0, alpha)
+    with np.errstate(invalid="ignore"):
+        low = np.where(np.isfinite(radius), est - radius, -np.inf)
+        high = np.where(np.isfinite(radius), est + radius, np.inf)
+    return np.vstack(
+        (
+            est,
+            v,
+            np.minimum(p0, pvalue_of(log_lambda)),
+            np.maximum(low0, low),
+            np.minimum(high0, high),
+        )
+    )

@@ -1,0 +1,113 @@
+"""What an experiment measures and how it is judged: the metrics (primary, secondary,
+guardrails with their direction and non-inferiority margin) and the analysis settings that
+`analysis.decide` reads (method, α, minimum effect, burn-in, horizon, looks)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import Field, Strict, model_validator
+
+from experiments.spec_base import Name, Number, SpecModel, no_repeats
+
+Count = Annotated[int, Strict()]
+Flag = Annotated[bool, Strict()]
+DEFAULT_N_STAR = 10_000
+
+
+class MetricKind(StrEnum):
+    CONVERSION = "conversion"
+    SUM = "sum"
+    MEAN = "mean"
+    RATIO = "ratio"
+
+
+class Direction(StrEnum):
+    INCREASE = "increase"
+    DECREASE = "decrease"
+
+
+class Metric(SpecModel):
+    name: Name
+    kind: MetricKind
+    direction: Direction = Direction.INCREASE
+    numerator: Name | None = None
+    denominator: Name | None = None
+    # Non-inferiority margin for guardrails, relative to control (0.01 = 1 % worse tolerated).
+    margin: Number | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ratio_parts(self) -> Self:
+        parts = self.numerator is not None and self.denominator is not None
+        if self.kind is MetricKind.RATIO and not parts:
+            raise ValueError("a ratio metric needs both 'numerator' and 'denominator'")
+        if self.kind is not MetricKind.RATIO and (self.numerator or self.denominator):
+            raise ValueError("'numerator' and 'denominator' are only for ratio metrics")
+        if parts and self.numerator == self.denominator:
+            raise ValueError("a ratio's numerator and denominator must be different metrics")
+        return self
+
+
+class Metrics(SpecModel):
+    primary: Metric
+    secondary: tuple[Metric, ...] = ()
+    guardrails: tuple[Metric, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> Self:
+        names = [m.name for m in (self.primary, *self.secondary, *self.guardrails)]
+        no_repeats(names, "metric names")  # loc is "metrics" already
+        return self
+
+
+class Method(StrEnum):
+    # Mixture SPRT / confidence sequence: valid however often it is looked at.
+    SEQUENTIAL = "sequential"
+    # Lan–DeMets boundaries at `looks` planned, equally spaced information fractions.
+    GROUP_SEQUENTIAL = "group-sequential"
+
+
+class SpendingKind(StrEnum):
+    OBF = "obf"
+    POCOCK = "pocock"
+    POWER = "power"
+
+
+class AnalysisSettings(SpecModel):
+    method: Method = Method.SEQUENTIAL
+    alpha: Number = Field(default=0.05, gt=0, lt=0.5, allow_inf_nan=False)
+    power: Number = Field(default=0.8, gt=0, lt=1, allow_inf_nan=False)
+    # The smallest relative effect worth acting on (0.02 = 2 % of the control mean): an
+    # interval inside ±mde ends the test as "no difference".
+    mde: Number | None = Field(default=None, gt=0, allow_inf_nan=False)
+    relative: Flag = False  # judge the relative lift b/a − 1 instead of the difference b − a
+    cuped: Flag = False
+    min_units_per_arm: Count = Field(default=100, ge=2)  # burn-in: no verdict before this
+    max_units_per_arm: Count | None = Field(default=None, ge=2)  # the horizon
+    # The mixture's tuning: total units of both arms where the interval is tightest.
+    n_star: Count | None = Field(default=None, ge=2)
+    looks: Count = Field(default=5, ge=1, le=100)
+    spending: SpendingKind = SpendingKind.OBF
+    rho: Number = Field(default=2.0, gt=0, le=20, allow_inf_nan=False)  # for spending "power"
+    srm_alpha: Number = Field(default=0.001, gt=0, lt=0.5, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _horizon(self) -> Self:
+        if self.max_units_per_arm is not None and self.max_units_per_arm < self.min_units_per_arm:
+            raise ValueError(
+                f"max_units_per_arm ({self.max_units_per_arm}) is below min_units_per_arm"
+                f" ({self.min_units_per_arm})"
+            )
+        if self.method is Method.GROUP_SEQUENTIAL and self.max_units_per_arm is None:
+            raise ValueError("the group-sequential method needs max_units_per_arm (its horizon)")
+        return self
+
+    @property
+    def mixture_n(self) -> int:
+        """n* of the mixture: as set, else both arms at the horizon, else 10,000."""
+        if self.n_star is not None:
+            return self.n_star
+        if self.max_units_per_arm is not None:
+            return 2 * self.max_units_per_arm
+        return DEFAULT_N_STAR
