@@ -77,30 +77,28 @@ def evaluate(pairs: Sequence[Pair]) -> Array:
                 p.b.n,
                 p.alpha,
                 p.n_star,
-                p.relative,
                 *p.prior,
             )
             for p in pairs
         ],
         dtype=float,
     ).T
-    ma, va, na, mb, vb, nb, alpha, n_star, relative, p0, low0, high0 = cols
-    est_abs, v_abs = effect_and_variance(ma, va, na, mb, vb, nb, relative=False)
-    est_rel, v_rel = effect_and_variance(ma, va, na, mb, vb, nb, relative=True)
-    rel = relative > 0
-    est, v = np.where(rel, est_rel, est_abs), np.where(rel, v_rel, v_abs)
-    with np.errstate(invalid="ignore"):
+    ma, va, na, mb, vb, nb, alpha, n_star, p0, low0, high0 = cols
+    est, v = effect_and_variance(ma, va, na, mb, vb, nb, relative=False)
+    relative = np.array([p.relative for p in pairs])
+    if relative.any():
+        est_rel, v_rel = effect_and_variance(ma, va, na, mb, vb, nb, relative=True)
+        est, v = np.where(relative, est_rel, est), np.where(relative, v_rel, v)
+    with np.errstate(all="ignore"):
         tau2 = rho2_for(n_star, alpha) * (na + nb) * v
-    log_lambda, radius = mixture(est, v, tau2, 0.0, alpha)
-    with np.errstate(invalid="ignore"):
-        low = np.where(np.isfinite(radius), est - radius, -np.inf)
-        high = np.where(np.isfinite(radius), est + radius, np.inf)
-    return np.vstack(
-        (
-            est,
-            v,
-            np.minimum(p0, pvalue_of(log_lambda)),
-            np.maximum(low0, low),
-            np.minimum(high0, high),
-        )
-    )
+        log_lambda, radius = mixture(est, v, tau2, 0.0, alpha)
+        low, high = est - radius, est + radius
+    unbounded = ~(radius < np.inf)
+    if unbounded.any():
+        low, high = np.where(unbounded, -np.inf, low), np.where(unbounded, np.inf, high)
+    running = np.empty((5, len(pairs)))
+    running[0], running[1] = est, v
+    np.minimum(p0, pvalue_of(log_lambda), out=running[2])
+    np.maximum(low0, low, out=running[3])
+    np.minimum(high0, high, out=running[4])
+    return running

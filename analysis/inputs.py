@@ -18,21 +18,26 @@ class ExperimentStats:
     metrics: Mapping[str, Mapping[str, ArmStats]] = field(default_factory=dict)
 
     @classmethod
-    def from_report(cls, arms: Mapping[str, Any]) -> ExperimentStats:
-        """From `{variant: {"exposures": n, "metrics": {name: {...}}}}`."""
+    def from_report(
+        cls, arms: Mapping[str, Any], ratios: Mapping[str, tuple[str, str]] | None = None
+    ) -> ExperimentStats:
+        """From `{variant: {"exposures": n, "metrics": {name: {...}}}}`.  A ratio metric's
+        parts are named in its entry (`numerator`, `denominator`) or in `ratios`."""
         units: dict[str, float] = {}
         metrics: dict[str, dict[str, ArmStats]] = {}
         for variant, arm in arms.items():
             units[variant] = float(arm["exposures"])
-            plain = {k: v for k, v in arm["metrics"].items() if "numerator" not in v}
+            plain = {k: v for k, v in arm["metrics"].items() if "sum" in v}
             for name, values in plain.items():
                 metrics.setdefault(name, {})[variant] = _arm(values)
             for name, values in arm["metrics"].items():
+                parts = (ratios or {}).get(name)
                 if "numerator" in values:
-                    num, den = plain[values["numerator"]], plain[values["denominator"]]
-                    metrics.setdefault(name, {})[variant] = ratio_arm(
-                        _arm(num), _arm(den), float(values["c_num_den"])
-                    )
+                    parts = (values["numerator"], values["denominator"])
+                if parts is not None and "c_num_den" in values:
+                    num, den = _arm(plain[parts[0]]), _arm(plain[parts[1]])
+                    comoment = float(values["c_num_den"])
+                    metrics.setdefault(name, {})[variant] = ratio_arm(num, den, comoment)
         return cls(units, metrics)
 
 

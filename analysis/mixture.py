@@ -41,7 +41,7 @@ def effect_and_variance(
     delta-method v = s_b²/(ȳ_a² n_b) + s_a² ȳ_b²/(ȳ_a⁴ n_a) (nan where ȳ_a = 0)."""
     ma, va, na = (np.asarray(x, dtype=float) for x in (mean_a, var_a, n_a))
     mb, vb, nb = (np.asarray(x, dtype=float) for x in (mean_b, var_b, n_b))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(all="ignore"):
         if not relative:
             return mb - ma, va / na + vb / nb
         safe = np.where(ma == 0, np.nan, ma)
@@ -53,17 +53,19 @@ def mixture(
 ) -> tuple[Array, Array]:
     """(ln Λ, radius) of the mixture test at each look."""
     est, var, t2 = (np.asarray(x, dtype=float) for x in (estimate, v, tau2))
-    ok = np.isfinite(var) & (var > 0) & np.isfinite(est) & (t2 > 0)
-    var = np.where(ok, var, 1.0)
-    t2 = np.where(ok, t2, 1.0)
-    with np.errstate(over="ignore"):
-        centred = np.where(ok, est, 0.0) - theta0
-        log_lambda = 0.5 * np.log(var / (var + t2)) + t2 * centred**2 / (2 * var * (var + t2))
-        level = np.asarray(alpha, dtype=float)
-        radius = np.sqrt(var * (var + t2) / t2 * np.log((var + t2) / (var * level * level)))
-    return np.where(ok, log_lambda, 0.0), np.where(ok, radius, np.inf)
+    level = np.asarray(alpha, dtype=float)
+    with np.errstate(all="ignore"):
+        total = var + t2
+        log_lambda = 0.5 * np.log(var / total) + t2 * (est - theta0) ** 2 / (2 * var * total)
+        radius = np.sqrt(var * total / t2 * np.log(total / (var * level * level)))
+    # Comparisons with nan are False, so this is "v and τ² positive, v and Δ̂ finite".
+    informative = (var > 0) & (var < np.inf) & (t2 > 0) & (np.abs(est) < np.inf)
+    if informative.all():
+        return log_lambda, radius
+    return np.where(informative, log_lambda, 0.0), np.where(informative, radius, np.inf)
 
 
 def pvalue_of(log_lambda: Array) -> Array:
     """p = min(1, 1/Λ), computed in logs so a huge Λ gives 0, not an overflow."""
-    return np.minimum(1.0, np.exp(-log_lambda))
+    with np.errstate(over="ignore"):
+        return np.minimum(1.0, np.exp(-log_lambda))

@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from assignment import assign_many
-from experiments import cli_data
+from experiments import cli_analysis, cli_data
 from experiments.cli_common import (
     Output,
     OutputOpt,
@@ -200,6 +200,7 @@ def serve(
 
 
 cli_data.register(app)
+cli_analysis.register(app)
 
 
 def main() -> None:

@@ -11,8 +11,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from analysis import ExperimentStats, Threshold, decide
+from experiments import load_spec
 from tests.oracle import assert_same_arms, expected_arms
-from tests.test_events import METRICS, RATIOS, make_events, prepare
+from tests.test_events import METRICS, RATIOS, SPEC, make_events, prepare
 
 
 def abmesh(*args: str, store: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -177,3 +179,38 @@ def test_import_survives_odd_files(
     proc = abmesh("events", "import", str(huge), store=url, ok=False)
     assert proc.returncode == 1
     assert "field larger than field limit" in proc.stderr
+
+
+def test_decide_reads_the_stored_statistics_and_keeps_its_state(
+    ready: tuple[str, dict[str, str], list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    url, exposed, events = ready
+    path = tmp_path / "events.jsonl"
+    _write(path, events, "jsonl")
+    abmesh("events", "import", str(path), store=url)
+    state = tmp_path / "state.json"
+    args = ("decide", "ranker-v2", "-g", "p99_ms=120:150", "--state", str(state), "-o", "json")
+    first = json.loads(abmesh(*args, store=url).stdout)
+    # the same decision from the oracle's statistics (pandas over the raw events)
+    expected = decide(
+        load_spec(SPEC),
+        ExperimentStats.from_report(expected_arms(events, exposed, METRICS, RATIOS), RATIOS),
+        [Threshold("p99_ms", 120.0, 150.0)],
+    ).to_dict()
+    assert first["status"] == expected["status"]
+    assert len(first["comparisons"]) == len(expected["comparisons"]) == 4
+    for got, want in zip(first["comparisons"], expected["comparisons"], strict=True):
+        for key, value in want.items():
+            assert got[key] == (
+                pytest.approx(value, rel=1e-9) if isinstance(value, float) else value
+            )
+    assert json.loads(state.read_text())["looks"] == 1
+    second = json.loads(abmesh(*args, store=url).stdout)
+    assert second["state"]["looks"] == 2
+    text = abmesh("decide", "ranker-v2", "-g", "p99_ms=170:150", store=url).stdout
+    assert text.startswith("ranker-v2: harm") and "170, over its limit 150" in text
+    bad = abmesh("decide", "ranker-v2", "-g", "p99_ms=fast:150", store=url, ok=False)
+    assert bad.returncode == 1 and "VALUE and LIMIT must be numbers" in bad.stderr
+    state.write_text("[1, 2]")
+    bad = abmesh(*args, store=url, ok=False)
+    assert bad.returncode == 1 and "not a decision state" in bad.stderr
