@@ -208,9 +208,12 @@ def test_decide_reads_the_stored_statistics_and_keeps_its_state(
     second = json.loads(abmesh(*args, store=url).stdout)
     assert second["state"]["looks"] == 2
     text = abmesh("decide", "ranker-v2", "-g", "p99_ms=170:150", store=url).stdout
-    assert text.startswith("ranker-v2: harm") and "170, over its limit 150" in text
+    assert text.startswith("ranker-v2: harm")
+    assert "170, over its limit 150" in text
     bad = abmesh("decide", "ranker-v2", "-g", "p99_ms=fast:150", store=url, ok=False)
-    assert bad.returncode == 1 and "VALUE and LIMIT must be numbers" in bad.stderr
+    assert bad.returncode == 1
+    assert "VALUE and LIMIT must be numbers" in bad.stderr
     state.write_text("[1, 2]")
     bad = abmesh(*args, store=url, ok=False)
-    assert bad.returncode == 1 and "not a decision state" in bad.stderr
+    assert bad.returncode == 1
+    assert "not a decision state" in bad.stderr
