@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from experiments import EXAMPLES_DIR, ExperimentSpec, SpecError, dump_spec, load_spec, parse_spec
 
@@ -261,3 +262,12 @@ def test_spec_is_immutable() -> None:
     with pytest.raises(ValueError, match="frozen"):
         spec.name = "other"  # type: ignore[misc]
     assert isinstance(spec, ExperimentSpec)
+
+
+def test_the_readme_spec_is_valid_and_shows_the_defaults() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("## The spec", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    spec = load_spec(yaml.safe_load(block))
+    assert spec.analysis == type(spec.analysis)()  # the block lists the defaults
+    assert spec.metrics is not None
+    assert spec.metrics.guardrails[0].margin == 0.02
