@@ -29,7 +29,7 @@ import numpy as np
 from analysis.decision import Decision, DecisionState
 from analysis.guardrails import Threshold
 from analysis.inputs import ExperimentStats
-from analysis.looks import Pair, prepare
+from analysis.looks import Pair, check_ratios, prepare
 from analysis.mixture import Array, effect_and_variance, mixture, pvalue_of, rho2_for
 from analysis.msprt import arm_variance
 from analysis.verdicts import conclude
@@ -52,6 +52,7 @@ def decide(
 def decide_many(requests: Sequence[Request]) -> list[Decision]:
     """`decide` for many experiments at once, sharing one vectorised pass."""
     looks = [prepare(*request) for request in requests]
+    check_ratios(looks)
     values = evaluate([p for look in looks for p in look.pairs])
     decisions, start = [], 0
     for look in looks:

@@ -14,7 +14,7 @@ from analysis.decision import DecisionState, GuardrailCheck
 from analysis.guardrails import Threshold
 from analysis.inputs import ExperimentStats
 from analysis.msprt import Kind
-from analysis.srm import sequential_srm, srm_test
+from analysis.srm import srm_arrays
 from analysis.stats import ArmStats
 from experiments.spec import ExperimentSpec, Metric, MetricKind
 
@@ -48,6 +48,8 @@ class Look:
     srm_p: float | None = None
     seq_srm_p: float | None = None
     invalid: bool = False
+    counts: list[float] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
     pairs: list[Pair] = field(default_factory=list)
     burn_in: list[tuple[Role, Metric, str, float, float]] = field(default_factory=list)
 
@@ -82,30 +84,53 @@ def prepare(
     look = Look(spec, new_state, tuple(g.check() for g in guardrails))
     if fresh and previous.design:
         look.reasons.append("the analysis settings changed: the always-valid state starts afresh")
-    _check_ratio(look, stats)
+    _counts(look, stats)
     if spec.metrics is not None:
         _pairs(look, stats)
     return look
 
 
-def _check_ratio(look: Look, stats: ExperimentStats) -> None:
-    spec, cfg = look.spec, look.spec.analysis
-    keys = [v.key for v in spec.variants]
-    counts = [float(stats.units.get(k, 0.0)) for k in keys]
-    if sum(counts) == 0:
-        return
-    weights = [v.weight for v in spec.variants]
-    fixed = srm_test(counts, weights)
-    seq = sequential_srm(counts, weights, previous_pvalue=look.state.srm_pvalue)
-    look.state.srm_pvalue = seq.pvalue
-    look.srm_p, look.seq_srm_p = fixed.pvalue, seq.pvalue
-    if fixed.pvalue < cfg.srm_alpha or seq.pvalue < cfg.srm_alpha:
+def _counts(look: Look, stats: ExperimentStats) -> None:
+    variants = look.spec.variants
+    look.counts = [float(stats.units.get(v.key, 0.0)) for v in variants]
+    look.weights = [v.weight for v in variants]
+    for count in look.counts:
+        if not (count >= 0 and math.isfinite(count)):
+            raise ValueError(f"unit counts must be finite and non-negative, got {look.counts}")
+
+
+def check_ratios(looks: Sequence[Look]) -> None:
+    """SRM for every look in one vectorised pass per number of arms (zero-weight arms are left
+    out; units in one are a certain mismatch)."""
+    groups: dict[int, list[tuple[Look, list[float], list[float]]]] = {}
+    for look in looks:
+        if sum(look.counts) == 0:
+            continue
+        total = sum(look.weights)
+        kept = [(c, w / total) for c, w in zip(look.counts, look.weights, strict=True) if w > 0]
+        if any(c > 0 for c, w in zip(look.counts, look.weights, strict=True) if w == 0):
+            _judge_srm(look, math.inf, 0.0, math.inf)
+            continue
+        groups.setdefault(len(kept), []).append((look, [c for c, _ in kept], [t for _, t in kept]))
+    for members in groups.values():
+        chi2, p, log_bf = srm_arrays([m[1] for m in members], [m[2] for m in members])
+        for (look, _, _), x, px, lb in zip(members, chi2, p, log_bf, strict=True):
+            _judge_srm(look, float(x), float(px), float(lb))
+
+
+def _judge_srm(look: Look, chi2: float, pvalue: float, log_bf: float) -> None:
+    cfg = look.spec.analysis
+    seq = min(look.state.srm_pvalue, math.exp(-log_bf) if log_bf > -700 else 1.0)
+    look.state.srm_pvalue = seq
+    look.srm_p, look.seq_srm_p = pvalue, seq
+    if pvalue < cfg.srm_alpha or seq < cfg.srm_alpha:
         look.invalid = True
-        units = ", ".join(f"{k} {c:g}" for k, c in zip(keys, counts, strict=True))
-        shares = "/".join(f"{w:g}" for w in weights)
+        keys = [v.key for v in look.spec.variants]
+        units = ", ".join(f"{k} {c:g}" for k, c in zip(keys, look.counts, strict=True))
+        shares = "/".join(f"{w:g}" for w in look.weights)
         look.reasons.append(
-            f"sample ratio mismatch: units {units} for weights {shares}; χ² p {fixed.pvalue:.3g},"
-            f" sequential p {seq.pvalue:.3g}, below {cfg.srm_alpha:g}: the comparisons are not"
+            f"sample ratio mismatch: units {units} for weights {shares}; χ² p {pvalue:.3g},"
+            f" sequential p {seq:.3g}, below {cfg.srm_alpha:g}: the comparisons are not"
             " trustworthy until the assignment or logging fault is found"
         )
 

@@ -8,7 +8,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from scipy import special
+
+Array = NDArray[np.float64]
 
 SRM_ALPHA = 0.001
 
@@ -61,11 +65,34 @@ def srm_test(counts: Sequence[float], weights: Sequence[float]) -> SRMResult:
     if _impossible(pairs):
         return SRMResult(math.inf, 0.0, len(pairs) - 1, tuple(counts), expected)
     kept = [(c, e) for c, e in pairs if e > 0]
-    statistic = sum((c - e) ** 2 / e for c, e in kept)
-    df = len(kept) - 1
+    total = sum(e for _, e in kept)
+    statistic, pvalue, _ = srm_arrays([[c for c, _ in kept]], [[e / total for _, e in kept]])
+    return SRMResult(float(statistic[0]), float(pvalue[0]), len(kept) - 1, tuple(counts), expected)
+
+
+def srm_arrays(counts: ArrayLike, theta: ArrayLike, k: float = 100.0) -> tuple[Array, Array, Array]:
+    """For m count vectors at once (rows of `counts`; rows of `theta` positive, summing to 1):
+    Pearson's χ², its p-value with arms − 1 degrees of freedom, and the log Bayes factor of
+    the sequential test, ln BF = ln B(kθ + c) − ln B(kθ) − Σ cᵢ ln θᵢ."""
+    c, th = np.asarray(counts, dtype=float), np.asarray(theta, dtype=float)
+    n = c.sum(axis=1)
+    expected = n[:, None] * th
+    with np.errstate(all="ignore"):
+        chi2 = np.where(n > 0, ((c - expected) ** 2 / expected).sum(axis=1), 0.0)
+    arms = c.shape[1]
     # chdtrc is the χ² survival function as a plain ufunc (stats.chi2.sf costs ~50× more).
-    pvalue = float(special.chdtrc(df, statistic)) if df > 0 and statistic > 0 else 1.0
-    return SRMResult(statistic, pvalue, df, tuple(counts), expected)
+    pvalue = (
+        np.where(chi2 > 0, special.chdtrc(max(arms - 1, 1), chi2), 1.0)
+        if arms > 1
+        else np.ones(len(c))
+    )
+    prior = k * th
+    log_bf = (
+        special.gammaln(prior + c).sum(axis=1) - special.gammaln(k + n)
+        - special.gammaln(prior).sum(axis=1) + special.gammaln(k)
+        - (c * np.log(th)).sum(axis=1)
+    )  # fmt: skip
+    return chi2, pvalue, log_bf
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,18 +141,8 @@ def sequential_srm(
         return SequentialSRMResult(math.inf, math.inf, 0.0, observed, expected, k)
     weight_sum = sum(weights)
     kept = [(c, w / weight_sum) for c, w in zip(counts, weights, strict=True) if w > 0]
-    prior = [k * theta for _, theta in kept]
-    posterior = [a + c for a, (c, _) in zip(prior, kept, strict=True)]
-    log_bf = (
-        _log_beta(posterior)
-        - _log_beta(prior)
-        - sum(c * math.log(theta) for c, theta in kept if c > 0)
-    )
+    _, _, log_bfs = srm_arrays([[c for c, _ in kept]], [[t for _, t in kept]], k)
+    log_bf = float(log_bfs[0])
     pvalue = min(previous_pvalue, 1.0, math.exp(-log_bf) if log_bf > -700 else 1.0)
     statistic = math.exp(log_bf) if log_bf < 700 else math.inf
     return SequentialSRMResult(statistic, log_bf, pvalue, observed, expected, k)
-
-
-def _log_beta(a: Sequence[float]) -> float:
-    """log of the multivariate Beta function Π Γ(aᵢ)/Γ(Σaᵢ)."""
-    return sum(math.lgamma(x) for x in a) - math.lgamma(sum(a))
