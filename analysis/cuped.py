@@ -15,19 +15,22 @@ from analysis.stats import ArmStats
 
 
 def pooled_theta(a: ArmStats, b: ArmStats) -> float:
-    """θ over the union of both arms' units; 0 when the covariate does not vary."""
+    """θ over the union of both arms' units; 0 when the covariate does not vary.  The pooled
+    co-moments are the arms' centred ones plus the between-arm term (Chan et al.'s merge), so
+    large covariate means do not cancel."""
     n = a.n + b.n
-    mean_x, mean_y = (a.sum_x + b.sum_x) / n, (a.sum + b.sum) / n
-    s_xx = a.sum_x2 + b.sum_x2 - n * mean_x * mean_x
-    s_xy = a.sum_xy + b.sum_xy - n * mean_x * mean_y
+    dx = a.sum_x / a.n - b.sum_x / b.n
+    dy = a.mean - b.mean
+    between = a.n * b.n / n
+    s_xx = a.centred_sum_x2 + b.centred_sum_x2 + between * dx * dx
+    s_xy = a.centred_sum_xy + b.centred_sum_xy + between * dx * dy
     return s_xy / s_xx if s_xx > 0 else 0.0
 
 
 def _adjusted(arm: ArmStats, theta: float, mean_x: float) -> ArmStats:
     n = arm.n
     mean = arm.mean - theta * (arm.sum_x / n - mean_x)
-    s_xx = max(arm.sum_x2 - arm.sum_x**2 / n, 0.0)
-    s_xy = arm.sum_xy - arm.sum * arm.sum_x / n
+    s_xx, s_xy = arm.centred_sum_x2, arm.centred_sum_xy
     m2 = max(arm.centred_sum_sq + theta * theta * s_xx - 2 * theta * s_xy, 0.0)
     total = mean * n
     return ArmStats(n, total, m2 + total * total / n, m2=m2)

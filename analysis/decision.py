@@ -40,8 +40,9 @@ class Comparison:
     variant: str
     control: str
     method: str
-    verdict: str  # better, worse, inconclusive, no_difference, non_inferior, harm, burn_in
-    estimate: float | None = None  # b − a, or the lift b/a − 1 when relative
+    # better, worse, inconclusive, no_difference, non_inferior, harm, burn_in, unstable
+    verdict: str
+    estimate: float | None = None  # b − a, or the lift (b − a)/|a| when relative
     ci_low: float | None = None
     ci_high: float | None = None
     pvalue: float | None = None

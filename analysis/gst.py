@@ -9,8 +9,9 @@ Turnbull 2000, ch. 19, r = 18).
 
 Convention, explicit because packages differ: with `sides=2` the design is symmetric and
 spends α/2 *per side* with the one-sided function (gsDesign `sfLDOF(alpha=0.025)`, ldbounds
-`sides=2`), so `cumulative_alpha` is the two-sided total 2·α₁(t).  Information fractions
-above 1 (an over-run) are capped at 1.
+`sides=2`), so `cumulative_alpha` is the two-sided total 2·α₁(t).  An over-run (information
+fraction above 1) spends what is left of α — the spending function is capped at t = 1 — while
+the correlations between looks use the fractions as they are, so the type-I error stays α.
 """
 
 from __future__ import annotations
@@ -194,19 +195,18 @@ def gst_boundaries(
     spending: Spending = "obf",
     sides: int = 2,
 ) -> GSTBoundaries:
-    """Lan–DeMets boundaries for looks at the given information fractions (increasing, in
-    (0, 1]; values above 1 are capped).  `spending` is "obf" (O'Brien–Fleming type, the
-    default), "pocock" or ("power", ρ) for α·t^ρ (Kim & DeMets).  Cached per design."""
+    """Lan–DeMets boundaries for looks at the given information fractions (increasing and
+    positive; above 1 is an over-run, see the module's doc).  `spending` is "obf"
+    (O'Brien–Fleming type, the default), "pocock" or ("power", ρ) for α·t^ρ (Kim & DeMets).
+    Cached per design."""
     _check(alpha, spending, sides)
-    fractions = tuple(min(float(t), 1.0) for t in information_fractions)
+    fractions = tuple(float(t) for t in information_fractions)
     if not fractions:
         raise ValueError("information_fractions must not be empty")
     if not all(math.isfinite(t) and t > 0 for t in fractions):
         raise ValueError(f"information fractions must be positive, got {list(fractions)}")
     if any(b <= a for a, b in itertools.pairwise(fractions)):
-        raise ValueError(
-            f"information fractions must increase strictly (after capping at 1): {list(fractions)}"
-        )
+        raise ValueError(f"information fractions must increase strictly: {list(fractions)}")
     if isinstance(spending, tuple):
         spending = ("power", float(spending[1]))
     z, cumulative = _boundaries(fractions, alpha, spending, sides)

@@ -30,13 +30,16 @@ class GroupSequentialLook:
         )
         primaries = [p for p in look.pairs if p.role == "primary"]
         units = min((min(p.a.n, p.b.n) for p in primaries), default=0.0)
-        self.fraction = min(units / self.cap, 1.0)
+        self.fraction = units / self.cap  # above 1 after an over-run: gst.py spends the rest
         taken = self.state.gst_fractions
         planned = self._next(taken[-1] if taken else 0.0)
         self.looking = bool(primaries) and planned is not None and self.fraction >= planned - _EPS
         if self.looking:
             taken.append(self.fraction)
         self.upcoming = self._next(taken[-1] if taken else 0.0)
+        # After the final look, whatever has not crossed is "no difference" (arms that were
+        # still in burn-in then included): the design has no α left to spend on them.
+        self.exhausted = bool(taken) and taken[-1] >= 1.0 - _EPS
 
     def _next(self, last: float) -> float | None:
         return next(
@@ -51,11 +54,11 @@ class GroupSequentialLook:
             design = gst_boundaries(taken, alpha=pair.alpha, spending=self.spending)
             bound = design.z[-1]
         verdict = self.state.stopped.get(pair.key, "inconclusive")
-        if self.looking and pair.key not in self.state.stopped and math.isfinite(z):
+        if pair.key not in self.state.stopped:
             sign = 1.0 if pair.metric.direction is Direction.INCREASE else -1.0
-            if abs(z) >= bound:
+            if self.looking and math.isfinite(z) and abs(z) >= bound:
                 verdict = "better" if sign * z > 0 else "worse"
-            elif taken[-1] >= 1.0 - _EPS:
+            elif self.exhausted:
                 verdict = "no_difference"
             if verdict != "inconclusive":
                 self.state.stopped[pair.key] = verdict

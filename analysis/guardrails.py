@@ -17,7 +17,7 @@ class Threshold:
     `variant` the reading is that arm's; without one it concerns the whole candidate."""
 
     name: str
-    value: float | None
+    value: float | str | None  # Prometheus' API sends numbers as strings ("0.16", "NaN")
     limit: float
     variant: str | None = None
     bound: Literal["max", "min"] = "max"
@@ -29,8 +29,8 @@ class Threshold:
             raise ValueError(f"guardrail {self.name}: bound must be 'max' or 'min'")
 
     def check(self) -> GuardrailCheck:
-        value = self.value
-        if value is None or not math.isfinite(value):
+        value = _number(self.value)
+        if value is None:
             return GuardrailCheck(self.name, "no_data", None, self.limit, self.bound, self.variant)
         over = value > self.limit if self.bound == "max" else value < self.limit
         status = "fail" if over else "pass"
@@ -48,3 +48,12 @@ class Threshold:
             ("pass", "min"): "within its limit",
         }[(check.status, check.bound)]
         return f"guardrail {check.name}{where} is {check.value:.4g}, {relation} {check.limit:.4g}"
+
+
+def _number(value: float | str | None) -> float | None:
+    """A finite number, or None for a missing, non-numeric or non-finite reading."""
+    try:
+        number = float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None

@@ -49,5 +49,11 @@ def _arm(values: Mapping[str, Any]) -> ArmStats:
         float(values.get("sum_x", 0.0)),
         float(values.get("sum_x2", 0.0)),
         float(values.get("sum_xy", 0.0)),
-        m2=None if values.get("m2") is None else float(values["m2"]),
+        m2=_optional(values.get("m2")),
+        m2_x=_optional(values.get("m2_x")),
+        c_xy=_optional(values.get("c_xy")),
     )
+
+
+def _optional(value: Any) -> float | None:
+    return None if value is None else float(value)

@@ -4,9 +4,11 @@ analysis.decide evaluates."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
 
 from analysis.cuped import cuped
@@ -54,14 +56,26 @@ class Look:
     burn_in: list[tuple[Role, Metric, str, float, float]] = field(default_factory=list)
 
 
+def treatments_of(spec: ExperimentSpec) -> list[str]:
+    """The arms compared with control: every other variant with traffic (a variant at weight 0
+    is paused, and neither judged nor counted in the α split)."""
+    control = spec.control_variant.key
+    return [v.key for v in spec.variants if v.key != control and v.weight > 0]
+
+
 def design_of(spec: ExperimentSpec) -> str:
-    """The settings the running intervals depend on; if they change, the intervals restart."""
-    a = spec.analysis
-    arms = len(spec.variants) - 1
-    return (
-        f"{a.method.value}|{a.alpha:g}|{a.mixture_n}|{a.relative}|{a.cuped}|{arms}"
-        f"|{a.looks}|{a.spending.value}|{a.rho:g}|{a.max_units_per_arm}"
-    )
+    """What the state was computed for: the experiment, its arms and weights, its metrics and
+    the analysis settings.  If any of it changes, the state starts afresh (a state passed in
+    from another experiment, too)."""
+    arms = ",".join(f"{v.key}={v.weight:g}" for v in spec.variants)
+    metrics = spec.metrics.model_dump_json() if spec.metrics is not None else ""
+    text = f"{spec.name}|{arms}|{metrics}|{spec.analysis.model_dump_json()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=1024)
+def _design(spec: ExperimentSpec) -> str:
+    return design_of(spec)
 
 
 def prepare(
@@ -71,11 +85,11 @@ def prepare(
     state: DecisionState | None,
 ) -> Look:
     previous = state or DecisionState()
-    design = design_of(spec)
+    design = _design(spec)
     fresh = previous.design != design
     new_state = DecisionState(
         looks=previous.looks + 1,
-        srm_pvalue=previous.srm_pvalue,
+        srm_pvalue=1.0 if fresh else previous.srm_pvalue,
         intervals={} if fresh else dict(previous.intervals),
         gst_fractions=[] if fresh else list(previous.gst_fractions),
         stopped={} if fresh else dict(previous.stopped),
@@ -83,7 +97,9 @@ def prepare(
     )
     look = Look(spec, new_state, tuple(g.check() for g in guardrails))
     if fresh and previous.design:
-        look.reasons.append("the analysis settings changed: the always-valid state starts afresh")
+        look.reasons.append(
+            "the state passed in was for other settings, arms or metrics: it starts afresh"
+        )
     _counts(look, stats)
     if spec.metrics is not None:
         _pairs(look, stats)
@@ -139,12 +155,17 @@ def _pairs(look: Look, stats: ExperimentStats) -> None:
     spec, cfg = look.spec, look.spec.analysis
     assert spec.metrics is not None
     control = spec.control_variant.key
-    treatments = [v.key for v in spec.variants if v.key != control]
+    treatments = treatments_of(spec)
+    if not treatments:
+        return
+    # Bonferroni over treatment arms for the primary, and over arms × metrics for guardrails
+    # (each a chance of a false "harm"); valid at any stopping time.
     primary_alpha = cfg.alpha / len(treatments)
+    guard_alpha = primary_alpha / max(len(spec.metrics.guardrails), 1)
     n_star, rel = float(cfg.mixture_n), cfg.relative
     metrics: list[tuple[Role, Metric, float]] = [("primary", spec.metrics.primary, primary_alpha)]
     metrics += [("secondary", m, cfg.alpha) for m in spec.metrics.secondary]
-    metrics += [("guardrail", m, cfg.alpha) for m in spec.metrics.guardrails]
+    metrics += [("guardrail", m, guard_alpha) for m in spec.metrics.guardrails]
     for role, metric, alpha in metrics:
         arms = stats.metrics.get(metric.name, {})
         kind: Kind = "proportion" if metric.kind is MetricKind.CONVERSION else "mean"
@@ -156,10 +177,11 @@ def _pairs(look: Look, stats: ExperimentStats) -> None:
             ):
                 look.burn_in.append((role, metric, variant, a.n, b.n))
                 continue
+            a_adj, b_adj, pair_kind = a, b, kind
             if cfg.cuped and (a.sum_x2 > 0 or b.sum_x2 > 0):
+                # Adjusted values are no longer 0/1: their variance is the adjusted m2.
                 a_adj, b_adj = cuped(a, b)
-            else:
-                a_adj, b_adj = a, b
+                pair_kind = "mean"
             key = f"{metric.name}:{variant}"
             stored = look.state.intervals.get(key)
             prior = (1.0, -math.inf, math.inf)
@@ -177,7 +199,7 @@ def _pairs(look: Look, stats: ExperimentStats) -> None:
                     metric,
                     variant,
                     control,
-                    kind,
+                    pair_kind,
                     a_adj,
                     b_adj,
                     alpha,

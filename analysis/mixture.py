@@ -37,15 +37,17 @@ def effect_and_variance(
     *,
     relative: bool,
 ) -> tuple[Array, Array]:
-    """Δ̂ = ȳ_b − ȳ_a with v = s_a²/n_a + s_b²/n_b, or the lift ȳ_b/ȳ_a − 1 with the
-    delta-method v = s_b²/(ȳ_a² n_b) + s_a² ȳ_b²/(ȳ_a⁴ n_a) (nan where ȳ_a = 0)."""
+    """Δ̂ = ȳ_b − ȳ_a with v = s_a²/n_a + s_b²/n_b, or the lift (ȳ_b − ȳ_a)/|ȳ_a| (= ȳ_b/ȳ_a − 1
+    for a positive control mean; the absolute value keeps "up is up" when the control mean is
+    negative) with the delta-method v = s_b²/(ȳ_a² n_b) + s_a² ȳ_b²/(ȳ_a⁴ n_a) (nan where
+    ȳ_a = 0)."""
     ma, va, na = (np.asarray(x, dtype=float) for x in (mean_a, var_a, n_a))
     mb, vb, nb = (np.asarray(x, dtype=float) for x in (mean_b, var_b, n_b))
     with np.errstate(all="ignore"):
         if not relative:
             return mb - ma, va / na + vb / nb
         safe = np.where(ma == 0, np.nan, ma)
-        return mb / safe - 1, vb / (safe**2 * nb) + va * mb**2 / (safe**4 * na)
+        return (mb - ma) / np.abs(safe), vb / (safe**2 * nb) + va * mb**2 / (safe**4 * na)
 
 
 def mixture(
@@ -60,6 +62,7 @@ def mixture(
         radius = np.sqrt(var * total / t2 * np.log(total / (var * level * level)))
     # Comparisons with nan are False, so this is "v and τ² positive, v and Δ̂ finite".
     informative = (var > 0) & (var < np.inf) & (t2 > 0) & (np.abs(est) < np.inf)
+    informative &= ~(np.isnan(log_lambda) | np.isnan(radius))  # v so small that 0/0 arose
     if informative.all():
         return log_lambda, radius
     return np.where(informative, log_lambda, 0.0), np.where(informative, radius, np.inf)

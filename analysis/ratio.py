@@ -18,7 +18,9 @@ def ratio_arm(numerator: ArmStats, denominator: ArmStats, comoment: float) -> Ar
             f"numerator and denominator must cover the same units ({n:g} vs {denominator.n:g})"
         )
     if n < 1 or denominator.sum == 0:
-        return ArmStats(n, 0.0, 0.0, m2=0.0)
+        # No denominator (e.g. sessions not logged in this arm): the ratio is unknown, and an
+        # empty arm keeps the comparison in burn-in rather than reading it as 0.
+        return ArmStats(0, 0.0, 0.0)
     ratio = numerator.sum / denominator.sum
     mean_x = denominator.sum / n
     m2 = (

@@ -21,6 +21,8 @@ class ArmStats:
     sum_x2: float = 0.0
     sum_xy: float = 0.0
     m2: float | None = None  # Σ(y − ȳ)², if known stably
+    m2_x: float | None = None  # Σ(x − x̄)², likewise
+    c_xy: float | None = None  # Σ(x − x̄)(y − ȳ), likewise
 
     def __post_init__(self) -> None:
         for name in ("n", "sum", "sum_sq", "sum_x", "sum_x2", "sum_xy"):
@@ -45,6 +47,20 @@ class ArmStats:
         if not self.n:
             return 0.0
         return max(self.sum_sq - self.sum * self.sum / self.n, 0.0)
+
+    @property
+    def centred_sum_x2(self) -> float:
+        """Σ(x − x̄)²: `m2_x` if given, else from the power sums (clipped at 0)."""
+        if self.m2_x is not None:
+            return self.m2_x
+        return max(self.sum_x2 - self.sum_x * self.sum_x / self.n, 0.0) if self.n else 0.0
+
+    @property
+    def centred_sum_xy(self) -> float:
+        """Σ(x − x̄)(y − ȳ): `c_xy` if given, else from the power sums."""
+        if self.c_xy is not None:
+            return self.c_xy
+        return self.sum_xy - self.sum_x * self.sum / self.n if self.n else 0.0
 
     @property
     def variance(self) -> float:

@@ -9,7 +9,7 @@ from dataclasses import replace
 from analysis.decision import Comparison, Decision, Status, finite, fmt
 from analysis.gst_look import GroupSequentialLook
 from analysis.guardrails import Threshold
-from analysis.looks import Look, Pair
+from analysis.looks import Look, Pair, treatments_of
 from analysis.mixture import Array
 from analysis.multiple import adjust_pvalues
 from experiments.spec import Direction
@@ -24,7 +24,7 @@ def conclude(look: Look, values: Array) -> Decision:
     gst = GroupSequentialLook(look) if sequential else None
     for i, pair in enumerate(look.pairs):
         est, v, p, low, high = (float(x) for x in values[:, i])
-        state.intervals[pair.key] = [p, finite(low), finite(high)]
+        state.intervals[pair.key] = [finite(p), finite(low), finite(high)]
         if gst is not None and pair.role == "primary":
             comparisons.append(gst.compare(pair, est, v))
         else:
@@ -76,7 +76,11 @@ def _compare(look: Look, pair: Pair, est: float, p: float, low: float, high: flo
     sign = _sign(pair)
     g_low, g_high = (low, high) if sign > 0 else (-high, -low)
     cfg = look.spec.analysis
-    if pair.role == "guardrail":
+    if low > high:
+        # The running intersection is empty: the looks contradict each other, so the effect
+        # is not stable over time (or the data were replaced); no interval can be trusted.
+        verdict = "unstable"
+    elif pair.role == "guardrail":
         m = (pair.metric.margin or 0.0) * _scale(pair)
         verdict = "harm" if g_high < -m else "non_inferior" if g_low > -m else "inconclusive"
     elif g_low > 0:
@@ -108,7 +112,7 @@ def _adjust_secondary(comparisons: list[Comparison]) -> list[Comparison]:
     index = [i for i, c in enumerate(comparisons) if c.role == "secondary" and c.pvalue is not None]
     if not index:
         return comparisons
-    adjusted = adjust_pvalues([comparisons[i].pvalue or 1.0 for i in index], method="bh")
+    adjusted = adjust_pvalues([float(comparisons[i].pvalue or 0.0) for i in index], method="bh")
     out = list(comparisons)
     for i, q in zip(index, adjusted, strict=True):
         out[i] = replace(out[i], adjusted_pvalue=finite(q))
@@ -122,22 +126,33 @@ class _Judge:
         self.look, self.comparisons, self.gst = look, comparisons, gst
         self.spec = look.spec
         self.control = self.spec.control_variant.key
-        self.treatments = [v.key for v in self.spec.variants if v.key != self.control]
+        self.treatments = treatments_of(self.spec)
         self.reasons: list[str] = []
 
     def status(self) -> tuple[Status, str | None, list[str], list[str]]:
         checks = self.look.checks
-        fails = [c for c in checks if c.status == "fail"]
         self.reasons += [Threshold.describe(c) for c in checks if c.status != "pass"]
+        # A reading of the control arm over its limit is the stable model's problem, not
+        # evidence against the candidate.
+        fails = {c.variant for c in checks if c.status == "fail" and c.variant != self.control}
         if fails:
-            variants = {c.variant for c in fails}
-            harmful = self.treatments if None in variants else sorted(v for v in variants if v)
+            harmful = self.treatments if None in fails else sorted(v for v in fails if v)
             return Status.HARM, None, harmful, self.reasons
         if self.look.invalid:
             return Status.INVALID, None, [], self.reasons
-        if self.spec.metrics is None:
-            self.reasons.append("the spec names no metrics, so there is nothing to test")
+        if self.spec.metrics is None or not self.treatments:
+            what = "names no metrics" if self.spec.metrics is None else "has no treatment arm"
+            self.reasons.append(f"the spec {what} with traffic, so there is nothing to test")
             return Status.CONTINUE, None, [], self.reasons
+        unstable = [c for c in self.comparisons if c.verdict == "unstable"]
+        if unstable:
+            self.reasons += [
+                f"{c.metric} ({c.variant}): the running interval is empty (low {fmt(c.ci_low)} >"
+                f" high {fmt(c.ci_high)}): the looks contradict each other, so the effect is not"
+                " stable over time or the data were replaced"
+                for c in unstable
+            ]
+            return Status.INVALID, None, [], self.reasons
         primary = [c for c in self.comparisons if c.role == "primary"]
         guards = [c for c in self.comparisons if c.role == "guardrail"]
         self.reasons += [self._describe(c) for c in primary]
@@ -162,6 +177,8 @@ class _Judge:
             min(c.n_control, c.n_treatment) >= cap for c in primary
         )
         concluded = {"no_difference"} | ({"better"} if at_horizon else set())
+        if self.gst is not None and self.gst.exhausted:
+            concluded.add("burn_in")  # never reached its minimum within the design
         if primary and all(c.verdict in concluded for c in primary):
             if better:
                 self.reasons.append("the horizon is reached with a guardrail not shown kept")
@@ -178,7 +195,8 @@ class _Judge:
         assert self.spec.metrics is not None
         margins = {m.name: m.margin for m in self.spec.metrics.guardrails}
         for g in guards:
-            if g.variant == variant and margins.get(g.metric) and g.verdict != "non_inferior":
+            needs_proof = margins.get(g.metric) is not None
+            if g.variant == variant and needs_proof and g.verdict != "non_inferior":
                 out.append(self._describe_guard(g, "not yet shown within its margin"))
         return out
 

@@ -24,6 +24,7 @@ from analysis import (
     decide,
     decide_many,
     gst_boundaries,
+    pooled_theta,
     ratio_arm,
     srm_test,
 )
@@ -198,7 +199,7 @@ def test_state_keeps_the_running_minimum_and_survives_json() -> None:
     fresh = decide(spec, weak)
     assert fresh.comparisons[0].pvalue > first.comparisons[0].pvalue
     changed = decide(make_spec({"alpha": 0.01}), weak, state=first.state)
-    assert any("settings changed" in r for r in changed.reasons)
+    assert any("starts afresh" in r for r in changed.reasons)
     with pytest.raises(ValueError, match="unknown"):
         DecisionState.from_dict({"bogus": 1})
 
@@ -250,24 +251,29 @@ def test_alpha_is_split_over_treatment_arms_and_the_best_arm_wins() -> None:
     assert {c.alpha for c in d.comparisons} == {0.025}
 
 
-def test_decide_many_equals_decide_one_by_one() -> None:
-    rng = np.random.default_rng(8)
-    requests = []
+def test_decide_many_keeps_experiments_apart() -> None:
+    """A batch mixing designs (relative, group-sequential, other α, CUPED, three arms) gives
+    each experiment the decision it gets alone."""
+    specs = [
+        make_spec(),
+        make_spec({"relative": True}),
+        make_spec({"alpha": 0.01, "mde": 0.5}),
+        make_spec({"method": "group-sequential", "max_units_per_arm": 6000}),
+        make_spec({"cuped": True}),
+    ]
+    requests: list[Any] = []
     for i in range(20):
         rate = 0.1 + 0.003 * i
-        requests.append(
-            (
-                make_spec(),
-                stats({"control": conv(3000, 0.1), "treatment": conv(3000 + i, rate)}),
-                (),
-                None,
-            )
-        )
+        data = stats({"control": conv(3000, 0.1), "treatment": conv(3000 + i, rate)})
+        requests.append((specs[i % len(specs)], data, (), None))
+    three = stats(
+        {"control": conv(3000, 0.1), "treatment": conv(3000, 0.12), "third": conv(3000, 0.1)}
+    )
+    requests.append((make_spec(arms=3), three, (), None))
     batch = decide_many(requests)
     single = [decide(*r) for r in requests]
     assert [b.to_dict() for b in batch] == [s.to_dict() for s in single]
     assert len({b.status for b in batch}) > 1
-    del rng
 
 
 def test_edge_cases_never_leak_nan() -> None:
@@ -379,3 +385,204 @@ def test_the_spec_analysis_section_is_validated() -> None:
     with pytest.raises(ValidationError, match="relative"):
         make_spec({"relative": "yes"})
     assert make_spec({"max_units_per_arm": 4000}).analysis.mixture_n == 8000
+
+
+def one(spec: ExperimentSpec, arms: dict[str, ArmStats], name: str = "y") -> ExperimentStats:
+    return ExperimentStats({k: v.n for k, v in arms.items()}, {name: arms})
+
+
+def test_relative_lift_is_the_confidence_sequence_and_respects_a_negative_control() -> None:
+    rng = np.random.default_rng(12)
+    spec = make_spec({"relative": True}, primary={"name": "y", "kind": "mean"})
+    a, b = normal(rng, 5000, 10, 5), normal(rng, 5000, 10.5, 5)
+    c = decide(spec, one(spec, {"control": a, "treatment": b})).comparisons[0]
+    cs = confidence_sequence(a, b, alpha=0.05, n_star=10_000, relative=True)
+    assert (c.estimate, c.ci_low, c.ci_high) == pytest.approx(
+        (cs.estimate, cs.ci_low, cs.ci_high), rel=1e-12
+    )
+    assert c.estimate == pytest.approx(b.mean / a.mean - 1, rel=1e-12)
+    # a loss going from −10 to −9 is an improvement of 10 %, not a 10 % drop
+    a, b = normal(rng, 5000, -10, 5), normal(rng, 5000, -9, 5)
+    d = decide(spec, one(spec, {"control": a, "treatment": b}))
+    assert (d.status, d.winner) == (Status.WINNER, "treatment")
+    assert d.comparisons[0].estimate == pytest.approx((b.mean - a.mean) / abs(a.mean), rel=1e-12)
+
+
+def test_an_empty_running_interval_makes_the_result_invalid() -> None:
+    first = decide(make_spec(), stats({"control": conv(4000, 0.10), "treatment": conv(4000, 0.13)}))
+    flipped = stats({"control": conv(40_000, 0.13), "treatment": conv(40_000, 0.10)})
+    d = decide(make_spec(), flipped, state=first.state)
+    assert d.status is Status.INVALID
+    assert any("running interval is empty" in r for r in d.reasons)
+    assert_no_nan(d)
+
+
+def test_secondary_metrics_get_benjamini_hochberg_including_p_zero() -> None:
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(13)
+    spec = make_spec(secondary=[{"name": n, "kind": "sum"} for n in ("sessions", "dwell", "flat")])
+    means = {"sessions": 1.0, "dwell": 0.05, "flat": 0.0}
+    data = {"click": {"control": conv(20_000, 0.1), "treatment": conv(20_000, 0.1)}}
+    for name, shift in means.items():
+        data[name] = {
+            "control": normal(rng, 20_000, 10),
+            "treatment": normal(rng, 20_000, 10 + shift),
+        }
+    d = decide(spec, stats(data.pop("click"), **data))
+    secondary = [c for c in d.comparisons if c.role == "secondary"]
+    raw = [c.pvalue for c in secondary]
+    assert raw[0] == 0.0  # a strong effect at this size underflows
+    expected = multipletests(raw, method="fdr_bh")[1]
+    assert [c.adjusted_pvalue for c in secondary] == pytest.approx(list(expected), rel=1e-12)
+
+
+def test_cuped_on_conversions_uses_the_adjusted_variance() -> None:
+    rng = np.random.default_rng(14)
+    x = rng.random((2, 6000)) < 0.3
+    y = (x & (rng.random((2, 6000)) < 0.8)) | (rng.random((2, 6000)) < 0.05)
+    x, y = x.astype(float), y.astype(float)
+    arms = {
+        k: ArmStats(6000, y[i].sum(), y[i].sum(), x[i].sum(), x[i].sum(), (x[i] * y[i]).sum())
+        for i, k in enumerate(("control", "treatment"))
+    }
+    data = ExperimentStats({"control": 6000, "treatment": 6000}, {"click": arms})
+    plain = decide(make_spec(), data).comparisons[0]
+    adjusted = decide(make_spec({"cuped": True}), data).comparisons[0]
+    a_adj, b_adj = cuped(arms["control"], arms["treatment"])
+    cs = confidence_sequence(a_adj, b_adj, alpha=0.05, n_star=10_000, kind="mean")
+    assert adjusted.confidence_interval() == pytest.approx(cs.confidence_interval(), rel=1e-12)
+    width = lambda c: (c.ci_high or 0) - (c.ci_low or 0)  # noqa: E731
+    assert width(adjusted) < 0.8 * width(plain)
+
+
+def test_a_ratio_without_a_denominator_stays_in_burn_in() -> None:
+    zero = ratio_arm(ArmStats(500, 40.0, 60.0), ArmStats(500, 0.0, 0.0), 0.0)
+    assert zero.n == 0
+    spec = make_spec(
+        primary={"name": "rps", "kind": "ratio", "numerator": "rev", "denominator": "sess"}
+    )
+    good = ratio_arm(ArmStats(500, 400.0, 900.0), ArmStats(500, 800.0, 1800.0), 10.0)
+    d = decide(
+        spec,
+        ExperimentStats(
+            {"control": 500, "treatment": 500}, {"rps": {"control": zero, "treatment": good}}
+        ),
+    )
+    assert d.status is Status.CONTINUE
+    assert d.comparisons[0].verdict == "burn_in"
+
+
+def test_a_state_from_another_experiment_or_design_starts_afresh() -> None:
+    strong = stats({"control": conv(4000, 0.10), "treatment": conv(4000, 0.13)})
+    same = stats({"control": conv(150, 0.10), "treatment": conv(150, 0.10)})
+    other = ExperimentSpec.model_validate(
+        {**make_spec().model_dump(by_alias=True), "name": "other"}
+    )
+    d = decide(other, same, state=decide(make_spec(), strong).state)
+    assert d.status is Status.CONTINUE
+    assert any("starts afresh" in r for r in d.reasons)
+    skewed = decide(make_spec(), stats({"control": conv(1000, 0.1), "treatment": conv(1300, 0.1)}))
+    assert skewed.status is Status.INVALID
+    balanced = stats({"control": conv(5000, 0.1), "treatment": conv(5000, 0.1)})
+    assert decide(make_spec(), balanced, state=skewed.state).status is Status.INVALID  # kept
+    changed = decide(make_spec({"alpha": 0.01}), balanced, state=skewed.state)
+    assert changed.status is Status.CONTINUE  # a new design: the SRM record restarts too
+
+
+def test_group_sequential_second_look_and_an_exhausted_design() -> None:
+    spec = make_spec(
+        {
+            "method": "group-sequential",
+            "max_units_per_arm": 1000,
+            "looks": 4,
+            "min_units_per_arm": 50,
+        }
+    )
+    d1 = decide(spec, stats({"control": conv(260, 0.10), "treatment": conv(260, 0.11)}))
+    d2 = decide(
+        spec, stats({"control": conv(530, 0.10), "treatment": conv(530, 0.11)}), state=d1.state
+    )
+    assert d2.state.gst_fractions == [0.26, 0.53]
+    assert d2.comparisons[0].boundary == pytest.approx(gst_boundaries([0.26, 0.53]).z[-1])
+    assert d2.status is Status.CONTINUE
+    # three arms: one never converts, so it is in burn-in at the final look
+    spec3 = make_spec({"method": "group-sequential", "max_units_per_arm": 1000, "looks": 1}, arms=3)
+    final = stats(
+        {"control": conv(1000, 0.1), "treatment": conv(1000, 0.1), "third": conv(1000, 0.0)}
+    )
+    d = decide(spec3, final)
+    assert [c.verdict for c in d.comparisons] == ["no_difference", "burn_in"]
+    assert d.status is Status.NO_DIFFERENCE
+    later = stats(
+        {"control": conv(1100, 0.1), "treatment": conv(1100, 0.1), "third": conv(1100, 0.2)}
+    )
+    assert decide(spec3, later, state=d.state).status is Status.NO_DIFFERENCE
+
+
+def test_a_zero_margin_must_be_shown_and_guardrails_split_alpha() -> None:
+    rng = np.random.default_rng(15)
+    spec = make_spec(
+        guardrails=[{"name": "rev", "kind": "sum", "margin": 0}, {"name": "rev2", "kind": "sum"}]
+    )
+    click = {"control": conv(20_000, 0.10), "treatment": conv(20_000, 0.12)}
+    rev = {"control": normal(rng, 20_000, 10), "treatment": normal(rng, 20_000, 10)}
+    d = decide(spec, stats(click, rev=rev, rev2=rev))
+    assert d.status is Status.CONTINUE
+    assert any("rev (treatment)" in r and "not yet shown" in r for r in d.reasons)
+    assert {c.alpha for c in d.comparisons if c.role == "guardrail"} == {0.025}
+
+
+def test_a_paused_arm_is_neither_judged_nor_counted() -> None:
+    spec = make_spec({"max_units_per_arm": 600}, arms=3)
+    data = spec.model_dump(by_alias=True)
+    data["variants"][0]["weight"], data["variants"][1]["weight"], data["variants"][2]["weight"] = (
+        50,
+        50,
+        0,
+    )
+    paused = ExperimentSpec.model_validate(data)
+    d = decide(paused, stats({"control": conv(600, 0.1), "treatment": conv(600, 0.1)}))
+    assert [c.variant for c in d.comparisons] == ["treatment"]
+    assert d.comparisons[0].alpha == 0.05
+    assert d.status is Status.NO_DIFFERENCE
+
+
+def test_threshold_readings_as_strings_and_on_control() -> None:
+    assert Threshold("p99", "0.16", 0.15).check().status == "fail"
+    assert Threshold("p99", "NaN", 0.15).check().status == "no_data"
+    assert Threshold("p99", "fast", 0.15).check().status == "no_data"
+    data = stats({"control": conv(4000, 0.10), "treatment": conv(4000, 0.13)})
+    d = decide(make_spec(), data, [Threshold("p99", 0.2, 0.15, "control")])
+    assert (d.status, d.winner) == (Status.WINNER, "treatment")  # the stable model's problem
+    assert any("p99 (control) is 0.2" in r for r in d.reasons)
+
+
+def test_tiny_scales_do_not_leak_nan() -> None:
+    spec = make_spec(primary={"name": "y", "kind": "sum"})
+    y = 1e-170 * np.random.default_rng(16).normal(1, 0.1, 500)
+    arm = ArmStats(500, float(y.sum()), float((y * y).sum()))
+    d = decide(spec, one(spec, {"control": arm, "treatment": arm}))
+    assert_no_nan(d)
+    assert_no_nan(decide(spec, one(spec, {"control": arm, "treatment": arm}), state=d.state))
+
+
+def test_cuped_theta_uses_the_stable_co_moments_when_given() -> None:
+    rng = np.random.default_rng(17)
+    x = 1e8 + rng.normal(0, 1, (2, 4000))
+    y = (x - 1e8) + rng.normal(0, 0.5, (2, 4000))
+    arms = []
+    for i in range(2):
+        xi, yi = x[i], y[i]
+        arms.append(
+            ArmStats(
+                4000, float(yi.sum()), float((yi**2).sum()), float(xi.sum()), float((xi**2).sum()),
+                float((xi * yi).sum()), m2=float(((yi - yi.mean()) ** 2).sum()),
+                m2_x=float(((xi - xi.mean()) ** 2).sum()),
+                c_xy=float(((xi - xi.mean()) * (yi - yi.mean())).sum()),
+            )
+        )  # fmt: skip
+    pooled_x, pooled_y = x.ravel(), y.ravel()
+    expected = np.cov(pooled_x, pooled_y)[0, 1] / np.var(pooled_x, ddof=1)
+    assert pooled_theta(arms[0], arms[1]) == pytest.approx(expected, rel=1e-9)
+    assert expected == pytest.approx(1.0, abs=0.05)
