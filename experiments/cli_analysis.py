@@ -7,15 +7,19 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from analysis import DecisionState, ExperimentStats, Threshold, decide
-from analysis.decision import fmt
 from experiments.cli_common import Output, OutputOpt, StoreOpt, fail, out, print_data, store_for
 from experiments.reporting import phase_report
+
+if TYPE_CHECKING:
+    from analysis import DecisionState, Threshold
+
+# analysis (scipy, statsmodels) is imported by the command that uses it, not at start-up:
+# it would add about a second to every other `abmesh` command.
 
 GuardrailOpt = Annotated[
     list[str] | None,
@@ -30,6 +34,7 @@ GuardrailOpt = Annotated[
 
 def parse_guardrail(text: str) -> Threshold:
     """`p99_latency_ms=162:150` → Threshold("p99_latency_ms", 162, 150)."""
+    from analysis import Threshold
     name, sep, rest = text.partition("=")
     parts = rest.split(":")
     if not sep or not name or len(parts) not in (2, 3) or parts[2:] not in ([], ["min"], ["max"]):
@@ -45,6 +50,8 @@ def parse_guardrail(text: str) -> Threshold:
 
 
 def _load_state(path: Path | None) -> DecisionState | None:
+    from analysis import DecisionState
+
     if path is None or not path.exists():
         return None
     try:
@@ -64,6 +71,9 @@ def decide_command(
     store: StoreOpt = None,
 ) -> None:
     """Decide: continue, winner, harm, no_difference or invalid, with the reasons."""
+    from analysis import ExperimentStats, decide
+    from analysis.decision import fmt
+
     try:
         thresholds = [parse_guardrail(g) for g in guardrail or []]
     except ValueError as exc:
