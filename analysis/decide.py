@@ -53,11 +53,12 @@ def decide_many(requests: Sequence[Request]) -> list[Decision]:
     """`decide` for many experiments at once, sharing one vectorised pass."""
     looks = [prepare(*request) for request in requests]
     check_ratios(looks)
-    values = evaluate([p for look in looks for p in look.pairs])
+    # One row per pair (estimate, variance, p, low, high) as Python floats for the verdicts.
+    values = evaluate([p for look in looks for p in look.pairs]).T.tolist()
     decisions, start = [], 0
     for look in looks:
         end = start + len(look.pairs)
-        decisions.append(conclude(look, values[:, start:end]))
+        decisions.append(conclude(look, values[start:end]))
         start = end
     return decisions
 

@@ -8,7 +8,6 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Literal
 
 from analysis.cuped import cuped
@@ -44,6 +43,7 @@ class Pair:
 @dataclass(slots=True)
 class Look:
     spec: ExperimentSpec
+    plan: Plan
     state: DecisionState
     checks: tuple[GuardrailCheck, ...]
     reasons: list[str] = field(default_factory=list)
@@ -51,7 +51,6 @@ class Look:
     seq_srm_p: float | None = None
     invalid: bool = False
     counts: list[float] = field(default_factory=list)
-    weights: list[float] = field(default_factory=list)
     pairs: list[Pair] = field(default_factory=list)
     burn_in: list[tuple[Role, Metric, str, float, float]] = field(default_factory=list)
 
@@ -73,9 +72,52 @@ def design_of(spec: ExperimentSpec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-@lru_cache(maxsize=1024)
-def _design(spec: ExperimentSpec) -> str:
-    return design_of(spec)
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a spec fixes for every look: worked out once per spec object."""
+
+    design: str
+    control: str
+    treatments: tuple[str, ...]
+    keys: tuple[str, ...]
+    weights: tuple[float, ...]
+    # (role, metric, α, kind) per metric; Bonferroni over treatment arms for the primary,
+    # and over arms × metrics for guardrails (each a chance of a false "harm").
+    metrics: tuple[tuple[Role, Metric, float, Kind], ...]
+
+
+_PLANS: dict[int, tuple[ExperimentSpec, Plan]] = {}
+
+
+def plan_of(spec: ExperimentSpec) -> Plan:
+    """The spec's Plan, cached by identity (hashing a spec costs more than a look)."""
+    cached = _PLANS.get(id(spec))
+    if cached is not None and cached[0] is spec:
+        return cached[1]
+    if len(_PLANS) >= 1024:
+        _PLANS.clear()
+    treatments = tuple(treatments_of(spec))
+    cfg = spec.analysis
+    metrics: list[tuple[Role, Metric, float, Kind]] = []
+    if spec.metrics is not None and treatments:
+        primary_alpha = cfg.alpha / len(treatments)
+        guard_alpha = primary_alpha / max(len(spec.metrics.guardrails), 1)
+        roles: list[tuple[Role, Metric, float]] = [("primary", spec.metrics.primary, primary_alpha)]
+        roles += [("secondary", m, cfg.alpha) for m in spec.metrics.secondary]
+        roles += [("guardrail", m, guard_alpha) for m in spec.metrics.guardrails]
+        for role, metric, alpha in roles:
+            kind: Kind = "proportion" if metric.kind is MetricKind.CONVERSION else "mean"
+            metrics.append((role, metric, alpha, kind))
+    plan = Plan(
+        design_of(spec),
+        spec.control_variant.key,
+        treatments,
+        tuple(v.key for v in spec.variants),
+        tuple(v.weight for v in spec.variants),
+        tuple(metrics),
+    )
+    _PLANS[id(spec)] = (spec, plan)
+    return plan
 
 
 def prepare(
@@ -85,7 +127,8 @@ def prepare(
     state: DecisionState | None,
 ) -> Look:
     previous = state or DecisionState()
-    design = _design(spec)
+    plan = plan_of(spec)
+    design = plan.design
     fresh = previous.design != design
     new_state = DecisionState(
         looks=previous.looks + 1,
@@ -95,24 +138,17 @@ def prepare(
         stopped={} if fresh else dict(previous.stopped),
         design=design,
     )
-    look = Look(spec, new_state, tuple(g.check() for g in guardrails))
+    look = Look(spec, plan, new_state, tuple(g.check() for g in guardrails))
     if fresh and previous.design:
         look.reasons.append(
             "the state passed in was for other settings, arms or metrics: it starts afresh"
         )
-    _counts(look, stats)
-    if spec.metrics is not None:
-        _pairs(look, stats)
-    return look
-
-
-def _counts(look: Look, stats: ExperimentStats) -> None:
-    variants = look.spec.variants
-    look.counts = [float(stats.units.get(v.key, 0.0)) for v in variants]
-    look.weights = [v.weight for v in variants]
+    look.counts = [float(stats.units.get(k, 0.0)) for k in plan.keys]
     for count in look.counts:
         if not (count >= 0 and math.isfinite(count)):
             raise ValueError(f"unit counts must be finite and non-negative, got {look.counts}")
+    _pairs(look, stats)
+    return look
 
 
 def check_ratios(looks: Sequence[Look]) -> None:
@@ -122,9 +158,11 @@ def check_ratios(looks: Sequence[Look]) -> None:
     for look in looks:
         if sum(look.counts) == 0:
             continue
-        total = sum(look.weights)
-        kept = [(c, w / total) for c, w in zip(look.counts, look.weights, strict=True) if w > 0]
-        if any(c > 0 for c, w in zip(look.counts, look.weights, strict=True) if w == 0):
+        total = sum(look.plan.weights)
+        kept = [
+            (c, w / total) for c, w in zip(look.counts, look.plan.weights, strict=True) if w > 0
+        ]
+        if any(c > 0 for c, w in zip(look.counts, look.plan.weights, strict=True) if w == 0):
             _judge_srm(look, math.inf, 0.0, math.inf)
             continue
         groups.setdefault(len(kept), []).append((look, [c for c, _ in kept], [t for _, t in kept]))
@@ -141,9 +179,9 @@ def _judge_srm(look: Look, chi2: float, pvalue: float, log_bf: float) -> None:
     look.srm_p, look.seq_srm_p = pvalue, seq
     if pvalue < cfg.srm_alpha or seq < cfg.srm_alpha:
         look.invalid = True
-        keys = [v.key for v in look.spec.variants]
+        keys = look.plan.keys
         units = ", ".join(f"{k} {c:g}" for k, c in zip(keys, look.counts, strict=True))
-        shares = "/".join(f"{w:g}" for w in look.weights)
+        shares = "/".join(f"{w:g}" for w in look.plan.weights)
         look.reasons.append(
             f"sample ratio mismatch: units {units} for weights {shares}; χ² p {pvalue:.3g},"
             f" sequential p {seq:.3g}, below {cfg.srm_alpha:g}: the comparisons are not"
@@ -152,25 +190,12 @@ def _judge_srm(look: Look, chi2: float, pvalue: float, log_bf: float) -> None:
 
 
 def _pairs(look: Look, stats: ExperimentStats) -> None:
-    spec, cfg = look.spec, look.spec.analysis
-    assert spec.metrics is not None
-    control = spec.control_variant.key
-    treatments = treatments_of(spec)
-    if not treatments:
-        return
-    # Bonferroni over treatment arms for the primary, and over arms × metrics for guardrails
-    # (each a chance of a false "harm"); valid at any stopping time.
-    primary_alpha = cfg.alpha / len(treatments)
-    guard_alpha = primary_alpha / max(len(spec.metrics.guardrails), 1)
+    cfg, control = look.spec.analysis, look.plan.control
     n_star, rel = float(cfg.mixture_n), cfg.relative
-    metrics: list[tuple[Role, Metric, float]] = [("primary", spec.metrics.primary, primary_alpha)]
-    metrics += [("secondary", m, cfg.alpha) for m in spec.metrics.secondary]
-    metrics += [("guardrail", m, guard_alpha) for m in spec.metrics.guardrails]
-    for role, metric, alpha in metrics:
+    for role, metric, alpha, kind in look.plan.metrics:
         arms = stats.metrics.get(metric.name, {})
-        kind: Kind = "proportion" if metric.kind is MetricKind.CONVERSION else "mean"
         a = arms.get(control, _EMPTY)
-        for variant in treatments:
+        for variant in look.plan.treatments:
             b = arms.get(variant, _EMPTY)
             if not (
                 _ready(a, kind, cfg.min_units_per_arm) and _ready(b, kind, cfg.min_units_per_arm)

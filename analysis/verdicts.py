@@ -9,21 +9,20 @@ from dataclasses import replace
 from analysis.decision import Comparison, Decision, Status, finite, fmt
 from analysis.gst_look import GroupSequentialLook
 from analysis.guardrails import Threshold
-from analysis.looks import Look, Pair, treatments_of
-from analysis.mixture import Array
+from analysis.looks import Look, Pair
 from analysis.multiple import adjust_pvalues
 from experiments.spec import Direction
 from experiments.spec_metrics import Method
 
 
-def conclude(look: Look, values: Array) -> Decision:
+def conclude(look: Look, values: list[list[float]]) -> Decision:
     """The Decision for one experiment from its pairs' columns of `decide.evaluate`."""
     spec, state = look.spec, look.state
     comparisons: list[Comparison] = []
     sequential = spec.analysis.method is Method.GROUP_SEQUENTIAL
     gst = GroupSequentialLook(look) if sequential else None
     for i, pair in enumerate(look.pairs):
-        est, v, p, low, high = (float(x) for x in values[:, i])
+        est, v, p, low, high = values[i]
         state.intervals[pair.key] = [finite(p), finite(low), finite(high)]
         if gst is not None and pair.role == "primary":
             comparisons.append(gst.compare(pair, est, v))
@@ -36,7 +35,7 @@ def conclude(look: Look, values: Array) -> Decision:
                 metric.name,
                 role,
                 variant,
-                spec.control_variant.key,
+                look.plan.control,
                 "burn-in",
                 "burn_in",
                 n_control=na,
@@ -125,8 +124,8 @@ class _Judge:
     def __init__(self, look: Look, comparisons: list[Comparison], gst: GroupSequentialLook | None):
         self.look, self.comparisons, self.gst = look, comparisons, gst
         self.spec = look.spec
-        self.control = self.spec.control_variant.key
-        self.treatments = treatments_of(self.spec)
+        self.control = look.plan.control
+        self.treatments = list(look.plan.treatments)
         self.reasons: list[str] = []
 
     def status(self) -> tuple[Status, str | None, list[str], list[str]]:

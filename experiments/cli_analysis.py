@@ -35,6 +35,7 @@ GuardrailOpt = Annotated[
 def parse_guardrail(text: str) -> Threshold:
     """`p99_latency_ms=162:150` → Threshold("p99_latency_ms", 162, 150)."""
     from analysis import Threshold
+
     name, sep, rest = text.partition("=")
     parts = rest.split(":")
     if not sep or not name or len(parts) not in (2, 3) or parts[2:] not in ([], ["min"], ["max"]):
