@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
+from specs import two_arms
 
 from analysis import ArmStats, ExperimentStats, Status, decide_many, gst_boundaries
 from analysis.decision import DecisionState
 from analysis.mixture import effect_and_variance, mixture, pvalue_of, rho2_for
-from experiments import load_spec
 from experiments.spec import ExperimentSpec
 
 ALPHA, STEP, FIXED_N, MIN_N = 0.05, 100, 10_000, 100
@@ -61,27 +61,7 @@ def spec(method: str, kind: str) -> ExperimentSpec:
     analysis: dict[str, object] = {"n_star": 2 * FIXED_N, "min_units_per_arm": MIN_N}
     if method == "group-sequential":
         analysis |= {"method": method, "max_units_per_arm": FIXED_N, "looks": 10}
-    return load_spec(
-        {
-            "name": f"bench-{method}",
-            "variants": [
-                {
-                    "key": "control",
-                    "header_value": "a",
-                    "weight": 50,
-                    "destination": {"host": "v1"},
-                },
-                {
-                    "key": "treatment",
-                    "header_value": "b",
-                    "weight": 50,
-                    "destination": {"host": "v2"},
-                },
-            ],
-            "metrics": {"primary": {"name": "y", "kind": kind}},
-            "analysis": analysis,
-        }
-    )
+    return two_arms(f"bench-{method}", {"primary": {"name": "y", "kind": kind}}, analysis)
 
 
 @dataclass

@@ -204,15 +204,11 @@ def test_state_keeps_the_running_minimum_and_survives_json() -> None:
         DecisionState.from_dict({"bogus": 1})
 
 
+GST = {"method": "group-sequential", "max_units_per_arm": 1000, "looks": 4, "min_units_per_arm": 50}
+
+
 def test_group_sequential_looks_only_at_planned_fractions() -> None:
-    spec = make_spec(
-        {
-            "method": "group-sequential",
-            "max_units_per_arm": 1000,
-            "looks": 4,
-            "min_units_per_arm": 50,
-        }
-    )
+    spec = make_spec(GST)
     d1 = decide(spec, stats({"control": conv(240, 0.10), "treatment": conv(240, 0.25)}))
     assert d1.status is Status.CONTINUE
     assert d1.state.gst_fractions == []
@@ -491,14 +487,7 @@ def test_a_state_from_another_experiment_or_design_starts_afresh() -> None:
 
 
 def test_group_sequential_second_look_and_an_exhausted_design() -> None:
-    spec = make_spec(
-        {
-            "method": "group-sequential",
-            "max_units_per_arm": 1000,
-            "looks": 4,
-            "min_units_per_arm": 50,
-        }
-    )
+    spec = make_spec(GST)
     d1 = decide(spec, stats({"control": conv(260, 0.10), "treatment": conv(260, 0.11)}))
     d2 = decide(
         spec, stats({"control": conv(530, 0.10), "treatment": conv(530, 0.11)}), state=d1.state

@@ -97,13 +97,21 @@ def test_import_reports_bad_rows_and_keeps_the_good(
     assert "row 3: value: must be a number, got str" in proc.stdout
 
 
-def test_stats_snapshot_export_and_phase(
+def imported(
     ready: tuple[str, dict[str, str], list[dict[str, Any]]], tmp_path: Path
-) -> None:
-    url, exposed, events = ready
+) -> tuple[str, dict[str, str], list[dict[str, Any]]]:
+    """The ready store with its events imported through the CLI."""
+    url, _, events = ready
     path = tmp_path / "events.jsonl"
     _write(path, events, "jsonl")
     abmesh("events", "import", str(path), store=url)
+    return ready
+
+
+def test_stats_snapshot_export_and_phase(
+    ready: tuple[str, dict[str, str], list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    url, exposed, events = imported(ready, tmp_path)
     table = abmesh("stats", "ranker-v2", store=url).stdout
     assert "revenue" in table
     assert "ranker-v2, phase main" in table
@@ -184,10 +192,7 @@ def test_import_survives_odd_files(
 def test_decide_reads_the_stored_statistics_and_keeps_its_state(
     ready: tuple[str, dict[str, str], list[dict[str, Any]]], tmp_path: Path
 ) -> None:
-    url, exposed, events = ready
-    path = tmp_path / "events.jsonl"
-    _write(path, events, "jsonl")
-    abmesh("events", "import", str(path), store=url)
+    url, exposed, events = imported(ready, tmp_path)
     state = tmp_path / "state.json"
     args = ("decide", "ranker-v2", "-g", "p99_ms=120:150", "--state", str(state), "-o", "json")
     first = json.loads(abmesh(*args, store=url).stdout)
