@@ -54,6 +54,9 @@ def requests(experiments: int, metrics: int, seed: int = 1) -> list[Request]:
     return out
 
 
+FRESH = itertools.count(1)
+
+
 def best_ms(run: Callable[[], object], repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -103,9 +106,7 @@ def main() -> None:
     for looks in (5, 20, 50):
         fractions = tuple(k / looks for k in range(1, looks + 1))
 
-        def uncached(
-            f: tuple[float, ...] = fractions, fresh: Iterator[int] = itertools.count(1)
-        ) -> None:
+        def uncached(f: tuple[float, ...] = fractions, fresh: Iterator[int] = FRESH) -> None:
             # A schedule never seen before (the first look a hair earlier), so nothing is cached.
             gst_boundaries((f[0] * (1 - 1e-9 * next(fresh)), *f[1:]))
 
