@@ -4,6 +4,7 @@ for one look, and the sequential Dirichlet–multinomial test for continuous mon
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ class SRMResult:
             f"SRM chi-square {self.statistic:.4g}, df {self.df}, p {self.pvalue:.4g}: "
             f"{verdict}; units {shares}"
         )
+
+    def _repr_html_(self) -> str:
+        return f"<p>{html.escape(self.summary())}</p>"
 
 
 def _expected(counts: Sequence[float], weights: Sequence[float]) -> list[tuple[float, float]]:
@@ -117,6 +121,9 @@ class SequentialSRMResult:
             f"sequential SRM Bayes factor {self.statistic:.4g}, p {self.pvalue:.4g}: {verdict}; "
             f"units {', '.join(f'{o:g}' for o in self.observed)}"
         )
+
+    def _repr_html_(self) -> str:
+        return f"<p>{html.escape(self.summary())}</p>"
 
 
 def sequential_srm(

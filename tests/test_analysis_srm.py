@@ -45,6 +45,8 @@ def test_pvalue_is_a_running_minimum_and_flags_a_clear_mismatch() -> None:
     assert later.pvalue == first.pvalue
     assert later.statistic < 1
     assert "MISMATCH" in first.summary()
+    assert "MISMATCH" in first._repr_html_()
+    assert "df 1" in srm_test([1000, 1200], [50, 50])._repr_html_()
 
 
 def test_units_in_a_zero_weight_arm_are_a_certain_mismatch() -> None:
