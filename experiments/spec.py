@@ -29,6 +29,7 @@ from experiments.spec_base import (
     to_basis_points,
 )
 from experiments.spec_metrics import AnalysisSettings, Direction, Metric, MetricKind, Metrics
+from experiments.spec_rollout import Rollout
 
 __all__ = [
     "BASIS_POINTS",
@@ -43,6 +44,7 @@ __all__ = [
     "MetricKind",
     "Metrics",
     "Override",
+    "Rollout",
     "Variant",
 ]
 
@@ -141,6 +143,7 @@ class ExperimentSpec(SpecModel):
     sticky: Annotated[bool, Strict()] = False
     metrics: Metrics | None = None
     analysis: AnalysisSettings = AnalysisSettings()
+    rollout: Rollout | None = None
 
     @field_validator("variants")
     @classmethod
@@ -167,6 +170,14 @@ class ExperimentSpec(SpecModel):
             raise ValueError(f"variants: weights must sum to 100; they sum to {total / 100:g}")
         if self.control is not None and self.control not in keys:
             raise ValueError(f"control: {self.control!r} is not one of the variants {keys}")
+        candidate = self.rollout.candidate if self.rollout else None
+        if candidate is not None and (
+            candidate not in keys or candidate == self.control_variant.key
+        ):
+            raise ValueError(
+                f"rollout.candidate: {candidate!r} must be one of the variants {keys} other than"
+                " the control"
+            )
         listed: dict[str, int] = {}
         for i, override in enumerate(self.overrides):
             if override.variant not in keys:
@@ -190,6 +201,13 @@ class ExperimentSpec(SpecModel):
     def control_variant(self) -> Variant:
         key = self.control or self.variants[0].key
         return next(v for v in self.variants if v.key == key)
+
+    @property
+    def candidate_variant(self) -> Variant:
+        """The variant a rollout moves traffic to: `rollout.candidate`, else the first other."""
+        key = self.rollout.candidate if self.rollout and self.rollout.candidate else None
+        control = self.control_variant.key
+        return next(v for v in self.variants if v.key == key or (key is None and v.key != control))
 
     def variant(self, key: str) -> Variant:
         for v in self.variants:

@@ -170,7 +170,33 @@ class StatsStore(Protocol):
 
 
 @runtime_checkable
-class Store(ExperimentStore, StickyStore, StatsStore, Protocol):
+class ControlStore(Protocol):
+    """What the rollout controller keeps: one state document per experiment (written with a
+    compare-and-set on its version, so two writers cannot both win), an append-only audit log,
+    and leases that elect one controller at a time."""
+
+    def get_control(self, experiment: str) -> tuple[dict[str, Any] | None, int]:
+        """The state document and its version (None and 0 if there is none)."""
+
+    def put_control(self, experiment: str, doc: dict[str, Any], expected_version: int) -> int:
+        """Replace the document if its version is still `expected_version`; returns the new
+        version, or raises ConflictError."""
+
+    def append_audit(self, experiment: str, entry: dict[str, Any]) -> None: ...
+
+    def audit(self, experiment: str) -> list[dict[str, Any]]:
+        """The audit entries, oldest first."""
+
+    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew the lease `name` for `owner` if it is free, expired or already
+        `owner`'s; False if another owner holds it."""
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease up if `owner` holds it."""
+
+
+@runtime_checkable
+class Store(ExperimentStore, StickyStore, StatsStore, ControlStore, Protocol):
     url: str
 
     def ping(self) -> None:

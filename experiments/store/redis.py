@@ -34,10 +34,11 @@ from experiments.store.protocol import (
     check_status,
 )
 from experiments.store.redis_base import DEFAULT_PREFIX
+from experiments.store.redis_control import RedisControl
 from experiments.store.redis_stats import RedisStats
 
 
-class RedisStore(RedisStats):
+class RedisStore(RedisStats, RedisControl):
     def __init__(self, client: redis.Redis, *, prefix: str = DEFAULT_PREFIX, url: str = "") -> None:
         super().__init__(client, prefix=prefix, url=url)
         self._sticky_script = self.client.register_script(_PUT_STICKY)

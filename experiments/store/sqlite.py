@@ -26,10 +26,11 @@ from experiments.store.protocol import (
     check_status,
 )
 from experiments.store.sqlite_base import chunks
+from experiments.store.sqlite_control import SQLiteControl
 from experiments.store.sqlite_stats import STATS_TABLES, SQLiteStats
 
 
-class SQLiteStore(SQLiteStats):
+class SQLiteStore(SQLiteStats, SQLiteControl):
     # experiments
 
     def put_experiment(self, spec: ExperimentSpec) -> PutResult:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from experiments.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: control, audit, leases (every statement is idempotent)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
     name TEXT PRIMARY KEY, revision INTEGER NOT NULL, status TEXT NOT NULL,
@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS events (
     metric TEXT NOT NULL, value REAL NOT NULL, timestamp REAL NOT NULL, received_at REAL NOT NULL,
     PRIMARY KEY (experiment, event_id));
 CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+CREATE TABLE IF NOT EXISTS control (
+    experiment TEXT PRIMARY KEY, doc TEXT NOT NULL, version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    experiment TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, entry TEXT NOT NULL,
+    PRIMARY KEY (experiment, seq));
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshots (
     experiment TEXT NOT NULL, phase TEXT NOT NULL, at REAL NOT NULL, stats TEXT NOT NULL,
     PRIMARY KEY (experiment, phase, at));

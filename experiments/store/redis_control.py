@@ -1,0 +1,72 @@
+"""Redis part of the store for the rollout controller.  Each write is one Lua script, so the
+compare-and-set of a state document and the check-and-take of a lease are atomic on the server
+whatever the number of controllers."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from experiments.errors import ConflictError
+from experiments.store.redis_base import RedisBase
+
+_PUT = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if current ~= tonumber(ARGV[1]) then return -1 - current end
+redis.call('HSET', KEYS[1], 'doc', ARGV[2], 'version', current + 1)
+return current + 1
+"""
+_ACQUIRE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+
+class RedisControl(RedisBase):
+    def get_control(self, experiment: str) -> tuple[dict[str, Any] | None, int]:
+        with self._guard():
+            doc, version = self.client.hmget(f"{self.prefix}control:{experiment}", "doc", "version")
+        return (json.loads(doc), int(version)) if doc is not None else (None, 0)
+
+    def put_control(self, experiment: str, doc: dict[str, Any], expected_version: int) -> int:
+        text = json.dumps(doc, allow_nan=False)
+        with self._guard():
+            result = int(
+                self.client.eval(
+                    _PUT, 1, f"{self.prefix}control:{experiment}", expected_version, text
+                )
+            )
+        if result < 0:
+            raise ConflictError(
+                f"rollout state of {experiment!r} is at version {-1 - result}, not"
+                f" {expected_version}: another controller wrote it"
+            )
+        return result
+
+    def append_audit(self, experiment: str, entry: dict[str, Any]) -> None:
+        text = json.dumps({"at": time.time(), "entry": entry}, allow_nan=False)
+        with self._guard():
+            self.client.rpush(f"{self.prefix}audit:{experiment}", text)
+
+    def audit(self, experiment: str) -> list[dict[str, Any]]:
+        with self._guard():
+            rows = self.client.lrange(f"{self.prefix}audit:{experiment}", 0, -1)
+        return [json.loads(r)["entry"] for r in rows]
+
+    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        with self._guard():
+            taken = self.client.eval(
+                _ACQUIRE, 1, f"{self.prefix}lease:{name}", owner, max(int(ttl_s * 1000), 1)
+            )
+        return bool(int(taken))
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._guard():
+            self.client.eval(_RELEASE, 1, f"{self.prefix}lease:{name}", owner)
