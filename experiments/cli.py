@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from assignment import assign_many
-from experiments import cli_analysis, cli_data
+from experiments import cli_analysis, cli_data, cli_rollout
 from experiments.cli_common import (
     Output,
     OutputOpt,
@@ -201,6 +201,7 @@ def serve(
 
 cli_data.register(app)
 cli_analysis.register(app)
+cli_rollout.register(app)
 
 
 def main() -> None:

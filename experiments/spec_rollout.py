@@ -70,6 +70,7 @@ def _default_guardrails() -> tuple[OperationalGuardrail, ...]:
 
 class Rollout(SpecModel):
     candidate: Name | None = None  # default: the first variant that is not the control
+    service: Name | None = None  # the host clients call (VirtualService hosts); default: name
     guardrails: tuple[OperationalGuardrail, ...] = Field(
         default_factory=_default_guardrails, max_length=20
     )

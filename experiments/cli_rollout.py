@@ -1,0 +1,153 @@
+"""`abmesh controller`, `history`, and the manual `promote`, `rollback`, `pause`, `resume`.
+
+A manual command is written into the rollout's state as a request (with a compare-and-set)
+and carried out by the controller's next tick, so it never races the controller."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from experiments.cli_common import Output, OutputOpt, StoreOpt, fail, out, print_data, store_for
+from experiments.errors import AbmeshError, ConflictError
+from experiments.rollout_state import Request, RolloutState
+
+ClusterOpt = Annotated[
+    list[str] | None,
+    typer.Option("--cluster", help="VARIANT=CLUSTER for the envoy router and queries. Repeatable."),
+]
+
+
+def _clusters(pairs: list[str]) -> dict[str, str]:
+    out_: dict[str, str] = {}
+    for pair in pairs:
+        variant, sep, cluster = pair.partition("=")
+        if not sep or not variant or not cluster:
+            fail(f"--cluster {pair!r} is not VARIANT=CLUSTER")
+        out_[variant] = cluster
+    return out_
+
+
+def controller(
+    router: Annotated[str, typer.Option(help="envoy or manifests.")] = "envoy",
+    interval: Annotated[float, typer.Option(help="Seconds between ticks.", min=0.1)] = 10.0,
+    prometheus: Annotated[str, typer.Option(help="Prometheus base URL.")] = "http://127.0.0.1:9090",
+    mesh: Annotated[str, typer.Option(help="Query templates: envoy or istio.")] = "envoy",
+    window: Annotated[str, typer.Option(help="Rate window of the queries.")] = "30s",
+    envoy_routes: Annotated[Path | None, typer.Option(help="RDS file Envoy watches.")] = None,
+    envoy_admin: Annotated[str, typer.Option(help="Envoy admin URL.")] = "http://127.0.0.1:9901",
+    route_name: Annotated[str, typer.Option(help="Envoy route configuration name.")] = "abmesh",
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Directory for the manifests router.")
+    ] = None,
+    cluster: ClusterOpt = None,
+    once: Annotated[bool, typer.Option(help="One tick, then exit.")] = False,
+    store: StoreOpt = None,
+) -> None:
+    """Walk every running experiment's rollout plan: canary steps, A/B, promotion or rollback."""
+    from experiments.controller import Controller
+    from experiments.metrics_provider import PrometheusProvider
+    from experiments.routing.routers import make_router
+
+    clusters = _clusters(cluster or [])
+    options: dict[str, object] = (
+        {"routes_file": envoy_routes, "admin_url": envoy_admin, "clusters": clusters,
+         "route_name": route_name}
+        if router == "envoy"
+        else {"directory": out_dir}
+    )  # fmt: skip
+    if router == "envoy" and envoy_routes is None:
+        fail("--router envoy needs --envoy-routes FILE (the RDS file Envoy watches)")
+    if router == "manifests" and out_dir is None:
+        fail("--router manifests needs --out-dir DIR")
+    try:
+        mesh_router = make_router(router, **options)
+        provider = PrometheusProvider(prometheus, mesh=mesh, window=window)
+    except AbmeshError as exc:
+        fail(str(exc))
+
+    def labels(variant: object) -> dict[str, str]:
+        key = getattr(variant, "key", "")
+        destination = getattr(variant, "destination", None)
+        return {
+            "target": clusters.get(key, key),
+            "host": getattr(destination, "host", ""),
+            "subset": getattr(destination, "subset", "") or "",
+        }
+
+    with store_for(store) as st:
+        loop = Controller(st, mesh_router, provider, labels, interval=interval)
+        if once:
+            loop.tick()
+            return
+        stopped = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stopped.set())
+        out.print(f"controller {loop.owner}: router {router}, every {interval:g} s")
+        loop.run(stopped.is_set)
+
+
+def history(experiment: str, output: OutputOpt = Output.TEXT, store: StoreOpt = None) -> None:
+    """The rollout's audit log: every step, promotion and rollback with its numbers."""
+    with store_for(store) as st:
+        entries = st.audit(experiment)
+    if output is not Output.TEXT:
+        print_data(entries, output)
+        return
+    if not entries:
+        out.print(f"{experiment}: no rollout history")
+    for e in entries:
+        when = datetime.fromtimestamp(e["at"], UTC).strftime("%H:%M:%S")
+        weights = " ".join(f"{k}={v}" for k, v in e["weights"].items())
+        checks = ", ".join(
+            f"{g['name']} {g['value'] if g['value'] is not None else 'no data'}"
+            f" (limit {g['limit']:g}, {g['status']})"
+            for g in e["guardrails"]
+        )
+        line = f"{when} {e['action']:<8} [{weights}] {e['what']}"
+        out.print(line + (f" | {checks}" if checks else ""), markup=False)
+
+
+def _request(experiment: str, request: Request, store: str | None) -> None:
+    with store_for(store) as st:
+        st.get_experiment(experiment)
+        doc, version = st.get_control(experiment)
+        if doc is None:
+            fail(f"{experiment} has no rollout in progress (no controller has started it)")
+        state = RolloutState.from_dict(doc)
+        state.request = request
+        try:
+            st.put_control(experiment, state.to_dict(), version)
+        except ConflictError:
+            fail("the controller changed the rollout at the same moment: run the command again")
+    out.print(f"{request.value} requested for {experiment}; the controller's next tick does it")
+
+
+def promote(experiment: str, store: StoreOpt = None) -> None:
+    """Promote the candidate (or the declared winner) now."""
+    _request(experiment, Request.PROMOTE, store)
+
+
+def rollback(experiment: str, store: StoreOpt = None) -> None:
+    """Send all traffic back to the stable model now."""
+    _request(experiment, Request.ROLLBACK, store)
+
+
+def pause(experiment: str, store: StoreOpt = None) -> None:
+    """Hold the rollout where it is."""
+    _request(experiment, Request.PAUSE, store)
+
+
+def resume(experiment: str, store: StoreOpt = None) -> None:
+    """Continue a paused rollout."""
+    _request(experiment, Request.RESUME, store)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (controller, history, promote, rollback, pause, resume):
+        app.command()(command)

@@ -1,0 +1,142 @@
+"""One route plan, three meshes: an Istio VirtualService (+ DestinationRule subsets), an Envoy
+RouteConfiguration, and a Gateway API HTTPRoute (Linkerd, Istio, Envoy Gateway).
+
+Header rules come first, each an exact header match to one destination, then the default
+route with the plan's weights.  Every route abmesh writes is named with MANAGED_PREFIX, and
+the objects carry the `abmesh.io/experiment` annotation, so a router can tell what it owns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from experiments.routing.plan import MANAGED_PREFIX, RoutePlan
+from experiments.spec import Destination
+
+ANNOTATION = "abmesh.io/experiment"
+DEFAULT_ROUTE = f"{MANAGED_PREFIX}default"
+
+
+def _metadata(plan: RoutePlan, name: str, namespace: str) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "annotations": {ANNOTATION: plan.experiment}}
+
+
+def _istio_destination(d: Destination) -> dict[str, Any]:
+    out: dict[str, Any] = {"host": d.host}
+    if d.subset:
+        out["subset"] = d.subset
+    if d.port:
+        out["port"] = {"number": d.port}
+    return out
+
+
+def istio_http_routes(plan: RoutePlan) -> list[dict[str, Any]]:
+    """The VirtualService `spec.http` entries abmesh owns, in order."""
+    routes = [
+        {
+            "name": rule.name,
+            "match": [{"headers": {rule.header: {"exact": rule.value}}}],
+            "route": [{"destination": _istio_destination(plan.destination(rule.variant))}],
+        }
+        for rule in plan.rules
+    ]
+    weighted = [
+        {"destination": _istio_destination(plan.destination(v)), "weight": w}
+        for v, w in plan.weights
+        if w > 0
+    ]
+    routes.append({"name": DEFAULT_ROUTE, "route": weighted})
+    return routes
+
+
+def istio_virtual_service(plan: RoutePlan, namespace: str = "default") -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": _metadata(plan, plan.service, namespace),
+        "spec": {"hosts": [plan.service], "http": istio_http_routes(plan)},
+    }
+
+
+def istio_destination_rules(plan: RoutePlan, namespace: str = "default") -> list[dict[str, Any]]:
+    """One DestinationRule per host that has subsets, the subset selecting `version: NAME`."""
+    subsets: dict[str, list[str]] = {}
+    for _, d in plan.destinations:
+        if d.subset:
+            subsets.setdefault(d.host, []).append(d.subset)
+    return [
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": _metadata(plan, host, namespace),
+            "spec": {
+                "host": host,
+                "subsets": [{"name": s, "labels": {"version": s}} for s in names],
+            },
+        }
+        for host, names in subsets.items()
+    ]
+
+
+def envoy_route_configuration(
+    plan: RoutePlan, route_name: str, clusters: Mapping[str, str]
+) -> dict[str, Any]:
+    """A RouteConfiguration for Envoy's RDS; `clusters` maps each variant to its cluster.
+    `validate_clusters` makes Envoy refuse a plan naming a cluster it does not know instead of
+    answering that share with 503s."""
+    routes: list[dict[str, Any]] = [
+        {
+            "name": rule.name,
+            "match": {
+                "prefix": "/",
+                "headers": [{"name": rule.header, "string_match": {"exact": rule.value}}],
+            },
+            "route": {"cluster": clusters[rule.variant]},
+        }
+        for rule in plan.rules
+    ]
+    live = [(clusters[v], w) for v, w in plan.weights if w > 0]
+    action: dict[str, Any] = (
+        {"cluster": live[0][0]}
+        if len(live) == 1
+        else {"weighted_clusters": {"clusters": [{"name": c, "weight": w} for c, w in live]}}
+    )
+    routes.append({"name": DEFAULT_ROUTE, "match": {"prefix": "/"}, "route": action})
+    return {
+        "name": route_name,
+        "validate_clusters": True,
+        "virtual_hosts": [{"name": plan.service, "domains": ["*"], "routes": routes}],
+    }
+
+
+def _backend(d: Destination, weight: int | None = None) -> dict[str, Any]:
+    # Gateway API routes to Services; a subset is the version's own Service here.
+    out: dict[str, Any] = {"name": f"{d.host}-{d.subset}" if d.subset else d.host}
+    out["port"] = d.port or 80
+    if weight is not None:
+        out["weight"] = weight
+    return out
+
+
+def http_route(plan: RoutePlan, namespace: str = "default", port: int = 80) -> dict[str, Any]:
+    """The plan as an HTTPRoute attached to the service itself (GAMMA, as Linkerd uses it)."""
+    rules: list[dict[str, Any]] = [
+        {
+            "matches": [{"headers": [{"type": "Exact", "name": rule.header, "value": rule.value}]}],
+            "backendRefs": [_backend(plan.destination(rule.variant))],
+        }
+        for rule in plan.rules
+    ]
+    rules.append(
+        {"backendRefs": [_backend(plan.destination(v), w) for v, w in plan.weights if w > 0]}
+    )
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": _metadata(plan, plan.service, namespace),
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": plan.service, "port": port}],
+            "rules": rules,
+        },
+    }
