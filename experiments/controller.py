@@ -80,10 +80,12 @@ class Controller:
         doc, version = self.store.get_control(spec.name)
         state = RolloutState.from_dict(doc) if doc else None
         audit: list[dict[str, Any]] = []
+        before: tuple[dict[str, Any], dict[str, int]] = ({}, {})
         if state is None:
             state = RolloutState()
             audit.append(self._entry(state, "start", enter_phase(spec, state, 0)))
-        before = (state.to_dict(), dict(state.weights))
+        else:
+            before = (state.to_dict(), dict(state.weights))
         if state.request is not None:
             audit.append(self._entry(state, state.request.value, self._manual(spec, state)))
         if state.status is RolloutStatus.RUNNING:
@@ -184,7 +186,8 @@ class Controller:
         what = enter_phase(spec, state, state.phase + 1)
         if isinstance(self._phase(spec, state), ABTest):
             state.stats_phase = self._new_stats_phase(spec)
-        return [self._entry(state, "phase", what, readings)]
+        action = "promote" if state.status is RolloutStatus.PROMOTED else "phase"
+        return [self._entry(state, action, what, readings)]
 
     def _ab(
         self,
@@ -209,9 +212,8 @@ class Controller:
             if decision.winner == spec.control_variant.key:
                 state.status, state.reason = RolloutStatus.NO_DIFFERENCE, why
                 return [self._entry(state, "finish", f"stable model wins: {why}", readings)]
-            return [
-                self._entry(state, "promote", enter_phase(spec, state, state.phase + 1), readings)
-            ]
+            what = f"{decision.winner} wins: {why} → {enter_phase(spec, state, state.phase + 1)}"
+            return [self._entry(state, "promote", what, readings)]
         if decision.status is Status.NO_DIFFERENCE:
             state.status, state.weights = (
                 RolloutStatus.NO_DIFFERENCE,
@@ -256,6 +258,7 @@ class Controller:
     ) -> dict[str, Any]:
         return {
             "at": time.time(),
+            "by": self.owner,
             "action": action,
             "what": what,
             "status": state.status.value,

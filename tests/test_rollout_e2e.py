@@ -1,0 +1,329 @@
+"""End to end with real parts: Envoy in front of two model servers, Prometheus scraping Envoy,
+abmesh's controller (a separate process, `envoy` router) and simulated traffic.
+
+(a) a healthy candidate walks the canary steps and is promoted, the observed split at each
+step within binomial bounds of the plan; (b) a slow or failing candidate is rolled back and all
+traffic returns to v1; (c) a controller killed mid-rollout resumes at the same step; (d) of two
+controllers only one acts; (e) an A/B phase ends with the sequential test's winner promoted.
+Timings are printed, not asserted."""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from assignment import assign_many
+from experiments import load_spec
+from experiments.folding import Event, FoldPlan
+from experiments.store import ExperimentStatus, Store, open_store
+from tests.rollout_stack import ROOT, RolloutStack, start_rollout_stack
+from tests.servers import Process, wait_until
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def spec_doc(phases: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "ranker-v2",
+        "variants": [
+            {"key": "control", "header_value": "group-a", "weight": 100,
+             "destination": {"host": "model", "subset": "v1"}},
+            {"key": "treatment", "header_value": "group-b", "weight": 0,
+             "destination": {"host": "model", "subset": "v2"}},
+        ],
+        "metrics": {"primary": {"name": "click", "kind": "conversion"}},
+        "rollout": {"phases": phases},
+        **extra,
+    }  # fmt: skip
+
+
+class Traffic:
+    """Requests without a group header through Envoy, as fast as one client goes; each answer's
+    model and time are kept."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.seen: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            while not self._stop.is_set():
+                try:
+                    reply = client.get(self.url)
+                    self.seen.append((time.time(), reply.headers.get("x-model", "?")))
+                except httpx.HTTPError:
+                    self.seen.append((time.time(), "error"))
+                time.sleep(0.002)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def share(self, model: str, start: float, end: float) -> tuple[int, int]:
+        window = [m for t, m in self.seen if start <= t < end]
+        return sum(m == model for m in window), len(window)
+
+
+def controller(url: str, stack: RolloutStack, workdir: Path, name: str = "ctl") -> Process:
+    log = workdir / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "experiments.cli", "controller", "--router", "envoy",
+             "--envoy-routes", str(stack.routes_file), "--envoy-admin", stack.admin,
+             "--cluster", "control=v1", "--cluster", "treatment=v2",
+             "--prometheus", stack.prometheus_url, "--window", "5s", "--interval", "1",
+             "--store", url],
+            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+        )  # fmt: skip
+    return Process(proc, log, 0)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[RolloutStack]:
+    s = start_rollout_stack(tmp_path)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[tuple[str, Store]]:
+    url = f"sqlite:///{tmp_path / 'abmesh.db'}"
+    store = open_store(url)
+    yield url, store
+    store.close()
+
+
+def start(store: Store, doc: dict[str, Any]) -> None:
+    store.put_experiment(load_spec(doc))
+    store.set_status("ranker-v2", ExperimentStatus.RUNNING)
+
+
+def wait_for(store: Store, action: str, timeout: float = 90) -> dict[str, Any]:
+    found: list[dict[str, Any]] = []
+
+    def seen() -> bool:
+        found[:] = [e for e in store.audit("ranker-v2") if e["action"] == action]
+        return bool(found)
+
+    wait_until(seen, f"audit entry {action!r}", timeout=timeout)
+    return found[0]
+
+
+def within_binomial(k: int, n: int, percent: int) -> bool:
+    p = percent / 100
+    return abs(k - n * p) <= 4.5 * math.sqrt(n * p * (1 - p)) + 1
+
+
+def test_a_healthy_candidate_walks_the_canary_and_is_promoted(
+    stack: RolloutStack, db: tuple[str, Store], tmp_path: Path
+) -> None:
+    url, store = db
+    start(
+        store,
+        spec_doc([{"kind": "canary", "steps": [5, 20, 50], "checks": 2}, {"kind": "promote"}]),
+    )
+    traffic = Traffic(stack.front)
+    ctl = controller(url, stack, tmp_path)
+    try:
+        done = wait_for(store, "promote")
+        time.sleep(1.5)
+    finally:
+        ctl.stop()
+        traffic.stop()
+    entries = store.audit("ranker-v2")
+    assert [(e["action"], e["weights"].get("treatment")) for e in entries] == [
+        ("start", 5),
+        ("step", 20),
+        ("step", 50),
+        ("promote", 100),
+    ]
+    ends = [e["at"] for e in entries[1:]] + [time.time()]
+    for entry, end in zip(entries, ends, strict=True):
+        k, n = traffic.share("v2", entry["at"] + 0.3, end)
+        planned = entry["weights"].get("treatment", 0)
+        print(
+            f"{entry['action']:>8}: planned {planned:>3} %, observed {k}/{n} = {k / max(n, 1):.1%}"
+        )
+        assert n > 50
+        assert within_binomial(k, n, planned) if planned < 100 else k == n
+    assert done["status"] == "promoted"
+    assert store.get_experiment("ranker-v2").spec.variant("treatment").weight == 100
+
+
+@pytest.mark.parametrize(
+    "regression", [{"delay_ms": 300}, {"error_rate": 0.05}], ids=["p99", "5xx"]
+)
+def test_a_regressing_candidate_is_rolled_back_to_stable(
+    stack: RolloutStack, db: tuple[str, Store], tmp_path: Path, regression: dict[str, float]
+) -> None:
+    url, store = db
+    start(store, spec_doc([{"kind": "canary", "steps": [20, 50], "checks": 1000}]))
+    traffic = Traffic(stack.front)
+    ctl = controller(url, stack, tmp_path)
+    try:
+        first = wait_for(store, "start")
+        wait_until(lambda: traffic.share("v2", first["at"], time.time())[0] > 50, "v2 traffic")
+        time.sleep(2)  # healthy checks first: nothing happens
+        assert [e["action"] for e in store.audit("ranker-v2")] == ["start"]
+        stack.set_model("v2", **regression)
+        broke = time.time()
+        back = wait_for(store, "rollback", timeout=60)
+        wait_until(lambda: traffic.share("v1", time.time() - 0.5, time.time())[0] > 20, "v1 only")
+        time.sleep(1)
+    finally:
+        ctl.stop()
+        traffic.stop()
+    last_v2 = max(t for t, m in traffic.seen if m == "v2")
+    print(
+        f"regression {regression}: rollback decided {back['at'] - broke:.2f} s after it began;"
+        f" last request to v2 {last_v2 - broke:.2f} s after; decision to route live"
+        f" {last_v2 - back['at']:.3f} s"
+    )
+    k, n = traffic.share("v2", back["at"] + 0.2, time.time())
+    assert k == 0
+    assert n > 20
+    assert back["weights"] == {"control": 100}
+    failed = [g for g in back["guardrails"] if g["status"] == "fail"]
+    assert failed
+    assert failed[0]["name"] == ("p99_latency_ms" if "delay_ms" in regression else "error_ratio")
+    assert store.get_control("ranker-v2")[0]["status"] == "rolled_back"  # type: ignore[index]
+
+
+def test_a_restarted_controller_resumes_at_the_same_step(
+    stack: RolloutStack, db: tuple[str, Store], tmp_path: Path
+) -> None:
+    url, store = db
+    steps = [5, 10, 20, 30, 50]
+    start(store, spec_doc([{"kind": "canary", "steps": steps, "checks": 2}, {"kind": "promote"}]))
+    traffic = Traffic(stack.front)
+    ctl = controller(url, stack, tmp_path, "first")
+    try:
+        wait_for(store, "step")
+        ctl.stop(signal.SIGKILL)
+        killed_at = store.get_control("ranker-v2")[0]["step"]  # type: ignore[index]
+        time.sleep(2)
+        ctl = controller(url, stack, tmp_path, "second")
+        wait_for(store, "promote")
+    finally:
+        ctl.stop()
+        traffic.stop()
+    entries = store.audit("ranker-v2")
+    shares = [e["weights"].get("treatment") for e in entries]
+    assert shares == [5, 10, 20, 30, 50, 100]  # no step repeated, none skipped
+    owners = [e["by"] for e in entries]
+    assert len(set(owners)) == 2
+    assert killed_at >= 1
+
+
+def test_of_two_controllers_only_one_acts(
+    stack: RolloutStack, db: tuple[str, Store], tmp_path: Path
+) -> None:
+    url, store = db
+    start(
+        store,
+        spec_doc([{"kind": "canary", "steps": [5, 20, 50], "checks": 2}, {"kind": "promote"}]),
+    )
+    traffic = Traffic(stack.front)
+    ctls = [controller(url, stack, tmp_path, f"ctl{i}") for i in range(2)]
+    try:
+        wait_for(store, "promote")
+    finally:
+        for c in ctls:
+            c.stop()
+        traffic.stop()
+    entries = store.audit("ranker-v2")
+    assert [e["weights"].get("treatment") for e in entries] == [5, 20, 50, 100]
+    assert len({e["by"] for e in entries}) == 1
+
+
+def test_an_ab_phase_promotes_the_sequential_tests_winner(
+    stack: RolloutStack, db: tuple[str, Store], tmp_path: Path
+) -> None:
+    url, store = db
+    doc = spec_doc([{"kind": "ab", "split": 50}, {"kind": "promote"}])
+    doc["analysis"] = {"n_star": 4000}
+    start(store, doc)
+    traffic = Traffic(stack.front)
+    ctl = controller(url, stack, tmp_path)
+    try:
+        wait_for(store, "start")
+        spec = store.get_experiment("ranker-v2").spec
+        assert spec.variant("treatment").weight == 50  # assignment follows the split
+        plan = FoldPlan.from_spec(spec)
+        phase = store.get_experiment("ranker-v2").phase
+        units = [f"user-{i}" for i in range(4000)]
+        arms = {u: a.variant for u, a in zip(units, assign_many(spec, units), strict=True)}
+        now, rng = time.time(), random.Random(7)
+        for i in range(0, len(units), 500):
+            batch = units[i : i + 500]
+            store.record_exposures("ranker-v2", phase, plan, {u: (arms[u], now) for u in batch})
+            rate = {"control": 0.10, "treatment": 0.16}
+            events = [
+                Event(f"e-{u}", u, "click", 1.0, now) for u in batch if rng.random() < rate[arms[u]]
+            ]
+            store.ingest_events("ranker-v2", phase, plan, events)
+        done = wait_for(store, "promote", timeout=60)
+    finally:
+        ctl.stop()
+        traffic.stop()
+    assert done["weights"] == {"treatment": 100}
+    state = store.get_control("ranker-v2")[0]
+    assert state is not None
+    assert state["winner"] == "treatment"
+    print("A/B decided:", done["what"][:300])
+
+
+def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.cli", *args, "--store", url],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_manual_pause_resume_promote_and_the_history(
+    stack: RolloutStack, db: tuple[str, Store], tmp_path: Path
+) -> None:
+    url, store = db
+    assert "does not exist" in cli(url, "pause", "ranker-v2").stderr
+    start(store, spec_doc([{"kind": "canary", "steps": [10, 50], "checks": 1000}]))
+    assert "no rollout in progress" in cli(url, "pause", "ranker-v2").stderr
+    traffic = Traffic(stack.front)
+    ctl = controller(url, stack, tmp_path)
+    try:
+        wait_for(store, "start")
+        assert "pause requested" in cli(url, "pause", "ranker-v2").stdout
+        wait_for(store, "pause")
+        assert store.get_control("ranker-v2")[0]["status"] == "paused"  # type: ignore[index]
+        cli(url, "resume", "ranker-v2")
+        wait_for(store, "resume")
+        cli(url, "promote", "ranker-v2")
+        done = wait_for(store, "promote")
+        time.sleep(1)
+    finally:
+        ctl.stop()
+        traffic.stop()
+    assert done["weights"] == {"treatment": 100}
+    k, n = traffic.share("v2", done["at"] + 0.2, time.time())
+    assert k == n > 10
+    history = cli(url, "history", "ranker-v2").stdout
+    assert [line.split()[1] for line in history.splitlines()] == [
+        "start",
+        "pause",
+        "resume",
+        "promote",
+    ]
+    assert "control=90 treatment=10" in history
