@@ -34,7 +34,7 @@ def _clusters(pairs: list[str]) -> dict[str, str]:
 
 
 def controller(
-    router: Annotated[str, typer.Option(help="envoy or manifests.")] = "envoy",
+    router: Annotated[str, typer.Option(help="envoy, istio, gateway-api or manifests.")] = "envoy",
     interval: Annotated[float, typer.Option(help="Seconds between ticks.", min=0.1)] = 10.0,
     prometheus: Annotated[str, typer.Option(help="Prometheus base URL.")] = "http://127.0.0.1:9090",
     mesh: Annotated[str, typer.Option(help="Query templates: envoy or istio.")] = "envoy",
@@ -44,6 +44,12 @@ def controller(
     route_name: Annotated[str, typer.Option(help="Envoy route configuration name.")] = "abmesh",
     out_dir: Annotated[
         Path | None, typer.Option(help="Directory for the manifests router.")
+    ] = None,
+    namespace: Annotated[str, typer.Option(help="Kubernetes namespace (istio, gateway-api).")] = (
+        "default"
+    ),
+    target: Annotated[
+        str | None, typer.Option(help="VirtualService / HTTPRoute to manage (istio, gateway-api).")
     ] = None,
     cluster: ClusterOpt = None,
     once: Annotated[bool, typer.Option(help="One tick, then exit.")] = False,
@@ -55,12 +61,15 @@ def controller(
     from experiments.routing.routers import make_router
 
     clusters = _clusters(cluster or [])
-    options: dict[str, object] = (
-        {"routes_file": envoy_routes, "admin_url": envoy_admin, "clusters": clusters,
-         "route_name": route_name}
-        if router == "envoy"
-        else {"directory": out_dir}
-    )  # fmt: skip
+    options: dict[str, object] = {
+        "envoy": {"routes_file": envoy_routes, "admin_url": envoy_admin, "clusters": clusters,
+                  "route_name": route_name},
+        "manifests": {"directory": out_dir, "namespace": namespace},
+        "istio": {"name": target, "namespace": namespace},
+        "gateway-api": {"name": target, "namespace": namespace},
+    }.get(router, {})  # fmt: skip
+    if router in ("istio", "gateway-api") and target is None:
+        fail(f"--router {router} needs --target NAME (the object to manage)")
     if router == "envoy" and envoy_routes is None:
         fail("--router envoy needs --envoy-routes FILE (the RDS file Envoy watches)")
     if router == "manifests" and out_dir is None:

@@ -155,16 +155,20 @@ class ManifestsRouter:
         return yaml.safe_load(path.read_text()) if path.exists() else None
 
 
-ROUTERS = ("envoy", "manifests")
+ROUTERS = ("envoy", "gateway-api", "istio", "manifests")
 
 
-def make_router(name: str, **options: Any) -> MeshRouter:
+def make_router(name: str, /, **options: Any) -> MeshRouter:
     """A router by name; unknown names and missing options are refused with what is needed."""
     try:
         if name == "envoy":
             return EnvoyRouter(**options)
         if name == "manifests":
             return ManifestsRouter(**options)
+        if name in ("istio", "gateway-api"):
+            from experiments.routing.kube import GatewayApiRouter, IstioRouter  # the k8s client
+
+            return IstioRouter(**options) if name == "istio" else GatewayApiRouter(**options)
     except TypeError as exc:
         raise InvalidInputError(f"router {name!r}: {exc}") from None
     raise InvalidInputError(f"unknown router {name!r}; known: {', '.join(ROUTERS)}")
