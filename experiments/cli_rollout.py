@@ -61,13 +61,14 @@ def controller(
     from experiments.routing.routers import make_router
 
     clusters = _clusters(cluster or [])
-    options: dict[str, object] = {
+    by_router: dict[str, dict[str, object]] = {
         "envoy": {"routes_file": envoy_routes, "admin_url": envoy_admin, "clusters": clusters,
                   "route_name": route_name},
         "manifests": {"directory": out_dir, "namespace": namespace},
         "istio": {"name": target, "namespace": namespace},
         "gateway-api": {"name": target, "namespace": namespace},
-    }.get(router, {})  # fmt: skip
+    }  # fmt: skip
+    options = by_router.get(router, {})
     if router in ("istio", "gateway-api") and target is None:
         fail(f"--router {router} needs --target NAME (the object to manage)")
     if router == "envoy" and envoy_routes is None:
