@@ -19,7 +19,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from assignment.config import Settings
-from assignment.routes import assign, configs, events, experiments, extauthz, health
+from assignment.routes import assign, configs, events, experiments, extauthz, health, integrations
 from assignment.service import ServiceState
 from assignment.telemetry import LatencyMiddleware
 from experiments.errors import (
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         events.router,
         experiments.router,
         health.router,
+        integrations.router,
     ):
         app.include_router(router)
     _add_error_handlers(app)

@@ -34,6 +34,8 @@ class Settings:
     extauthz_unit_cookie: str | None = None
     extauthz_experiments: tuple[str, ...] = ()  # empty: every running experiment
     extauthz_unassigned: Literal["control", "none"] = "control"
+    prometheus_url: str | None = None  # guardrail readings for /decision and Flagger hooks
+    metrics_mesh: str = "istio"  # which query templates: istio or envoy
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -87,4 +89,12 @@ class Settings:
             extauthz_unit_cookie=cookie,
             extauthz_experiments=names,
             extauthz_unassigned="none" if unassigned == "none" else "control",
+            prometheus_url=text("PROMETHEUS_URL"),
+            metrics_mesh=_mesh(text("METRICS_MESH") or d.metrics_mesh),
         )
+
+
+def _mesh(value: str) -> str:
+    if value not in ("istio", "envoy"):
+        raise SettingsError(f"ABMESH_METRICS_MESH={value!r} must be 'istio' or 'envoy'")
+    return value

@@ -21,7 +21,7 @@ async def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def _same(given: str, expected: str) -> bool:
+def same_secret(given: str, expected: str) -> bool:
     # Constant-time: the time taken does not tell how much of a guess was right.
     return hmac.compare_digest(given.encode(), expected.encode())
 
@@ -37,7 +37,7 @@ async def require_admin(request: Request, state: StateDep) -> None:
             "missing bearer token: send 'Authorization: Bearer <ABMESH_ADMIN_TOKEN>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if not _same(given.strip(), token):
+    if not same_secret(given.strip(), token):
         raise HTTPException(401, "wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -53,7 +53,7 @@ def check_api_key(request: Request, state: ServiceState) -> None:
     given = request.headers.get("x-api-key")
     if given is None:
         raise HTTPException(401, "missing API key: send the 'x-api-key' header")
-    if not _same(given, key):
+    if not same_secret(given, key):
         raise HTTPException(401, "wrong API key")
 
 

@@ -1,0 +1,86 @@
+"""Verdicts for controllers that are not abmesh's own.
+
+- `GET /v1/experiments/{name}/decision` for Argo Rollouts' `web` metric provider: always 200
+  with `{"decision": promote|rollback|pause|continue|no_difference, "guardrails_ok", ...}`
+  (Argo turns any non-2xx into a measurement error, not a verdict), behind the admin token.
+- `POST /v1/flagger/{hook}` for Flagger's webhooks.  Flagger passes on 200–202 only (its code
+  fails on status > 202, so 204 would count as a failure) and cannot send headers, so the
+  token may come in the payload's `metadata.token`; `metadata.experiment` names the
+  experiment (default: the canary's name).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from assignment.deps import AdminDep, StateDep, require_admin, same_secret
+from assignment.models import ErrorOut
+from assignment.service import ServiceState
+from experiments.metrics_provider import PrometheusProvider
+from experiments.verdict import current_verdict
+
+router = APIRouter(tags=["integrations"])
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (401, 404, 412, 422)
+}
+Hook = Literal["confirm-rollout", "rollout", "confirm-traffic-increase", "confirm-promotion",
+               "rollback", "event"]  # fmt: skip
+
+
+class FlaggerPayload(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=253)
+    namespace: str = Field(default="", max_length=253)
+    phase: str = Field(default="", max_length=100)
+    checksum: str = Field(default="", max_length=200)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+def _verdict(state: ServiceState, name: str) -> dict[str, Any]:
+    url = state.settings.prometheus_url
+    provider = PrometheusProvider(url, mesh=state.settings.metrics_mesh) if url else None
+    return current_verdict(state.store, name, provider)
+
+
+@router.get("/v1/experiments/{name}/decision", dependencies=[AdminDep], responses=ERRORS)
+def decision(name: str, state: StateDep) -> dict[str, Any]:
+    """The current verdict of the sequential test and the guardrails (one always-valid look)."""
+    return _verdict(state, name)
+
+
+async def _authorise(request: Request, state: ServiceState, payload: FlaggerPayload) -> None:
+    token = state.settings.admin_token
+    given = payload.metadata.get("token")
+    if token is not None and given is not None and same_secret(given, token):
+        return
+    await require_admin(request, state)
+
+
+@router.post("/v1/flagger/{hook}", responses=ERRORS)
+async def flagger(
+    hook: Hook, request: Request, state: StateDep, payload: Annotated[FlaggerPayload, Body()]
+) -> JSONResponse:
+    """200 means pass (advance, promote, or for `rollback`: roll back now); 412 means not."""
+    from starlette.concurrency import run_in_threadpool
+
+    await _authorise(request, state, payload)
+    name = payload.metadata.get("experiment") or payload.name
+    if hook == "event":
+        entry = {"action": "flagger-event", "what": payload.metadata.get("eventMessage", ""),
+                 "phase": payload.phase, "checksum": payload.checksum}  # fmt: skip
+        await run_in_threadpool(state.store.append_audit, name, entry)
+        return JSONResponse({"recorded": True})
+    verdict = await run_in_threadpool(_verdict, state, name)
+    passed = {
+        "confirm-rollout": verdict["decision"] not in ("rollback", "pause"),
+        "rollout": verdict["guardrails_ok"] and verdict["decision"] not in ("rollback", "pause"),
+        "confirm-traffic-increase": verdict["guardrails_ok"] and verdict["decision"] != "rollback",
+        "confirm-promotion": verdict["decision"] == "promote",
+        "rollback": verdict["decision"] == "rollback",
+    }[hook]
+    return JSONResponse(verdict, status_code=200 if passed else 412)

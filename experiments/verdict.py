@@ -1,0 +1,74 @@
+"""The verdict an outside controller asks for (Argo Rollouts' `web` metric provider, Flagger's
+webhooks): one look with `analysis.decide` at the experiment's current statistics and its
+operational guardrails, turned into promote / rollback / pause / continue / no_difference.
+
+The always-valid state of these looks is kept in the store (beside the controller's own), so
+asking every minute keeps the running minimum p and interval.  Without a metrics provider the
+spec's operational guardrails read as no data: never a pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from experiments.errors import ConflictError
+from experiments.metrics_provider import MetricsProvider
+from experiments.reporting import phase_report
+from experiments.store import Store
+
+VERDICTS = {
+    "winner": "promote",
+    "harm": "rollback",
+    "invalid": "pause",
+    "no_difference": "no_difference",
+    "continue": "continue",
+}
+
+
+def current_verdict(store: Store, name: str, provider: MetricsProvider | None) -> dict[str, Any]:
+    from analysis import DecisionState, ExperimentStats, Threshold, decide
+
+    record = store.get_experiment(name)
+    spec = record.spec
+    thresholds = []
+    if spec.rollout is not None:
+        candidate = spec.candidate_variant
+        labels = {
+            "host": candidate.destination.host,
+            "subset": candidate.destination.subset or "",
+            "target": candidate.destination.subset or candidate.destination.host,
+        }
+        for g in spec.rollout.guardrails:
+            value = None
+            if provider is not None:
+                try:
+                    value = provider.value(g.query, **labels)
+                except Exception:  # an unreachable provider is no data, reported as such
+                    value = None
+            thresholds.append(Threshold(g.name, value, g.limit, candidate.key, g.bound.value))
+    key = f"{name}#verdict"
+    doc, version = store.get_control(key)
+    previous = DecisionState.from_dict(doc) if doc else None
+    stats = ExperimentStats.from_report(phase_report(store, record)["arms"])
+    decision = decide(spec, stats, thresholds, previous)
+    # If another replica answered the same look at the same moment, its state is as good.
+    with contextlib.suppress(ConflictError):
+        store.put_control(key, decision.state.to_dict(), version)
+    verdict = VERDICTS[decision.status.value]
+    if verdict == "promote" and decision.winner == spec.control_variant.key:
+        verdict = "rollback"  # the stable model is the better one
+    return {
+        "experiment": name,
+        "phase": record.phase,
+        "decision": verdict,
+        "status": decision.status.value,
+        "winner": decision.winner,
+        "guardrails_ok": all(g.status == "pass" for g in decision.guardrails),
+        "guardrails": [
+            {"name": g.name, "value": g.value, "limit": g.limit, "status": g.status}
+            for g in decision.guardrails
+        ],
+        "reasons": list(decision.reasons),
+        "srm_pvalue": decision.srm_pvalue,
+    }

@@ -1,0 +1,123 @@
+"""Argo Rollouts' `web` provider and Flagger's webhooks against the real service, with the
+guardrails read from a real Prometheus scraping a real Envoy in front of the two models."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from assignment import assign_many
+from experiments import load_spec
+from experiments.folding import Event, FoldPlan
+from experiments.routing.plan import plan_routes
+from experiments.routing.routers import EnvoyRouter
+from experiments.store import ExperimentStatus, open_store
+from tests.rollout_stack import RolloutStack, start_rollout_stack
+from tests.servers import Service, start_service, wait_until
+from tests.test_rollout_e2e import Traffic, spec_doc
+
+pytestmark = pytest.mark.timeout(180)
+TOKEN = "s3cret"
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[RolloutStack, Service, str]]:
+    stack = start_rollout_stack(tmp_path)
+    url = f"sqlite:///{tmp_path / 'abmesh.db'}"
+    store = open_store(url)
+    doc = spec_doc([{"kind": "ab", "split": 50}])
+    doc["variants"][0]["weight"] = doc["variants"][1]["weight"] = 50
+    spec = load_spec(doc)
+    store.put_experiment(spec)
+    store.set_status(spec.name, ExperimentStatus.RUNNING)
+    store.close()
+    router = EnvoyRouter(stack.routes_file, stack.admin, {"control": "v1", "treatment": "v2"})
+    router.set_routes(plan_routes(spec, {"control": 50, "treatment": 50}))
+    service = start_service(
+        url, tmp_path, admin_token=TOKEN, prometheus_url=stack.prometheus_url, metrics_mesh="envoy"
+    )
+    yield stack, service, url
+    service.stop()
+    stack.stop()
+
+
+def hook(service: Service, name: str, **metadata: str) -> httpx.Response:
+    payload = {"name": "ranker-v2", "namespace": "models", "phase": "Progressing",
+               "checksum": "85d557f47b", "metadata": {"token": TOKEN, **metadata}}  # fmt: skip
+    return httpx.post(f"{service.url}/v1/flagger/{name}", json=payload, timeout=30)
+
+
+def decision(service: Service, token: str | None = TOKEN) -> httpx.Response:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    return httpx.get(
+        f"{service.url}/v1/experiments/ranker-v2/decision", headers=headers, timeout=30
+    )
+
+
+def feed(url: str, rates: dict[str, float]) -> None:
+    """4,000 users assigned by the stored spec, with conversions at the given rates."""
+    store = open_store(url)
+    record = store.get_experiment("ranker-v2")
+    plan = FoldPlan.from_spec(record.spec)
+    units = [f"user-{i}" for i in range(4000)]
+    arms = {u: a.variant for u, a in zip(units, assign_many(record.spec, units), strict=True)}
+    rng, now = random.Random(3), time.time()
+    store.record_exposures("ranker-v2", record.phase, plan, {u: (arms[u], now) for u in units})
+    events = [Event(f"e-{u}", u, "click", 1.0, now) for u in units if rng.random() < rates[arms[u]]]
+    store.ingest_events("ranker-v2", record.phase, plan, events)
+    store.close()
+
+
+def test_argo_web_provider_and_flagger_hooks_follow_the_evidence(
+    world: tuple[RolloutStack, Service, str],
+) -> None:
+    stack, service, url = world
+    assert decision(service, None).status_code == 401
+    assert decision(service, "wrong").status_code == 401
+    assert hook(service, "rollout", token="wrong").status_code == 401
+    traffic = Traffic(stack.front)
+    try:
+        # no traffic data yet for v2: guardrails are not a pass
+        first = decision(service).json()
+        assert first["decision"] == "continue"
+        wait_until(lambda: decision(service).json()["guardrails_ok"], "guardrail data", timeout=30)
+        body: dict[str, Any] = decision(service).json()
+        assert {g["name"] for g in body["guardrails"]} == {"p99_latency_ms", "error_ratio"}
+        assert hook(service, "confirm-rollout").status_code == 200
+        assert hook(service, "rollout").status_code == 200
+        assert hook(service, "confirm-promotion").status_code == 412  # no winner yet
+        assert hook(service, "rollback").status_code == 412  # no signal to roll back
+        feed(url, {"control": 0.10, "treatment": 0.16})
+        won = decision(service).json()
+        assert (won["decision"], won["winner"]) == ("promote", "treatment")
+        assert any("significantly better" in r for r in won["reasons"])
+        assert hook(service, "confirm-promotion").status_code == 200
+        stack.set_model("v2", delay_ms=300)
+        wait_until(
+            lambda: hook(service, "rollback").status_code == 200, "rollback signal", timeout=30
+        )
+        assert hook(service, "rollout").status_code == 412
+        bad = hook(service, "rollout").json()
+        assert any(
+            g["status"] == "fail" and g["name"] == "p99_latency_ms" for g in bad["guardrails"]
+        )
+    finally:
+        traffic.stop()
+    event = hook(service, "event", eventMessage="Advance ranker-v2 canary weight 10")
+    assert event.status_code == 200
+    store = open_store(url)
+    assert store.audit("ranker-v2")[-1]["what"] == "Advance ranker-v2 canary weight 10"
+    store.close()
+    unknown = httpx.post(
+        f"{service.url}/v1/flagger/confirm-something", json={"name": "x"}, timeout=10
+    )
+    assert unknown.status_code == 422
+    missing = httpx.get(f"{service.url}/v1/experiments/nope/decision",
+                        headers={"authorization": f"Bearer {TOKEN}"}, timeout=10)  # fmt: skip
+    assert missing.status_code == 404
