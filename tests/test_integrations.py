@@ -121,3 +121,25 @@ def test_argo_web_provider_and_flagger_hooks_follow_the_evidence(
     missing = httpx.get(f"{service.url}/v1/experiments/nope/decision",
                         headers={"authorization": f"Bearer {TOKEN}"}, timeout=10)  # fmt: skip
     assert missing.status_code == 404
+
+
+def test_the_example_manifests_call_endpoints_that_exist() -> None:
+    from typing import get_args
+
+    import yaml
+
+    from assignment.routes.integrations import Hook
+
+    root = Path(__file__).resolve().parent.parent / "manifests" / "integrations"
+    canary = yaml.safe_load((root / "flagger-canary.yaml").read_text())
+    hooks = canary["spec"]["analysis"]["webhooks"]
+    assert {h["type"] for h in hooks} <= set(get_args(Hook))
+    for h in hooks:
+        assert h["url"].endswith(f"/v1/flagger/{h['type']}")
+        assert h["metadata"]["experiment"] == "ranker-v2"
+    templates = list(yaml.safe_load_all((root / "argo-analysistemplate.yaml").read_text()))
+    assert [t["kind"] for t in templates] == ["AnalysisTemplate", "AnalysisTemplate"]
+    for t in templates:
+        web = t["spec"]["metrics"][0]["provider"]["web"]
+        assert web["url"].endswith("/v1/experiments/{{args.experiment}}/decision")
+        assert web["jsonPath"] == "{$}"
