@@ -93,6 +93,10 @@ class Controller:
         if not state.stats_phase:
             state.stats_phase = record.phase
         changed = self.router.set_routes(plan_routes(spec, state.weights, state.mode))
+        if changed:
+            live = time.time()  # the router returns once the mesh confirms the new routes
+            for entry in audit:
+                entry["routes_live_after_s"] = round(live - entry["at"], 4)
         if state.weights != before[1]:
             self._set_arm_weights(spec, state.weights)
         if state.to_dict() == before[0] and not audit and not changed:
