@@ -271,3 +271,6 @@ def test_the_readme_spec_is_valid_and_shows_the_defaults() -> None:
     assert spec.analysis == type(spec.analysis)()  # the block lists the defaults
     assert spec.metrics is not None
     assert spec.metrics.guardrails[0].margin == 0.02
+    assert spec.rollout is not None
+    defaults = type(spec.rollout)()
+    assert (spec.rollout.phases, spec.rollout.guardrails) == (defaults.phases, defaults.guardrails)
