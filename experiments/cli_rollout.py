@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import threading
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -158,6 +159,47 @@ def resume(experiment: str, store: StoreOpt = None) -> None:
     _request(experiment, Request.RESUME, store)
 
 
+class RenderKind(StrEnum):
+    ISTIO = "istio"
+    GATEWAY_API = "gateway-api"
+    ENVOY = "envoy"
+
+
+def render(
+    file: Annotated[Path, typer.Option("--file", "-f", help="The experiment spec.")],
+    candidate_percent: Annotated[
+        int, typer.Option(help="The candidate's share of the default route.", min=0, max=100)
+    ] = 0,
+    kind: Annotated[RenderKind, typer.Option(help="What to render.")] = RenderKind.ISTIO,
+    namespace: Annotated[str, typer.Option(help="Namespace of the objects.")] = "default",
+    cluster: ClusterOpt = None,
+) -> None:
+    """Print the routes of a spec at a given split, as the routers write them (for GitOps)."""
+    import yaml
+
+    from experiments.loader import load_spec
+    from experiments.rollout_state import split
+    from experiments.routing import render as r
+    from experiments.routing.plan import plan_routes
+
+    try:
+        spec = load_spec(file)
+    except AbmeshError as exc:
+        fail(str(exc))
+    plan = plan_routes(spec, split(spec, candidate_percent))
+    if kind is RenderKind.ENVOY:
+        clusters = _clusters(cluster or []) or {v.key: v.destination.host for v in spec.variants}
+        docs: list[object] = [r.envoy_route_configuration(plan, "abmesh", clusters)]
+    elif kind is RenderKind.GATEWAY_API:
+        docs = [r.http_route(plan, namespace)]
+    else:
+        docs = [
+            r.istio_virtual_service(plan, namespace),
+            *r.istio_destination_rules(plan, namespace),
+        ]
+    out.print(yaml.safe_dump_all(docs, sort_keys=False).rstrip(), markup=False)
+
+
 def register(app: typer.Typer) -> None:
-    for command in (controller, history, promote, rollback, pause, resume):
+    for command in (controller, history, promote, rollback, pause, resume, render):
         app.command()(command)
