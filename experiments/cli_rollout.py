@@ -5,6 +5,7 @@ and carried out by the controller's next tick, so it never races the controller.
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 from datetime import UTC, datetime
@@ -53,6 +54,10 @@ def controller(
         str | None, typer.Option(help="VirtualService / HTTPRoute to manage (istio, gateway-api).")
     ] = None,
     cluster: ClusterOpt = None,
+    experiment: Annotated[
+        list[str] | None,
+        typer.Option(help="Only these experiments (one route configuration, one experiment)."),
+    ] = None,
     once: Annotated[bool, typer.Option(help="One tick, then exit.")] = False,
     store: StoreOpt = None,
 ) -> None:
@@ -76,6 +81,8 @@ def controller(
         fail("--router envoy needs --envoy-routes FILE (the RDS file Envoy watches)")
     if router == "manifests" and out_dir is None:
         fail("--router manifests needs --out-dir DIR")
+    if not re.fullmatch(r"[1-9][0-9]*(ms|s|m|h)", window):
+        fail(f"--window {window!r} is not a Prometheus duration such as 30s or 1m")
     try:
         mesh_router = make_router(router, **options)
         provider = PrometheusProvider(prometheus, mesh=mesh, window=window)
@@ -92,15 +99,26 @@ def controller(
         }
 
     with store_for(store) as st:
-        loop = Controller(st, mesh_router, provider, labels, interval=interval)
+        loop = Controller(
+            st, mesh_router, provider, labels, interval=interval,
+            settle_s=_seconds(window), experiments=experiment or (),
+        )  # fmt: skip
         if once:
-            loop.tick()
+            try:
+                loop.tick()
+            except AbmeshError as exc:
+                fail(str(exc))
             return
         stopped = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stopped.set())
         out.print(f"controller {loop.owner}: router {router}, every {interval:g} s")
         loop.run(stopped.is_set)
+
+
+def _seconds(window: str) -> float:
+    number, unit = re.fullmatch(r"([0-9]+)(ms|s|m|h)", window).groups()  # type: ignore[union-attr]
+    return int(number) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
 
 
 def history(experiment: str, output: OutputOpt = Output.TEXT, store: StoreOpt = None) -> None:
@@ -113,14 +131,14 @@ def history(experiment: str, output: OutputOpt = Output.TEXT, store: StoreOpt = 
     if not entries:
         out.print(f"{experiment}: no rollout history")
     for e in entries:
-        when = datetime.fromtimestamp(e["at"], UTC).strftime("%H:%M:%S")
-        weights = " ".join(f"{k}={v}" for k, v in e["weights"].items())
+        when = datetime.fromtimestamp(e.get("at", 0), UTC).strftime("%H:%M:%S")
+        weights = " ".join(f"{k}={v}" for k, v in e.get("weights", {}).items())
         checks = ", ".join(
             f"{g['name']} {g['value'] if g['value'] is not None else 'no data'}"
             f" (limit {g['limit']:g}, {g['status']})"
-            for g in e["guardrails"]
+            for g in e.get("guardrails", [])
         )
-        line = f"{when} {e['action']:<8} [{weights}] {e['what']}"
+        line = f"{when} {e.get('action', '?'):<8} [{weights}] {e.get('what', '')}"
         out.print(line + (f" | {checks}" if checks else ""), markup=False)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import httpx
@@ -50,19 +50,34 @@ class Controller:
         labels: Labels,
         *,
         interval: float = 10.0,
+        settle_s: float = 0.0,
+        experiments: Collection[str] = (),
         owner: str | None = None,
     ) -> None:
         self.store, self.router, self.provider, self.labels = store, router, provider, labels
         self.interval = interval
+        # A check right after a step mostly sees the previous step's traffic (the queries'
+        # rate window): checks count only once the step is this old.
+        self.settle_s = settle_s
+        self.experiments = set(experiments)  # empty: every experiment with a rollout
         self.owner = owner or f"controller-{uuid.uuid4().hex[:8]}"
+        # The lease outlives the slowest tick (Prometheus, Envoy and API timeouts included),
+        # and is checked again before each experiment's state is written.
+        self.lease_s = max(3 * interval, 60.0)
 
     def tick(self) -> bool:
-        """One step for every running experiment with a rollout; False if not the leader."""
-        if not self.store.acquire_lease(LEASE, self.owner, ttl_s=3 * self.interval):
+        """One step for every experiment with a rollout; False if not the leader."""
+        if not self.store.acquire_lease(LEASE, self.owner, ttl_s=self.lease_s):
             return False
         for record in self.store.list_experiments():
-            if record.status is ExperimentStatus.RUNNING and record.spec.rollout is not None:
+            if record.spec.rollout is None or record.status is ExperimentStatus.DRAFT:
+                continue
+            if self.experiments and record.name not in self.experiments:
+                continue
+            try:
                 self.step(record)
+            except Exception:  # one broken experiment must not hold up the others' rollbacks
+                log.exception("rollout of %s: this tick failed; the next one retries", record.name)
         return True
 
     def run(self, stop: Callable[[], bool]) -> None:
@@ -76,37 +91,50 @@ class Controller:
         self.store.release_lease(LEASE, self.owner)
 
     def step(self, record: ExperimentRecord) -> None:
+        """Judge, then persist the new state (compare-and-set), then apply it.  Applying is
+        idempotent and happens every tick, so a crash after the write, a stale controller or a
+        hand-edited route is put right by the next tick; a controller that lost its lease or
+        the compare-and-set applies nothing."""
         spec = record.spec
         doc, version = self.store.get_control(spec.name)
-        state = RolloutState.from_dict(doc) if doc else None
+        if doc is None and record.status is not ExperimentStatus.RUNNING:
+            return
         audit: list[dict[str, Any]] = []
-        before: tuple[dict[str, Any], dict[str, int]] = ({}, {})
-        if state is None:
+        if doc is None:
             state = RolloutState()
             audit.append(self._entry(state, "start", enter_phase(spec, state, 0)))
+            if isinstance(self._phase(spec, state), ABTest):
+                state.stats_phase = self._new_stats_phase(spec)
         else:
-            before = (state.to_dict(), dict(state.weights))
-        if state.request is not None:
-            audit.append(self._entry(state, state.request.value, self._manual(spec, state)))
-        if state.status is RolloutStatus.RUNNING:
-            audit += self._advance(record, state)
-        if not state.stats_phase:
-            state.stats_phase = record.phase
+            state = RolloutState.from_dict(doc)
+            if record.status is ExperimentStatus.STOPPED and not state.status.final:
+                audit.append(
+                    self._entry(
+                        state, "rollback", roll_back(spec, state, "the experiment was stopped")
+                    )
+                )
+            elif state.request is not None:
+                audit.append(self._entry(state, state.request.value, self._manual(spec, state)))
+            elif (
+                record.status is ExperimentStatus.RUNNING and state.status is RolloutStatus.RUNNING
+            ):
+                audit += self._advance(record, state)
+        if doc is None or state.to_dict() != doc:
+            if not self.store.acquire_lease(LEASE, self.owner, ttl_s=self.lease_s):
+                return
+            try:
+                self.store.put_control(spec.name, state.to_dict(), version)
+            except ConflictError:
+                log.warning(
+                    "rollout state of %s changed under us; the next tick redoes it", spec.name
+                )
+                return
         changed = self.router.set_routes(plan_routes(spec, state.weights, state.mode))
-        if changed:
-            live = time.time()  # the router returns once the mesh confirms the new routes
-            for entry in audit:
-                entry["routes_live_after_s"] = round(live - entry["at"], 4)
-        if state.weights != before[1]:
-            self._set_arm_weights(spec, state.weights)
-        if state.to_dict() == before[0] and not audit and not changed:
-            return
-        try:
-            self.store.put_control(spec.name, state.to_dict(), version)
-        except ConflictError:
-            log.warning("rollout state of %s changed under us; the next tick redoes it", spec.name)
-            return
+        self._reconcile_arm_weights(record, state.weights)
+        live = time.time()  # the router returns once the mesh confirms the new routes
         for entry in audit:
+            if changed:
+                entry["routes_live_after_s"] = round(live - entry["at"], 4)
             self.store.append_audit(spec.name, entry)
 
     def _manual(self, spec: ExperimentSpec, state: RolloutState) -> str:
@@ -171,6 +199,8 @@ class Controller:
         if any(c.status == "no_data" for c in checks):
             state.passes = 0
             return []
+        if time.time() - state.step_started < self.settle_s:
+            return []  # the readings still mostly cover the previous step
         state.passes += 1
         units = self._candidate_units(record) - state.step_units if phase.min_units else 0.0
         ready = (
@@ -204,7 +234,7 @@ class Controller:
         from experiments.reporting import phase_report
 
         spec = record.spec
-        report = phase_report(self.store, record, state.stats_phase)
+        report = phase_report(self.store, record, state.stats_phase or record.phase)
         previous = DecisionState.from_dict(state.decision) if state.decision else None
         decision = decide(spec, ExperimentStats.from_report(report["arms"]), thresholds, previous)
         state.decision = decision.state.to_dict()
@@ -212,10 +242,13 @@ class Controller:
         if decision.status is Status.HARM:
             return [self._entry(state, "rollback", roll_back(spec, state, why), readings)]
         if decision.status is Status.WINNER and decision.winner:
-            state.winner = decision.winner
             if decision.winner == spec.control_variant.key:
                 state.status, state.reason = RolloutStatus.NO_DIFFERENCE, why
+                state.weights = {spec.control_variant.key: 100}
                 return [self._entry(state, "finish", f"stable model wins: {why}", readings)]
+            if decision.winner != spec.candidate_variant.key:
+                return []  # another arm is not what this rollout can promote
+            state.winner = decision.winner
             what = f"{decision.winner} wins: {why} → {enter_phase(spec, state, state.phase + 1)}"
             return [self._entry(state, "promote", what, readings)]
         if decision.status is Status.NO_DIFFERENCE:
@@ -246,8 +279,11 @@ class Controller:
         stats, _ = self.store.phase_stats(record.name, record.phase)
         return float(exposures_of(stats).get(record.spec.candidate_variant.key, 0))
 
-    def _set_arm_weights(self, spec: ExperimentSpec, weights: dict[str, int]) -> None:
+    def _reconcile_arm_weights(self, record: ExperimentRecord, weights: dict[str, int]) -> None:
         """The arms' share follows the default route's, so assigned users move with the plan."""
+        spec = record.spec
+        if all(v.weight == weights.get(v.key, 0) for v in spec.variants):
+            return
         data = spec.model_dump(mode="json", by_alias=True)
         for variant in data["variants"]:
             variant["weight"] = weights.get(variant["key"], 0)

@@ -170,6 +170,8 @@ class ExperimentSpec(SpecModel):
             raise ValueError(f"variants: weights must sum to 100; they sum to {total / 100:g}")
         if self.control is not None and self.control not in keys:
             raise ValueError(f"control: {self.control!r} is not one of the variants {keys}")
+        if self.rollout is not None:
+            self._check_rollout(self.rollout)
         candidate = self.rollout.candidate if self.rollout else None
         if candidate is not None and (
             candidate not in keys or candidate == self.control_variant.key
@@ -191,6 +193,15 @@ class ExperimentSpec(SpecModel):
                         " already; a unit may be forced by one override only"
                     )
         return self
+
+    def _check_rollout(self, rollout: Rollout) -> None:
+        if self.sticky:
+            raise ValueError(
+                "rollout: a rollout moves units between arms as it ramps, which sticky: true"
+                " forbids; drop one of the two"
+            )
+        if self.metrics is None and any(p.kind == "ab" for p in rollout.phases):
+            raise ValueError("rollout: an 'ab' phase needs metrics to test (add metrics.primary)")
 
     @property
     def seed(self) -> str:

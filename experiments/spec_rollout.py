@@ -24,11 +24,15 @@ class Bound(StrEnum):
     MIN = "min"  # the value must not fall below it
 
 
+# The metrics provider's named query templates (experiments.metrics_provider has one per mesh).
+Query = Literal["p99_latency_ms", "error_ratio", "request_rate"]
+
+
 class OperationalGuardrail(SpecModel):
-    """A value read each check (by default from Prometheus, with a named query template)."""
+    """A value read each check (from Prometheus, with a named query template)."""
 
     name: Name
-    query: Name  # a template of the metrics provider: p99_latency_ms, error_ratio, ...
+    query: Query
     limit: Number = Field(allow_inf_nan=False)
     bound: Bound = Bound.MAX
 

@@ -47,7 +47,7 @@ def current_verdict(store: Store, name: str, provider: MetricsProvider | None) -
                 except Exception:  # an unreachable provider is no data, reported as such
                     value = None
             thresholds.append(Threshold(g.name, value, g.limit, candidate.key, g.bound.value))
-    key = f"{name}#verdict"
+    key = f"{name}#verdict#{record.phase}"  # a new phase is a new sample: a new state
     doc, version = store.get_control(key)
     previous = DecisionState.from_dict(doc) if doc else None
     stats = ExperimentStats.from_report(phase_report(store, record)["arms"])
@@ -58,13 +58,18 @@ def current_verdict(store: Store, name: str, provider: MetricsProvider | None) -
     verdict = VERDICTS[decision.status.value]
     if verdict == "promote" and decision.winner == spec.control_variant.key:
         verdict = "rollback"  # the stable model is the better one
+    elif verdict == "promote" and decision.winner != spec.candidate_variant.key:
+        verdict = "continue"  # a third arm won: not something this rollout can promote
     return {
         "experiment": name,
         "phase": record.phase,
         "decision": verdict,
         "status": decision.status.value,
         "winner": decision.winner,
+        # ok: every guardrail read and passing; failed: one read and over its limit (no data
+        # is neither, so a metric-less start neither advances nor aborts a rollout).
         "guardrails_ok": all(g.status == "pass" for g in decision.guardrails),
+        "guardrails_failed": any(g.status == "fail" for g in decision.guardrails),
         "guardrails": [
             {"name": g.name, "value": g.value, "limit": g.limit, "status": g.status}
             for g in decision.guardrails

@@ -4,6 +4,8 @@ guardrails read from a real Prometheus scraping a real Envoy in front of the two
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,6 +88,9 @@ def test_argo_web_provider_and_flagger_hooks_follow_the_evidence(
         # no traffic data yet for v2: guardrails are not a pass
         first = decision(service).json()
         assert first["decision"] == "continue"
+        assert (first["guardrails_ok"], first["guardrails_failed"]) == (False, False)
+        assert hook(service, "rollout").status_code == 200  # no data yet is not a failed check
+        assert hook(service, "confirm-traffic-increase").status_code == 412  # nor a reason to go on
         wait_until(lambda: decision(service).json()["guardrails_ok"], "guardrail data", timeout=30)
         body: dict[str, Any] = decision(service).json()
         assert {g["name"] for g in body["guardrails"]} == {"p99_latency_ms", "error_ratio"}
@@ -114,6 +119,12 @@ def test_argo_web_provider_and_flagger_hooks_follow_the_evidence(
     store = open_store(url)
     assert store.audit("ranker-v2")[-1]["what"] == "Advance ranker-v2 canary weight 10"
     store.close()
+    assert hook(service, "event", experiment="nope").status_code == 404
+    history = subprocess.run(
+        [sys.executable, "-m", "experiments.cli", "history", "ranker-v2", "--store", url],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert "flagger-event" in history
     unknown = httpx.post(
         f"{service.url}/v1/flagger/confirm-something", json={"name": "x"}, timeout=10
     )

@@ -86,7 +86,7 @@ def controller(url: str, stack: RolloutStack, workdir: Path, name: str = "ctl") 
             [sys.executable, "-m", "experiments.cli", "controller", "--router", "envoy",
              "--envoy-routes", str(stack.routes_file), "--envoy-admin", stack.admin,
              "--cluster", "control=v1", "--cluster", "treatment=v2",
-             "--prometheus", stack.prometheus_url, "--window", "5s", "--interval", "1",
+             "--prometheus", stack.prometheus_url, "--window", "3s", "--interval", "1",
              "--store", url],
             stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
@@ -34,6 +34,7 @@ DOC: dict[str, Any] = {
     ],
     "overrides": [{"header": {"name": "x-user-group", "value": "internal-testers"},
                    "variant": "treatment"}],
+    "metrics": {"primary": {"name": "click", "kind": "conversion"}},
     "rollout": {"service": "model-inference"},
 }  # fmt: skip
 SPEC = load_spec(DOC)
@@ -184,3 +185,17 @@ def test_the_rollout_defaults_follow_the_design() -> None:
     assert [(g.name, g.limit) for g in rollout.guardrails] == [
         ("p99_latency_ms", 150), ("error_ratio", 0.001)
     ]  # fmt: skip
+
+
+def test_rollouts_refuse_sticky_specs_tests_without_metrics_and_unknown_queries() -> None:
+    from experiments.metrics_provider import TEMPLATES
+    from experiments.spec_rollout import Query
+
+    with pytest.raises(SpecError, match="sticky: true"):
+        load_spec({**DOC, "sticky": True})
+    with pytest.raises(SpecError, match="needs metrics"):
+        load_spec({**DOC, "metrics": None, "rollout": {"phases": [{"kind": "ab"}]}})
+    with pytest.raises(SpecError, match="query"):
+        load_spec({**DOC, "rollout": {"guardrails": [{"name": "x", "query": "p95", "limit": 1}]}})
+    for mesh in TEMPLATES.values():
+        assert set(mesh) == set(get_args(Query))

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Request
@@ -43,7 +44,10 @@ class FlaggerPayload(BaseModel):
 
 def _verdict(state: ServiceState, name: str) -> dict[str, Any]:
     url = state.settings.prometheus_url
-    provider = PrometheusProvider(url, mesh=state.settings.metrics_mesh) if url else None
+    # Short query timeouts: Flagger's webhook timeout is often 5 s for the whole answer.
+    provider = (
+        PrometheusProvider(url, mesh=state.settings.metrics_mesh, timeout=1.5) if url else None
+    )
     return current_verdict(state.store, name, provider)
 
 
@@ -70,15 +74,27 @@ async def flagger(
 
     await _authorise(request, state, payload)
     name = payload.metadata.get("experiment") or payload.name
+    await run_in_threadpool(state.store.get_experiment, name)  # 404 for an unknown experiment
     if hook == "event":
-        entry = {"action": "flagger-event", "what": payload.metadata.get("eventMessage", ""),
-                 "phase": payload.phase, "checksum": payload.checksum}  # fmt: skip
+        entry = {
+            "at": time.time(),
+            "action": "flagger-event",
+            "by": "flagger",
+            "what": payload.metadata.get("eventMessage", "")[:1000],
+            "weights": {},
+            "guardrails": [],
+            "phase": payload.phase,
+            "checksum": payload.checksum,
+        }
         await run_in_threadpool(state.store.append_audit, name, entry)
         return JSONResponse({"recorded": True})
     verdict = await run_in_threadpool(_verdict, state, name)
     passed = {
         "confirm-rollout": verdict["decision"] not in ("rollback", "pause"),
-        "rollout": verdict["guardrails_ok"] and verdict["decision"] not in ("rollback", "pause"),
+        # A failed check counts toward Flagger's rollback threshold: only a guardrail over its
+        # limit, not a guardrail without data yet, fails it.
+        "rollout": not verdict["guardrails_failed"]
+        and verdict["decision"] not in ("rollback", "pause"),
         "confirm-traffic-increase": verdict["guardrails_ok"] and verdict["decision"] != "rollback",
         "confirm-promotion": verdict["decision"] == "promote",
         "rollback": verdict["decision"] == "rollback",

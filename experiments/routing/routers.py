@@ -166,9 +166,16 @@ def make_router(name: str, /, **options: Any) -> MeshRouter:
         if name == "manifests":
             return ManifestsRouter(**options)
         if name in ("istio", "gateway-api"):
+            from kubernetes.config import ConfigException
+
             from experiments.routing.kube import GatewayApiRouter, IstioRouter  # the k8s client
 
-            return IstioRouter(**options) if name == "istio" else GatewayApiRouter(**options)
+            try:
+                return IstioRouter(**options) if name == "istio" else GatewayApiRouter(**options)
+            except ConfigException as exc:
+                raise InvalidInputError(
+                    f"router {name!r}: no Kubernetes credentials (in-cluster or kubeconfig): {exc}"
+                ) from None
     except TypeError as exc:
         raise InvalidInputError(f"router {name!r}: {exc}") from None
     raise InvalidInputError(f"unknown router {name!r}; known: {', '.join(ROUTERS)}")
