@@ -18,6 +18,7 @@ import typer
 from experiments.cli_common import Output, OutputOpt, StoreOpt, fail, out, print_data, store_for
 from experiments.errors import AbmeshError, ConflictError
 from experiments.rollout_state import Request, RolloutState
+from experiments.spec import Variant
 
 ClusterOpt = Annotated[
     list[str] | None,
@@ -63,7 +64,7 @@ def controller(
 ) -> None:
     """Walk every running experiment's rollout plan: canary steps, A/B, promotion or rollback."""
     from experiments.controller import Controller
-    from experiments.metrics_provider import PrometheusProvider
+    from experiments.metrics_provider import PrometheusProvider, query_labels
     from experiments.routing.routers import make_router
 
     clusters = _clusters(cluster or [])
@@ -89,14 +90,9 @@ def controller(
     except AbmeshError as exc:
         fail(str(exc))
 
-    def labels(variant: object) -> dict[str, str]:
-        key = getattr(variant, "key", "")
-        destination = getattr(variant, "destination", None)
-        return {
-            "target": clusters.get(key, key),
-            "host": getattr(destination, "host", ""),
-            "subset": getattr(destination, "subset", "") or "",
-        }
+    def labels(variant: Variant) -> dict[str, str]:
+        d = variant.destination
+        return query_labels(d.host, d.subset, clusters.get(variant.key, variant.key))
 
     with store_for(store) as st:
         loop = Controller(

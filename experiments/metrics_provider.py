@@ -29,16 +29,28 @@ TEMPLATES: dict[str, dict[str, str]] = {
     },
     "istio": {
         "p99_latency_ms": "histogram_quantile(0.99, sum by (le) (rate("
-        'istio_request_duration_milliseconds_bucket{destination_service_name="$host",'
+        'istio_request_duration_milliseconds_bucket{$service_label="$host",'
         'destination_version="$subset",reporter="destination"}[$window])))',
-        "error_ratio": '(sum(rate(istio_requests_total{destination_service_name="$host",'
+        "error_ratio": '(sum(rate(istio_requests_total{$service_label="$host",'
         'destination_version="$subset",reporter="destination",response_code=~"5.."}[$window]))'
-        ' or vector(0)) / sum(rate(istio_requests_total{destination_service_name="$host",'
+        ' or vector(0)) / sum(rate(istio_requests_total{$service_label="$host",'
         'destination_version="$subset",reporter="destination"}[$window]))',
-        "request_rate": 'sum(rate(istio_requests_total{destination_service_name="$host",'
+        "request_rate": 'sum(rate(istio_requests_total{$service_label="$host",'
         'destination_version="$subset",reporter="destination"}[$window]))',
     },
 }
+
+
+def query_labels(host: str, subset: str | None, target: str) -> dict[str, str]:
+    """The template labels for one variant.  Istio labels a short service name
+    `destination_service_name` and the full one `destination_service`; a workload without a
+    `version` label is reported as version "unknown"."""
+    return {
+        "target": target,
+        "host": host,
+        "service_label": "destination_service" if "." in host else "destination_service_name",
+        "subset": subset or "unknown",
+    }
 
 
 class MetricsProvider(Protocol):

@@ -13,7 +13,7 @@ import contextlib
 from typing import Any
 
 from experiments.errors import ConflictError
-from experiments.metrics_provider import MetricsProvider
+from experiments.metrics_provider import MetricsProvider, query_labels
 from experiments.reporting import phase_report
 from experiments.store import Store
 
@@ -34,11 +34,9 @@ def current_verdict(store: Store, name: str, provider: MetricsProvider | None) -
     thresholds = []
     if spec.rollout is not None:
         candidate = spec.candidate_variant
-        labels = {
-            "host": candidate.destination.host,
-            "subset": candidate.destination.subset or "",
-            "target": candidate.destination.subset or candidate.destination.host,
-        }
+        d = candidate.destination
+        # Envoy clusters are taken to be named after the subset (or the host).
+        labels = query_labels(d.host, d.subset, d.subset or d.host)
         for g in spec.rollout.guardrails:
             value = None
             if provider is not None:

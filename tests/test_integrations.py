@@ -154,3 +154,18 @@ def test_the_example_manifests_call_endpoints_that_exist() -> None:
         web = t["spec"]["metrics"][0]["provider"]["web"]
         assert web["url"].endswith("/v1/experiments/{{args.experiment}}/decision")
         assert web["jsonPath"] == "{$}"
+
+
+def test_every_query_template_is_valid_promql_for_prometheus(tmp_path: Path) -> None:
+    from experiments.metrics_provider import TEMPLATES, PrometheusProvider, query_labels
+
+    stack = start_rollout_stack(tmp_path)
+    try:
+        for mesh, templates in TEMPLATES.items():
+            provider = PrometheusProvider(stack.prometheus_url, mesh=mesh, window="1m")
+            for name in templates:
+                for host in ("model-inference", "model-inference.models.svc.cluster.local"):
+                    # Prometheus answers 400 to a malformed query; no data is None, not an error
+                    assert provider.value(name, **query_labels(host, "v2", "v2")) is None
+    finally:
+        stack.stop()

@@ -50,14 +50,17 @@ def test_istio_router_patches_the_full_list_and_keeps_foreign_routes(stub: KubeS
     assert router.set_routes(plan)
     stored = stub.objects[path]
     ours = istio_http_routes(plan)
-    assert stored["spec"]["http"] == [*ours[:-1], FOREIGN, *ours[-1:]]
+    assert stored["spec"]["http"] == [FOREIGN, *ours]  # theirs first, our default last
     assert stored["spec"]["hosts"] == ["model-inference"]  # untouched
-    assert stored["metadata"]["annotations"] == {"abmesh.io/experiment": "ranker-v2"}
+    assert stored["metadata"]["annotations"]["abmesh.io/experiment"] == "ranker-v2"
+    assert len(stored["metadata"]["annotations"]["abmesh.io/routes-hash"]) == 16
     sent = stub.patches[-1]
     assert sent["content_type"] == "application/merge-patch+json"
     assert sent["body"]["metadata"]["resourceVersion"] == "101"
     assert not router.set_routes(plan)  # nothing to change: no PATCH
     assert len(stub.patches) == 1
+    stub.objects[path]["spec"]["http"][-1]["route"][0]["weight"] = 50  # a hand edit
+    assert router.set_routes(plan)  # is undone
     router.set_routes(plan_routes(SPEC, {"treatment": 100}, Mode.PROMOTED))
     assert [r["name"] for r in stub.objects[path]["spec"]["http"]] == [
         "team-debug",
@@ -75,6 +78,15 @@ def test_istio_router_retries_on_conflict_and_gives_up_when_it_never_ends(stub: 
     stub.conflicts = 99
     with pytest.raises(RouterError, match="5 conflicts in a row"):
         router.set_routes(plan_routes(SPEC, {"control": 50, "treatment": 50}))
+
+
+def test_a_foreign_catch_all_route_is_refused(stub: KubeStub) -> None:
+    catch_all = {"route": [{"destination": {"host": "model-inference", "subset": "v1"}}]}
+    stub.put(*ISTIO, virtual_service([FOREIGN, catch_all]))
+    router = IstioRouter("model-inference", "models", api(stub))
+    with pytest.raises(RouterError, match=r"route without a match .*\(unnamed\)"):
+        router.set_routes(plan_routes(SPEC, {"control": 95, "treatment": 5}))
+    assert stub.patches == []
 
 
 def test_missing_or_foreign_objects_are_refused(stub: KubeStub) -> None:

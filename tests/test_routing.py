@@ -49,7 +49,10 @@ def test_the_virtual_service_puts_header_rules_before_the_weighted_route() -> No
     }
     http = vs["spec"]["http"]
     assert [r["name"] for r in http] == [
-        "abmesh-force-internal-testers", "abmesh-group-a", "abmesh-group-b", "abmesh-default"
+        "abmesh-force-internal-testers",
+        "abmesh-arm-group-a",
+        "abmesh-arm-group-b",
+        "abmesh-default",
     ]  # fmt: skip
     assert http[0]["match"] == [{"headers": {"x-user-group": {"exact": "internal-testers"}}}]
     assert http[0]["route"] == [{"destination": {"host": "model-inference", "subset": "v2"}}]
@@ -83,9 +86,14 @@ def test_the_http_route_carries_the_same_plan() -> None:
         {"group": "", "kind": "Service", "name": "model-inference", "port": 80}
     ]
     rules = route["spec"]["rules"]
-    assert rules[1]["matches"] == [
-        {"headers": [{"type": "Exact", "name": "x-user-group", "value": "group-a"}]}
+    header = {"type": "Exact", "name": "x-user-group"}
+    # header rules to one destination share a rule: testers and group-b both go to v2
+    assert rules[0]["matches"] == [
+        {"headers": [header | {"value": "internal-testers"}]},
+        {"headers": [header | {"value": "group-b"}]},
     ]
+    assert rules[0]["backendRefs"] == [{"name": "model-inference-v2", "port": 80}]
+    assert rules[1]["matches"] == [{"headers": [header | {"value": "group-a"}]}]
     assert rules[-1]["backendRefs"] == [
         {"name": "model-inference-v1", "port": 80, "weight": 80},
         {"name": "model-inference-v2", "port": 80, "weight": 20},

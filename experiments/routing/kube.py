@@ -13,6 +13,8 @@ annotated for another experiment.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from kubernetes import client as k8s
@@ -24,6 +26,7 @@ from experiments.routing.render import ANNOTATION, DEFAULT_ROUTE, http_route, is
 from experiments.routing.routers import RouterError
 
 RETRIES = 5
+HASH = "abmesh.io/routes-hash"  # of the spec abmesh last sent
 
 
 def default_api_client() -> k8s.ApiClient:
@@ -47,39 +50,48 @@ class _KubeRouter:
     def _path(self) -> tuple[str, str, str, str, str]:
         return self.group, self.version, self.namespace, self.plural, self.object_name
 
+    def _where(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.object_name}"
+
     def get_routes(self) -> Any:
         try:
             return self.api.get_namespaced_custom_object(*self._path())
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise RouterError(
-                f"{self.kind} {self.namespace}/{self.object_name}: {exc.reason}"
-            ) from None
+            raise RouterError(f"{self._where()}: {exc.status} {exc.reason}") from None
 
     def _new_spec(self, current: dict[str, Any], plan: RoutePlan) -> dict[str, Any]:
         raise NotImplementedError
 
     def set_routes(self, plan: RoutePlan) -> bool:
-        where = f"{self.kind} {self.namespace}/{self.object_name}"
         for _ in range(RETRIES):
             current = self.get_routes()
             if current is None:
-                raise RouterError(f"{where} does not exist: create it first (see manifests/)")
-            owner = (current.get("metadata", {}).get("annotations") or {}).get(ANNOTATION)
+                raise RouterError(
+                    f"{self._where()} does not exist: create it first (see manifests/)"
+                )
+            annotations = current.get("metadata", {}).get("annotations") or {}
+            owner = annotations.get(ANNOTATION)
             if owner not in (None, plan.experiment):
                 raise RouterError(
-                    f"{where} is managed for experiment {owner!r}, not {plan.experiment!r}"
+                    f"{self._where()} is managed for experiment {owner!r}, not {plan.experiment!r}"
                 )
             spec = self._new_spec(current.get("spec", {}), plan)
-            if owner == plan.experiment and all(
-                current["spec"].get(k) == v for k, v in spec.items()
+            # The API server fills in defaults (an HTTPRoute's match path, a backendRef's kind),
+            # so "unchanged" is judged by the hash of what was last sent, and for objects it
+            # does not default (VirtualService) also by the live spec, to undo hand edits.
+            digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+            if (
+                owner == plan.experiment
+                and annotations.get(HASH) == digest
+                and self._same(current, spec)
             ):
                 return False
             patch = {
                 "metadata": {
                     "resourceVersion": current["metadata"]["resourceVersion"],
-                    "annotations": {ANNOTATION: plan.experiment},
+                    "annotations": {ANNOTATION: plan.experiment, HASH: digest},
                 },
                 "spec": spec,
             }
@@ -88,8 +100,11 @@ class _KubeRouter:
                 return True
             except ApiException as exc:
                 if exc.status != 409:
-                    raise RouterError(f"{where}: {exc.status} {exc.reason}") from None
-        raise RouterError(f"{where} kept changing under us: {RETRIES} conflicts in a row")
+                    raise RouterError(f"{self._where()}: {exc.status} {exc.reason}") from None
+        raise RouterError(f"{self._where()} kept changing under us: {RETRIES} conflicts in a row")
+
+    def _same(self, current: dict[str, Any], spec: dict[str, Any]) -> bool:
+        return True
 
 
 class IstioRouter(_KubeRouter):
@@ -99,14 +114,24 @@ class IstioRouter(_KubeRouter):
     def _new_spec(self, current: dict[str, Any], plan: RoutePlan) -> dict[str, Any]:
         ours = istio_http_routes(plan)
         foreign = [
-            r
-            for r in current.get("http", [])
+            r for r in current.get("http", [])
             if not str(r.get("name", "")).startswith(MANAGED_PREFIX)
-        ]
-        # Header rules first, then routes abmesh does not own (in their order), then ours last.
+        ]  # fmt: skip
+        catch_all = [str(r.get("name", "(unnamed)")) for r in foreign if not r.get("match")]
+        if catch_all:
+            # It would take every request abmesh's weighted default route is meant for.
+            raise RouterError(
+                f"{self._where()} has a route without a match that abmesh does not own"
+                f" ({', '.join(catch_all)}): remove it; abmesh's default route takes its place"
+            )
+        # Routes abmesh does not own keep their place first (they match on other things, such
+        # as paths); then abmesh's header rules; its weighted default route comes last.
         head = [r for r in ours if r["name"] != DEFAULT_ROUTE]
         tail = [r for r in ours if r["name"] == DEFAULT_ROUTE]
-        return {"http": head + foreign + tail}
+        return {"http": foreign + head + tail}
+
+    def _same(self, current: dict[str, Any], spec: dict[str, Any]) -> bool:
+        return bool(current.get("spec", {}).get("http") == spec["http"])
 
 
 class GatewayApiRouter(_KubeRouter):

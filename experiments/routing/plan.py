@@ -68,7 +68,7 @@ def plan_routes(
             if o.header is not None
         ]  # fmt: skip
         groups = [
-            HeaderRule(f"{MANAGED_PREFIX}{v.header_value}", spec.header, v.header_value,
+            HeaderRule(f"{MANAGED_PREFIX}arm-{v.header_value}", spec.header, v.header_value,
                        stable if mode is Mode.ROLLED_BACK else v.key)
             for v in spec.variants
         ]  # fmt: skip

@@ -111,8 +111,10 @@ def envoy_route_configuration(
 
 
 def _backend(d: Destination, weight: int | None = None) -> dict[str, Any]:
-    # Gateway API routes to Services; a subset is the version's own Service here.
-    out: dict[str, Any] = {"name": f"{d.host}-{d.subset}" if d.subset else d.host}
+    # Gateway API routes to Services by name (not DNS name): a subset is the version's own
+    # Service, named <service>-<subset>, in the route's namespace.
+    service = d.host.split(".")[0]
+    out: dict[str, Any] = {"name": f"{service}-{d.subset}" if d.subset else service}
     out["port"] = d.port or 80
     if weight is not None:
         out["weight"] = weight
@@ -120,13 +122,17 @@ def _backend(d: Destination, weight: int | None = None) -> dict[str, Any]:
 
 
 def http_route(plan: RoutePlan, namespace: str = "default", port: int = 80) -> dict[str, Any]:
-    """The plan as an HTTPRoute attached to the service itself (GAMMA, as Linkerd uses it)."""
+    """The plan as an HTTPRoute attached to the service itself (GAMMA, as Linkerd uses it).
+    Header rules going to the same destination share one rule (its matches are ORed), which
+    keeps within HTTPRoute's limit of 16 rules; a header match outranks the default rule by
+    Gateway API's precedence, whatever the order."""
+    by_destination: dict[str, list[dict[str, Any]]] = {}
+    for rule in plan.rules:
+        match = {"headers": [{"type": "Exact", "name": rule.header, "value": rule.value}]}
+        by_destination.setdefault(rule.variant, []).append(match)
     rules: list[dict[str, Any]] = [
-        {
-            "matches": [{"headers": [{"type": "Exact", "name": rule.header, "value": rule.value}]}],
-            "backendRefs": [_backend(plan.destination(rule.variant))],
-        }
-        for rule in plan.rules
+        {"matches": matches, "backendRefs": [_backend(plan.destination(variant))]}
+        for variant, matches in by_destination.items()
     ]
     rules.append(
         {"backendRefs": [_backend(plan.destination(v), w) for v, w in plan.weights if w > 0]}
