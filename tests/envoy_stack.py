@@ -183,6 +183,28 @@ def start_model(name: str, workdir: Path) -> Process:
     return model
 
 
+def run_envoy(config: dict[str, Any], workdir: Path, admin: int) -> Process:
+    """Envoy with `config` (its admin on port `admin`), once it says it is live."""
+    path = workdir / "envoy.json"
+    path.write_text(json.dumps(config, indent=1))
+    log = workdir / "envoy.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [envoy_binary(), "-c", str(path), "--disable-hot-restart", "-l", "warning"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    envoy = Process(proc, log, admin)
+
+    def live() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"envoy exited: {envoy.output()}")
+        return httpx.get(f"http://127.0.0.1:{admin}/ready", timeout=1).text.strip() == "LIVE"
+
+    wait_until(live, "envoy")
+    return envoy
+
+
 def start_stack(abmesh_port: int, workdir: Path) -> EnvoyStack:
     models = [start_model("v1", workdir), start_model("v2", workdir)]
     admin, plain, authz = free_port(), free_port(), free_port()
@@ -201,23 +223,7 @@ def start_stack(abmesh_port: int, workdir: Path) -> EnvoyStack:
             ],
         },
     }
-    path = workdir / "envoy.json"
-    path.write_text(json.dumps(config, indent=1))
-    log = workdir / "envoy.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [envoy_binary(), "-c", str(path), "--disable-hot-restart", "-l", "warning"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    envoy_proc = Process(proc, log, admin)
-
-    def live() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"envoy exited: {envoy_proc.output()}")
-        return httpx.get(f"http://127.0.0.1:{admin}/ready", timeout=1).text.strip() == "LIVE"
-
-    wait_until(live, "envoy")
+    envoy_proc = run_envoy(config, workdir, admin)
     return EnvoyStack(
         envoy_proc,
         models,

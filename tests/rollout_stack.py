@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from tests.envoy_stack import ROUTER, _cluster, envoy_binary
+from tests.envoy_stack import ROUTER, _cluster, run_envoy
 from tests.servers import Process, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,24 +91,7 @@ def _envoy(
             ],
         },
     }
-    path = workdir / "envoy.json"
-    path.write_text(json.dumps(config, indent=1))
-    log = workdir / "envoy.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [envoy_binary(), "-c", str(path), "--disable-hot-restart", "-l", "warning"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    envoy = Process(proc, log, admin)
-
-    def live() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"envoy exited: {envoy.output()}")
-        return httpx.get(f"http://127.0.0.1:{admin}/ready", timeout=1).text.strip() == "LIVE"
-
-    wait_until(live, "envoy")
-    return envoy, admin, front
+    return run_envoy(config, workdir, admin), admin, front
 
 
 def _prometheus(workdir: Path, envoy_admin: int) -> Process:

@@ -124,6 +124,9 @@ def wait_for(store: Store, action: str, timeout: float = 90) -> dict[str, Any]:
     return found[0]
 
 
+CANARY = [{"kind": "canary", "steps": [5, 20, 50], "checks": 2}, {"kind": "promote"}]
+
+
 def within_binomial(k: int, n: int, percent: int) -> bool:
     p = percent / 100
     return abs(k - n * p) <= 4.5 * math.sqrt(n * p * (1 - p)) + 1
@@ -133,10 +136,7 @@ def test_a_healthy_candidate_walks_the_canary_and_is_promoted(
     stack: RolloutStack, db: tuple[str, Store], tmp_path: Path
 ) -> None:
     url, store = db
-    start(
-        store,
-        spec_doc([{"kind": "canary", "steps": [5, 20, 50], "checks": 2}, {"kind": "promote"}]),
-    )
+    start(store, spec_doc(CANARY))
     traffic = Traffic(stack.front)
     ctl = controller(url, stack, tmp_path)
     try:
@@ -235,10 +235,7 @@ def test_of_two_controllers_only_one_acts(
     stack: RolloutStack, db: tuple[str, Store], tmp_path: Path
 ) -> None:
     url, store = db
-    start(
-        store,
-        spec_doc([{"kind": "canary", "steps": [5, 20, 50], "checks": 2}, {"kind": "promote"}]),
-    )
+    start(store, spec_doc(CANARY))
     traffic = Traffic(stack.front)
     ctls = [controller(url, stack, tmp_path, f"ctl{i}") for i in range(2)]
     try:
