@@ -130,7 +130,7 @@ def history(experiment: str, output: OutputOpt = Output.TEXT, store: StoreOpt = 
         when = datetime.fromtimestamp(e.get("at", 0), UTC).strftime("%H:%M:%S")
         weights = " ".join(f"{k}={v}" for k, v in e.get("weights", {}).items())
         checks = ", ".join(
-            f"{g['name']} {g['value'] if g['value'] is not None else 'no data'}"
+            f"{g['name']} {'no data' if g['value'] is None else format(g['value'], '.4g')}"
             f" (limit {g['limit']:g}, {g['status']})"
             for g in e.get("guardrails", [])
         )
