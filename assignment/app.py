@@ -19,7 +19,16 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from assignment.config import Settings
-from assignment.routes import assign, configs, events, experiments, extauthz, health, integrations
+from assignment.routes import (
+    assign,
+    configs,
+    events,
+    experiments,
+    extauthz,
+    health,
+    integrations,
+    reports,
+)
 from assignment.service import ServiceState
 from assignment.telemetry import LatencyMiddleware
 from experiments.errors import (
@@ -86,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         experiments.router,
         health.router,
         integrations.router,
+        reports.router,
     ):
         app.include_router(router)
     _add_error_handlers(app)

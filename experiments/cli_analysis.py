@@ -106,5 +106,27 @@ def decide_command(
         out.print(table)
 
 
+def report_command(
+    experiment: str,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", "-o", help="report.html, or .json for the data.")
+    ] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Write the experiment's report: a self-contained HTML page (or its JSON)."""
+    from experiments.report import build_report
+    from experiments.report_html import render_html
+
+    with store_for(store) as st:
+        report = build_report(st, experiment)
+    path = out_file or Path(f"{experiment}-report.html")
+    if path.suffix == ".json":
+        path.write_text(json.dumps(report, indent=1, allow_nan=False))
+    else:
+        path.write_text(render_html(report))
+    out.print(f"{experiment}: {report['decision']['status']}; report written to {path}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("decide")(decide_command)
+    app.command("report")(report_command)

@@ -1,0 +1,107 @@
+"""An experiment's report as data: the decision and its reasons, every metric per arm with its
+effect and always-valid interval, the same over time from the snapshots, the traffic split
+and SRM, the rollout's stages, guardrail readings and audit log.  Plain JSON (no nan or inf),
+which `experiments.report_html` draws."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from experiments.reporting import phase_report
+from experiments.store import Store
+
+
+def _num(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def build_report(store: Store, name: str) -> dict[str, Any]:
+    from analysis import ExperimentStats, SequentialMonitor, decide
+    from analysis.decision import DecisionState
+
+    record = store.get_experiment(name)
+    spec = record.spec
+    control_doc, _ = store.get_control(name)
+    phase = (control_doc or {}).get("stats_phase") or record.phase
+    arms = phase_report(store, record, phase)["arms"]
+    stats = ExperimentStats.from_report(arms)
+    saved = (control_doc or {}).get("decision")
+    decision = decide(spec, stats, (), DecisionState.from_dict(saved) if saved else None)
+    control = spec.control_variant.key
+    kinds: dict[str, tuple[str, str]] = {}
+    if spec.metrics is not None:
+        groups = [("primary", [spec.metrics.primary]), ("secondary", spec.metrics.secondary),
+                  ("guardrail", spec.metrics.guardrails)]  # fmt: skip
+        for role, metrics in groups:
+            for m in metrics:
+                kinds[m.name] = (role, "proportion" if m.kind.value == "conversion" else "mean")
+    metrics_out = []
+    for metric, (role, _) in kinds.items():
+        per_arm = stats.metrics.get(metric, {})
+        rows = [
+            {"variant": v, "units": a.n, "mean": _num(a.mean)} for v, a in sorted(per_arm.items())
+        ]
+        comparisons = [c for c in decision.comparisons if c.metric == metric]
+        metrics_out.append({
+            "metric": metric, "role": role, "arms": rows,
+            "comparisons": [
+                {"variant": c.variant, "verdict": c.verdict, "effect": c.estimate,
+                 "low": c.ci_low, "high": c.ci_high, "pvalue": c.pvalue,
+                 "relative": _relative(per_arm, control, c.variant)}
+                for c in comparisons
+            ],
+        })  # fmt: skip
+    return {
+        "experiment": name,
+        "status": record.status.value,
+        "phase": phase,
+        "weights": {v.key: v.weight for v in spec.variants},
+        "decision": {"status": decision.status.value, "winner": decision.winner,
+                     "reasons": list(decision.reasons), "srm_pvalue": decision.srm_pvalue},
+        "metrics": metrics_out,
+        "over_time": _over_time(store, spec, phase, kinds, SequentialMonitor),
+        "rollout": control_doc,
+        "audit": store.audit(name),
+    }  # fmt: skip
+
+
+def _relative(per_arm: Mapping[str, Any], control: str, variant: str) -> float | None:
+    a, b = per_arm.get(control), per_arm.get(variant)
+    if a is None or b is None or not a.n or not b.n or a.mean == 0:
+        return None
+    return _num((b.mean - a.mean) / abs(a.mean))
+
+
+def _over_time(
+    store: Store, spec: Any, phase: str, kinds: dict[str, tuple[str, str]], monitor_type: Any
+) -> list[dict[str, Any]]:
+    """Per snapshot: exposures per arm and, for the primary metric, each treatment's effect
+    with the running (always-valid) interval and p-value as a monitor would have seen them."""
+    from analysis import ExperimentStats
+
+    control = spec.control_variant.key
+    primary = spec.metrics.primary.name if spec.metrics else None
+    monitors: dict[str, Any] = {}
+    points = []
+    for snap in store.snapshots(spec.name, phase):
+        stats = ExperimentStats.from_report(snap.stats)
+        point: dict[str, Any] = {"at": snap.at, "units": dict(stats.units), "effects": {}}
+        per_arm = stats.metrics.get(primary or "", {})
+        a = per_arm.get(control)
+        for variant, b in per_arm.items():
+            if variant == control or a is None or a.n < 2 or b.n < 2:
+                continue
+            kind = kinds[primary][1] if primary else "mean"
+            monitor = monitors.setdefault(
+                variant,
+                monitor_type(alpha=spec.analysis.alpha, n_star=spec.analysis.mixture_n, kind=kind),
+            )
+            look = monitor.update(a, b)
+            point["effects"][variant] = {
+                "effect": _num(look.estimate), "low": _num(look.ci_low),
+                "high": _num(look.ci_high), "pvalue": _num(look.pvalue),
+            }  # fmt: skip
+        points.append(point)
+    return points

@@ -1,0 +1,176 @@
+"""The experiment report: its JSON against the analysis it summarises, the CLI and the API,
+and the HTML page in a real headless Chromium (it renders, its charts exist, no console
+errors; a screenshot is kept in the test's temp dir)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from assignment import assign_many
+from experiments import load_spec
+from experiments.folding import Event, FoldPlan
+from experiments.report import build_report
+from experiments.reporting import take_snapshot
+from experiments.store import ExperimentStatus, Store, open_store
+from tests.servers import start_service
+from tests.test_rollout_e2e import spec_doc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def seeded(url: str) -> Store:
+    """ranker-v2 at 50/50 with 5 batches of 800 users, a snapshot after each, and the audit
+    entries of a canary that went 95/5 → 80/20 → 50/50."""
+    store = open_store(url)
+    doc = spec_doc([{"kind": "ab", "split": 50}])
+    doc["variants"][0]["weight"] = doc["variants"][1]["weight"] = 50
+    doc["metrics"]["secondary"] = [{"name": "revenue", "kind": "sum"}]
+    spec = load_spec(doc)
+    store.put_experiment(spec)
+    store.set_status(spec.name, ExperimentStatus.RUNNING)
+    plan, rng = FoldPlan.from_spec(spec), random.Random(5)
+    for batch in range(5):
+        units = [f"u{batch}-{i}" for i in range(800)]
+        arms = {u: a.variant for u, a in zip(units, assign_many(spec, units), strict=True)}
+        store.record_exposures(spec.name, "main", plan, {u: (arms[u], 1.0) for u in units})
+        rate = {"control": 0.10, "treatment": 0.14}
+        events = [
+            Event(f"c-{u}", u, "click", 1.0, 1.0) for u in units if rng.random() < rate[arms[u]]
+        ]
+        events += [Event(f"r-{u}", u, "revenue", rng.lognormvariate(1, 1), 1.0) for u in units]
+        store.ingest_events(spec.name, "main", plan, events)
+        take_snapshot(store, store.get_experiment(spec.name))
+        time.sleep(0.01)
+    for share, action in ((5, "start"), (20, "step"), (50, "phase")):
+        store.append_audit(spec.name, {
+            "at": time.time(), "action": action, "what": f"{share} % to the candidate",
+            "weights": {"control": 100 - share, "treatment": share},
+            "guardrails": [
+                {"name": "p99_latency_ms", "value": 40.0 + share, "limit": 150, "status": "pass"}
+            ],
+        })  # fmt: skip
+    return store
+
+
+def test_the_report_json_is_the_analysis(tmp_path: Path) -> None:
+    from analysis import ExperimentStats, SequentialMonitor, decide
+    from experiments.reporting import phase_report
+
+    store = seeded(f"sqlite:///{tmp_path / 'a.db'}")
+    report = build_report(store, "ranker-v2")
+    json.dumps(report, allow_nan=False)
+    record = store.get_experiment("ranker-v2")
+    expected = decide(record.spec, ExperimentStats.from_report(phase_report(store, record)["arms"]))
+    assert report["decision"]["status"] == expected.status.value == "winner"
+    click = next(m for m in report["metrics"] if m["metric"] == "click")
+    (comparison,) = click["comparisons"]
+    c = expected.comparisons[0]
+    assert (comparison["effect"], comparison["low"], comparison["high"]) == (
+        c.estimate,
+        c.ci_low,
+        c.ci_high,
+    )
+    means = {a["variant"]: a["mean"] for a in click["arms"]}
+    assert comparison["relative"] == pytest.approx(means["treatment"] / means["control"] - 1)
+    points = report["over_time"]
+    assert len(points) == 5
+    assert [p["units"]["control"] + p["units"]["treatment"] for p in points] == [
+        800,
+        1600,
+        2400,
+        3200,
+        4000,
+    ]
+    # the band is the running intersection a monitor keeps: it never widens
+    widths = [p["effects"]["treatment"]["high"] - p["effects"]["treatment"]["low"] for p in points]
+    assert all(b <= a for a, b in itertools.pairwise(widths))
+    monitor = SequentialMonitor(alpha=0.05, n_star=10_000, kind="proportion")
+    for snap in store.snapshots("ranker-v2", "main"):
+        arms = ExperimentStats.from_report(snap.stats).metrics["click"]
+        last = monitor.update(arms["control"], arms["treatment"])
+    assert points[-1]["effects"]["treatment"]["pvalue"] == pytest.approx(last.pvalue)
+    assert [e["weights"]["treatment"] for e in report["audit"]] == [5, 20, 50]
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (Debian package chromium)")
+def test_the_html_page_renders_in_chromium_with_its_charts(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    seeded(url).close()
+    page = tmp_path / "report.html"
+    command = ["report", "ranker-v2", "-o", str(page), "--store", url]
+    cli = subprocess.run(
+        [sys.executable, "-m", "experiments.cli", *command],
+        capture_output=True, text=True, timeout=120, check=True, cwd=ROOT,
+    )  # fmt: skip
+    assert "winner" in cli.stdout
+    text = page.read_text()
+    assert "<script src=" not in text  # plotly is embedded: the page opens offline
+    browser = [_chromium() or "", "--headless", "--no-sandbox", "--disable-gpu",
+               "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000"]  # fmt: skip
+    dom = subprocess.run(
+        [*browser, "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    for chart in (
+        "chart-effect",
+        "chart-pvalue",
+        "chart-exposures",
+        "chart-stages",
+        "chart-guardrails",
+    ):
+        start = dom.stdout.index(f'id="{chart}"')
+        assert "main-svg" in dom.stdout[start : start + 20_000], f"{chart} did not render"
+    assert 'id="decision">winner: treatment' in dom.stdout
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not [line for line in console if "error" in line.lower() or "Uncaught" in line], console
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [*browser, "--window-size=1200,2600", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert shot.stat().st_size > 20_000
+
+
+def test_the_report_api(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    seeded(url).close()
+    service = start_service(url, tmp_path, admin_token="t")
+    try:
+        auth = {"authorization": "Bearer t"}
+        body: dict[str, Any] = httpx.get(
+            f"{service.url}/v1/experiments/ranker-v2/report", headers=auth, timeout=60
+        ).json()
+        assert body["decision"]["status"] == "winner"
+        page = httpx.get(
+            f"{service.url}/v1/experiments/ranker-v2/report.html", headers=auth, timeout=60
+        )
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert 'id="chart-effect"' in page.text
+        assert (
+            httpx.get(f"{service.url}/v1/experiments/ranker-v2/report", timeout=10).status_code
+            == 401
+        )
+        assert (
+            httpx.get(
+                f"{service.url}/v1/experiments/nope/report", headers=auth, timeout=10
+            ).status_code
+            == 404
+        )
+    finally:
+        service.stop()
