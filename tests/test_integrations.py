@@ -17,10 +17,10 @@ import pytest
 from assignment import assign_many
 from experiments import load_spec
 from experiments.folding import Event, FoldPlan
+from experiments.localstack import RolloutStack, start_rollout_stack
 from experiments.routing.plan import plan_routes
 from experiments.routing.routers import EnvoyRouter
 from experiments.store import ExperimentStatus, open_store
-from tests.rollout_stack import RolloutStack, start_rollout_stack
 from tests.servers import Service, start_service, wait_until
 from tests.test_rollout_e2e import Traffic, spec_doc
 

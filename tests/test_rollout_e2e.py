@@ -26,11 +26,12 @@ import pytest
 from assignment import assign_many
 from experiments import load_spec
 from experiments.folding import Event, FoldPlan
+from experiments.localstack import RolloutStack, start_rollout_stack
 from experiments.store import ExperimentStatus, Store, open_store
-from tests.rollout_stack import ROOT, RolloutStack, start_rollout_stack
 from tests.servers import Process, wait_until
 
 pytestmark = pytest.mark.timeout(240)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def spec_doc(phases: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:

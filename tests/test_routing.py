@@ -14,6 +14,7 @@ import yaml
 
 from experiments import SpecError, load_spec
 from experiments.errors import InvalidInputError
+from experiments.localstack import ROUTER, cluster, envoy_binary
 from experiments.routing.plan import Mode, plan_routes
 from experiments.routing.render import (
     envoy_route_configuration,
@@ -22,7 +23,6 @@ from experiments.routing.render import (
     istio_virtual_service,
 )
 from experiments.routing.routers import ManifestsRouter, make_router
-from tests.envoy_stack import ROUTER, _cluster, envoy_binary
 
 DOC: dict[str, Any] = {
     "name": "ranker-v2",
@@ -111,7 +111,7 @@ def envoy_validate(routes: dict[str, Any], workdir: Path) -> subprocess.Complete
     }
     config = {
         "static_resources": {
-            "clusters": [_cluster("v1", 1), _cluster("v2", 2)],
+            "clusters": [cluster("v1", 1), cluster("v2", 2)],
             "listeners": [{
                 "name": "front",
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},

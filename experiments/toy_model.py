@@ -1,6 +1,6 @@
 """A tiny model server for tests and benchmarks: answers every request with its name.
 
-    python -m tests.toy_model --port 9001 --name v1 [--delay-ms 0] [--error-rate 0]
+    python -m experiments.toy_model --port 9001 --name v1 [--delay-ms 0] [--error-rate 0]
 
 `POST /admin/config {"delay_ms": 200, "error_rate": 0.02}` changes its latency and its share
 of 500 answers while it runs, so a test can make a healthy candidate regress.

