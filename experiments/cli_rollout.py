@@ -215,5 +215,33 @@ def render(
 
 
 def register(app: typer.Typer) -> None:
-    for command in (controller, history, promote, rollback, pause, resume, render):
+    for command in (controller, history, promote, rollback, pause, resume, render, demo):
         app.command()(command)
+
+
+def demo(
+    fast: Annotated[
+        bool, typer.Option(help="Under a minute or so: shorter canary checks.")
+    ] = False,
+    scenario: Annotated[str, typer.Option(help="promote, or regression (a rollback).")] = "promote",
+    workdir: Annotated[
+        Path | None, typer.Option(help="Where logs, the store and the report go.")
+    ] = None,
+) -> None:
+    """Run the whole loop on this machine: service, Envoy, two models, Prometheus, controller
+    and simulated users, through a canary and an A/B test to a promotion (or a rollback)."""
+    import tempfile
+
+    from experiments.demo import run_demo
+
+    where = workdir or Path(tempfile.mkdtemp(prefix="abmesh-demo-"))
+    try:
+        result = run_demo(where, fast=fast, scenario=scenario, console=out)
+    except AbmeshError as exc:
+        fail(str(exc))
+    out.print(
+        f"\n{result.status} after {result.seconds:.0f} s; report: {result.report};"
+        f" logs and store in {where}; every process the demo started has been stopped"
+    )
+    if result.status not in ("promoted", "rolled_back", "no_difference"):
+        raise typer.Exit(1)

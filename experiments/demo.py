@@ -1,0 +1,260 @@
+"""`abmesh demo`: the whole loop on one machine, with real parts.
+
+It starts the assignment service (SQLite), Envoy in front of a stable and a candidate toy model,
+Prometheus scraping Envoy, the controller (`envoy` router) and simulated users.  Each user asks
+abmesh for its group, calls the model through Envoy with that header, and converts with a
+probability that depends on the model that answered.  The rollout walks a canary, then an A/B
+phase, to a decision: promotion by default; with `scenario="regression"` the candidate starts
+failing at its second canary step and is rolled back.  A live table shows the progress; the
+report is written at the end; every process the demo started is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from experiments.controller import Controller
+from experiments.errors import AbmeshError
+from experiments.localstack import (
+    Process,
+    RolloutStack,
+    free_port,
+    prometheus_binary,
+    start_rollout_stack,
+    wait_until,
+)
+from experiments.metrics_provider import PrometheusProvider, query_labels
+from experiments.report import build_report
+from experiments.report_html import render_html
+from experiments.routing.routers import EnvoyRouter
+from experiments.spec import ExperimentSpec, Variant
+from experiments.store import ExperimentStatus, Store, open_store
+
+NAME = "model-demo"
+CONVERSION = {"v1": 0.10, "v2": 0.15}  # what each model's answers make users do
+
+
+class DemoError(AbmeshError):
+    """The demo cannot run here (a part is missing)."""
+
+
+@dataclass
+class DemoResult:
+    status: str
+    seconds: float
+    report: Path
+    audit: list[dict[str, Any]]
+    table: Table
+
+
+def demo_spec(fast: bool) -> ExperimentSpec:
+    from experiments.loader import load_spec
+
+    return load_spec(
+        {
+            "name": NAME,
+            "variants": [
+                {"key": "stable", "header_value": "group-a", "weight": 100,
+                 "destination": {"host": "model", "subset": "v1"}},
+                {"key": "candidate", "header_value": "group-b", "weight": 0,
+                 "destination": {"host": "model", "subset": "v2"}},
+            ],
+            "metrics": {"primary": {"name": "purchase", "kind": "conversion"}},
+            "analysis": {"min_units_per_arm": 100, "n_star": 2000 if fast else 6000},
+            "rollout": {
+                "phases": [
+                    {"kind": "canary", "steps": [5, 20, 50], "checks": 1 if fast else 3},
+                    {"kind": "ab", "split": 50},
+                    {"kind": "promote"},
+                ]
+            },
+        }
+    )  # fmt: skip
+
+
+class Users:
+    """Simulated users: assign, call the model through Envoy with the group header, convert."""
+
+    def __init__(self, service: str, front: str, threads: int = 4) -> None:
+        self.service, self.front = service, front
+        self.served: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, seed: int) -> None:
+        rng = random.Random(seed)
+        events: list[dict[str, Any]] = []
+        with httpx.Client(timeout=5) as http:
+            while not self._stop.is_set():
+                unit = f"user-{uuid.uuid4().hex[:12]}"
+                try:
+                    a = http.get(f"{self.service}/v1/assign/{NAME}", params={"unit": unit}).json()
+                    header = a["header"]
+                    reply = http.get(self.front, headers={header["name"]: header["value"]})
+                    model = reply.headers.get("x-model", "?")
+                    self.served[model] = self.served.get(model, 0) + 1
+                    if reply.status_code == 200 and rng.random() < CONVERSION.get(model, 0.0):
+                        events.append({"event_id": uuid.uuid4().hex, "experiment": NAME,
+                                       "unit": unit, "metric": "purchase"})  # fmt: skip
+                    if len(events) >= 20:
+                        http.post(f"{self.service}/v1/events", json={"events": events})
+                        events = []
+                except (httpx.HTTPError, KeyError, ValueError):
+                    time.sleep(0.05)  # the service or Envoy is busy or restarting: try again
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+
+def _serve(store_url: str, workdir: Path) -> tuple[Process, str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ABMESH_")} | {
+        "ABMESH_STORE": store_url,
+        "ABMESH_REFRESH_INTERVAL": "0.2",
+        "ABMESH_EXPOSURE_FLUSH_INTERVAL": "0.2",
+        "ABMESH_SNAPSHOT_INTERVAL": "2",
+    }
+    log = workdir / "abmesh-serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "experiments.cli", "serve", "--port", str(port),
+             "--log-level", "warning"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    service = Process(proc, log, port)
+    wait_until(lambda: httpx.get(f"{url}/readyz", timeout=1).status_code == 200, "abmesh serve")
+    return service, url
+
+
+def _table(store: Store, started: float, served: dict[str, int]) -> Table:
+    from analysis import ExperimentStats, decide
+    from experiments.reporting import phase_report
+
+    doc, _ = store.get_control(NAME)
+    record = store.get_experiment(NAME)
+    state = doc or {}
+    table = Table(title=f"abmesh demo: {NAME}", show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("elapsed", f"{time.time() - started:.0f} s")
+    where = f"phase {state.get('phase', 0) + 1}, step {state.get('step', 0) + 1}"
+    table.add_row("rollout", f"{state.get('status', 'starting')}, {where}")
+    table.add_row(
+        "route split", ", ".join(f"{k} {v} %" for k, v in state.get("weights", {}).items())
+    )
+    table.add_row("requests served", ", ".join(f"{k} {v}" for k, v in sorted(served.items())))
+    phase = state.get("stats_phase") or record.phase
+    arms = phase_report(store, record, phase)["arms"]
+    table.add_row("units (A/B sample)", ", ".join(f"{v} {a['exposures']}" for v, a in arms.items()))
+    decision = decide(record.spec, ExperimentStats.from_report(arms))
+    for c in decision.comparisons:
+        if c.role == "primary" and c.estimate is not None:
+            table.add_row("purchase effect", f"{c.estimate:+.4f} [{c.ci_low or float('nan'):.4f},"
+                          f" {c.ci_high or float('nan'):.4f}], p {c.pvalue or 1:.3g}")  # fmt: skip
+    audit = store.audit(NAME)
+    if audit:
+        last = audit[-1]
+        readings = ", ".join(
+            f"{g['name']} {'no data' if g['value'] is None else format(g['value'], '.3g')}"
+            for g in last.get("guardrails", [])
+        )
+        table.add_row("last action", f"{last.get('action')}: {last.get('what', '')[:90]}")
+        table.add_row("guardrails", readings or "–")
+    return table
+
+
+def run_demo(
+    workdir: Path, *, fast: bool = False, scenario: str = "promote", console: Console | None = None
+) -> DemoResult:
+    if scenario not in ("promote", "regression"):
+        raise DemoError(f"scenario must be 'promote' or 'regression', not {scenario!r}")
+    if prometheus_binary() is None:
+        raise DemoError(
+            "Prometheus is not installed: `apt-get install -y --no-install-recommends prometheus`"
+        )
+    console = console or Console()
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    stack: RolloutStack = start_rollout_stack(workdir)
+    store_url = f"sqlite:///{workdir / 'abmesh.db'}"
+    store = open_store(store_url)
+    service: Process | None = None
+    users: Users | None = None
+    stop = threading.Event()
+    loop: threading.Thread | None = None
+    try:
+        service, service_url = _serve(store_url, workdir)
+        store.put_experiment(demo_spec(fast))
+        store.set_status(NAME, ExperimentStatus.RUNNING)
+        clusters = {"stable": "v1", "candidate": "v2"}
+
+        def labels(variant: Variant) -> dict[str, str]:
+            d = variant.destination
+            return query_labels(d.host, d.subset, clusters[variant.key])
+
+        controller = Controller(
+            open_store(store_url),
+            EnvoyRouter(stack.routes_file, stack.admin, clusters),
+            PrometheusProvider(stack.prometheus_url, mesh="envoy", window="3s"),
+            labels,
+            interval=1.0,
+            settle_s=3.0,
+        )
+        loop = threading.Thread(target=controller.run, args=(stop.is_set,), daemon=True)
+        loop.start()
+        users = Users(service_url, stack.front)
+        broken = False
+        deadline = started + (90 if fast else 300)
+        with Live(console=console, refresh_per_second=2, transient=False) as live:
+            while time.time() < deadline:
+                doc, _ = store.get_control(NAME)
+                live.update(_table(store, started, users.served))
+                if doc and doc["status"] in ("promoted", "rolled_back", "no_difference"):
+                    break
+                if scenario == "regression" and not broken and doc and doc["step"] >= 1:
+                    stack.set_model("v2", error_rate=0.05)  # the candidate starts failing
+                    broken = True
+                time.sleep(0.5)
+            final = _table(store, started, users.served)
+            live.update(final)
+        doc, _ = store.get_control(NAME)
+        report = workdir / "report.html"
+        report.write_text(render_html(build_report(store, NAME)))
+        return DemoResult(
+            (doc or {}).get("status", "unfinished"),
+            time.time() - started,
+            report,
+            store.audit(NAME),
+            final,
+        )
+    finally:
+        if users is not None:
+            users.stop()
+        stop.set()
+        if loop is not None:
+            loop.join(timeout=10)
+        if service is not None:
+            service.stop()
+        store.close()
+        stack.stop()
