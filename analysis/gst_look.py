@@ -14,9 +14,16 @@ from analysis.decision import Comparison, finite, fmt
 from analysis.gst import Spending, gst_boundaries
 from analysis.looks import Look, Pair
 from experiments.spec import Direction
-from experiments.spec_metrics import SpendingKind
+from experiments.spec_metrics import AnalysisSettings, SpendingKind
 
 _EPS = 1e-12
+
+
+def spending_of(cfg: AnalysisSettings) -> Spending:
+    """The spec's spending setting as gst_boundaries takes it."""
+    if cfg.spending is SpendingKind.POWER:
+        return ("power", cfg.rho)
+    return "pocock" if cfg.spending is SpendingKind.POCOCK else "obf"
 
 
 class GroupSequentialLook:
@@ -25,9 +32,7 @@ class GroupSequentialLook:
         assert cfg.max_units_per_arm is not None  # the spec requires it for this method
         self.cap, self.looks = cfg.max_units_per_arm, cfg.looks
         self.state = look.state
-        self.spending: Spending = (
-            ("power", cfg.rho) if cfg.spending is SpendingKind.POWER else cfg.spending.value  # type: ignore[assignment]
-        )
+        self.spending = spending_of(cfg)
         primaries = [p for p in look.pairs if p.role == "primary"]
         units = min((min(p.a.n, p.b.n) for p in primaries), default=0.0)
         self.fraction = units / self.cap  # above 1 after an over-run: gst.py spends the rest

@@ -63,8 +63,45 @@ def build_report(store: Store, name: str) -> dict[str, Any]:
         "metrics": metrics_out,
         "over_time": _over_time(store, spec, phase, kinds, SequentialMonitor),
         "rollout": control_doc,
+        "routes": _routes(spec, control_doc),
+        "group_sequential": _design(spec),
         "audit": store.audit(name),
     }  # fmt: skip
+
+
+def _routes(spec: Any, control_doc: dict[str, Any] | None) -> dict[str, Any]:
+    """The route plan in force: the rollout's, or the spec's weights before any rollout."""
+    from experiments.rollout_state import RolloutState
+    from experiments.routing.plan import plan_routes
+
+    if control_doc:
+        state = RolloutState.from_dict(control_doc)
+        plan = plan_routes(spec, state.weights, state.mode)
+    else:
+        plan = plan_routes(spec, {v.key: round(v.weight) for v in spec.variants})
+    return {
+        "rules": [{"name": r.name, "header": r.header, "value": r.value, "variant": r.variant}
+                  for r in plan.rules],
+        "weights": dict(plan.weights),
+    }  # fmt: skip
+
+
+def _design(spec: Any) -> dict[str, Any] | None:
+    """The planned Lan–DeMets boundaries, for a group-sequential analysis."""
+    from analysis import gst_boundaries
+    from analysis.gst_look import spending_of
+
+    cfg = spec.analysis
+    if cfg.method.value != "group-sequential":
+        return None
+    design = gst_boundaries(
+        [k / cfg.looks for k in range(1, cfg.looks + 1)], alpha=cfg.alpha, spending=spending_of(cfg)
+    )
+    return {
+        "fractions": list(design.information_fractions),
+        "z": [_num(z) for z in design.z],
+        "max_units_per_arm": cfg.max_units_per_arm,
+    }
 
 
 def _relative(per_arm: Mapping[str, Any], control: str, variant: str) -> float | None:
@@ -80,9 +117,11 @@ def _over_time(
     """Per snapshot: exposures per arm and, for the primary metric, each treatment's effect
     with the running (always-valid) interval and p-value as a monitor would have seen them."""
     from analysis import ExperimentStats
+    from analysis.msprt import Kind, effect_variance
 
     control = spec.control_variant.key
     primary = spec.metrics.primary.name if spec.metrics else None
+    cap = spec.analysis.max_units_per_arm
     monitors: dict[str, Any] = {}
     points = []
     for snap in store.snapshots(spec.name, phase):
@@ -93,15 +132,18 @@ def _over_time(
         for variant, b in per_arm.items():
             if variant == control or a is None or a.n < 2 or b.n < 2:
                 continue
-            kind = kinds[primary][1] if primary else "mean"
+            kind: Kind = "proportion" if primary and kinds[primary][1] == "proportion" else "mean"
             monitor = monitors.setdefault(
                 variant,
                 monitor_type(alpha=spec.analysis.alpha, n_star=spec.analysis.mixture_n, kind=kind),
             )
             look = monitor.update(a, b)
+            v = effect_variance(a, b, kind)
+            z = look.estimate / math.sqrt(v) if v > 0 and math.isfinite(look.estimate) else None
             point["effects"][variant] = {
                 "effect": _num(look.estimate), "low": _num(look.ci_low),
-                "high": _num(look.ci_high), "pvalue": _num(look.pvalue),
+                "high": _num(look.ci_high), "pvalue": _num(look.pvalue), "z": _num(z),
+                "information": _num(min(a.n, b.n) / cap) if cap else None,
             }  # fmt: skip
         points.append(point)
     return points

@@ -105,6 +105,22 @@ def _guardrail_chart(report: dict[str, Any]) -> go.Figure:
     return fig
 
 
+def _boundary_chart(report: dict[str, Any]) -> go.Figure:
+    """Group-sequential: the planned |z| boundaries and the observed z by information."""
+    fig = go.Figure()
+    design = report["group_sequential"]
+    fig.add_scatter(x=design["fractions"], y=design["z"], mode="lines+markers", name="boundary")
+    fig.add_scatter(x=design["fractions"], y=[-z for z in design["z"]], mode="lines+markers",
+                    name="lower boundary", line={"dash": "dot"})  # fmt: skip
+    points = report["over_time"]
+    for v in sorted({v for p in points for v in p["effects"]}):
+        seen = [p["effects"][v] for p in points if p["effects"].get(v, {}).get("z") is not None]
+        fig.add_scatter(x=[e["information"] for e in seen], y=[e["z"] for e in seen],
+                        mode="markers", name=f"{v} z")  # fmt: skip
+    fig.update_layout(title="Group-sequential boundaries (z) by information fraction")
+    return fig
+
+
 def render_html(report: dict[str, Any]) -> str:
     d = report["decision"]
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in d["reasons"])
@@ -129,6 +145,13 @@ def render_html(report: dict[str, Any]) -> str:
         _chart(_stages_chart(report), "chart-stages"),
         _chart(_guardrail_chart(report), "chart-guardrails"),
     ]
+    if report.get("group_sequential"):
+        charts.append(_chart(_boundary_chart(report), "chart-boundaries"))
+    routes = report["routes"]
+    route_rows = [
+        [r["name"], f"{r['header']}: {r['value']}", r["variant"]] for r in routes["rules"]
+    ]
+    route_rows.append(["default (weighted)", "–", json.dumps(routes["weights"])])
     title = html.escape(f"abmesh report: {report['experiment']}")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -143,6 +166,7 @@ weights {html.escape(json.dumps(report["weights"]))}</p>
 <h2>Why</h2><ul id="reasons">{reasons}</ul>
 <h2>Effects</h2>{_table(["metric", "role", "variant", "verdict", "effect", "relative", "low", "high", "p"], metric_rows)}
 <h2>Arms</h2>{_table(["metric", "variant", "units", "mean"], arm_rows)}
+<h2>Route plan</h2>{_table(["route", "match", "to"], route_rows)}
 <h2>Over time</h2>{"".join(charts)}
 <h2>Rollout log</h2>{_table(["at", "action", "weights", "what"], audit_rows)}
 </body></html>"""  # noqa: E501

@@ -174,3 +174,29 @@ def test_the_report_api(tmp_path: Path) -> None:
         )
     finally:
         service.stop()
+
+
+def test_the_route_plan_and_group_sequential_boundaries(tmp_path: Path) -> None:
+    from analysis import gst_boundaries
+    from experiments.report_html import render_html
+
+    store = seeded(f"sqlite:///{tmp_path / 'a.db'}")
+    routes = build_report(store, "ranker-v2")["routes"]
+    assert routes["weights"] == {"control": 50, "treatment": 50}
+    assert [r["value"] for r in routes["rules"]] == ["group-a", "group-b"]
+    assert build_report(store, "ranker-v2")["group_sequential"] is None
+    spec = store.get_experiment("ranker-v2").spec
+    data = spec.model_dump(mode="json", by_alias=True)
+    data["analysis"] = {"method": "group-sequential", "max_units_per_arm": 4000, "looks": 4}
+    store.put_experiment(load_spec(data))
+    report = build_report(store, "ranker-v2")
+    design = report["group_sequential"]
+    assert design["z"] == pytest.approx(list(gst_boundaries([0.25, 0.5, 0.75, 1.0]).z))
+    last = report["over_time"][-1]["effects"]["treatment"]
+    assert last["information"] == pytest.approx(min(last_units(report)) / 4000)
+    assert last["z"] > 0
+    assert 'id="chart-boundaries"' in render_html(report)
+
+
+def last_units(report: dict[str, Any]) -> list[float]:
+    return list(report["over_time"][-1]["units"].values())
