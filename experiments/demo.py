@@ -45,7 +45,9 @@ from experiments.spec import ExperimentSpec, Variant
 from experiments.store import ExperimentStatus, Store, open_store
 
 NAME = "model-demo"
-CONVERSION = {"v1": 0.10, "v2": 0.15}  # what each model's answers make users do
+# What each model's answers make users do: a large lift in the fast run, a smaller one, which
+# takes the test a few minutes to resolve, in the default run.
+CONVERSION = {True: {"v1": 0.10, "v2": 0.15}, False: {"v1": 0.10, "v2": 0.125}}
 
 
 class DemoError(AbmeshError):
@@ -74,10 +76,11 @@ def demo_spec(fast: bool) -> ExperimentSpec:
                  "destination": {"host": "model", "subset": "v2"}},
             ],
             "metrics": {"primary": {"name": "purchase", "kind": "conversion"}},
-            "analysis": {"min_units_per_arm": 100, "n_star": 2000 if fast else 6000},
+            "analysis": {"min_units_per_arm": 100, "n_star": 2000 if fast else 10_000},
             "rollout": {
                 "phases": [
-                    {"kind": "canary", "steps": [5, 20, 50], "checks": 1 if fast else 3},
+                    {"kind": "canary", "steps": [5, 20, 50], "checks": 1 if fast else 5,
+                     "min_duration_s": 0 if fast else 30},
                     {"kind": "ab", "split": 50},
                     {"kind": "promote"},
                 ]
@@ -89,8 +92,16 @@ def demo_spec(fast: bool) -> ExperimentSpec:
 class Users:
     """Simulated users: assign, call the model through Envoy with the group header, convert."""
 
-    def __init__(self, service: str, front: str, threads: int = 4) -> None:
-        self.service, self.front = service, front
+    def __init__(
+        self,
+        service: str,
+        front: str,
+        conversion: dict[str, float],
+        threads: int = 4,
+        pause: float = 0.0,
+    ) -> None:
+        self.service, self.front, self.conversion = service, front, conversion
+        self.pause = pause  # between one user and the next, per thread
         self.served: dict[str, int] = {}
         self._stop = threading.Event()
         self._threads = [
@@ -111,7 +122,7 @@ class Users:
                     reply = http.get(self.front, headers={header["name"]: header["value"]})
                     model = reply.headers.get("x-model", "?")
                     self.served[model] = self.served.get(model, 0) + 1
-                    if reply.status_code == 200 and rng.random() < CONVERSION.get(model, 0.0):
+                    if reply.status_code == 200 and rng.random() < self.conversion.get(model, 0.0):
                         events.append({"event_id": uuid.uuid4().hex, "experiment": NAME,
                                        "unit": unit, "metric": "purchase"})  # fmt: skip
                     if len(events) >= 20:
@@ -119,6 +130,7 @@ class Users:
                         events = []
                 except (httpx.HTTPError, KeyError, ValueError):
                     time.sleep(0.05)  # the service or Envoy is busy or restarting: try again
+                time.sleep(self.pause)
 
     def stop(self) -> None:
         self._stop.set()
@@ -168,10 +180,14 @@ def _table(store: Store, started: float, served: dict[str, int]) -> Table:
     arms = phase_report(store, record, phase)["arms"]
     table.add_row("units (A/B sample)", ", ".join(f"{v} {a['exposures']}" for v, a in arms.items()))
     decision = decide(record.spec, ExperimentStats.from_report(arms))
+    running = ((state.get("decision") or {}).get("intervals") or {}).get("purchase:candidate")
     for c in decision.comparisons:
         if c.role == "primary" and c.estimate is not None:
-            table.add_row("purchase effect", f"{c.estimate:+.4f} [{c.ci_low or float('nan'):.4f},"
-                          f" {c.ci_high or float('nan'):.4f}], p {c.pvalue or 1:.3g}")  # fmt: skip
+            table.add_row("purchase effect", f"{c.estimate:+.4f} now")
+    if running:
+        p, low, high = (float("nan") if x is None else x for x in running)
+        # what the controller acts on: the running minimum p and the intersected interval
+        table.add_row("always-valid", f"interval [{low:.4f}, {high:.4f}], p {p:.3g}")
     audit = store.audit(NAME)
     if audit:
         last = audit[-1]
@@ -223,9 +239,10 @@ def run_demo(
         )
         loop = threading.Thread(target=controller.run, args=(stop.is_set,), daemon=True)
         loop.start()
-        users = Users(service_url, stack.front)
+        # The default run paces its users (about 100 a second) so the loop can be watched.
+        users = Users(service_url, stack.front, CONVERSION[fast], pause=0.0 if fast else 0.03)
         broken = False
-        deadline = started + (90 if fast else 300)
+        deadline = started + (90 if fast else 420)
         with Live(console=console, refresh_per_second=2, transient=False) as live:
             while time.time() < deadline:
                 doc, _ = store.get_control(NAME)
