@@ -15,7 +15,7 @@ from analysis.decision import DecisionState, GuardrailCheck
 from analysis.guardrails import Threshold
 from analysis.inputs import ExperimentStats
 from analysis.msprt import Kind
-from analysis.srm import srm_arrays
+from analysis.srm import planned_arms, srm_arrays
 from analysis.stats import ArmStats
 from experiments.spec import ExperimentSpec, Metric, MetricKind
 
@@ -144,9 +144,6 @@ def prepare(
             "the state passed in was for other settings, arms or metrics: it starts afresh"
         )
     look.counts = [float(stats.units.get(k, 0.0)) for k in plan.keys]
-    for count in look.counts:
-        if not (count >= 0 and math.isfinite(count)):
-            raise ValueError(f"unit counts must be finite and non-negative, got {look.counts}")
     _pairs(look, stats)
     return look
 
@@ -156,16 +153,13 @@ def check_ratios(looks: Sequence[Look]) -> None:
     out; units in one are a certain mismatch)."""
     groups: dict[int, list[tuple[Look, list[float], list[float]]]] = {}
     for look in looks:
+        _, arms = planned_arms(look.counts, look.plan.weights)  # refuses bad counts
         if sum(look.counts) == 0:
             continue
-        total = sum(look.plan.weights)
-        kept = [
-            (c, w / total) for c, w in zip(look.counts, look.plan.weights, strict=True) if w > 0
-        ]
-        if any(c > 0 for c, w in zip(look.counts, look.plan.weights, strict=True) if w == 0):
+        if arms is None:
             _judge_srm(look, math.inf, 0.0, math.inf)
             continue
-        groups.setdefault(len(kept), []).append((look, [c for c, _ in kept], [t for _, t in kept]))
+        groups.setdefault(len(arms[0]), []).append((look, *arms))
     for members in groups.values():
         chi2, p, log_bf = srm_arrays([m[1] for m in members], [m[2] for m in members])
         for (look, _, _), x, px, lb in zip(members, chi2, p, log_bf, strict=True):

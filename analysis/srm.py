@@ -44,8 +44,12 @@ class SRMResult:
         return f"<p>{html.escape(self.summary())}</p>"
 
 
-def _expected(counts: Sequence[float], weights: Sequence[float]) -> list[tuple[float, float]]:
-    """(observed, expected) per arm, after checking the inputs."""
+def planned_arms(
+    counts: Sequence[float], weights: Sequence[float]
+) -> tuple[tuple[float, ...], tuple[list[float], list[float]] | None]:
+    """After checking the inputs: the expected count of every arm, and the observed counts and
+    planned shares θ of the arms with weight — or None when units sit in an arm weighted 0,
+    which is a certain mismatch."""
     if len(counts) != len(weights) or len(counts) < 2:
         raise ValueError("counts and weights need the same length, at least 2")
     if not all(c >= 0 and math.isfinite(c) for c in counts):
@@ -54,24 +58,22 @@ def _expected(counts: Sequence[float], weights: Sequence[float]) -> list[tuple[f
     if not (all(w >= 0 and math.isfinite(w) for w in weights) and weight_sum > 0):
         raise ValueError(f"weights must be non-negative with a positive sum, got {list(weights)}")
     total = sum(counts)
-    return [(c, total * w / weight_sum) for c, w in zip(counts, weights, strict=True)]
-
-
-def _impossible(pairs: list[tuple[float, float]]) -> bool:
-    """Units in an arm weighted 0: a certain mismatch."""
-    return any(e == 0 and c > 0 for c, e in pairs)
+    expected = tuple(total * w / weight_sum for w in weights)
+    if any(c > 0 and w == 0 for c, w in zip(counts, weights, strict=True)):
+        return expected, None
+    kept = [(c, w / weight_sum) for c, w in zip(counts, weights, strict=True) if w > 0]
+    return expected, ([c for c, _ in kept], [t for _, t in kept])
 
 
 def srm_test(counts: Sequence[float], weights: Sequence[float]) -> SRMResult:
     """Pearson χ² of observed unit counts against the weights (any positive scale)."""
-    pairs = _expected(counts, weights)
-    expected = tuple(e for _, e in pairs)
-    if _impossible(pairs):
-        return SRMResult(math.inf, 0.0, len(pairs) - 1, tuple(counts), expected)
-    kept = [(c, e) for c, e in pairs if e > 0]
-    total = sum(e for _, e in kept)
-    statistic, pvalue, _ = srm_arrays([[c for c, _ in kept]], [[e / total for _, e in kept]])
-    return SRMResult(float(statistic[0]), float(pvalue[0]), len(kept) - 1, tuple(counts), expected)
+    expected, arms = planned_arms(counts, weights)
+    if arms is None:
+        return SRMResult(math.inf, 0.0, len(counts) - 1, tuple(counts), expected)
+    statistic, pvalue, _ = srm_arrays([arms[0]], [arms[1]])
+    return SRMResult(
+        float(statistic[0]), float(pvalue[0]), len(arms[0]) - 1, tuple(counts), expected
+    )
 
 
 def srm_arrays(counts: ArrayLike, theta: ArrayLike, k: float = 100.0) -> tuple[Array, Array, Array]:
@@ -138,17 +140,15 @@ def sequential_srm(
     BF = [B(kθ₀ + c)/B(kθ₀)] / Π θ₀ᵢ^cᵢ, and p = min(previous p, 1/BF).  `k` is the prior's
     concentration (savvi's default 100; Optimizely's ssrm-test uses 10,000, which reacts
     later to small imbalances).  Units in an arm weighted 0 are a certain mismatch."""
-    pairs = _expected(counts, weights)
+    expected, arms = planned_arms(counts, weights)
     if not k > 0 or not math.isfinite(k):
         raise ValueError(f"k must be a positive number, got {k}")
     if not 0 <= previous_pvalue <= 1:
         raise ValueError(f"previous_pvalue must lie in [0, 1], got {previous_pvalue}")
-    observed, expected = tuple(counts), tuple(e for _, e in pairs)
-    if _impossible(pairs):
+    observed = tuple(counts)
+    if arms is None:
         return SequentialSRMResult(math.inf, math.inf, 0.0, observed, expected, k)
-    weight_sum = sum(weights)
-    kept = [(c, w / weight_sum) for c, w in zip(counts, weights, strict=True) if w > 0]
-    _, _, log_bfs = srm_arrays([[c for c, _ in kept]], [[t for _, t in kept]], k)
+    _, _, log_bfs = srm_arrays([arms[0]], [arms[1]], k)
     log_bf = float(log_bfs[0])
     pvalue = min(previous_pvalue, 1.0, math.exp(-log_bf) if log_bf > -700 else 1.0)
     statistic = math.exp(log_bf) if log_bf < 700 else math.inf

@@ -16,8 +16,6 @@ import uuid
 from collections.abc import Callable, Collection
 from typing import Any
 
-import httpx
-
 from experiments.errors import ConflictError
 from experiments.folding import exposures_of
 from experiments.metrics_provider import MetricsProvider
@@ -35,6 +33,7 @@ from experiments.routing.routers import MeshRouter
 from experiments.spec import ExperimentSpec, Variant
 from experiments.spec_rollout import ABTest, Canary
 from experiments.store import ExperimentRecord, ExperimentStatus, Store
+from experiments.verdict import read_guardrails
 
 LEASE = "controller"
 log = logging.getLogger("abmesh.controller")
@@ -151,26 +150,11 @@ class Controller:
             return "resumed by hand"
         return f"{request} ignored: the rollout is {state.status.value}"
 
-    def _guardrails(self, spec: ExperimentSpec) -> list[Any]:
-        from analysis import Threshold
-
-        assert spec.rollout is not None
-        candidate = spec.candidate_variant
-        out = []
-        for g in spec.rollout.guardrails:
-            try:
-                value = self.provider.value(g.query, **self.labels(candidate))
-            except httpx.HTTPError as exc:
-                log.warning("metrics provider: %s", exc)
-                value = None  # unreachable is no data: never a pass
-            out.append(Threshold(g.name, value, g.limit, candidate.key, g.bound.value))
-        return out
-
     def _advance(self, record: ExperimentRecord, state: RolloutState) -> list[dict[str, Any]]:
         spec = record.spec
         assert spec.rollout is not None
         phase = spec.rollout.phases[state.phase]
-        thresholds = self._guardrails(spec)
+        thresholds = read_guardrails(spec, self.provider, self.labels(spec.candidate_variant))
         checks = [t.check() for t in thresholds]
         readings = [
             {"name": c.name, "value": c.value, "limit": c.limit, "status": c.status} for c in checks

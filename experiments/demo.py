@@ -11,10 +11,7 @@ report is written at the end; every process the demo started is stopped by its P
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -30,12 +27,11 @@ from rich.table import Table
 from experiments.controller import Controller
 from experiments.errors import AbmeshError
 from experiments.localstack import (
-    Process,
     RolloutStack,
-    free_port,
+    Service,
     prometheus_binary,
     start_rollout_stack,
-    wait_until,
+    start_service,
 )
 from experiments.metrics_provider import PrometheusProvider, query_labels
 from experiments.report import build_report
@@ -138,27 +134,6 @@ class Users:
             t.join()
 
 
-def _serve(store_url: str, workdir: Path) -> tuple[Process, str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ABMESH_")} | {
-        "ABMESH_STORE": store_url,
-        "ABMESH_REFRESH_INTERVAL": "0.2",
-        "ABMESH_EXPOSURE_FLUSH_INTERVAL": "0.2",
-        "ABMESH_SNAPSHOT_INTERVAL": "2",
-    }
-    log = workdir / "abmesh-serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "experiments.cli", "serve", "--port", str(port),
-             "--log-level", "warning"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    service = Process(proc, log, port)
-    wait_until(lambda: httpx.get(f"{url}/readyz", timeout=1).status_code == 200, "abmesh serve")
-    return service, url
-
-
 def _table(store: Store, started: float, served: dict[str, int]) -> Table:
     from analysis import ExperimentStats, decide
     from experiments.reporting import phase_report
@@ -215,12 +190,15 @@ def run_demo(
     stack: RolloutStack = start_rollout_stack(workdir)
     store_url = f"sqlite:///{workdir / 'abmesh.db'}"
     store = open_store(store_url)
-    service: Process | None = None
+    service: Service | None = None
     users: Users | None = None
     stop = threading.Event()
     loop: threading.Thread | None = None
     try:
-        service, service_url = _serve(store_url, workdir)
+        service = start_service(
+            store_url, workdir, refresh_interval=0.2, exposure_flush_interval=0.2,
+            snapshot_interval=2,
+        )  # fmt: skip
         store.put_experiment(demo_spec(fast))
         store.set_status(NAME, ExperimentStatus.RUNNING)
         clusters = {"stable": "v1", "candidate": "v2"}
@@ -240,7 +218,7 @@ def run_demo(
         loop = threading.Thread(target=controller.run, args=(stop.is_set,), daemon=True)
         loop.start()
         # The default run paces its users (about 100 a second) so the loop can be watched.
-        users = Users(service_url, stack.front, CONVERSION[fast], pause=0.0 if fast else 0.03)
+        users = Users(service.url, stack.front, CONVERSION[fast], pause=0.0 if fast else 0.03)
         broken = False
         deadline = started + (90 if fast else 420)
         with Live(console=console, refresh_per_second=2, transient=False) as live:

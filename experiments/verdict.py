@@ -10,12 +10,21 @@ spec's operational guardrails read as no data: never a pass.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
+
+import httpx
 
 from experiments.errors import ConflictError
 from experiments.metrics_provider import MetricsProvider, query_labels
 from experiments.reporting import phase_report
+from experiments.spec import ExperimentSpec
 from experiments.store import Store
+
+if TYPE_CHECKING:
+    from analysis import Threshold
+
+log = logging.getLogger("abmesh.verdict")
 
 VERDICTS = {
     "winner": "promote",
@@ -26,25 +35,39 @@ VERDICTS = {
 }
 
 
+def read_guardrails(
+    spec: ExperimentSpec, provider: MetricsProvider | None, labels: dict[str, str]
+) -> list[Threshold]:
+    """The spec's operational guardrails for its candidate, read now.  A provider that is
+    missing, unreachable or answers nonsense gives no data, which is never a pass."""
+    from analysis import Threshold
+
+    assert spec.rollout is not None
+    candidate = spec.candidate_variant.key
+    out = []
+    for g in spec.rollout.guardrails:
+        value = None
+        if provider is not None:
+            try:
+                value = provider.value(g.query, **labels)
+            except (httpx.HTTPError, KeyError, ValueError) as exc:
+                log.warning("metrics provider, %s: %s", g.name, exc)
+        out.append(Threshold(g.name, value, g.limit, candidate, g.bound.value))
+    return out
+
+
 def current_verdict(store: Store, name: str, provider: MetricsProvider | None) -> dict[str, Any]:
-    from analysis import DecisionState, ExperimentStats, Threshold, decide
+    from analysis import DecisionState, ExperimentStats, decide
 
     record = store.get_experiment(name)
     spec = record.spec
     thresholds = []
     if spec.rollout is not None:
-        candidate = spec.candidate_variant
-        d = candidate.destination
+        d = spec.candidate_variant.destination
         # Envoy clusters are taken to be named after the subset (or the host).
-        labels = query_labels(d.host, d.subset, d.subset or d.host)
-        for g in spec.rollout.guardrails:
-            value = None
-            if provider is not None:
-                try:
-                    value = provider.value(g.query, **labels)
-                except Exception:  # an unreachable provider is no data, reported as such
-                    value = None
-            thresholds.append(Threshold(g.name, value, g.limit, candidate.key, g.bound.value))
+        thresholds = read_guardrails(
+            spec, provider, query_labels(d.host, d.subset, d.subset or d.host)
+        )
     key = f"{name}#verdict#{record.phase}"  # a new phase is a new sample: a new state
     doc, version = store.get_control(key)
     previous = DecisionState.from_dict(doc) if doc else None
