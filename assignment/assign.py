@@ -26,7 +26,9 @@ class Reason(StrEnum):
     LAYER = "layer"  # outside the experiment's layer slice
     COVERAGE = "coverage"  # not enrolled
     HASH = "hash"  # randomised into an arm
-    INACTIVE = "inactive"  # the experiment is not running: control for all but overrides
+    # Not running: everyone but overrides gets the variant serving all traffic (the winner of
+    # a promotion) or else the control.
+    INACTIVE = "inactive"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +80,8 @@ class _Compiled:
         arms = [make(v.key, True, Reason.HASH) for v in spec.variants]
         control = spec.control_variant.key
         excluded = {r: make(control, False, r) for r in (Reason.LAYER, Reason.COVERAGE)}
-        self.inactive = make(control, False, Reason.INACTIVE)
+        serving = next((v.key for v in spec.variants if v.weight == 100), control)
+        self.inactive = make(serving, False, Reason.INACTIVE)
         if spec.hash is HashVersion.GROWTHBOOK_V2:
             self.bucket = _growthbook_bucketer(spec, arms, excluded)
         else:
@@ -186,7 +189,8 @@ def assign(
 ) -> Assignment:
     """The variant of `unit` in `spec`.  `headers` may force a variant through the spec's
     overrides; `sticky` is consulted and written when the spec asks for sticky assignment;
-    an experiment that is not `active` (not running) gives everyone but overrides control."""
+    an experiment that is not `active` (not running) gives everyone but overrides the variant
+    at 100 % (a promoted winner), or else the control."""
     c = _compiled(spec)
     _check_unit(unit)
     forced = _forced(c, unit, _lowered(c, headers))

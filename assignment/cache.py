@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from assignment.background import stopped
 from experiments.errors import NotFoundError
 from experiments.folding import FoldPlan
-from experiments.store import ExperimentRecord, ExperimentStatus, Store
+from experiments.store import ExperimentRecord, State, Store
 
 log = logging.getLogger("abmesh.cache")
 
@@ -37,7 +37,7 @@ class Configs:
         return cls(
             epoch,
             {r.name: r for r in ordered},
-            tuple(r for r in ordered if r.status is ExperimentStatus.RUNNING),
+            tuple(r for r in ordered if r.state is State.RUNNING),
             {r.name: FoldPlan.from_spec(r.spec) for r in ordered},
         )
 

@@ -165,7 +165,9 @@ class AssignmentClient:
         response.raise_for_status()
         specs = {}
         for item in response.json()["experiments"]:
-            specs[item["name"]] = (spec_from_mapping(item["spec"]), item["status"] == "running")
+            status = item["status"]
+            spec = spec_from_mapping(item["spec"]).with_weights(status["weights"])
+            specs[item["name"]] = (spec, status["state"] == "running")
         self._specs, self._etag = specs, response.headers.get("ETag")
 
     def _local_spec(self, experiment: str) -> tuple[ExperimentSpec, bool] | None:

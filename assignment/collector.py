@@ -16,6 +16,7 @@ from typing import Any
 
 from experiments.folding import PRE, Event, FoldPlan
 from experiments.names import unit_problem
+from experiments.status import State
 from experiments.store import ExperimentRecord, StatsStore
 
 MAX_ID_CHARS = 128
@@ -81,6 +82,14 @@ def _parse(
     name = _text(item, "experiment")
     if name not in experiments:
         raise RejectedEventError("experiment", f"experiment: {name[:100]!r} does not exist")
+    record = experiments[name]
+    if record.state is State.CONCLUDED:
+        # Its analysis is final: a later event would change the verdict it ended with.
+        outcome = record.status.outcome.value if record.status.outcome else "concluded"
+        raise RejectedEventError(
+            "concluded",
+            f"experiment: {name!r} concluded ({outcome}); its events are no longer counted",
+        )
     unit = _text(item, "unit")
     problem = unit_problem(unit)
     if problem is not None:

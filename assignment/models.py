@@ -53,12 +53,14 @@ class BatchAssignOut(BaseModel):
 
 class ExperimentOut(BaseModel):
     name: str
-    revision: int
-    status: str
+    generation: int = Field(description="Bumped by every change of the spec, and only then.")
     created_at: float
     updated_at: float
-    phase: str
-    spec: dict[str, Any]
+    spec: dict[str, Any] = Field(description="What the experiment's owner applied.")
+    status: dict[str, Any] = Field(
+        description="What the system did: uid, observed_generation, state, outcome, phase,"
+        " phases, weights (effective), position, conditions, routes."
+    )
 
 
 class PhaseIn(BaseModel):

@@ -20,7 +20,7 @@ from assignment.telemetry import Telemetry
 from experiments.errors import StoreError
 from experiments.folding import FoldPlan
 from experiments.reporting import take_snapshot
-from experiments.store import ExperimentRecord, ExperimentStatus, Store
+from experiments.store import ExperimentRecord, State, Store
 
 log = logging.getLogger("abmesh.service")
 T = TypeVar("T")
@@ -66,7 +66,7 @@ class ServiceState:
     ) -> list[Assignment]:
         """Assign, count, and buffer the exposures.  Only sticky specs touch the store (in a
         thread); if it is down they fall back to the plain hash rather than fail."""
-        spec, active = record.spec, record.status is ExperimentStatus.RUNNING
+        spec, active = record.effective_spec, record.state is State.RUNNING
         if spec.sticky and active:
             try:
                 results = await asyncio.to_thread(

@@ -15,7 +15,9 @@ import typer
 from rich.table import Table
 
 from assignment import assign_many
-from experiments import cli_analysis, cli_data, cli_rollout
+from controlplane import cli as cli_rollout
+from controlplane.lifecycle import Action, apply_spec, change_state
+from experiments import cli_analysis, cli_data
 from experiments.cli_common import (
     Output,
     OutputOpt,
@@ -26,9 +28,8 @@ from experiments.cli_common import (
     store_for,
 )
 from experiments.errors import AbmeshError
-from experiments.lifecycle import apply_spec
 from experiments.loader import load_spec
-from experiments.reporting import record_data
+from experiments.reporting import position, record_data
 from experiments.store import DEFAULT_PHASE, open_store
 
 app = typer.Typer(
@@ -68,21 +69,24 @@ def apply(
     record = result.record
     verb = ("created" if record.revision == 1 else "configured") if result.changed else "unchanged"
     phase = f", phase {record.phase}" if record.phase != DEFAULT_PHASE else ""
-    out.print(f"experiment {record.name} {verb} (revision {record.revision}{phase})")
+    out.print(f"experiment {record.name} {verb} (generation {record.generation}{phase})")
 
 
 @get_app.command("experiments")
 def get_experiments(store: StoreOpt = None, output: OutputOpt = Output.TEXT) -> None:
-    """List experiments."""
+    """List experiments: state, outcome, analysis phase, rollout position and weights."""
     with store_for(store) as st:
         records = st.list_experiments()
     if output is not Output.TEXT:
         print_data([record_data(r, defaults=False) for r in records], output)
         return
-    table = Table("NAME", "STATUS", "REVISION", "VARIANTS", "HASH", box=None)
+    table = Table("NAME", "STATE", "OUTCOME", "PHASE", "ROLLOUT", "WEIGHTS", "GEN", box=None)
     for r in records:
-        split = " / ".join(f"{v.key}={v.weight:g}%" for v in r.spec.variants)
-        table.add_row(r.name, r.status.value, str(r.revision), split, r.spec.hash.value)
+        split = " / ".join(f"{v.key}={v.weight:g}%" for v in r.effective_spec.variants)
+        where = position(r)
+        rollout = f"{where['kind']} {where['phase']}/{where['of']}" if where else "-"
+        outcome = r.status.outcome.value if r.status.outcome else "-"
+        table.add_row(r.name, r.state.value, outcome, r.phase, rollout, split, str(r.generation))
     out.print(table if records else "no experiments")
 
 
@@ -108,15 +112,41 @@ def get_history(name: str, store: StoreOpt = None) -> None:
         records = st.experiment_history(name)
     for r in records:
         split = " / ".join(f"{v.key}={v.weight:g}%" for v in r.spec.variants)
-        out.print(f"revision {r.revision}  {r.updated_at:.0f}  {split}", markup=False)
+        out.print(f"generation {r.revision}  {r.updated_at:.0f}  {split}", markup=False)
 
 
 @app.command()
-def delete(name: str, store: StoreOpt = None) -> None:
-    """Delete an experiment with its revisions and sticky records."""
+def delete(
+    name: str,
+    keep_history: Annotated[
+        bool, typer.Option(help="Keep the audit log, readable with `abmesh history --uid`.")
+    ] = False,
+    store: StoreOpt = None,
+) -> None:
+    """Delete an experiment and everything kept for it (revisions, sticky records, statistics,
+    rollout state); one created again under the name starts from nothing."""
     with store_for(store) as st:
-        st.delete_experiment(name)
-    out.print(f"experiment {name} deleted")
+        uid = st.delete_experiment(name, keep_history=keep_history)
+    kept = f"; its history stays readable: abmesh history --uid {uid}" if keep_history else ""
+    out.print(f"experiment {name} (uid {uid}) deleted{kept}")
+
+
+@app.command()
+def start(name: str, store: StoreOpt = None) -> None:
+    """Start an experiment (draft or paused → running); its rollout begins at the next tick."""
+    _change(name, Action.START, store)
+
+
+@app.command()
+def stop(name: str, store: StoreOpt = None) -> None:
+    """Stop an experiment for good (→ concluded, outcome stopped); a rollout is rolled back."""
+    _change(name, Action.STOP, store)
+
+
+def _change(name: str, action: Action, store: str | None) -> None:
+    with store_for(store) as st:
+        record = change_state(st, name, action)
+    out.print(f"experiment {name} is {record.state.value}")
 
 
 @app.command("assign")

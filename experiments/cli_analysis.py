@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from experiments.cli_common import Output, OutputOpt, StoreOpt, fail, out, print_data, store_for
-from experiments.reporting import phase_report
+from experiments.reporting import analysed_spec, phase_report
 
 if TYPE_CHECKING:
     from analysis import DecisionState, Threshold
@@ -83,9 +83,8 @@ def decide_command(
     with store_for(store) as st:
         record = st.get_experiment(experiment)
         report = phase_report(st, record, phase)
-    decision = decide(
-        record.spec, ExperimentStats.from_report(report["arms"]), thresholds, previous
-    )
+    spec = analysed_spec(record, report["phase"])  # SRM against the phase's planned split
+    decision = decide(spec, ExperimentStats.from_report(report["arms"]), thresholds, previous)
     if state is not None:
         tmp = state.with_suffix(state.suffix + ".tmp")
         tmp.write_text(json.dumps(decision.state.to_dict()))

@@ -182,8 +182,10 @@ def snapshot(experiment: str, store: StoreOpt = None) -> None:
 
 def phase(experiment: str, new_phase: str, store: StoreOpt = None) -> None:
     """Start a new analysis phase: exposures and statistics start from zero in it."""
+    from controlplane.lifecycle import start_phase
+
     with store_for(store) as st:
-        record = st.set_phase(experiment, new_phase)
+        record = start_phase(st, experiment, new_phase)
     out.print(f"experiment {experiment} is in phase {record.phase}")
 
 

@@ -24,7 +24,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from experiments.controller import Controller
+from controlplane.controller import Controller
+from controlplane.lifecycle import Action, apply_spec, change_state
+from controlplane.targets import Defaults, Routers
 from experiments.errors import AbmeshError
 from experiments.localstack import (
     RolloutStack,
@@ -33,12 +35,11 @@ from experiments.localstack import (
     start_rollout_stack,
     start_service,
 )
-from experiments.metrics_provider import PrometheusProvider, query_labels
+from experiments.metrics_provider import PrometheusProvider
 from experiments.report import build_report
 from experiments.report_html import render_html
-from experiments.routing.routers import EnvoyRouter
-from experiments.spec import ExperimentSpec, Variant
-from experiments.store import ExperimentStatus, Store, open_store
+from experiments.spec import ExperimentSpec
+from experiments.store import Store, open_store
 
 NAME = "model-demo"
 # What each model's answers make users do: a large lift in the fast run, a smaller one, which
@@ -138,9 +139,8 @@ def _table(store: Store, started: float, served: dict[str, int]) -> Table:
     from analysis import ExperimentStats, decide
     from experiments.reporting import phase_report
 
-    doc, _ = store.get_control(NAME)
     record = store.get_experiment(NAME)
-    state = doc or {}
+    state = record.status.rollout or {}
     table = Table(title=f"abmesh demo: {NAME}", show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
@@ -151,8 +151,7 @@ def _table(store: Store, started: float, served: dict[str, int]) -> Table:
         "route split", ", ".join(f"{k} {v} %" for k, v in state.get("weights", {}).items())
     )
     table.add_row("requests served", ", ".join(f"{k} {v}" for k, v in sorted(served.items())))
-    phase = state.get("stats_phase") or record.phase
-    arms = phase_report(store, record, phase)["arms"]
+    arms = phase_report(store, record)["arms"]
     table.add_row("units (A/B sample)", ", ".join(f"{v} {a['exposures']}" for v, a in arms.items()))
     decision = decide(record.spec, ExperimentStats.from_report(arms))
     running = ((state.get("decision") or {}).get("intervals") or {}).get("purchase:candidate")
@@ -163,7 +162,7 @@ def _table(store: Store, started: float, served: dict[str, int]) -> Table:
         p, low, high = (float("nan") if x is None else x for x in running)
         # what the controller acts on: the running minimum p and the intersected interval
         table.add_row("always-valid", f"interval [{low:.4f}, {high:.4f}], p {p:.3g}")
-    audit = store.audit(NAME)
+    audit = store.audit(record.uid)
     if audit:
         last = audit[-1]
         readings = ", ".join(
@@ -199,23 +198,21 @@ def run_demo(
             store_url, workdir, refresh_interval=0.2, exposure_flush_interval=0.2,
             snapshot_interval=2,
         )  # fmt: skip
-        store.put_experiment(demo_spec(fast))
-        store.set_status(NAME, ExperimentStatus.RUNNING)
-        clusters = {"stable": "v1", "candidate": "v2"}
-
-        def labels(variant: Variant) -> dict[str, str]:
-            d = variant.destination
-            return query_labels(d.host, d.subset, clusters[variant.key])
-
+        apply_spec(store, demo_spec(fast))
+        change_state(store, NAME, Action.START, by="demo")
+        defaults = Defaults(
+            envoy_routes=stack.routes_file, envoy_admin=stack.admin,
+            clusters={"stable": "v1", "candidate": "v2"},
+        )  # fmt: skip
         controller = Controller(
             open_store(store_url),
-            EnvoyRouter(stack.routes_file, stack.admin, clusters),
+            Routers(defaults),
             PrometheusProvider(stack.prometheus_url, mesh="envoy", window="3s"),
-            labels,
+            owner="demo-controller",
             interval=1.0,
             settle_s=3.0,
         )
-        loop = threading.Thread(target=controller.run, args=(stop.is_set,), daemon=True)
+        loop = threading.Thread(target=controller.run, args=(stop,), daemon=True)
         loop.start()
         # The default run paces its users (about 100 a second) so the loop can be watched.
         users = Users(service.url, stack.front, CONVERSION[fast], pause=0.0 if fast else 0.03)
@@ -223,7 +220,7 @@ def run_demo(
         deadline = started + (90 if fast else 420)
         with Live(console=console, refresh_per_second=2, transient=False) as live:
             while time.time() < deadline:
-                doc, _ = store.get_control(NAME)
+                doc = store.get_experiment(NAME).status.rollout
                 live.update(_table(store, started, users.served))
                 if doc and doc["status"] in ("promoted", "rolled_back", "no_difference"):
                     break
@@ -233,14 +230,14 @@ def run_demo(
                 time.sleep(0.5)
             final = _table(store, started, users.served)
             live.update(final)
-        doc, _ = store.get_control(NAME)
+        record = store.get_experiment(NAME)
         report = workdir / "report.html"
         report.write_text(render_html(build_report(store, NAME)))
         return DemoResult(
-            (doc or {}).get("status", "unfinished"),
+            (record.status.rollout or {}).get("status", "unfinished"),
             time.time() - started,
             report,
-            store.audit(NAME),
+            store.audit(record.uid),
             final,
         )
     finally:

@@ -13,14 +13,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from experiments.routing.routers import ROUTE_TYPE
+from controlplane.routing.routers import ROUTE_TYPE
 
 
 def free_port() -> int:
@@ -301,8 +301,10 @@ def _prometheus(workdir: Path, envoy_admin: int) -> Process:
     return prom
 
 
-def start_rollout_stack(workdir: Path) -> RolloutStack:
-    models = {name: start_model(name, workdir) for name in ("v1", "v2")}
+def start_rollout_stack(workdir: Path, models: Sequence[str] = ("v1", "v2")) -> RolloutStack:
+    """Envoy in front of toy model servers (each its own cluster, named after it), its
+    routes from a file, and Prometheus scraping it."""
+    servers = {name: start_model(name, workdir) for name in models}
     routes_file = workdir / "routes.json"
     # Envoy needs a route file to start: everything to the stable model until the router writes.
     routes_file.write_text(
@@ -325,10 +327,10 @@ def start_rollout_stack(workdir: Path) -> RolloutStack:
             }
         )
     )
-    envoy, admin, front = _envoy(workdir, models, routes_file)
+    envoy, admin, front = _envoy(workdir, servers, routes_file)
     prom = _prometheus(workdir, admin)
     return RolloutStack(
-        models,
+        servers,
         envoy,
         prom,
         routes_file,

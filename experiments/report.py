@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from experiments.reporting import phase_report
+from experiments.reporting import analysed_spec, phase_report
 from experiments.store import Store
 
 
@@ -23,12 +23,13 @@ def build_report(store: Store, name: str) -> dict[str, Any]:
 
     record = store.get_experiment(name)
     spec = record.spec
-    control_doc, _ = store.get_control(name)
-    phase = (control_doc or {}).get("stats_phase") or record.phase
+    rollout = record.status.rollout
+    phase = record.phase  # the analysed phase: the current one, or the one it concluded with
     arms = phase_report(store, record, phase)["arms"]
     stats = ExperimentStats.from_report(arms)
-    saved = (control_doc or {}).get("decision")
-    decision = decide(spec, stats, (), DecisionState.from_dict(saved) if saved else None)
+    saved = (rollout or {}).get("decision")
+    previous = DecisionState.from_dict(saved) if saved else None
+    decision = decide(analysed_spec(record, phase), stats, (), previous)
     control = spec.control_variant.key
     kinds: dict[str, tuple[str, str]] = {}
     if spec.metrics is not None:
@@ -55,24 +56,25 @@ def build_report(store: Store, name: str) -> dict[str, Any]:
         })  # fmt: skip
     return {
         "experiment": name,
-        "status": record.status.value,
+        "status": record.state.value,
+        "outcome": record.status.outcome.value if record.status.outcome else None,
         "phase": phase,
-        "weights": {v.key: v.weight for v in spec.variants},
+        "weights": {v.key: v.weight for v in record.effective_spec.variants},
         "decision": {"status": decision.status.value, "winner": decision.winner,
                      "reasons": list(decision.reasons), "srm_pvalue": decision.srm_pvalue},
         "metrics": metrics_out,
         "over_time": _over_time(store, spec, phase, kinds, SequentialMonitor),
-        "rollout": control_doc,
-        "routes": _routes(spec, control_doc),
+        "rollout": rollout,
+        "routes": _routes(spec, rollout),
         "group_sequential": _design(spec),
-        "audit": store.audit(name),
+        "audit": store.audit(record.uid),
     }  # fmt: skip
 
 
 def _routes(spec: Any, control_doc: dict[str, Any] | None) -> dict[str, Any]:
     """The route plan in force: the rollout's, or the spec's weights before any rollout."""
-    from experiments.rollout_state import RolloutState
-    from experiments.routing.plan import plan_routes
+    from controlplane.rollout import RolloutState
+    from controlplane.routing.plan import plan_routes
 
     if control_doc:
         state = RolloutState.from_dict(control_doc)

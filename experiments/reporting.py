@@ -7,20 +7,51 @@ import time
 from typing import Any
 
 from experiments.folding import FoldPlan, export
+from experiments.spec import ExperimentSpec
+from experiments.status import Status
 from experiments.store import ExperimentRecord, Snapshot, StatsStore
 
 
 def record_data(record: ExperimentRecord, *, defaults: bool = True) -> dict[str, Any]:
-    """An experiment as JSON: status, revision, phase and spec (without defaults, if asked)."""
+    """An experiment as `{"name", "generation", "created_at", "updated_at", "spec", "status"}`,
+    as Kubernetes shows an object (the spec without defaults, if asked)."""
+    status = record.status.to_dict()
+    status.pop("rollout")  # the controller's working state: `status.position` summarises it
+    status["position"] = position(record)
+    status["weights"] = {v.key: v.weight for v in record.effective_spec.variants}
     return {
         "name": record.name,
-        "revision": record.revision,
-        "status": record.status.value,
-        "phase": record.phase,
+        "generation": record.generation,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "spec": record.spec.model_dump(mode="json", by_alias=True, exclude_defaults=not defaults),
+        "status": status,
     }
+
+
+def position(record: ExperimentRecord) -> dict[str, Any] | None:
+    """Where the rollout stands: phase (1-based, with its kind), canary step, its own status."""
+    rollout, spec = record.status.rollout, record.spec
+    if not rollout or spec.rollout is None:
+        return None
+    index = int(rollout["phase"])
+    phases = spec.rollout.phases
+    kind = phases[index].kind if index < len(phases) else "done"
+    return {"phase": index + 1, "of": len(phases), "kind": kind, "step": int(rollout["step"]) + 1,
+            "rollout": rollout["status"], "reason": rollout.get("reason", "")}  # fmt: skip
+
+
+def analysed_spec(
+    record: ExperimentRecord, phase: str | None = None, status: Status | None = None
+) -> ExperimentSpec:
+    """The spec as a phase's sample was planned: the arms at the phase's planned weights, which
+    SRM is checked against, whatever the routes did after it (a promotion, a rollback).  A
+    phase planned without fixed weights (the first, or a canary's) takes the weights in force."""
+    status = status or record.status
+    planned = status.phase_record(phase)
+    if planned is not None and planned.weights is not None:
+        return record.spec.with_weights(planned.weights)
+    return record.effective_spec
 
 
 def phase_report(

@@ -9,6 +9,7 @@ integers and the same in every language.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
@@ -202,6 +203,10 @@ class ExperimentSpec(SpecModel):
             )
         if self.metrics is None and any(p.kind == "ab" for p in rollout.phases):
             raise ValueError("rollout: an 'ab' phase needs metrics to test (add metrics.primary)")
+        keys = [v.key for v in self.variants]
+        unknown = sorted(set(rollout.target.clusters) - set(keys))
+        if unknown:
+            raise ValueError(f"rollout.target.clusters: {unknown} are not variants {keys}")
 
     @property
     def seed(self) -> str:
@@ -219,6 +224,16 @@ class ExperimentSpec(SpecModel):
         key = self.rollout.candidate if self.rollout and self.rollout.candidate else None
         control = self.control_variant.key
         return next(v for v in self.variants if v.key == key or (key is None and v.key != control))
+
+    def with_weights(self, weights: Mapping[str, float]) -> ExperimentSpec:
+        """This spec with the arms at `weights` (variant -> percent; a variant not named gets
+        0), as a rollout or an analysis phase sets them."""
+        if all(v.weight == weights.get(v.key, 0) for v in self.variants):
+            return self
+        data = self.model_dump(mode="json", by_alias=True)
+        for variant in data["variants"]:
+            variant["weight"] = weights.get(variant["key"], 0)
+        return ExperimentSpec.model_validate(data)
 
     def variant(self, key: str) -> Variant:
         for v in self.variants:

@@ -9,10 +9,12 @@ from the test, rolls back at once.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+from pathlib import PurePosixPath
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, Strict, model_validator
+from pydantic import AfterValidator, Field, Strict, model_validator
 
 from experiments.spec_base import Name, Number, SpecModel, no_repeats
 
@@ -72,9 +74,67 @@ def _default_guardrails() -> tuple[OperationalGuardrail, ...]:
     )
 
 
+# An Envoy virtual host domain: a host with an optional port, or a wildcard as Envoy takes it.
+DOMAIN_RE = re.compile(r"\*|(\*[.-])?[A-Za-z0-9]([A-Za-z0-9.-]{0,252})?(:[0-9*]{1,5})?")
+# An Istio gateway reference: `mesh`, `name` or `namespace/name`.
+GATEWAY_RE = re.compile(r"([a-z0-9][a-z0-9-]{0,62}/)?[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
+
+
+def _domain(value: str) -> str:
+    if not DOMAIN_RE.fullmatch(value):
+        raise ValueError(f"domain {value!r} is not a host[:port] or a wildcard such as *.example")
+    return value
+
+
+def _gateway(value: str) -> str:
+    if not GATEWAY_RE.fullmatch(value):
+        raise ValueError(f"gateway {value!r} is not 'mesh', NAME or NAMESPACE/NAME")
+    return value
+
+
+def _manifest_path(value: str) -> str:
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts or path.suffix not in (".yaml", ".yml"):
+        raise ValueError(
+            f"path {value!r} must be a relative .yaml file inside the output directory"
+        )
+    return value
+
+
+class Target(SpecModel):
+    """Where this experiment's routes live; a router writes only this part.  Unset fields take
+    the controller's defaults (its command-line options).  Per router:
+    istio: `name` (the VirtualService; default: the service), `namespace`, `gateways`;
+    gateway-api: `name` (the HTTPRoute), `namespace`; envoy: `route_config` (in the RDS file),
+    `domains` of the experiment's virtual host (default `*`), `clusters` (variant -> cluster);
+    manifests: `path` (the file under the output directory; default `<experiment>.yaml`)."""
+
+    router: Literal["envoy", "istio", "gateway-api", "manifests"] | None = None
+    name: Name | None = None
+    namespace: Name | None = None
+    gateways: tuple[Annotated[str, AfterValidator(_gateway)], ...] = Field(
+        default=(), max_length=20
+    )
+    route_config: Name | None = None
+    domains: tuple[Annotated[str, AfterValidator(_domain)], ...] = Field(
+        default=(), max_length=50
+    )
+    clusters: dict[Name, Name] = Field(default_factory=dict, max_length=26)
+    path: Annotated[str, AfterValidator(_manifest_path)] | None = None
+
+
+class OnNoData(StrEnum):
+    HOLD = "hold"  # stay at the step, Progressing=False, until data comes back
+    ROLLBACK = "rollback"  # send everything back to the stable model
+
+
 class Rollout(SpecModel):
     candidate: Name | None = None  # default: the first variant that is not the control
     service: Name | None = None  # the host clients call (VirtualService hosts); default: name
+    target: Target = Target()
+    # No guardrail data, or no canary step, for this long: Progressing=False and `on_no_data`.
+    progress_deadline_s: Number = Field(default=600, ge=10, le=7 * 86400, allow_inf_nan=False)
+    on_no_data: OnNoData = OnNoData.ROLLBACK
     guardrails: tuple[OperationalGuardrail, ...] = Field(
         default_factory=_default_guardrails, max_length=20
     )

@@ -17,7 +17,7 @@ import httpx
 
 from experiments.errors import ConflictError
 from experiments.metrics_provider import MetricsProvider, query_labels
-from experiments.reporting import phase_report
+from experiments.reporting import analysed_spec, phase_report
 from experiments.spec import ExperimentSpec
 from experiments.store import Store
 
@@ -68,11 +68,12 @@ def current_verdict(store: Store, name: str, provider: MetricsProvider | None) -
         thresholds = read_guardrails(
             spec, provider, query_labels(d.host, d.subset, d.subset or d.host)
         )
-    key = f"{name}#verdict#{record.phase}"  # a new phase is a new sample: a new state
+    # A new phase is a new sample: a new state; a new experiment of the same name, a new uid.
+    key = f"{record.uid}#verdict#{record.phase}"
     doc, version = store.get_control(key)
     previous = DecisionState.from_dict(doc) if doc else None
     stats = ExperimentStats.from_report(phase_report(store, record)["arms"])
-    decision = decide(spec, stats, thresholds, previous)
+    decision = decide(analysed_spec(record), stats, thresholds, previous)
     # If another replica answered the same look at the same moment, its state is as good.
     with contextlib.suppress(ConflictError):
         store.put_control(key, decision.state.to_dict(), version)
@@ -84,6 +85,8 @@ def current_verdict(store: Store, name: str, provider: MetricsProvider | None) -
     return {
         "experiment": name,
         "phase": record.phase,
+        "state": record.state.value,
+        "outcome": record.status.outcome.value if record.status.outcome else None,
         "decision": verdict,
         "status": decision.status.value,
         "winner": decision.winner,

@@ -24,11 +24,12 @@ import httpx
 import pytest
 
 from assignment import assign_many
+from controlplane.lifecycle import Action, apply_spec, change_state
 from experiments import load_spec
 from experiments.folding import Event, FoldPlan
 from experiments.localstack import RolloutStack, start_rollout_stack
-from experiments.store import ExperimentStatus, Store, open_store
-from tests.servers import Process, wait_until
+from experiments.store import Store, open_store
+from tests.servers import Process, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,18 +81,22 @@ class Traffic:
         return sum(m == model for m in window), len(window)
 
 
-def controller(url: str, stack: RolloutStack, workdir: Path, name: str = "ctl") -> Process:
+def controller(
+    url: str, stack: RolloutStack, workdir: Path, name: str = "ctl", *extra: str
+) -> Process:
+    """`abmesh controller` as its own process, with its own id and health port."""
     log = workdir / f"{name}.log"
-    with log.open("wb") as out:
+    port = free_port()
+    with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "experiments.cli", "controller", "--router", "envoy",
              "--envoy-routes", str(stack.routes_file), "--envoy-admin", stack.admin,
              "--cluster", "control=v1", "--cluster", "treatment=v2",
              "--prometheus", stack.prometheus_url, "--window", "3s", "--interval", "1",
-             "--store", url],
+             "--id", name, "--metrics-port", str(port), *extra, "--store", url],
             stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
-    return Process(proc, log, 0)
+    return Process(proc, log, port)
 
 
 @pytest.fixture
@@ -110,18 +115,26 @@ def db(tmp_path: Path) -> Iterator[tuple[str, Store]]:
 
 
 def start(store: Store, doc: dict[str, Any]) -> None:
-    store.put_experiment(load_spec(doc))
-    store.set_status("ranker-v2", ExperimentStatus.RUNNING)
+    apply_spec(store, load_spec(doc))
+    change_state(store, doc["name"], Action.START)
 
 
-def wait_for(store: Store, action: str, timeout: float = 90) -> dict[str, Any]:
+def moves(store: Store, name: str = "ranker-v2") -> list[dict[str, Any]]:
+    """The rollout's audit entries (lifecycle commands left out)."""
+    entries = store.audit(store.get_experiment(name).uid)
+    return [e for e in entries if e["action"] != "lifecycle"]
+
+
+def wait_for(
+    store: Store, action: str, timeout: float = 90, name: str = "ranker-v2"
+) -> dict[str, Any]:
     found: list[dict[str, Any]] = []
 
     def seen() -> bool:
-        found[:] = [e for e in store.audit("ranker-v2") if e["action"] == action]
+        found[:] = [e for e in moves(store, name) if e["action"] == action]
         return bool(found)
 
-    wait_until(seen, f"audit entry {action!r}", timeout=timeout)
+    wait_until(seen, f"audit entry {action!r} of {name}", timeout=timeout)
     return found[0]
 
 
@@ -146,7 +159,7 @@ def test_a_healthy_candidate_walks_the_canary_and_is_promoted(
     finally:
         ctl.stop()
         traffic.stop()
-    entries = store.audit("ranker-v2")
+    entries = moves(store)
     assert [(e["action"], e["weights"].get("treatment")) for e in entries] == [
         ("start", 5),
         ("step", 20),
@@ -163,7 +176,9 @@ def test_a_healthy_candidate_walks_the_canary_and_is_promoted(
         assert n > 50
         assert within_binomial(k, n, planned) if planned < 100 else k == n
     assert done["status"] == "promoted"
-    assert store.get_experiment("ranker-v2").spec.variant("treatment").weight == 100
+    record = store.get_experiment("ranker-v2")
+    assert record.effective_spec.variant("treatment").weight == 100
+    assert record.spec.variant("treatment").weight == 0  # the spec stays its owner's
 
 
 @pytest.mark.parametrize(
@@ -180,22 +195,25 @@ def test_a_regressing_candidate_is_rolled_back_to_stable(
         first = wait_for(store, "start")
         wait_until(lambda: traffic.share("v2", first["at"], time.time())[0] > 50, "v2 traffic")
         time.sleep(2)  # healthy checks first: nothing happens
-        assert [e["action"] for e in store.audit("ranker-v2")] == ["start"]
+        assert [e["action"] for e in moves(store)] == ["start"]
         stack.set_model("v2", **regression)
         broke = time.time()
         back = wait_for(store, "rollback", timeout=60)
         wait_until(lambda: traffic.share("v1", time.time() - 0.5, time.time())[0] > 20, "v1 only")
+        wait_until(lambda: store.get_experiment("ranker-v2").status.routes, "routes confirmed")
         time.sleep(1)
     finally:
         ctl.stop()
         traffic.stop()
     last_v2 = max(t for t, m in traffic.seen if m == "v2")
+    record = store.get_experiment("ranker-v2")
+    live = record.status.routes["applied_at"] - back["at"]  # type: ignore[index]
     print(
         f"regression {regression}: rollback decided {back['at'] - broke:.2f} s after it began;"
         f" last request sent to v2 {last_v2 - broke:.2f} s after; routes live in Envoy"
-        f" {back['routes_live_after_s'] * 1000:.0f} ms after the decision"
+        f" {live * 1000:.0f} ms after the decision"
     )
-    assert back["routes_live_after_s"] >= 0  # the rollback's routes were confirmed live
+    assert live >= 0  # the rollback's routes were confirmed live, after the decision
     k, n = traffic.share("v2", back["at"] + 0.2, time.time())
     assert k == 0
     assert n > 20
@@ -203,7 +221,8 @@ def test_a_regressing_candidate_is_rolled_back_to_stable(
     failed = [g for g in back["guardrails"] if g["status"] == "fail"]
     assert failed
     assert failed[0]["name"] == ("p99_latency_ms" if "delay_ms" in regression else "error_ratio")
-    assert store.get_control("ranker-v2")[0]["status"] == "rolled_back"  # type: ignore[index]
+    assert record.status.rollout["status"] == "rolled_back"  # type: ignore[index]
+    assert record.status.outcome is not None and record.status.outcome.value == "rolled_back"
 
 
 def test_a_restarted_controller_resumes_at_the_same_step(
@@ -217,14 +236,14 @@ def test_a_restarted_controller_resumes_at_the_same_step(
     try:
         wait_for(store, "step")
         ctl.stop(signal.SIGKILL)
-        killed_at = store.get_control("ranker-v2")[0]["step"]  # type: ignore[index]
+        killed_at = store.get_experiment("ranker-v2").status.rollout["step"]  # type: ignore[index]
         time.sleep(2)
         ctl = controller(url, stack, tmp_path, "second")
         wait_for(store, "promote")
     finally:
         ctl.stop()
         traffic.stop()
-    entries = store.audit("ranker-v2")
+    entries = moves(store)
     shares = [e["weights"].get("treatment") for e in entries]
     assert shares == [5, 10, 20, 30, 50, 100]  # no step repeated, none skipped
     owners = [e["by"] for e in entries]
@@ -245,7 +264,7 @@ def test_of_two_controllers_only_one_acts(
         for c in ctls:
             c.stop()
         traffic.stop()
-    entries = store.audit("ranker-v2")
+    entries = moves(store)
     assert [e["weights"].get("treatment") for e in entries] == [5, 20, 50, 100]
     assert len({e["by"] for e in entries}) == 1
 
@@ -261,7 +280,7 @@ def test_an_ab_phase_promotes_the_sequential_tests_winner(
     ctl = controller(url, stack, tmp_path)
     try:
         wait_for(store, "start")
-        spec = store.get_experiment("ranker-v2").spec
+        spec = store.get_experiment("ranker-v2").effective_spec
         assert spec.variant("treatment").weight == 50  # assignment follows the split
         plan = FoldPlan.from_spec(spec)
         phase = store.get_experiment("ranker-v2").phase
@@ -281,10 +300,13 @@ def test_an_ab_phase_promotes_the_sequential_tests_winner(
         ctl.stop()
         traffic.stop()
     assert done["weights"] == {"treatment": 100}
-    state = store.get_control("ranker-v2")[0]
+    state = store.get_experiment("ranker-v2").status.rollout
     assert state is not None
     assert state["winner"] == "treatment"
     print("A/B decided:", done["what"][:300])
+    # After the promotion, decide answers the A/B phase's verdict with the split it ran with.
+    decided = cli(url, "decide", "ranker-v2", "-o", "json")
+    assert '"status": "winner"' in decided.stdout, decided.stdout + decided.stderr
 
 
 def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -307,7 +329,7 @@ def test_manual_pause_resume_promote_and_the_history(
         wait_for(store, "start")
         assert "pause requested" in cli(url, "pause", "ranker-v2").stdout
         wait_for(store, "pause")
-        assert store.get_control("ranker-v2")[0]["status"] == "paused"  # type: ignore[index]
+        assert store.get_experiment("ranker-v2").status.rollout["status"] == "paused"  # type: ignore[index]
         cli(url, "resume", "ranker-v2")
         wait_for(store, "resume")
         cli(url, "promote", "ranker-v2")
@@ -321,6 +343,7 @@ def test_manual_pause_resume_promote_and_the_history(
     assert k == n > 10
     history = cli(url, "history", "ranker-v2").stdout
     assert [line.split()[1] for line in history.splitlines()] == [
+        "lifecycle",
         "start",
         "pause",
         "resume",

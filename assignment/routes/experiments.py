@@ -12,8 +12,9 @@ from fastapi import APIRouter, Body, HTTPException, Query, Response
 
 from assignment.deps import AdminDep, StateDep
 from assignment.models import ErrorOut, ExperimentOut, PhaseIn
+from controlplane import lifecycle
+from controlplane.lifecycle import Action, apply_spec, change_state
 from experiments.errors import NotFoundError
-from experiments.lifecycle import Action, apply_spec, next_status
 from experiments.loader import spec_from_mapping
 from experiments.reporting import record_data
 
@@ -72,22 +73,30 @@ def put_experiment(
 def start_phase(name: str, state: StateDep, body: PhaseIn) -> dict[str, Any]:
     """Start a new analysis phase: exposures and statistics start from zero in it (the old
     phase's stay readable)."""
-    record = state.store.set_phase(name, body.phase)
+    record = lifecycle.start_phase(state.store, name, body.phase)
     state.cache.refresh()
     return record_data(record)
 
 
 @router.post("/{name}/{action}", response_model=ExperimentOut, responses=ERRORS)
 def change_status(name: str, action: Action, state: StateDep) -> dict[str, Any]:
-    """start (draft or paused → running), pause (running → paused), stop (→ stopped, final)."""
-    current = state.store.get_experiment(name).status
-    record = state.store.set_status(name, next_status(current, action), expected=current)
+    """start (draft or paused → running), pause (running → paused), stop (→ concluded with
+    outcome stopped: final; a running rollout is rolled back)."""
+    record = change_state(state.store, name, action, by="admin api")
     state.cache.refresh()
     return record_data(record)
 
 
 @router.delete("/{name}", status_code=204, responses=ERRORS)
-def delete_experiment(name: str, state: StateDep) -> Response:
-    state.store.delete_experiment(name)
+def delete_experiment(
+    name: str,
+    state: StateDep,
+    keep_history: Annotated[
+        bool, Query(description="Keep the audit log, readable by the experiment's uid.")
+    ] = False,
+) -> Response:
+    """Delete the experiment and everything kept for it; a new one of the same name starts
+    from nothing (a new uid)."""
+    state.store.delete_experiment(name, keep_history=keep_history)
     state.cache.refresh()
     return Response(status_code=204)

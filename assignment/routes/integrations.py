@@ -74,7 +74,7 @@ async def flagger(
 
     await _authorise(request, state, payload)
     name = payload.metadata.get("experiment") or payload.name
-    await run_in_threadpool(state.store.get_experiment, name)  # 404 for an unknown experiment
+    record = await run_in_threadpool(state.store.get_experiment, name)  # 404 if unknown
     if hook == "event":
         entry = {
             "at": time.time(),
@@ -86,7 +86,7 @@ async def flagger(
             "phase": payload.phase,
             "checksum": payload.checksum,
         }
-        await run_in_threadpool(state.store.append_audit, name, entry)
+        await run_in_threadpool(state.store.append_audit, record.uid, entry)
         return JSONResponse({"recorded": True})
     verdict = await run_in_threadpool(_verdict, state, name)
     passed = {

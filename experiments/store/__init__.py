@@ -11,10 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from experiments.errors import StoreError
+from experiments.status import DEFAULT_PHASE, State, Status
 from experiments.store.protocol import (
-    DEFAULT_PHASE,
     ExperimentRecord,
-    ExperimentStatus,
     ExperimentStore,
     IngestResult,
     PutResult,
@@ -76,12 +75,13 @@ def open_store(url: str | None = None) -> Store:
 __all__ = [
     "DEFAULT_PHASE",
     "ExperimentRecord",
-    "ExperimentStatus",
     "ExperimentStore",
     "IngestResult",
     "PutResult",
     "Snapshot",
+    "State",
     "StatsStore",
+    "Status",
     "StickyStore",
     "Store",
     "default_store_url",

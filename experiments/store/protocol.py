@@ -7,40 +7,68 @@ inheritance, without touching the ones here.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
+from functools import cached_property
 from typing import Any, Protocol, runtime_checkable
 
 from experiments.errors import ConflictError, InvalidInputError
 from experiments.folding import Event, FoldPlan
 from experiments.names import check_name
 from experiments.spec import ExperimentSpec
-
-DEFAULT_PHASE = "main"
-
-
-class ExperimentStatus(StrEnum):
-    DRAFT = "draft"
-    RUNNING = "running"
-    PAUSED = "paused"
-    STOPPED = "stopped"
+from experiments.status import State, Status
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ExperimentRecord:
-    """An experiment as stored: its current spec with the revision that introduced it."""
+    """An experiment as stored: its current spec (the revision is its generation, bumped only
+    when the spec changes) and its status (experiments.status)."""
 
     spec: ExperimentSpec
     revision: int
-    status: ExperimentStatus
+    status: Status
     created_at: float
     updated_at: float
-    phase: str = DEFAULT_PHASE  # statistics are kept per phase; a new phase starts from zero
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def uid(self) -> str:
+        return self.status.uid
+
+    @property
+    def generation(self) -> int:
+        return self.revision
+
+    @property
+    def state(self) -> State:
+        return self.status.state
+
+    @property
+    def phase(self) -> str:
+        return self.status.phase
+
+    @cached_property
+    def effective_spec(self) -> ExperimentSpec:
+        """The spec with the weights assignment uses: the status's while a rollout sets them,
+        else the spec's own.  A spec with a rollout that has not started (or whose arms changed
+        since the status was written: the controller restarts it) gives everyone the control
+        variant: only the rollout moves units to the candidate."""
+        weights = self.status.weights
+        keys = {v.key for v in self.spec.variants}
+        control = {self.spec.control_variant.key: 100.0}
+        if weights is None:
+            return self.spec if self.spec.rollout is None else self.spec.with_weights(control)
+        if not set(weights) <= keys or sum(weights.values()) != 100:
+            weights = control
+        return self.spec.with_weights(weights)
+
+
+Reaction = Callable[[ExperimentSpec | None, Status, int], Status]
+"""How the status follows a new spec, written with it atomically: given the previous spec (None
+for a create), the current status and the new generation, the status to keep."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +79,9 @@ class PutResult:
 
 @runtime_checkable
 class ExperimentStore(Protocol):
-    def put_experiment(self, spec: ExperimentSpec) -> PutResult:
-        """Create the experiment, or store `spec` as its next revision if it differs.
+    def put_experiment(self, spec: ExperimentSpec, *, react: Reaction | None = None) -> PutResult:
+        """Create the experiment (a new uid, state draft), or store `spec` as its next revision
+        if it differs, with the status `react` makes of it; an identical spec changes nothing.
 
         Raises ConflictError if its layer slice overlaps another experiment's."""
 
@@ -65,18 +94,23 @@ class ExperimentStore(Protocol):
     def experiment_history(self, name: str) -> list[ExperimentRecord]:
         """Every revision, oldest first; NotFoundError if the experiment does not exist."""
 
-    def set_status(
-        self, name: str, status: ExperimentStatus, *, expected: ExperimentStatus | None = None
+    def commit_status(
+        self,
+        name: str,
+        status: Status,
+        *,
+        expected_version: int,
+        audit: Sequence[dict[str, Any]] = (),
     ) -> ExperimentRecord:
-        """Set the status; with `expected`, only if the status is still that (else ConflictError),
-        so two concurrent transitions cannot both succeed."""
+        """Write `status` (its version becomes `expected_version` + 1) and append the audit
+        entries under its uid, in one atomic write, if the stored status is still at
+        `expected_version` and of the same uid; else ConflictError (NotFoundError if the
+        experiment is gone).  The config epoch moves only when what assignment reads moved."""
 
-    def set_phase(self, name: str, phase: str) -> ExperimentRecord:
-        """Start a new analysis phase: exposures and statistics start from zero in it.
-        ConflictError for a phase used before (its statistics would silently continue)."""
-
-    def delete_experiment(self, name: str) -> None:
-        """Remove the experiment, its revisions, sticky records, exposures, events and stats."""
+    def delete_experiment(self, name: str, *, keep_history: bool = False) -> str:
+        """Remove the experiment, its revisions, sticky records, exposures, events, stats and
+        everything kept under its uid (state documents, leases, and the audit log unless
+        `keep_history`).  Returns the uid."""
 
     def config_epoch(self) -> int:
         """A counter that grows on every experiment write: a cheap poll for config caches."""
@@ -171,21 +205,22 @@ class StatsStore(Protocol):
 
 @runtime_checkable
 class ControlStore(Protocol):
-    """What the rollout controller keeps: one state document per experiment (written with a
-    compare-and-set on its version, so two writers cannot both win), an append-only audit log,
-    and leases that elect one controller at a time."""
+    """What the control plane keeps beside the status, under keys that start with the
+    experiment's uid: state documents (the verdict endpoints' always-valid state, written with
+    a compare-and-set on their version), an append-only audit log, and leases (one controller
+    drives an experiment at a time)."""
 
-    def get_control(self, experiment: str) -> tuple[dict[str, Any] | None, int]:
+    def get_control(self, key: str) -> tuple[dict[str, Any] | None, int]:
         """The state document and its version (None and 0 if there is none)."""
 
-    def put_control(self, experiment: str, doc: dict[str, Any], expected_version: int) -> int:
+    def put_control(self, key: str, doc: dict[str, Any], expected_version: int) -> int:
         """Replace the document if its version is still `expected_version`; returns the new
         version, or raises ConflictError."""
 
-    def append_audit(self, experiment: str, entry: dict[str, Any]) -> None: ...
+    def append_audit(self, uid: str, entry: dict[str, Any]) -> None: ...
 
-    def audit(self, experiment: str) -> list[dict[str, Any]]:
-        """The audit entries, oldest first."""
+    def audit(self, uid: str) -> list[dict[str, Any]]:
+        """The audit entries of the experiment with this uid, oldest first."""
 
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         """Take or renew the lease `name` for `owner` if it is free, expired or already
@@ -193,6 +228,9 @@ class ControlStore(Protocol):
 
     def release_lease(self, name: str, owner: str) -> None:
         """Give the lease up if `owner` holds it."""
+
+    def lease_holders(self, prefix: str) -> dict[str, str]:
+        """The unexpired leases whose names start with `prefix`: name -> owner."""
 
 
 @runtime_checkable
@@ -212,19 +250,16 @@ def check_phase(phase: str) -> str:
         raise InvalidInputError(str(exc)) from None
 
 
-def check_new_phase(name: str, current: str, phase: str, used: Sequence[str]) -> None:
-    check_phase(phase)
-    if phase != current and phase in used:
+def check_commit(name: str, stored: Status, status: Status, expected_version: int) -> None:
+    if stored.uid != status.uid:
         raise ConflictError(
-            f"experiment {name!r} used phase {phase!r} before; a new phase needs a new name"
-            " (its statistics would otherwise continue)"
+            f"experiment {name!r} was deleted and created again (uid {stored.uid}, not"
+            f" {status.uid}): the change was meant for the earlier one"
         )
-
-
-def check_status(name: str, current: ExperimentStatus, expected: ExperimentStatus | None) -> None:
-    if expected is not None and current is not expected:
+    if stored.version != expected_version:
         raise ConflictError(
-            f"experiment {name!r} is {current.value}, not {expected.value}: it changed meanwhile"
+            f"the status of {name!r} is at version {stored.version}, not {expected_version}:"
+            " it changed meanwhile"
         )
 
 

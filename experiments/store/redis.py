@@ -3,19 +3,21 @@
 This part holds experiments and sticky records; `redis_stats` the exposures, events and
 statistics; `redis_base` the connection.  Key layout under a prefix (default `abmesh:`;
 `?prefix=` in the URL):
-  {p}experiments                  hash  name -> JSON {revision, status, phase, created_at, ...}
+  {p}experiments                  hash  name -> JSON {revision, created_at, updated_at, status}
   {p}exp:{name}:revisions         hash  revision -> JSON {spec, created_at}
   {p}epoch                        counter bumped on every experiment write
   {p}sticky:{experiment}:{salt}   hash  unit -> variant
 Experiment writes are optimistic transactions (WATCH the index, re-read, MULTI), so the layer
-overlap check and the revision bump are atomic against other replicas.
+overlap check, the revision bump and a status's compare-and-set (with its audit entries) are
+atomic against other replicas and controllers.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -23,15 +25,13 @@ import redis
 from experiments.errors import NotFoundError, StoreError
 from experiments.loader import dump_spec, spec_from_mapping
 from experiments.spec import ExperimentSpec
+from experiments.status import DEFAULT_PHASE, Status
 from experiments.store.protocol import (
-    DEFAULT_PHASE,
     ExperimentRecord,
-    ExperimentStatus,
     PutResult,
+    Reaction,
+    check_commit,
     check_layer_conflicts,
-    check_new_phase,
-    check_phase,
-    check_status,
 )
 from experiments.store.redis_base import DEFAULT_PREFIX
 from experiments.store.redis_control import RedisControl
@@ -51,7 +51,7 @@ class RedisStore(RedisStats, RedisControl):
 
     # experiments
 
-    def put_experiment(self, spec: ExperimentSpec) -> PutResult:
+    def put_experiment(self, spec: ExperimentSpec, *, react: Reaction | None = None) -> PutResult:
         text = dump_spec(spec)
         with self._guard(), self.client.pipeline() as pipe:
             while True:
@@ -66,15 +66,15 @@ class RedisStore(RedisStats, RedisControl):
                         return PutResult(_record(spec, meta), changed=False)
                     now = time.time()
                     if meta is None:
-                        meta = {
-                            "revision": 1,
-                            "status": ExperimentStatus.DRAFT.value,
-                            "phase": DEFAULT_PHASE,
-                            "created_at": now,
-                            "updated_at": now,
-                        }
+                        before, status = None, Status.new(now)
+                        meta = {"revision": 1, "created_at": now, "updated_at": now}
                     else:
+                        before, status = _spec(raws[spec.name]), _status(spec.name, meta)
                         meta = {**meta, "revision": meta["revision"] + 1, "updated_at": now}
+                    new = react(before, status, meta["revision"]) if react else status
+                    if before is None or new != status:
+                        status = replace(new, version=status.version + 1)
+                    meta["status"] = status.to_dict()
                     pipe.multi()
                     if meta["revision"] == 1:  # no leftovers of an earlier experiment so named
                         pipe.delete(self._revisions(spec.name))
@@ -83,7 +83,7 @@ class RedisStore(RedisStats, RedisControl):
                         str(meta["revision"]),
                         json.dumps({"spec": text, "created_at": now}),
                     )
-                    pipe.hset(self._index, spec.name, json.dumps(meta))
+                    pipe.hset(self._index, spec.name, json.dumps(meta, allow_nan=False))
                     pipe.incr(self._epoch)
                     pipe.execute()
                     return PutResult(_record(spec, meta), changed=True)
@@ -126,28 +126,16 @@ class RedisStore(RedisStats, RedisControl):
             out.append(_record(_spec(raw), {**meta, "revision": rev, "updated_at": at}))
         return out
 
-    def set_status(
-        self, name: str, status: ExperimentStatus, *, expected: ExperimentStatus | None = None
+    def commit_status(
+        self,
+        name: str,
+        status: Status,
+        *,
+        expected_version: int,
+        audit: Sequence[dict[str, Any]] = (),
     ) -> ExperimentRecord:
-        status = ExperimentStatus(status)
-
-        def change(meta: dict[str, Any]) -> None:
-            check_status(name, ExperimentStatus(meta["status"]), expected)
-            meta["status"] = status.value
-
-        return self._update_meta(name, change)
-
-    def set_phase(self, name: str, phase: str) -> ExperimentRecord:
-        check_phase(phase)
-        used = self.phases(name)
-
-        def change(meta: dict[str, Any]) -> None:
-            check_new_phase(name, meta.get("phase", DEFAULT_PHASE), phase, used)
-            meta["phase"] = phase
-
-        return self._update_meta(name, change)
-
-    def _update_meta(self, name: str, change: Callable[[dict[str, Any]], None]) -> ExperimentRecord:
+        new = replace(status, version=expected_version + 1)
+        entries = [_audit_item(e) for e in audit]
         with self._guard(), self.client.pipeline() as pipe:
             while True:
                 try:
@@ -156,32 +144,39 @@ class RedisStore(RedisStats, RedisControl):
                     if raw is None:
                         raise NotFoundError(f"experiment {name!r} does not exist")
                     meta = json.loads(raw)
-                    change(meta)
-                    meta["updated_at"] = time.time()
+                    stored = _status(name, meta)
+                    check_commit(name, stored, status, expected_version)
+                    meta = {**meta, "status": new.to_dict(), "updated_at": time.time()}
                     pipe.multi()
-                    pipe.hset(self._index, name, json.dumps(meta))
-                    pipe.incr(self._epoch)
+                    pipe.hset(self._index, name, json.dumps(meta, allow_nan=False))
+                    if entries:
+                        pipe.rpush(self.audit_key(status.uid), *entries)
+                    if new.assignment_view() != stored.assignment_view():
+                        pipe.incr(self._epoch)
                     pipe.execute()
                     break
                 except redis.WatchError:
                     continue
         return self.get_experiment(name)
 
-    def delete_experiment(self, name: str) -> None:
+    def delete_experiment(self, name: str, *, keep_history: bool = False) -> str:
         with self._guard(), self.client.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(self._index)
-                    if not pipe.hexists(self._index, name):
+                    raw = pipe.hget(self._index, name)
+                    if raw is None:
                         raise NotFoundError(f"experiment {name!r} does not exist")
+                    uid = _status(name, json.loads(raw)).uid
                     sticky = list(pipe.scan_iter(match=self._sticky(name, "*"), count=500))
                     stats = self.stats_keys(pipe, name)
+                    derived = self.uid_keys(pipe, uid, keep_history=keep_history)
                     pipe.multi()
                     pipe.hdel(self._index, name)
-                    pipe.delete(self._revisions(name), *sticky, *stats)
+                    pipe.delete(self._revisions(name), *sticky, *stats, *derived)
                     pipe.incr(self._epoch)
                     pipe.execute()
-                    return
+                    return uid
                 except redis.WatchError:
                     continue
 
@@ -251,12 +246,24 @@ def _spec(raw: str | None) -> ExperimentSpec:
     return spec_from_mapping(json.loads(json.loads(raw)["spec"]))
 
 
+def _status(name: str, meta: Mapping[str, Any]) -> Status:
+    status = meta["status"]
+    if isinstance(status, str):  # written before status documents: uid = the name
+        return Status.legacy(
+            name, status, str(meta.get("phase", DEFAULT_PHASE)), float(meta["created_at"])
+        )
+    return Status.from_dict(status)
+
+
 def _record(spec: ExperimentSpec, meta: Mapping[str, Any]) -> ExperimentRecord:
     return ExperimentRecord(
         spec,
         int(meta["revision"]),
-        ExperimentStatus(meta["status"]),
+        _status(spec.name, meta),
         float(meta["created_at"]),
         float(meta["updated_at"]),
-        str(meta.get("phase", DEFAULT_PHASE)),
     )
+
+
+def _audit_item(entry: dict[str, Any]) -> str:
+    return json.dumps({"at": time.time(), "entry": entry}, allow_nan=False)

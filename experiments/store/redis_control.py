@@ -30,35 +30,53 @@ return 1
 
 
 class RedisControl(RedisBase):
-    def get_control(self, experiment: str) -> tuple[dict[str, Any] | None, int]:
+    def get_control(self, key: str) -> tuple[dict[str, Any] | None, int]:
         with self._guard():
-            doc, version = self.client.hmget(f"{self.prefix}control:{experiment}", "doc", "version")
+            doc, version = self.client.hmget(f"{self.prefix}control:{key}", "doc", "version")
         return (json.loads(doc), int(version)) if doc is not None else (None, 0)
 
-    def put_control(self, experiment: str, doc: dict[str, Any], expected_version: int) -> int:
+    def put_control(self, key: str, doc: dict[str, Any], expected_version: int) -> int:
         text = json.dumps(doc, allow_nan=False)
         with self._guard():
             result = int(
-                self.client.eval(
-                    _PUT, 1, f"{self.prefix}control:{experiment}", expected_version, text
-                )
+                self.client.eval(_PUT, 1, f"{self.prefix}control:{key}", expected_version, text)
             )
         if result < 0:
             raise ConflictError(
-                f"rollout state of {experiment!r} is at version {-1 - result}, not"
-                f" {expected_version}: another controller wrote it"
+                f"state {key!r} is at version {-1 - result}, not {expected_version}:"
+                " another writer changed it"
             )
         return result
 
-    def append_audit(self, experiment: str, entry: dict[str, Any]) -> None:
+    def audit_key(self, uid: str) -> str:
+        return f"{self.prefix}audit:{uid}"
+
+    def append_audit(self, uid: str, entry: dict[str, Any]) -> None:
         text = json.dumps({"at": time.time(), "entry": entry}, allow_nan=False)
         with self._guard():
-            self.client.rpush(f"{self.prefix}audit:{experiment}", text)
+            self.client.rpush(self.audit_key(uid), text)
 
-    def audit(self, experiment: str) -> list[dict[str, Any]]:
+    def audit(self, uid: str) -> list[dict[str, Any]]:
         with self._guard():
-            rows = self.client.lrange(f"{self.prefix}audit:{experiment}", 0, -1)
+            rows = self.client.lrange(self.audit_key(uid), 0, -1)
         return [json.loads(r)["entry"] for r in rows]
+
+    def lease_holders(self, prefix: str) -> dict[str, str]:
+        head = f"{self.prefix}lease:"
+        with self._guard():
+            keys = list(self.client.scan_iter(match=f"{head}{_glob_escape(prefix)}*", count=500))
+            owners = self.client.mget(keys) if keys else []
+        # A lease that expired between the scan and the read reads as None: not held.
+        return {k[len(head) :]: o for k, o in zip(keys, owners, strict=True) if o is not None}
+
+    def uid_keys(self, conn: Any, uid: str, *, keep_history: bool) -> list[str]:
+        """The keys kept under an experiment's uid: its state documents and leases (keys
+        equal to the uid or starting with `uid#`) and, unless kept, its audit log."""
+        found = [f"{self.prefix}control:{uid}"]
+        for kind in ("control", "lease"):
+            pattern = f"{self.prefix}{kind}:{_glob_escape(uid)}#*"
+            found += conn.scan_iter(match=pattern, count=500)
+        return found if keep_history else [*found, self.audit_key(uid)]
 
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         with self._guard():
@@ -70,3 +88,7 @@ class RedisControl(RedisBase):
     def release_lease(self, name: str, owner: str) -> None:
         with self._guard():
             self.client.eval(_RELEASE, 1, f"{self.prefix}lease:{name}", owner)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -11,19 +11,19 @@ import json
 import sqlite3
 import time
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
 
 from experiments.errors import NotFoundError
 from experiments.loader import dump_spec, spec_from_mapping
 from experiments.spec import ExperimentSpec
+from experiments.status import Status
 from experiments.store.protocol import (
-    DEFAULT_PHASE,
     ExperimentRecord,
-    ExperimentStatus,
     PutResult,
+    Reaction,
+    check_commit,
     check_layer_conflicts,
-    check_new_phase,
-    check_phase,
-    check_status,
 )
 from experiments.store.sqlite_base import chunks
 from experiments.store.sqlite_control import SQLiteControl
@@ -33,7 +33,7 @@ from experiments.store.sqlite_stats import STATS_TABLES, SQLiteStats
 class SQLiteStore(SQLiteStats, SQLiteControl):
     # experiments
 
-    def put_experiment(self, spec: ExperimentSpec) -> PutResult:
+    def put_experiment(self, spec: ExperimentSpec, *, react: Reaction | None = None) -> PutResult:
         text, now = dump_spec(spec), time.time()
         with self._write() as db:
             others = [
@@ -45,20 +45,28 @@ class SQLiteStore(SQLiteStats, SQLiteControl):
             if row is not None and row[0] == text:
                 return PutResult(self._record(db, spec.name), changed=False)
             if row is None:
+                before, status = None, Status.new(now)
                 db.execute(
-                    "INSERT INTO experiments VALUES (?, 1, ?, ?, ?, ?)",
-                    (spec.name, ExperimentStatus.DRAFT.value, now, now, DEFAULT_PHASE),
+                    "INSERT INTO experiments VALUES (?, ?, 0, ?, ?, '{}')",
+                    (spec.name, status.uid, now, now),
                 )
             else:
-                db.execute(
-                    "UPDATE experiments SET revision = revision + 1, updated_at = ? WHERE name = ?",
-                    (now, spec.name),
-                )
+                before, status = _spec(row[0]), self._record(db, spec.name).status
+            db.execute(
+                "UPDATE experiments SET revision = revision + 1, updated_at = ? WHERE name = ?",
+                (now, spec.name),
+            )
             db.execute(
                 "INSERT INTO experiment_revisions SELECT name, revision, ?, ?"
                 " FROM experiments WHERE name = ?",
                 (text, now, spec.name),
             )
+            revision = db.execute(
+                "SELECT revision FROM experiments WHERE name = ?", (spec.name,)
+            ).fetchone()[0]
+            new = react(before, status, revision) if react is not None else status
+            if before is None or new != status:
+                self._put_status(db, spec.name, replace(new, version=status.version + 1))
             self._bump_epoch(db)
             return PutResult(self._record(db, spec.name), changed=True)
 
@@ -73,9 +81,7 @@ class SQLiteStore(SQLiteStats, SQLiteControl):
             ).fetchone()
         if row is None:
             raise NotFoundError(f"experiment {name!r} has no revision {revision}")
-        return ExperimentRecord(
-            _spec(row[0]), revision, record.status, record.created_at, row[1], record.phase
-        )
+        return ExperimentRecord(_spec(row[0]), revision, record.status, record.created_at, row[1])
 
     def list_experiments(self) -> list[ExperimentRecord]:
         with self._read() as db:
@@ -91,49 +97,44 @@ class SQLiteStore(SQLiteStats, SQLiteControl):
                 (name,),
             ).fetchall()
         return [
-            ExperimentRecord(
-                _spec(text), rev, current.status, current.created_at, at, current.phase
-            )
+            ExperimentRecord(_spec(text), rev, current.status, current.created_at, at)
             for text, rev, at in rows
         ]
 
-    def set_status(
-        self, name: str, status: ExperimentStatus, *, expected: ExperimentStatus | None = None
+    def commit_status(
+        self,
+        name: str,
+        status: Status,
+        *,
+        expected_version: int,
+        audit: Sequence[dict[str, Any]] = (),
     ) -> ExperimentRecord:
         with self._write() as db:
-            check_status(name, self._record(db, name).status, expected)
-            db.execute(
-                "UPDATE experiments SET status = ?, updated_at = ? WHERE name = ?",
-                (ExperimentStatus(status).value, time.time(), name),
-            )
-            self._bump_epoch(db)
+            stored = self._record(db, name).status
+            check_commit(name, stored, status, expected_version)
+            new = replace(status, version=expected_version + 1)
+            self._put_status(db, name, new)
+            self._append_audit(db, status.uid, audit)
+            if new.assignment_view() != stored.assignment_view():
+                self._bump_epoch(db)
             return self._record(db, name)
 
-    def delete_experiment(self, name: str) -> None:
+    def _put_status(self, db: sqlite3.Connection, name: str, status: Status) -> None:
+        db.execute(
+            "UPDATE experiments SET status = ?, updated_at = ? WHERE name = ?",
+            (json.dumps(status.to_dict(), allow_nan=False), time.time(), name),
+        )
+
+    def delete_experiment(self, name: str, *, keep_history: bool = False) -> str:
         with self._write() as db:
-            if db.execute("DELETE FROM experiments WHERE name = ?", (name,)).rowcount == 0:
-                raise NotFoundError(f"experiment {name!r} does not exist")
+            uid = self._record(db, name).uid
+            db.execute("DELETE FROM experiments WHERE name = ?", (name,))
             db.execute("DELETE FROM experiment_revisions WHERE name = ?", (name,))
             for table in ("sticky", *STATS_TABLES):
                 db.execute(f"DELETE FROM {table} WHERE experiment = ?", (name,))
+            self._forget_uid(db, uid, keep_history=keep_history)
             self._bump_epoch(db)
-
-    def set_phase(self, name: str, phase: str) -> ExperimentRecord:
-        check_phase(phase)
-        with self._write() as db:
-            used = [
-                row[0]
-                for row in db.execute("SELECT phase FROM phases WHERE experiment = ?", (name,))
-            ]
-            check_new_phase(name, self._record(db, name).phase, phase, used)
-            cursor = db.execute(
-                "UPDATE experiments SET phase = ?, updated_at = ? WHERE name = ?",
-                (phase, time.time(), name),
-            )
-            if cursor.rowcount == 0:
-                raise NotFoundError(f"experiment {name!r} does not exist")
-            self._bump_epoch(db)
-            return self._record(db, name)
+        return uid
 
     def config_epoch(self) -> int:
         with self._read() as db:
@@ -192,7 +193,7 @@ class SQLiteStore(SQLiteStats, SQLiteControl):
 
 
 _RECORDS = (
-    "SELECT r.spec, e.revision, e.status, e.created_at, e.updated_at, e.phase FROM experiments e"
+    "SELECT r.spec, e.revision, e.status, e.created_at, e.updated_at FROM experiments e"
     " JOIN experiment_revisions r ON r.name = e.name AND r.revision = e.revision"
 )
 _CURRENT_SPECS = (
@@ -205,8 +206,8 @@ def _spec(text: str) -> ExperimentSpec:
     return spec_from_mapping(json.loads(text))
 
 
-def _from_row(row: tuple[str, int, str, float, float, str]) -> ExperimentRecord:
-    text, revision, status, created, updated, phase = row
+def _from_row(row: tuple[str, int, str, float, float]) -> ExperimentRecord:
+    text, revision, status, created, updated = row
     return ExperimentRecord(
-        _spec(text), revision, ExperimentStatus(status), created, updated, phase
+        _spec(text), revision, Status.from_dict(json.loads(status)), created, updated
     )

@@ -7,6 +7,7 @@ cannot interleave with another process's write, and every sqlite3 error becomes 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -14,12 +15,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from experiments.errors import StoreError
+from experiments.status import Status
 
-SCHEMA_VERSION = 2  # 2: control, audit, leases (every statement is idempotent)
+# 2: control, audit, leases; 3: the status document (with the uid) replaces status and phase
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
-    name TEXT PRIMARY KEY, revision INTEGER NOT NULL, status TEXT NOT NULL,
-    created_at REAL NOT NULL, updated_at REAL NOT NULL, phase TEXT NOT NULL);
+    name TEXT PRIMARY KEY, uid TEXT NOT NULL, revision INTEGER NOT NULL,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, status TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS experiment_revisions (
     name TEXT NOT NULL, revision INTEGER NOT NULL, spec TEXT NOT NULL, created_at REAL NOT NULL,
     PRIMARY KEY (name, revision));
@@ -90,11 +93,39 @@ class SQLiteBase:
                 f"schema version {version}; this abmesh knows up to {SCHEMA_VERSION}: upgrade it"
             )
         if version < SCHEMA_VERSION:
-            # executescript commits on its own, so the transaction is spelled out in the script;
-            # every statement is idempotent, so two processes migrating at once is harmless.
-            self._db.executescript(
-                f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                # Re-read under the lock: another process may have migrated meanwhile.
+                if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    self._upgrade()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _upgrade(self) -> None:
+        db = self._db
+        columns = {row[1] for row in db.execute("PRAGMA table_info(experiments)")}
+        legacy = "phase" in columns  # before version 3: status and phase columns
+        if legacy:
+            db.execute("ALTER TABLE experiments RENAME TO experiments_v2")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        if legacy:
+            rows = db.execute(
+                "SELECT name, revision, status, created_at, updated_at, phase FROM experiments_v2"
+            ).fetchall()
+            for name, revision, status, created, updated, phase in rows:
+                # Existing experiments keep their name as uid: what was kept under the name
+                # (rollout state, audit) stays theirs.
+                doc = Status.legacy(name, status, phase, created).to_dict()
+                db.execute(
+                    "INSERT INTO experiments VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, name, revision, created, updated, json.dumps(doc)),
+                )
+            db.execute("DROP TABLE experiments_v2")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:

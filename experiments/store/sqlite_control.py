@@ -1,10 +1,12 @@
-"""SQLite part of the store for the rollout controller: state documents with a version for
-compare-and-set, the audit log, and leases (one controller at a time)."""
+"""SQLite part of the store for the control plane: state documents with a version for
+compare-and-set, the audit log, and leases, all under keys that start with an experiment's uid."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from experiments.errors import ConflictError
@@ -12,46 +14,59 @@ from experiments.store.sqlite_base import SQLiteBase
 
 
 class SQLiteControl(SQLiteBase):
-    def get_control(self, experiment: str) -> tuple[dict[str, Any] | None, int]:
+    def get_control(self, key: str) -> tuple[dict[str, Any] | None, int]:
         with self._read() as db:
             row = db.execute(
-                "SELECT doc, version FROM control WHERE experiment = ?", (experiment,)
+                "SELECT doc, version FROM control WHERE experiment = ?", (key,)
             ).fetchone()
         return (json.loads(row[0]), int(row[1])) if row else (None, 0)
 
-    def put_control(self, experiment: str, doc: dict[str, Any], expected_version: int) -> int:
+    def put_control(self, key: str, doc: dict[str, Any], expected_version: int) -> int:
         text = json.dumps(doc, allow_nan=False)
         with self._write() as db:
-            row = db.execute(
-                "SELECT version FROM control WHERE experiment = ?", (experiment,)
-            ).fetchone()
+            row = db.execute("SELECT version FROM control WHERE experiment = ?", (key,)).fetchone()
             current = int(row[0]) if row else 0
             if current != expected_version:
                 raise ConflictError(
-                    f"rollout state of {experiment!r} is at version {current}, not"
-                    f" {expected_version}: another controller wrote it"
+                    f"state {key!r} is at version {current}, not {expected_version}:"
+                    " another writer changed it"
                 )
             db.execute(
                 "INSERT INTO control (experiment, doc, version) VALUES (?, ?, ?)"
                 " ON CONFLICT (experiment) DO UPDATE SET doc = excluded.doc,"
                 " version = excluded.version",
-                (experiment, text, current + 1),
+                (key, text, current + 1),
             )
         return current + 1
 
-    def append_audit(self, experiment: str, entry: dict[str, Any]) -> None:
-        text = json.dumps(entry, allow_nan=False)
+    def append_audit(self, uid: str, entry: dict[str, Any]) -> None:
         with self._write() as db:
+            self._append_audit(db, uid, [entry])
+
+    def _append_audit(
+        self, db: sqlite3.Connection, uid: str, entries: Sequence[dict[str, Any]]
+    ) -> None:
+        for entry in entries:
             db.execute(
                 "INSERT INTO audit (experiment, seq, at, entry) VALUES (?, (SELECT"
                 " COALESCE(MAX(seq), 0) + 1 FROM audit WHERE experiment = ?), ?, ?)",
-                (experiment, experiment, time.time(), text),
+                (uid, uid, time.time(), json.dumps(entry, allow_nan=False)),
             )
 
-    def audit(self, experiment: str) -> list[dict[str, Any]]:
+    def _forget_uid(self, db: sqlite3.Connection, uid: str, *, keep_history: bool) -> None:
+        """Drop what is kept under the uid: keys equal to it or starting with `uid#`."""
+        for table, column in (("control", "experiment"), ("leases", "name")):
+            db.execute(
+                f"DELETE FROM {table} WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                (uid, len(uid) + 1, uid + "#"),
+            )
+        if not keep_history:
+            db.execute("DELETE FROM audit WHERE experiment = ?", (uid,))
+
+    def audit(self, uid: str) -> list[dict[str, Any]]:
         with self._read() as db:
             rows = db.execute(
-                "SELECT entry FROM audit WHERE experiment = ? ORDER BY seq", (experiment,)
+                "SELECT entry FROM audit WHERE experiment = ? ORDER BY seq", (uid,)
             ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
@@ -67,6 +82,14 @@ class SQLiteControl(SQLiteBase):
                 (name, owner, now + ttl_s),
             )
         return True
+
+    def lease_holders(self, prefix: str) -> dict[str, str]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT name, owner FROM leases WHERE substr(name, 1, ?) = ? AND expires > ?",
+                (len(prefix), prefix, time.time()),
+            ).fetchall()
+        return dict(rows)
 
     def release_lease(self, name: str, owner: str) -> None:
         with self._write() as db:

@@ -4,7 +4,7 @@ Ordered header rules come first (forcing headers such as `x-user-group: internal
 one rule per arm's group header, so an assigned user never falls through), then a weighted
 default route for requests with no group header, integer weights summing to 100.  The same
 plan renders to an Istio VirtualService, an Envoy RouteConfiguration and a Gateway API
-HTTPRoute (experiments.routing.render).
+HTTPRoute (controlplane.routing.render).
 """
 
 from __future__ import annotations

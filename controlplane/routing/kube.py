@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from experiments.routing.plan import MANAGED_PREFIX, RoutePlan
-from experiments.routing.render import ANNOTATION, DEFAULT_ROUTE, http_route, istio_http_routes
-from experiments.routing.routers import RouterError
+from controlplane.routing.plan import MANAGED_PREFIX, RoutePlan
+from controlplane.routing.render import ANNOTATION, DEFAULT_ROUTE, http_route, istio_http_routes
+from controlplane.routing.routers import RouterError
 
 RETRIES = 5
 HASH = "abmesh.io/routes-hash"  # of the spec abmesh last sent
@@ -111,6 +112,17 @@ class IstioRouter(_KubeRouter):
     name = "istio"
     group, version, plural, kind = "networking.istio.io", "v1", "virtualservices", "VirtualService"
 
+    def __init__(
+        self,
+        name: str,
+        namespace: str = "default",
+        api_client: k8s.ApiClient | None = None,
+        gateways: Sequence[str] = (),
+    ) -> None:
+        super().__init__(name, namespace, api_client)
+        # Empty: leave the object's own `gateways` alone (sidecars only, unless it lists some).
+        self.gateways = list(gateways)
+
     def _new_spec(self, current: dict[str, Any], plan: RoutePlan) -> dict[str, Any]:
         ours = istio_http_routes(plan)
         foreign = [
@@ -128,10 +140,14 @@ class IstioRouter(_KubeRouter):
         # as paths); then abmesh's header rules; its weighted default route comes last.
         head = [r for r in ours if r["name"] != DEFAULT_ROUTE]
         tail = [r for r in ours if r["name"] == DEFAULT_ROUTE]
-        return {"http": foreign + head + tail}
+        spec: dict[str, Any] = {"http": foreign + head + tail}
+        if self.gateways:
+            spec["gateways"] = self.gateways
+        return spec
 
     def _same(self, current: dict[str, Any], spec: dict[str, Any]) -> bool:
-        return bool(current.get("spec", {}).get("http") == spec["http"])
+        live = current.get("spec", {})
+        return all(live.get(key) == value for key, value in spec.items())
 
 
 class GatewayApiRouter(_KubeRouter):

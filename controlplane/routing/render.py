@@ -8,10 +8,10 @@ the objects carry the `abmesh.io/experiment` annotation, so a router can tell wh
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from experiments.routing.plan import MANAGED_PREFIX, RoutePlan
+from controlplane.routing.plan import MANAGED_PREFIX, RoutePlan
 from experiments.spec import Destination
 
 ANNOTATION = "abmesh.io/experiment"
@@ -50,12 +50,24 @@ def istio_http_routes(plan: RoutePlan) -> list[dict[str, Any]]:
     return routes
 
 
-def istio_virtual_service(plan: RoutePlan, namespace: str = "default") -> dict[str, Any]:
+def istio_virtual_service(
+    plan: RoutePlan,
+    namespace: str = "default",
+    *,
+    name: str | None = None,
+    gateways: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The VirtualService; with `gateways` it binds to those (list `mesh` too for sidecars),
+    without, to sidecars only (Istio's default)."""
+    spec: dict[str, Any] = {"hosts": [plan.service]}
+    if gateways:
+        spec["gateways"] = list(gateways)
+    spec["http"] = istio_http_routes(plan)
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
-        "metadata": _metadata(plan, plan.service, namespace),
-        "spec": {"hosts": [plan.service], "http": istio_http_routes(plan)},
+        "metadata": _metadata(plan, name or plan.service, namespace),
+        "spec": spec,
     }
 
 
@@ -79,12 +91,12 @@ def istio_destination_rules(plan: RoutePlan, namespace: str = "default") -> list
     ]
 
 
-def envoy_route_configuration(
-    plan: RoutePlan, route_name: str, clusters: Mapping[str, str]
+def envoy_virtual_host(
+    plan: RoutePlan, clusters: Mapping[str, str], domains: Sequence[str] = ("*",)
 ) -> dict[str, Any]:
-    """A RouteConfiguration for Envoy's RDS; `clusters` maps each variant to its cluster.
-    `validate_clusters` makes Envoy refuse a plan naming a cluster it does not know instead of
-    answering that share with 503s."""
+    """The experiment's virtual host for an Envoy RouteConfiguration; `clusters` maps each
+    variant to its cluster.  Named after the experiment, so a route configuration can hold
+    several experiments' hosts side by side."""
     routes: list[dict[str, Any]] = [
         {
             "name": rule.name,
@@ -103,10 +115,26 @@ def envoy_route_configuration(
         else {"weighted_clusters": {"clusters": [{"name": c, "weight": w} for c, w in live]}}
     )
     routes.append({"name": DEFAULT_ROUTE, "match": {"prefix": "/"}, "route": action})
+    return {"name": envoy_host_name(plan.experiment), "domains": list(domains), "routes": routes}
+
+
+def envoy_host_name(experiment: str) -> str:
+    return f"{MANAGED_PREFIX}{experiment}"
+
+
+def envoy_route_configuration(
+    plan: RoutePlan,
+    route_name: str,
+    clusters: Mapping[str, str],
+    domains: Sequence[str] = ("*",),
+) -> dict[str, Any]:
+    """A RouteConfiguration holding the experiment's virtual host alone.  `validate_clusters`
+    makes Envoy refuse a plan naming a cluster it does not know instead of answering that share
+    with 503s."""
     return {
         "name": route_name,
         "validate_clusters": True,
-        "virtual_hosts": [{"name": plan.service, "domains": ["*"], "routes": routes}],
+        "virtual_hosts": [envoy_virtual_host(plan, clusters, domains)],
     }
 
 

@@ -1,33 +1,40 @@
-"""The controller's state of one experiment's rollout, as stored between ticks, and the moves
-it can make.  Pure data: the controller (experiments.controller) reads the world and calls these.
+"""The position of one experiment's rollout, kept in its status, and the moves it can make.
+
+Pure data and pure functions: the controller (controlplane.controller) reads the world, calls
+these with the time, and persists the result.  `weights` is the default route's split and,
+through the status, the arms' share: they move together, so an assigned user follows the plan.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from experiments.routing.plan import Mode
+from controlplane.routing.plan import Mode
 from experiments.spec import ExperimentSpec
 from experiments.spec_rollout import ABTest, Canary, Promote
+from experiments.status import Outcome
 
 
 class RolloutStatus(StrEnum):
     RUNNING = "running"
-    PAUSED = "paused"
+    PAUSED = "paused"  # held: by hand, or the test found the sample invalid
     PROMOTED = "promoted"
     ROLLED_BACK = "rolled_back"
     NO_DIFFERENCE = "no_difference"  # ended with the stable model kept
 
     @property
     def final(self) -> bool:
-        return self in (
-            RolloutStatus.PROMOTED,
-            RolloutStatus.ROLLED_BACK,
-            RolloutStatus.NO_DIFFERENCE,
-        )
+        return self.outcome is not None
+
+    @property
+    def outcome(self) -> Outcome | None:
+        return {
+            RolloutStatus.PROMOTED: Outcome.PROMOTED,
+            RolloutStatus.ROLLED_BACK: Outcome.ROLLED_BACK,
+            RolloutStatus.NO_DIFFERENCE: Outcome.NO_DIFFERENCE,
+        }.get(self)
 
 
 class Request(StrEnum):
@@ -39,14 +46,15 @@ class Request(StrEnum):
 
 @dataclass
 class RolloutState:
-    phase: int = 0
-    step: int = 0
+    phase: int = 0  # index into the spec's rollout.phases
+    step: int = 0  # canary step within the phase
     status: RolloutStatus = RolloutStatus.RUNNING
-    weights: dict[str, int] = field(default_factory=dict)  # default route, variant -> percent
+    weights: dict[str, int] = field(default_factory=dict)  # variant -> percent
     passes: int = 0  # passing guardrail checks in a row at this step
     step_started: float = 0.0
     step_units: float = 0.0  # candidate units exposed when the step started
-    stats_phase: str = ""  # the statistics phase of the current A/B phase
+    data_at: float = 0.0  # when every guardrail last had data (for the progress deadline)
+    resumed_at: float = 0.0  # when data came back after a hold: the step's clock restarts
     decision: dict[str, Any] | None = None  # analysis.DecisionState of the A/B phase
     winner: str | None = None
     reason: str = ""
@@ -60,7 +68,8 @@ class RolloutState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RolloutState:
-        state = cls(**{**data, "status": RolloutStatus(data["status"])})
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        state = cls(**{**known, "status": RolloutStatus(data["status"])})
         state.request = Request(data["request"]) if data.get("request") else None
         return state
 
@@ -78,11 +87,11 @@ def split(spec: ExperimentSpec, candidate_percent: int) -> dict[str, int]:
     return {stable: 100 - candidate_percent, candidate: candidate_percent}
 
 
-def enter_phase(spec: ExperimentSpec, state: RolloutState, index: int) -> str:
+def enter_phase(spec: ExperimentSpec, state: RolloutState, index: int, now: float) -> str:
     """Move to phase `index` (or finish, promoted, past the last); returns what happened."""
     assert spec.rollout is not None
     state.phase, state.step, state.passes = index, 0, 0
-    state.step_started = time.time()
+    state.step_started = state.data_at = now
     if index >= len(spec.rollout.phases):
         return promote(spec, state, state.winner or spec.candidate_variant.key, "plan completed")
     phase = spec.rollout.phases[index]
@@ -97,6 +106,18 @@ def enter_phase(spec: ExperimentSpec, state: RolloutState, index: int) -> str:
     return promote(spec, state, state.winner or spec.candidate_variant.key, "promote phase")
 
 
+def next_step(spec: ExperimentSpec, state: RolloutState, phase: Canary, now: float) -> str | None:
+    """The canary's next step: the first of the phase's steps (as the spec says now, so a
+    changed plan takes effect here) above the current share; None when the phase is done."""
+    share = state.weights.get(spec.candidate_variant.key, 0)
+    higher = [s for s in phase.steps if s > share]
+    if not higher:
+        return None
+    state.step, state.passes, state.step_started = phase.steps.index(higher[0]), 0, now
+    state.weights = split(spec, higher[0])
+    return f"canary step {state.step + 1} of {len(phase.steps)}: {higher[0]} % to the candidate"
+
+
 def promote(spec: ExperimentSpec, state: RolloutState, winner: str, why: str) -> str:
     state.status, state.winner, state.weights = RolloutStatus.PROMOTED, winner, {winner: 100}
     state.reason = why
@@ -107,3 +128,9 @@ def roll_back(spec: ExperimentSpec, state: RolloutState, why: str) -> str:
     state.status, state.weights = RolloutStatus.ROLLED_BACK, {spec.control_variant.key: 100}
     state.reason = why
     return f"rolled back to {spec.control_variant.key}: {why}"
+
+
+def finish(spec: ExperimentSpec, state: RolloutState, why: str) -> str:
+    state.status, state.weights = RolloutStatus.NO_DIFFERENCE, {spec.control_variant.key: 100}
+    state.reason = why
+    return why

@@ -5,9 +5,13 @@ and carried out by the controller's next tick, so it never races the controller.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import socket
 import threading
+import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -15,10 +19,11 @@ from typing import Annotated
 
 import typer
 
+from controlplane.lifecycle import RETRIES
+from controlplane.rollout import Request, RolloutState
+from controlplane.routing.routers import ROUTERS
 from experiments.cli_common import Output, OutputOpt, StoreOpt, fail, out, print_data, store_for
 from experiments.errors import AbmeshError, ConflictError
-from experiments.rollout_state import Request, RolloutState
-from experiments.spec import Variant
 
 ClusterOpt = Annotated[
     list[str] | None,
@@ -37,79 +42,113 @@ def _clusters(pairs: list[str]) -> dict[str, str]:
 
 
 def controller(
-    router: Annotated[str, typer.Option(help="envoy, istio, gateway-api or manifests.")] = "envoy",
+    router: Annotated[
+        str, typer.Option(help="Default router for specs whose target names none: envoy, istio,"
+                          " gateway-api or manifests.")
+    ] = "envoy",
     interval: Annotated[float, typer.Option(help="Seconds between ticks.", min=0.1)] = 10.0,
     prometheus: Annotated[str, typer.Option(help="Prometheus base URL.")] = "http://127.0.0.1:9090",
     mesh: Annotated[str, typer.Option(help="Query templates: envoy or istio.")] = "envoy",
     window: Annotated[str, typer.Option(help="Rate window of the queries.")] = "30s",
+    settle: Annotated[
+        float | None,
+        typer.Option(help="Seconds after a step before checks count (default: the window).",
+                     min=0),
+    ] = None,
     envoy_routes: Annotated[Path | None, typer.Option(help="RDS file Envoy watches.")] = None,
     envoy_admin: Annotated[str, typer.Option(help="Envoy admin URL.")] = "http://127.0.0.1:9901",
-    route_name: Annotated[str, typer.Option(help="Envoy route configuration name.")] = "abmesh",
+    route_name: Annotated[
+        str, typer.Option(help="Default Envoy route configuration (target.route_config).")
+    ] = "abmesh",
     out_dir: Annotated[
         Path | None, typer.Option(help="Directory for the manifests router.")
     ] = None,
-    namespace: Annotated[str, typer.Option(help="Kubernetes namespace (istio, gateway-api).")] = (
-        "default"
-    ),
-    target: Annotated[
-        str | None, typer.Option(help="VirtualService / HTTPRoute to manage (istio, gateway-api).")
-    ] = None,
+    namespace: Annotated[
+        str, typer.Option(help="Default Kubernetes namespace (target.namespace).")
+    ] = "default",
     cluster: ClusterOpt = None,
     experiment: Annotated[
-        list[str] | None,
-        typer.Option(help="Only these experiments (one route configuration, one experiment)."),
+        list[str] | None, typer.Option(help="Only these experiments (default: all).")
     ] = None,
+    owner: Annotated[
+        str | None,
+        typer.Option("--id", help="This controller's identity, stable across restarts so a"
+                     " restarted one resumes its leases (default: $POD_NAME, else the host name)."),
+    ] = None,
+    lease: Annotated[
+        float | None,
+        typer.Option(help="Lease TTL in seconds (default: 3 intervals, at least 5 s).", min=1),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address of /metrics, /healthz, /readyz.")] = (
+        "127.0.0.1"
+    ),
+    metrics_port: Annotated[
+        int, typer.Option(help="Port of /metrics, /healthz, /readyz (0: none).", min=0, max=65535)
+    ] = 9102,
     once: Annotated[bool, typer.Option(help="One tick, then exit.")] = False,
     store: StoreOpt = None,
 ) -> None:
-    """Walk every running experiment's rollout plan: canary steps, A/B, promotion or rollback."""
-    from experiments.controller import Controller
-    from experiments.metrics_provider import PrometheusProvider, query_labels
-    from experiments.routing.routers import make_router
+    """Walk every running experiment's rollout plan: canary steps, A/B, promotion or rollback.
+    Each experiment's routes go to its own target (spec rollout.target; these options are the
+    defaults); several controllers share the experiments through per-experiment leases."""
+    from controlplane.controller import Controller
+    from controlplane.observability import ControllerTelemetry, HealthServer, liveness
+    from controlplane.targets import Defaults, Routers
+    from experiments.metrics_provider import PrometheusProvider
 
-    clusters = _clusters(cluster or [])
-    by_router: dict[str, dict[str, object]] = {
-        "envoy": {"routes_file": envoy_routes, "admin_url": envoy_admin, "clusters": clusters,
-                  "route_name": route_name},
-        "manifests": {"directory": out_dir, "namespace": namespace},
-        "istio": {"name": target, "namespace": namespace},
-        "gateway-api": {"name": target, "namespace": namespace},
-    }  # fmt: skip
-    options = by_router.get(router, {})
-    if router in ("istio", "gateway-api") and target is None:
-        fail(f"--router {router} needs --target NAME (the object to manage)")
-    if router == "envoy" and envoy_routes is None:
-        fail("--router envoy needs --envoy-routes FILE (the RDS file Envoy watches)")
-    if router == "manifests" and out_dir is None:
-        fail("--router manifests needs --out-dir DIR")
+    if router not in ROUTERS:
+        fail(f"--router {router!r} is not one of {', '.join(ROUTERS)}")
     if not re.fullmatch(r"[1-9][0-9]*(ms|s|m|h)", window):
         fail(f"--window {window!r} is not a Prometheus duration such as 30s or 1m")
+    defaults = Defaults(
+        router=router, namespace=namespace, envoy_routes=envoy_routes, envoy_admin=envoy_admin,
+        route_name=route_name, clusters=_clusters(cluster or []), out_dir=out_dir,
+    )  # fmt: skip
     try:
-        mesh_router = make_router(router, **options)
         provider = PrometheusProvider(prometheus, mesh=mesh, window=window)
     except AbmeshError as exc:
         fail(str(exc))
-
-    def labels(variant: Variant) -> dict[str, str]:
-        d = variant.destination
-        return query_labels(d.host, d.subset, clusters.get(variant.key, variant.key))
-
+    identity = owner or os.environ.get("POD_NAME") or socket.gethostname()
     with store_for(store) as st:
+        telemetry = ControllerTelemetry()
         loop = Controller(
-            st, mesh_router, provider, labels, interval=interval,
-            settle_s=_seconds(window), experiments=experiment or (),
+            st, Routers(defaults), provider, owner=identity, interval=interval,
+            settle_s=_seconds(window) if settle is None else settle, lease_s=lease,
+            experiments=experiment or (), telemetry=telemetry,
         )  # fmt: skip
         if once:
-            try:
-                loop.tick()
-            except AbmeshError as exc:
-                fail(str(exc))
+            loop.tick()
+            loop.release_leases()
             return
         stopped = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stopped.set())
-        out.print(f"controller {loop.owner}: router {router}, every {interval:g} s")
-        loop.run(stopped.is_set)
+        started = time.time()
+        health = None
+        if metrics_port:
+            health = HealthServer(
+                telemetry, host=metrics_host, port=metrics_port,
+                healthy=lambda: liveness(telemetry.last_tick_at, started, interval, time.time()),
+                ready=lambda: loop.store_ok,
+            )  # fmt: skip
+            try:
+                health.start()
+            except OSError as exc:
+                fail(f"--metrics-port {metrics_port}: {exc.strerror}")
+        out.print(f"controller {identity}: default router {router}, every {interval:g} s,"
+                  f" leases of {loop.lease_s:g} s")  # fmt: skip
+        # Ticks run on their own thread: a signal stops the process within a moment even in
+        # the middle of a slow tick (a Prometheus or router timeout), and the leases are given
+        # up so another controller takes over at once.
+        worker = threading.Thread(target=loop.run, args=(stopped,), daemon=True)
+        worker.start()
+        while not stopped.wait(0.5):
+            if not worker.is_alive():
+                break
+        worker.join(timeout=1.0)
+        loop.release_leases()
+        if health is not None:
+            health.stop()
 
 
 def _seconds(window: str) -> float:
@@ -117,10 +156,21 @@ def _seconds(window: str) -> float:
     return int(number) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
 
 
-def history(experiment: str, output: OutputOpt = Output.TEXT, store: StoreOpt = None) -> None:
+def history(
+    experiment: Annotated[str | None, typer.Argument(help="The experiment's name.")] = None,
+    uid: Annotated[
+        str | None, typer.Option(help="An experiment's uid: the history of a deleted one.")
+    ] = None,
+    output: OutputOpt = Output.TEXT,
+    store: StoreOpt = None,
+) -> None:
     """The rollout's audit log: every step, promotion and rollback with its numbers."""
+    if (experiment is None) == (uid is None):
+        fail("name an experiment, or give --uid (for a deleted one), not both")
     with store_for(store) as st:
-        entries = st.audit(experiment)
+        key = uid or st.get_experiment(str(experiment)).uid
+        entries = st.audit(key)
+    experiment = experiment or f"uid {uid}"
     if output is not Output.TEXT:
         print_data(entries, output)
         return
@@ -140,16 +190,20 @@ def history(experiment: str, output: OutputOpt = Output.TEXT, store: StoreOpt = 
 
 def _request(experiment: str, request: Request, store: str | None) -> None:
     with store_for(store) as st:
-        st.get_experiment(experiment)
-        doc, version = st.get_control(experiment)
-        if doc is None:
-            fail(f"{experiment} has no rollout in progress (no controller has started it)")
-        state = RolloutState.from_dict(doc)
-        state.request = request
-        try:
-            st.put_control(experiment, state.to_dict(), version)
-        except ConflictError:
-            fail("the controller changed the rollout at the same moment: run the command again")
+        for _ in range(RETRIES):
+            record = st.get_experiment(experiment)
+            if record.status.rollout is None:
+                fail(f"{experiment} has no rollout in progress (no controller has started it)")
+            state = RolloutState.from_dict(record.status.rollout)
+            state.request = request
+            status = replace(record.status, rollout=state.to_dict())
+            try:
+                st.commit_status(experiment, status, expected_version=record.status.version)
+                break
+            except ConflictError:
+                continue  # the controller wrote meanwhile: ask again on what it wrote
+        else:
+            fail("the rollout kept changing under the command: run it again")
     out.print(f"{request.value} requested for {experiment}; the controller's next tick does it")
 
 
@@ -191,10 +245,10 @@ def render(
     """Print the routes of a spec at a given split, as the routers write them (for GitOps)."""
     import yaml
 
+    from controlplane.rollout import split
+    from controlplane.routing import render as r
+    from controlplane.routing.plan import plan_routes
     from experiments.loader import load_spec
-    from experiments.rollout_state import split
-    from experiments.routing import render as r
-    from experiments.routing.plan import plan_routes
 
     try:
         spec = load_spec(file)

@@ -1,0 +1,527 @@
+"""The controller's failure paths, fast: a real store (SQLite, and Redis where it matters), a
+fake router and a fake metrics provider, and a clock the test moves.
+
+Router error after persist, compare-and-set conflict, crash between persist and apply, delete
+and re-create, unchanged re-apply, spec changes mid-rollout, two experiments on one target,
+a concluded experiment, lease takeover, the progress deadline, metrics and health."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controlplane.controller import Controller
+from controlplane.lifecycle import Action, apply_spec, change_state
+from controlplane.routing.plan import RoutePlan
+from controlplane.routing.routers import RouterError
+from controlplane.targets import Defaults, Resolved, Routers
+from experiments.errors import ConflictError
+from experiments.loader import load_spec
+from experiments.spec import ExperimentSpec
+from experiments.status import Outcome, State
+from experiments.store import open_store
+from tests.servers import wait_until
+
+
+class FakeRouter:
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.plans: list[RoutePlan] = []
+        self.fail = 0  # raise on this many next calls
+
+    def set_routes(self, plan: RoutePlan) -> bool:
+        if self.fail:
+            self.fail -= 1
+            raise RouterError("the mesh said no")
+        changed = not self.plans or self.plans[-1] != plan
+        self.plans.append(plan)
+        return changed
+
+    def get_routes(self) -> Any:
+        return self.plans[-1] if self.plans else None
+
+    @property
+    def weights(self) -> dict[str, int]:
+        return {v: w for v, w in self.plans[-1].weights if w}
+
+
+class FakeProvider:
+    """Guardrail readings by template name; None is no data."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float | None] = {"p99_latency_ms": 20.0, "error_ratio": 0.0}
+
+    def query(self, promql: str) -> float | None:
+        raise NotImplementedError
+
+    def value(self, template: str, **labels: str) -> float | None:
+        return self.values.get(template)
+
+    def is_online(self) -> bool:
+        return True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def spec_of(name: str = "ranker", steps: tuple[int, ...] = (10, 50), **rollout: Any) -> Any:
+    doc: dict[str, Any] = {
+        "name": name,
+        "variants": [
+            {"key": "stable", "header_value": "group-a", "weight": 100,
+             "destination": {"host": "model", "subset": "v1"}},
+            {"key": "candidate", "header_value": "group-b", "weight": 0,
+             "destination": {"host": "model", "subset": "v2"}},
+        ],
+        "metrics": {"primary": {"name": "click", "kind": "conversion"}},
+        "rollout": {"phases": [{"kind": "canary", "steps": list(steps), "checks": 1},
+                               {"kind": "ab", "split": 50}, {"kind": "promote"}], **rollout},
+    }  # fmt: skip
+    return doc
+
+
+class Rig:
+    """A store, the fakes, and controllers that share them."""
+
+    def __init__(self, store_url: str, tmp: Path) -> None:
+        self.url, self.store = store_url, open_store(store_url)
+        self.clock, self.provider = Clock(), FakeProvider()
+        self.routers: dict[str, FakeRouter] = {}
+        self.defaults = Defaults(router="manifests", out_dir=tmp)
+
+    def router_for(self, target: Resolved) -> FakeRouter:
+        return self.routers.setdefault(target.where, FakeRouter())
+
+    def router(self, name: str = "ranker") -> FakeRouter:
+        return next(r for where, r in self.routers.items() if where.endswith(f"{name}.yaml"))
+
+    def controller(self, owner: str = "c1", **options: Any) -> Controller:
+        return Controller(
+            open_store(self.url), Routers(self.defaults, make=self.router_for), self.provider,
+            owner=owner, interval=1.0, clock=self.clock, **options,
+        )  # fmt: skip
+
+    def start(self, doc: dict[str, Any]) -> ExperimentSpec:
+        spec = load_spec(doc)
+        apply_spec(self.store, spec)
+        change_state(self.store, spec.name, Action.START)
+        return spec
+
+    def actions(self, name: str = "ranker") -> list[str]:
+        """The rollout's moves (lifecycle commands left out)."""
+        entries = self.store.audit(self.store.get_experiment(name).uid)
+        return [e["action"] for e in entries if e["action"] != "lifecycle"]
+
+    def share(self, name: str = "ranker") -> float:
+        return self.store.get_experiment(name).effective_spec.variant("candidate").weight
+
+
+@pytest.fixture
+def rig(sqlite_store_url: str, tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(sqlite_store_url, tmp_path)
+    yield r
+    r.store.close()
+
+
+def test_a_canary_walks_its_steps_with_status_not_spec(rig: Rig) -> None:
+    spec = rig.start(spec_of())
+    c = rig.controller()
+    c.tick()
+    record = rig.store.get_experiment("ranker")
+    assert rig.share() == 10 and rig.router().weights == {"stable": 90, "candidate": 10}
+    assert record.spec == spec  # the controller never writes the spec
+    assert record.generation == 1 and record.status.observed_generation == 1
+    ready = record.status.condition("RouteTargetReady")
+    assert ready is not None and ready.status == "True"
+    c.tick()
+    assert rig.share() == 50
+    c.tick()  # canary done: the A/B phase gets its own sample, planned at 50/50
+    record = rig.store.get_experiment("ranker")
+    assert record.phase == "ab-1"
+    planned = record.status.phase_record()
+    assert planned is not None and planned.weights == {"stable": 50.0, "candidate": 50.0}
+    assert rig.actions() == ["start", "step", "phase"]
+
+
+def test_a_router_error_after_persist_loses_no_audit_entry(rig: Rig) -> None:
+    rig.start(spec_of())
+    c = rig.controller()
+    c.tick()
+    rig.router().fail = 1
+    c.tick()  # decides 50 %, persists it with its entry, then the router fails
+    record = rig.store.get_experiment("ranker")
+    assert rig.share() == 50 and rig.router().weights == {"stable": 90, "candidate": 10}
+    ready = record.status.condition("RouteTargetReady")
+    assert ready is not None and (ready.status, ready.reason) == ("False", "RouterError")
+    rig.provider.values["p99_latency_ms"] = None  # hold the canary where it is
+    c.tick()  # repaired: the stored state is applied, nothing decided twice
+    assert rig.router().weights == {"stable": 50, "candidate": 50}
+    assert rig.actions() == ["start", "step"]
+    assert c.telemetry.exposition().count(b'abmesh_controller_router_errors_total{router="manifests"} 1.0') == 1  # noqa: E501
+
+
+def test_a_crash_between_persist_and_apply_is_repaired_by_the_next_tick(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig.start(spec_of())
+    c = rig.controller()
+    c.tick()
+
+    def crash(*args: Any) -> None:
+        raise SystemExit("killed after the write")
+
+    monkeypatch.setattr(c, "_apply", crash)
+    with pytest.raises(SystemExit):
+        c.tick()
+    assert rig.share() == 50 and rig.router().weights["candidate"] == 10
+    rig.provider.values["error_ratio"] = None  # no further step: only the repair
+    restarted = rig.controller()  # the same owner id, as after a restart
+    restarted.tick()
+    assert rig.router().weights["candidate"] == 50
+    assert rig.actions() == ["start", "step"]
+
+
+def test_a_compare_and_set_conflict_writes_nothing_and_the_next_tick_redoes_it(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig.start(spec_of(steps=(10,)))
+    c = rig.controller()
+    c.tick()
+    before = rig.store.get_experiment("ranker")
+    real = rig.store.commit_status
+    store = c.store
+
+    def interfere(name: str, status: Any, **kwargs: Any) -> Any:
+        # Someone else writes first: this tick's write (the A/B phase switch) must not land.
+        monkeypatch.setattr(store, "commit_status", real.__func__.__get__(store))  # type: ignore[attr-defined]
+        current = rig.store.get_experiment(name).status
+        real(name, current, expected_version=current.version)
+        return store.commit_status(name, status, **kwargs)
+
+    monkeypatch.setattr(store, "commit_status", interfere)
+    c.tick()  # would enter the A/B phase
+    after = rig.store.get_experiment("ranker")
+    assert after.phase == before.phase == "main"  # no half-switched phase
+    assert after.status.rollout is not None and after.status.rollout["phase"] == 0
+    assert rig.actions() == ["start"]
+    c.tick()
+    record = rig.store.get_experiment("ranker")
+    assert record.phase == "ab-1" and record.status.rollout["phase"] == 1  # type: ignore[index]
+    assert rig.actions() == ["start", "phase"]
+
+
+def test_an_unchanged_reapply_mid_canary_changes_nothing(rig: Rig) -> None:
+    spec = rig.start(spec_of())
+    c = rig.controller()
+    c.tick()
+    before = rig.store.get_experiment("ranker")
+    for _ in range(3):  # a GitOps tool syncing
+        result = apply_spec(rig.store, spec)
+        assert not result.changed
+    after = rig.store.get_experiment("ranker")
+    assert (after.generation, after.status, rig.share()) == (1, before.status, 10)
+
+
+def test_changed_variants_mid_rollout_restart_it_at_the_first_step(rig: Rig) -> None:
+    rig.start(spec_of())
+    c = rig.controller()
+    c.tick()
+    c.tick()
+    assert rig.share() == 50
+    doc = spec_of()
+    doc["variants"][1]["destination"]["subset"] = "v3"  # a new candidate model
+    apply_spec(rig.store, load_spec(doc))
+    assert rig.share() == 50  # nothing moves before the controller observes it
+    rig.provider.values["p99_latency_ms"] = None
+    c.tick()
+    record = rig.store.get_experiment("ranker")
+    assert rig.share() == 10 and record.status.observed_generation == 2
+    assert record.phase == "canary-1"  # a fresh sample for the new arm
+    assert rig.actions() == ["start", "step", "restart"]
+    assert "generation 2 changed the arms" in rig.store.audit(record.uid)[-1]["what"]
+
+
+def test_changed_steps_take_effect_at_the_next_step(rig: Rig) -> None:
+    rig.start(spec_of(steps=(10, 50)))
+    c = rig.controller()
+    c.tick()
+    apply_spec(rig.store, load_spec(spec_of(steps=(10, 20, 30))))
+    rig.provider.values["error_ratio"] = None
+    c.tick()  # observed: no jump, the share stays
+    assert rig.share() == 10 and rig.actions()[-1] == "replan"
+    rig.provider.values["error_ratio"] = 0.0
+    c.tick()
+    assert rig.share() == 20  # the new plan's next step, not 50
+
+
+def test_two_experiments_on_one_target_the_second_waits(rig: Rig) -> None:
+    rig.start(spec_of("first"))
+    second = spec_of("second")
+    second["rollout"]["target"] = {"path": "first.yaml"}  # the same manifest
+    rig.start(second)
+    c = rig.controller()
+    for _ in range(3):
+        c.tick()
+    blocked = rig.store.get_experiment("second")
+    ready = blocked.status.condition("RouteTargetReady")
+    assert ready is not None and ready.reason == "TargetClaimed" and "'first'" in ready.message
+    assert blocked.status.rollout is None and rig.share("second") == 0
+    assert {p.experiment for p in rig.router("first").plans} == {"first"}  # never a flip-flop
+    rig.store.get_experiment("first")
+    change_state(rig.store, "first", Action.STOP)
+    c.tick()  # first rolls back and is confirmed: the target is free
+    c.tick()
+    assert rig.store.get_experiment("second").status.rollout is not None
+    assert rig.router("first").plans[-1].experiment == "second"
+
+
+def test_two_experiments_on_their_own_targets_move_side_by_side(rig: Rig) -> None:
+    rig.start(spec_of("one"))
+    rig.start(spec_of("two"))
+    c = rig.controller()
+    c.tick()
+    c.tick()
+    assert rig.share("one") == rig.share("two") == 50
+    assert rig.router("one").plans[-1].experiment == "one"
+    assert rig.router("two").plans[-1].experiment == "two"
+
+
+def test_delete_and_recreate_starts_from_the_first_step(rig: Rig) -> None:
+    doc = spec_of(steps=(10,))
+    doc["rollout"]["phases"] = [doc["rollout"]["phases"][0], {"kind": "promote"}]
+    rig.start(doc)
+    c = rig.controller()
+    for _ in range(3):
+        c.tick()
+    old = rig.store.get_experiment("ranker")
+    assert old.status.outcome is Outcome.PROMOTED and rig.router().weights == {"candidate": 100}
+    rig.store.delete_experiment("ranker")
+    rig.start(doc)
+    c.tick()
+    new = rig.store.get_experiment("ranker")
+    assert new.uid != old.uid and rig.share() == 10
+    assert rig.router().weights == {"stable": 90, "candidate": 10}
+    assert rig.actions() == ["start"]  # nothing of the old one's history
+
+
+def test_a_concluded_experiment_is_final(rig: Rig) -> None:
+    doc = spec_of(steps=(10,))
+    doc["rollout"]["phases"] = [doc["rollout"]["phases"][0], {"kind": "promote"}]
+    rig.start(doc)
+    c = rig.controller()
+    for _ in range(3):
+        c.tick()
+    record = rig.store.get_experiment("ranker")
+    assert (record.state, record.status.outcome) == (State.CONCLUDED, Outcome.PROMOTED)
+    main = record.status.phase_record("main")
+    assert main is not None and main.ended_at is not None
+    with pytest.raises(ConflictError, match="final"):
+        change_state(rig.store, "ranker", Action.START)
+    writes = len(rig.router().plans)
+    version = record.status.version
+    c.tick()  # settled: no lease, no write, the target is left to others
+    assert len(rig.router().plans) == writes
+    assert rig.store.get_experiment("ranker").status.version == version
+    assert c.held == set()
+
+
+def test_stop_rolls_a_running_rollout_back_and_keeps_the_outcome(rig: Rig) -> None:
+    rig.start(spec_of())
+    c = rig.controller()
+    c.tick()
+    change_state(rig.store, "ranker", Action.STOP)
+    c.tick()
+    record = rig.store.get_experiment("ranker")
+    assert record.status.outcome is Outcome.STOPPED and rig.router().weights == {"stable": 100}
+    whats = [e["what"] for e in rig.store.audit(record.uid)]
+    assert whats[-2] == "stop: now concluded" and rig.actions() == ["start", "rollback"]
+
+
+def test_no_guardrail_data_past_the_deadline_rolls_back(rig: Rig) -> None:
+    rig.start(spec_of(progress_deadline_s=60))
+    c = rig.controller()
+    c.tick()
+    rig.provider.values["p99_latency_ms"] = None
+    rig.clock.now += 30
+    c.tick()
+    assert rig.share() == 10
+    rig.clock.now += 31
+    c.tick()
+    record = rig.store.get_experiment("ranker")
+    assert record.status.outcome is Outcome.ROLLED_BACK
+    last = rig.store.audit(record.uid)[-1]
+    assert last["action"] == "rollback" and "no guardrail data for 61 s" in last["what"]
+
+
+def test_on_no_data_hold_keeps_the_step_and_says_so_once(rig: Rig) -> None:
+    rig.start(spec_of(progress_deadline_s=60, on_no_data="hold"))
+    c = rig.controller()
+    c.tick()
+    rig.provider.values["p99_latency_ms"] = None
+    for _ in range(4):
+        rig.clock.now += 40
+        c.tick()
+    record = rig.store.get_experiment("ranker")
+    progressing = record.status.condition("Progressing")
+    assert progressing is not None and (progressing.status, progressing.reason) == (
+        "False",
+        "NoData",
+    )
+    assert rig.share() == 10 and rig.actions() == ["start", "hold"]
+    rig.provider.values["p99_latency_ms"] = 20.0
+    c.tick()
+    assert rig.share() == 50  # data is back: the rollout goes on
+
+
+def test_a_canary_step_that_never_completes_hits_the_deadline(rig: Rig) -> None:
+    doc = spec_of(progress_deadline_s=60)
+    doc["rollout"]["phases"][0]["min_units"] = 1000  # never reached: no traffic
+    rig.start(doc)
+    c = rig.controller()
+    c.tick()
+    rig.clock.now += 61
+    c.tick()
+    record = rig.store.get_experiment("ranker")
+    assert record.status.outcome is Outcome.ROLLED_BACK
+    assert "canary step 1 has not completed in 60 s" in rig.store.audit(record.uid)[-1]["what"]
+
+
+def test_a_failing_guardrail_rolls_back_at_once(rig: Rig) -> None:
+    rig.start(spec_of())
+    c = rig.controller()
+    c.tick()
+    rig.provider.values["error_ratio"] = 0.05
+    c.tick()
+    record = rig.store.get_experiment("ranker")
+    assert record.status.outcome is Outcome.ROLLED_BACK and rig.share() == 0
+    healthy = record.status.condition("GuardrailsHealthy")
+    assert healthy is not None and healthy.status == "False"
+    assert rig.router().weights == {"stable": 100}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_leases_split_experiments_and_a_dead_controller_is_replaced(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    rig = Rig(request.getfixturevalue(f"{backend}_store_url"), tmp_path)
+    names = ("a", "b", "c", "d")
+    for name in names:
+        rig.start(spec_of(name))
+    one, two = rig.controller("one", lease_s=0.5), rig.controller("two", lease_s=0.5)
+    one.tick()
+    assert len(one.held) == 4  # alone: it takes them all
+    two.tick()  # a second one announces itself; `one` gives up what is beyond its share
+    one.tick()
+    two.tick()
+    assert len(one.held) == len(two.held) == 2 and not one.held & two.held
+    for name in names:  # each experiment driven by exactly one controller
+        uid = rig.store.get_experiment(name).uid
+        movers = {e["by"] for e in rig.store.audit(uid) if e["action"] != "lifecycle"}
+        assert len(movers) == 1 or uid in two.held, (name, movers)
+    # `two` dies without releasing anything: once its leases lapse, `one` drives all four.
+    wait_until(lambda: one.tick() or len(one.held) == 4, "takeover", timeout=10)
+    two.tick()  # back from the dead: it must not act on what `one` holds now
+    assert len(two.held) < 4 and not one.held & two.held
+    # A controller started again under the same id resumes its leases at once.
+    again = rig.controller("one", lease_s=0.5)
+    again.tick()  # (its share is 2 again: `two` announced itself)
+    assert len(again.held) == 2 and again.held <= one.held
+    again.release_leases()
+    one.release_leases()
+    two.tick()
+    two.tick()
+    assert len(two.held) >= 2  # released: taken up on the next ticks
+    rig.store.close()
+
+
+def test_manual_commands_go_through_the_status(rig: Rig) -> None:
+    from typer.testing import CliRunner
+
+    from experiments.cli import app
+
+    rig.start(spec_of())
+    c = rig.controller()
+    c.tick()
+    result = CliRunner().invoke(app, ["promote", "ranker", "--store", rig.url])
+    assert result.exit_code == 0, result.output
+    c.tick()
+    record = rig.store.get_experiment("ranker")
+    assert record.status.outcome is Outcome.PROMOTED
+    assert rig.router().weights == {"candidate": 100}
+    assert rig.actions() == ["start", "promote"]
+
+
+def test_the_controller_reports_its_decisions_and_positions(rig: Rig) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    rig.start(spec_of())
+    c = rig.controller()
+    c.tick()
+    c.tick()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(c.telemetry.exposition().decode())
+        for s in family.samples
+    }
+    assert samples[("abmesh_controller_decisions_total", (("action", "step"),))] == 1
+    assert samples[("abmesh_controller_candidate_weight", (("experiment", "ranker"),))] == 50
+    assert samples[("abmesh_controller_leases_held", ())] == 1
+    assert samples[("abmesh_controller_ticks_total", (("result", "ok"),))] == 2
+
+
+def test_after_a_promotion_decide_answers_the_ab_verdict_and_nothing_more_enters(
+    rig: Rig,
+) -> None:
+    import random
+
+    from typer.testing import CliRunner
+
+    from assignment.collector import ingest, parse_events
+    from experiments.cli import app
+    from experiments.folding import Event, FoldPlan
+
+    doc = spec_of()
+    doc["rollout"]["phases"] = [{"kind": "ab", "split": 50}, {"kind": "promote"}]
+    spec = rig.start(doc)
+    c = rig.controller()
+    c.tick()
+    record = rig.store.get_experiment("ranker")
+    assert record.phase == "ab-1" and rig.share() == 50
+    plan, rng = FoldPlan.from_spec(spec), random.Random(7)
+    arms = {f"u{i}": "stable" if i % 2 else "candidate" for i in range(4000)}
+    rig.store.record_exposures("ranker", "ab-1", plan, {u: (a, 1.0) for u, a in arms.items()})
+    clicks = [
+        Event(f"e-{u}", u, "click", 1.0, 2.0)
+        for u, a in arms.items()
+        if rng.random() < (0.30 if a == "candidate" else 0.10)
+    ]
+    rig.store.ingest_events("ranker", "ab-1", plan, clicks)
+    for _ in range(3):
+        c.tick()
+    record = rig.store.get_experiment("ranker")
+    assert record.status.outcome is Outcome.PROMOTED and rig.router().weights == {"candidate": 100}
+    assert record.phase == "ab-1"  # the analysed phase stays the one the verdict came from
+    result = CliRunner().invoke(app, ["decide", "ranker", "--store", rig.url, "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert '"status": "winner"' in result.output and "invalid" not in result.output
+    # Concluded means concluded: later events are refused, assignment exposes nobody.
+    records = {"ranker": record}
+    parsed = parse_events(
+        [{"event_id": "late", "experiment": "ranker", "unit": "u1", "metric": "click"}],
+        records, {"ranker": plan},
+    )  # fmt: skip
+    assert [r.reason for _, r in parsed.rejected] == ["concluded"]
+    assert ingest(rig.store, parsed, records, {"ranker": plan}).accepted == 0
+    from assignment import assign
+
+    a = assign(record.effective_spec, "someone-new", active=False)
+    assert (a.variant, a.in_experiment) == ("candidate", False)
