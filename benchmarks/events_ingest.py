@@ -25,9 +25,10 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from controlplane.lifecycle import Action, change_state
 from experiments import load_spec
 from experiments.folding import Event, FoldPlan
-from experiments.store import ExperimentStatus, open_store
+from experiments.store import open_store
 from tests.servers import start_redis, start_service
 
 BATCH = 500
@@ -63,7 +64,7 @@ def prepare(url: str, units: int) -> None:
     store = open_store(url)
     spec = load_spec(SPEC)
     store.put_experiment(spec)
-    store.set_status("bench", ExperimentStatus.RUNNING)
+    change_state(store, "bench", Action.START)
     plan = FoldPlan.from_spec(spec)
     exposures = {f"u{i}": ("control" if i % 2 else "treatment", 1.0) for i in range(units)}
     store.record_exposures("bench", "main", plan, exposures)

@@ -22,8 +22,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from controlplane.lifecycle import Action, change_state
 from experiments import EXAMPLES_DIR, load_spec
-from experiments.store import ExperimentStatus, open_store
+from experiments.store import open_store
 from tests.envoy_stack import start_stack
 from tests.servers import start_service
 
@@ -73,7 +74,7 @@ def main() -> None:
         store.put_experiment(
             load_spec(yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text()))
         )
-        store.set_status("ranker-v2", ExperimentStatus.RUNNING)
+        change_state(store, "ranker-v2", Action.START)
         store.close()
         service = start_service(url, workdir)
         stack = start_stack(service.port, workdir)

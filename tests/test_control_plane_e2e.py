@@ -70,8 +70,8 @@ class Users:
                 try:
                     a = http.get(f"{service}/v1/assign/{name}", params={"unit": unit}).json()
                     sent = time.time()
-                    reply = http.get(front, headers={"host": EXPERIMENTS[name][0],
-                                                     "x-user-group": a["header"]["value"]})  # fmt: skip
+                    headers = {"host": EXPERIMENTS[name][0], "x-user-group": a["header"]["value"]}
+                    reply = http.get(front, headers=headers)
                     self.seen.append((sent, name, a["variant"], reply.headers.get("x-model", "?")))
                 except (httpx.HTTPError, KeyError, ValueError):
                     time.sleep(0.02)
@@ -123,7 +123,8 @@ def test_two_rollouts_share_one_envoy_without_touching_each_other(
                 ("beta", "stable"): "v1", ("beta", "candidate"): "v3"}  # fmt: skip
     for name, outcome, final_model in (("alpha", "promoted", "v2"), ("beta", "rolled_back", "v1")):
         record = store.get_experiment(name)
-        assert record.status.outcome is not None and record.status.outcome.value == outcome
+        assert record.status.outcome is not None
+        assert record.status.outcome.value == outcome
         entries = moves(store, name)
         ended = entries[-1]["at"]
         during = [(v, m) for t, n, v, m in users.seen if n == name and t < ended]
@@ -131,16 +132,19 @@ def test_two_rollouts_share_one_envoy_without_touching_each_other(
         served = {v: sum(x == v for x, _ in during) for v in ("stable", "candidate")}
         print(f"{name} ({controllers} controller(s)): {len(during)} requests while running,"
               f" {served}, {len(wrong)} served by another arm's model; then {outcome}")  # fmt: skip
-        assert served["candidate"] > 20 and served["stable"] > 20
+        assert served["candidate"] > 20
+        assert served["stable"] > 20
         assert wrong == []  # every request of an assigned unit reached its arm's model
         after = [m for t, n, _, m in users.seen if n == name and t > settled]
-        assert after and set(after) == {final_model}
+        assert after
+        assert set(after) == {final_model}
         actions = [e["action"] for e in entries]
         assert actions == (["start", "step", "promote"] if name == "alpha" else
                            ["start", "rollback"])  # fmt: skip
         assert len({e["by"] for e in entries}) == 1  # one controller drove each experiment
     document = stack.routes_file.read_text()
-    assert "abmesh-alpha" in document and "abmesh-beta" in document
+    assert "abmesh-alpha" in document
+    assert "abmesh-beta" in document
 
 
 def test_a_killed_controller_is_replaced_and_a_stopped_one_hands_over_at_once(
@@ -181,8 +185,10 @@ def test_a_killed_controller_is_replaced_and_a_stopped_one_hands_over_at_once(
           f" (lease 6 s + interval 2 s = 8 s at most); SIGTERM of {heir}: exit {code} in"
           f" {exited:.2f} s, lease released: {released}; a new controller held it"
           f" {handed:.1f} s after the signal (its start-up included)")  # fmt: skip
-    assert code == 0 and released  # a clean exit that gave its lease up
+    assert code == 0
+    assert released
     entries = moves(store, "alpha")
     assert {e["by"] for e in entries} >= {driver, heir}
     shares = [e["weights"].get("candidate") for e in entries]
-    assert shares == sorted(shares) and len(shares) == len(set(shares))  # none twice or back
+    assert shares == sorted(shares)
+    assert len(shares) == len(set(shares))

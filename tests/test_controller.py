@@ -137,18 +137,22 @@ def test_a_canary_walks_its_steps_with_status_not_spec(rig: Rig) -> None:
     c = rig.controller()
     c.tick()
     record = rig.store.get_experiment("ranker")
-    assert rig.share() == 10 and rig.router().weights == {"stable": 90, "candidate": 10}
+    assert rig.share() == 10
+    assert rig.router().weights == {"stable": 90, "candidate": 10}
     assert record.spec == spec  # the controller never writes the spec
-    assert record.generation == 1 and record.status.observed_generation == 1
+    assert record.generation == 1
+    assert record.status.observed_generation == 1
     ready = record.status.condition("RouteTargetReady")
-    assert ready is not None and ready.status == "True"
+    assert ready is not None
+    assert ready.status == "True"
     c.tick()
     assert rig.share() == 50
     c.tick()  # canary done: the A/B phase gets its own sample, planned at 50/50
     record = rig.store.get_experiment("ranker")
     assert record.phase == "ab-1"
     planned = record.status.phase_record()
-    assert planned is not None and planned.weights == {"stable": 50.0, "candidate": 50.0}
+    assert planned is not None
+    assert planned.weights == {"stable": 50.0, "candidate": 50.0}
     assert rig.actions() == ["start", "step", "phase"]
 
 
@@ -159,14 +163,21 @@ def test_a_router_error_after_persist_loses_no_audit_entry(rig: Rig) -> None:
     rig.router().fail = 1
     c.tick()  # decides 50 %, persists it with its entry, then the router fails
     record = rig.store.get_experiment("ranker")
-    assert rig.share() == 50 and rig.router().weights == {"stable": 90, "candidate": 10}
+    assert rig.share() == 50
+    assert rig.router().weights == {"stable": 90, "candidate": 10}
     ready = record.status.condition("RouteTargetReady")
-    assert ready is not None and (ready.status, ready.reason) == ("False", "RouterError")
+    assert ready is not None
+    assert (ready.status, ready.reason) == ("False", "RouterError")
     rig.provider.values["p99_latency_ms"] = None  # hold the canary where it is
     c.tick()  # repaired: the stored state is applied, nothing decided twice
     assert rig.router().weights == {"stable": 50, "candidate": 50}
     assert rig.actions() == ["start", "step"]
-    assert c.telemetry.exposition().count(b'abmesh_controller_router_errors_total{router="manifests"} 1.0') == 1  # noqa: E501
+    assert (
+        c.telemetry.exposition().count(
+            b'abmesh_controller_router_errors_total{router="manifests"} 1.0'
+        )
+        == 1
+    )
 
 
 def test_a_crash_between_persist_and_apply_is_repaired_by_the_next_tick(
@@ -182,7 +193,8 @@ def test_a_crash_between_persist_and_apply_is_repaired_by_the_next_tick(
     monkeypatch.setattr(c, "_apply", crash)
     with pytest.raises(SystemExit):
         c.tick()
-    assert rig.share() == 50 and rig.router().weights["candidate"] == 10
+    assert rig.share() == 50
+    assert rig.router().weights["candidate"] == 10
     rig.provider.values["error_ratio"] = None  # no further step: only the repair
     restarted = rig.controller()  # the same owner id, as after a restart
     restarted.tick()
@@ -211,11 +223,13 @@ def test_a_compare_and_set_conflict_writes_nothing_and_the_next_tick_redoes_it(
     c.tick()  # would enter the A/B phase
     after = rig.store.get_experiment("ranker")
     assert after.phase == before.phase == "main"  # no half-switched phase
-    assert after.status.rollout is not None and after.status.rollout["phase"] == 0
+    assert after.status.rollout is not None
+    assert after.status.rollout["phase"] == 0
     assert rig.actions() == ["start"]
     c.tick()
     record = rig.store.get_experiment("ranker")
-    assert record.phase == "ab-1" and record.status.rollout["phase"] == 1  # type: ignore[index]
+    assert record.phase == "ab-1"
+    assert record.status.rollout["phase"] == 1
     assert rig.actions() == ["start", "phase"]
 
 
@@ -244,7 +258,8 @@ def test_changed_variants_mid_rollout_restart_it_at_the_first_step(rig: Rig) -> 
     rig.provider.values["p99_latency_ms"] = None
     c.tick()
     record = rig.store.get_experiment("ranker")
-    assert rig.share() == 10 and record.status.observed_generation == 2
+    assert rig.share() == 10
+    assert record.status.observed_generation == 2
     assert record.phase == "canary-1"  # a fresh sample for the new arm
     assert rig.actions() == ["start", "step", "restart"]
     assert "generation 2 changed the arms" in rig.store.audit(record.uid)[-1]["what"]
@@ -257,7 +272,8 @@ def test_changed_steps_take_effect_at_the_next_step(rig: Rig) -> None:
     apply_spec(rig.store, load_spec(spec_of(steps=(10, 20, 30))))
     rig.provider.values["error_ratio"] = None
     c.tick()  # observed: no jump, the share stays
-    assert rig.share() == 10 and rig.actions()[-1] == "replan"
+    assert rig.share() == 10
+    assert rig.actions()[-1] == "replan"
     rig.provider.values["error_ratio"] = 0.0
     c.tick()
     assert rig.share() == 20  # the new plan's next step, not 50
@@ -273,8 +289,11 @@ def test_two_experiments_on_one_target_the_second_waits(rig: Rig) -> None:
         c.tick()
     blocked = rig.store.get_experiment("second")
     ready = blocked.status.condition("RouteTargetReady")
-    assert ready is not None and ready.reason == "TargetClaimed" and "'first'" in ready.message
-    assert blocked.status.rollout is None and rig.share("second") == 0
+    assert ready is not None
+    assert ready.reason == "TargetClaimed"
+    assert "'first'" in ready.message
+    assert blocked.status.rollout is None
+    assert rig.share("second") == 0
     assert {p.experiment for p in rig.router("first").plans} == {"first"}  # never a flip-flop
     rig.store.get_experiment("first")
     change_state(rig.store, "first", Action.STOP)
@@ -303,12 +322,14 @@ def test_delete_and_recreate_starts_from_the_first_step(rig: Rig) -> None:
     for _ in range(3):
         c.tick()
     old = rig.store.get_experiment("ranker")
-    assert old.status.outcome is Outcome.PROMOTED and rig.router().weights == {"candidate": 100}
+    assert old.status.outcome is Outcome.PROMOTED
+    assert rig.router().weights == {"candidate": 100}
     rig.store.delete_experiment("ranker")
     rig.start(doc)
     c.tick()
     new = rig.store.get_experiment("ranker")
-    assert new.uid != old.uid and rig.share() == 10
+    assert new.uid != old.uid
+    assert rig.share() == 10
     assert rig.router().weights == {"stable": 90, "candidate": 10}
     assert rig.actions() == ["start"]  # nothing of the old one's history
 
@@ -323,7 +344,8 @@ def test_a_concluded_experiment_is_final(rig: Rig) -> None:
     record = rig.store.get_experiment("ranker")
     assert (record.state, record.status.outcome) == (State.CONCLUDED, Outcome.PROMOTED)
     main = record.status.phase_record("main")
-    assert main is not None and main.ended_at is not None
+    assert main is not None
+    assert main.ended_at is not None
     with pytest.raises(ConflictError, match="final"):
         change_state(rig.store, "ranker", Action.START)
     writes = len(rig.router().plans)
@@ -341,9 +363,11 @@ def test_stop_rolls_a_running_rollout_back_and_keeps_the_outcome(rig: Rig) -> No
     change_state(rig.store, "ranker", Action.STOP)
     c.tick()
     record = rig.store.get_experiment("ranker")
-    assert record.status.outcome is Outcome.STOPPED and rig.router().weights == {"stable": 100}
+    assert record.status.outcome is Outcome.STOPPED
+    assert rig.router().weights == {"stable": 100}
     whats = [e["what"] for e in rig.store.audit(record.uid)]
-    assert whats[-2] == "stop: now concluded" and rig.actions() == ["start", "rollback"]
+    assert whats[-2] == "stop: now concluded"
+    assert rig.actions() == ["start", "rollback"]
 
 
 def test_no_guardrail_data_past_the_deadline_rolls_back(rig: Rig) -> None:
@@ -359,7 +383,8 @@ def test_no_guardrail_data_past_the_deadline_rolls_back(rig: Rig) -> None:
     record = rig.store.get_experiment("ranker")
     assert record.status.outcome is Outcome.ROLLED_BACK
     last = rig.store.audit(record.uid)[-1]
-    assert last["action"] == "rollback" and "no guardrail data for 61 s" in last["what"]
+    assert last["action"] == "rollback"
+    assert "no guardrail data for 61 s" in last["what"]
 
 
 def test_on_no_data_hold_keeps_the_step_and_says_so_once(rig: Rig) -> None:
@@ -372,11 +397,13 @@ def test_on_no_data_hold_keeps_the_step_and_says_so_once(rig: Rig) -> None:
         c.tick()
     record = rig.store.get_experiment("ranker")
     progressing = record.status.condition("Progressing")
-    assert progressing is not None and (progressing.status, progressing.reason) == (
+    assert progressing is not None
+    assert (progressing.status, progressing.reason) == (
         "False",
         "NoData",
     )
-    assert rig.share() == 10 and rig.actions() == ["start", "hold"]
+    assert rig.share() == 10
+    assert rig.actions() == ["start", "hold"]
     rig.provider.values["p99_latency_ms"] = 20.0
     c.tick()
     assert rig.share() == 50  # data is back: the rollout goes on
@@ -402,9 +429,11 @@ def test_a_failing_guardrail_rolls_back_at_once(rig: Rig) -> None:
     rig.provider.values["error_ratio"] = 0.05
     c.tick()
     record = rig.store.get_experiment("ranker")
-    assert record.status.outcome is Outcome.ROLLED_BACK and rig.share() == 0
+    assert record.status.outcome is Outcome.ROLLED_BACK
+    assert rig.share() == 0
     healthy = record.status.condition("GuardrailsHealthy")
-    assert healthy is not None and healthy.status == "False"
+    assert healthy is not None
+    assert healthy.status == "False"
     assert rig.router().weights == {"stable": 100}
 
 
@@ -422,7 +451,8 @@ def test_leases_split_experiments_and_a_dead_controller_is_replaced(
     two.tick()  # a second one announces itself; `one` gives up what is beyond its share
     one.tick()
     two.tick()
-    assert len(one.held) == len(two.held) == 2 and not one.held & two.held
+    assert len(one.held) == len(two.held) == 2
+    assert not one.held & two.held
     for name in names:  # each experiment driven by exactly one controller
         uid = rig.store.get_experiment(name).uid
         movers = {e["by"] for e in rig.store.audit(uid) if e["action"] != "lifecycle"}
@@ -430,11 +460,13 @@ def test_leases_split_experiments_and_a_dead_controller_is_replaced(
     # `two` dies without releasing anything: once its leases lapse, `one` drives all four.
     wait_until(lambda: one.tick() or len(one.held) == 4, "takeover", timeout=10)
     two.tick()  # back from the dead: it must not act on what `one` holds now
-    assert len(two.held) < 4 and not one.held & two.held
+    assert len(two.held) < 4
+    assert not one.held & two.held
     # A controller started again under the same id resumes its leases at once.
     again = rig.controller("one", lease_s=0.5)
     again.tick()  # (its share is 2 again: `two` announced itself)
-    assert len(again.held) == 2 and again.held <= one.held
+    assert len(again.held) == 2
+    assert again.held <= one.held
     again.release_leases()
     one.release_leases()
     two.tick()
@@ -495,7 +527,8 @@ def test_after_a_promotion_decide_answers_the_ab_verdict_and_nothing_more_enters
     c = rig.controller()
     c.tick()
     record = rig.store.get_experiment("ranker")
-    assert record.phase == "ab-1" and rig.share() == 50
+    assert record.phase == "ab-1"
+    assert rig.share() == 50
     plan, rng = FoldPlan.from_spec(spec), random.Random(7)
     arms = {f"u{i}": "stable" if i % 2 else "candidate" for i in range(4000)}
     rig.store.record_exposures("ranker", "ab-1", plan, {u: (a, 1.0) for u, a in arms.items()})
@@ -508,11 +541,13 @@ def test_after_a_promotion_decide_answers_the_ab_verdict_and_nothing_more_enters
     for _ in range(3):
         c.tick()
     record = rig.store.get_experiment("ranker")
-    assert record.status.outcome is Outcome.PROMOTED and rig.router().weights == {"candidate": 100}
+    assert record.status.outcome is Outcome.PROMOTED
+    assert rig.router().weights == {"candidate": 100}
     assert record.phase == "ab-1"  # the analysed phase stays the one the verdict came from
     result = CliRunner().invoke(app, ["decide", "ranker", "--store", rig.url, "-o", "json"])
     assert result.exit_code == 0, result.output
-    assert '"status": "winner"' in result.output and "invalid" not in result.output
+    assert '"status": "winner"' in result.output
+    assert "invalid" not in result.output
     # Concluded means concluded: later events are refused, assignment exposes nobody.
     records = {"ranker": record}
     parsed = parse_events(
@@ -525,3 +560,48 @@ def test_after_a_promotion_decide_answers_the_ab_verdict_and_nothing_more_enters
 
     a = assign(record.effective_spec, "someone-new", active=False)
     assert (a.variant, a.in_experiment) == ("candidate", False)
+
+
+def test_the_manifests_router_writes_one_file_per_experiment(rig: Rig, tmp_path: Path) -> None:
+    import yaml
+
+    one = spec_of("one")
+    one["rollout"]["target"] = {"path": "models/one.yaml", "gateways": ["istio-system/edge",
+                                                                         "mesh"]}  # fmt: skip
+    rig.start(one)
+    rig.start(spec_of("two"))
+    c = Controller(
+        open_store(rig.url), Routers(rig.defaults), rig.provider, owner="c1", interval=1.0,
+        clock=rig.clock,
+    )  # fmt: skip
+    c.tick()
+    c.tick()
+    files = {p.relative_to(tmp_path).as_posix(): p for p in tmp_path.rglob("*.yaml")}
+    assert set(files) == {"models/one.yaml", "two.yaml"}
+    texts = {name: p.read_text() for name, p in files.items()}
+    vs = next(yaml.safe_load_all(texts["models/one.yaml"]))
+    assert vs["kind"] == "VirtualService"
+    assert vs["spec"]["gateways"] == ["istio-system/edge", "mesh"]
+    weights = {r["destination"]["subset"]: r["weight"] for r in vs["spec"]["http"][-1]["route"]}
+    assert weights == {"v1": 50, "v2": 50}
+    rig.provider.values["p99_latency_ms"] = None
+    c.tick()  # nothing moved: no file is rewritten
+    assert {name: p.read_text() for name, p in files.items()} == texts
+
+
+def test_a_target_the_controller_cannot_build_is_a_condition(rig: Rig) -> None:
+    doc = spec_of()
+    doc["rollout"]["target"] = {"router": "envoy"}  # but this controller has no RDS file
+    rig.start(doc)
+    c = rig.controller()
+    c.tick()
+    record = rig.store.get_experiment("ranker")
+    ready = record.status.condition("RouteTargetReady")
+    assert ready is not None
+    assert ready.reason == "NoTarget"
+    assert "--envoy-routes" in ready.message
+    assert record.status.rollout is None
+    assert rig.share() == 0
+    version = record.status.version
+    c.tick()  # the same condition: no new write
+    assert rig.store.get_experiment("ranker").status.version == version

@@ -222,7 +222,8 @@ def test_a_regressing_candidate_is_rolled_back_to_stable(
     assert failed
     assert failed[0]["name"] == ("p99_latency_ms" if "delay_ms" in regression else "error_ratio")
     assert record.status.rollout["status"] == "rolled_back"  # type: ignore[index]
-    assert record.status.outcome is not None and record.status.outcome.value == "rolled_back"
+    assert record.status.outcome is not None
+    assert record.status.outcome.value == "rolled_back"
 
 
 def test_a_restarted_controller_resumes_at_the_same_step(
