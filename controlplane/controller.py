@@ -201,8 +201,11 @@ class Controller:
                 f"{target.where} is held by experiment {held_by.name!r} (uid {held_by.uid});"
                 " this rollout waits until that one concludes"
             )
-            self._note(record, status.with_condition("RouteTargetReady", False, "TargetClaimed",
-                                                     why, now))  # fmt: skip
+            # Its users get the control variant meanwhile: the routes are another's.
+            waiting = replace(status, weights={record.spec.control_variant.key: 100.0})
+            self._note(
+                record, waiting.with_condition("RouteTargetReady", False, "TargetClaimed", why, now)
+            )
             return
         decided = self.judge.decide(record, now)
         if decided is None:

@@ -140,6 +140,10 @@ class Judge:
             audit.append(self.entry(record, state, "promote",
                                      enter_phase(spec, state, state.phase, now)))  # fmt: skip
             return status
+        progressing = status.condition("Progressing")
+        if progressing is not None and progressing.reason in ("ExperimentPaused", "Paused"):
+            # Back from a pause: the time it was held is not a missed deadline.
+            state.data_at = state.resumed_at = now
         thresholds = read_guardrails(spec, self.provider, self._labels(spec))
         checks = [t.check() for t in thresholds]
         readings = [{"name": c.name, "value": c.value, "limit": c.limit, "status": c.status}
@@ -156,8 +160,7 @@ class Judge:
             return status
         if not missing:
             state.data_at = now
-            held = status.condition("Progressing")
-            if held is not None and held.reason == "NoData":
+            if progressing is not None and progressing.reason == "NoData":
                 state.resumed_at = now  # the step's evidence starts again
         late = self._late(spec, state, phase, now)
         if late is not None:

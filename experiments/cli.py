@@ -82,7 +82,7 @@ def get_experiments(store: StoreOpt = None, output: OutputOpt = Output.TEXT) -> 
         return
     table = Table("NAME", "STATE", "OUTCOME", "PHASE", "ROLLOUT", "WEIGHTS", "GEN", box=None)
     for r in records:
-        split = " / ".join(f"{v.key}={v.weight:g}%" for v in r.effective_spec.variants)
+        split = " / ".join(f"{k}={w:g}%" for k, w in r.served_weights.items())
         where = position(r)
         rollout = f"{where['kind']} {where['phase']}/{where['of']}" if where else "-"
         outcome = r.status.outcome.value if r.status.outcome else "-"
@@ -169,7 +169,7 @@ def assign_cmd(
             fail(f"--header {item!r} must look like NAME=VALUE")
         headers[name] = value
     with store_for(store) as st:
-        spec = st.get_experiment(experiment).spec
+        spec = st.get_experiment(experiment).effective_spec
         results = assign_many(spec, units, headers=headers, sticky=st)
     if output is not Output.TEXT:
         rows = [

@@ -14,11 +14,12 @@ from experiments.store import ExperimentRecord, Snapshot, StatsStore
 
 def record_data(record: ExperimentRecord, *, defaults: bool = True) -> dict[str, Any]:
     """An experiment as `{"name", "generation", "created_at", "updated_at", "spec", "status"}`,
-    as Kubernetes shows an object (the spec without defaults, if asked)."""
+    as Kubernetes shows an object (the spec without defaults, if asked); `status.weights` is
+    what assignment hands out now."""
     status = record.status.to_dict()
     status.pop("rollout")  # the controller's working state: `status.position` summarises it
     status["position"] = position(record)
-    status["weights"] = {v.key: v.weight for v in record.effective_spec.variants}
+    status["weights"] = record.served_weights
     return {
         "name": record.name,
         "generation": record.generation,

@@ -271,9 +271,9 @@ def test_spec_copies_assign_identically() -> None:
 
 
 def test_inactive_experiment_gives_control_except_to_overrides() -> None:
-    spec = make_spec(0, 100, overrides=OVERRIDES)
-    assert assign(spec, "someone").variant == "v1"
-    idle = assign(spec, "someone", active=False)
+    spec = make_spec(10, 90, overrides=OVERRIDES)
+    someone = next(u for u in UNITS if assign(spec, u).variant == "v1")
+    idle = assign(spec, someone, active=False)
     assert (idle.variant, idle.in_experiment, idle.reason) == ("v0", False, Reason.INACTIVE)
     assert assign(spec, "qa-1", active=False).reason is Reason.OVERRIDE_UNIT
     forced = assign(spec, "x", headers={"x-user-group": "internal-testers"}, active=False)
@@ -284,3 +284,11 @@ def test_inactive_experiment_gives_control_except_to_overrides() -> None:
         ("v1", Reason.OVERRIDE_UNIT),
         ("v0", Reason.INACTIVE),
     ]
+
+
+def test_inactive_experiment_with_a_promoted_winner_gives_the_winner() -> None:
+    spec = make_spec(0, 100, overrides=OVERRIDES)  # a variant at 100 %: the promoted one
+    idle = assign(spec, "someone", active=False)
+    assert (idle.variant, idle.in_experiment, idle.reason) == ("v1", False, Reason.INACTIVE)
+    assert assign(spec, "qa-3", active=False).variant == "v0"  # overrides still apply
+    assert [a.variant for a in assign_many(spec, ["a", "qa-3"], active=False)] == ["v1", "v0"]

@@ -45,17 +45,20 @@ def write_spec(path: Path, treatment_weight: float, sticky: bool = True) -> Path
 
 def test_help_lists_the_commands() -> None:
     out = abmesh("--help").stdout
-    for command in ("apply", "get", "assign", "validate", "delete"):
+    for command in ("apply", "get", "assign", "validate", "delete", "start", "stop", "history"):
         assert command in out
 
 
 def test_apply_get_assign_on_the_default_sqlite_store(tmp_path: Path) -> None:
-    assert "created (revision 1)" in abmesh("apply", "-f", str(EXAMPLE), cwd=tmp_path).stdout
+    assert "created (generation 1)" in abmesh("apply", "-f", str(EXAMPLE), cwd=tmp_path).stdout
     assert (tmp_path / "abmesh.db").exists()  # the embedded default: a file in the working dir
-    assert "unchanged (revision 1)" in abmesh("apply", "-f", str(EXAMPLE), cwd=tmp_path).stdout
+    assert "unchanged (generation 1)" in abmesh("apply", "-f", str(EXAMPLE), cwd=tmp_path).stdout
     listing = abmesh("get", "experiments", cwd=tmp_path).stdout
+    assert listing.split()[:7] == ["NAME", "STATE", "OUTCOME", "PHASE", "ROLLOUT", "WEIGHTS", "GEN"]
     assert "ranker-v2" in listing
-    assert "control=50% / treatment=50%" in listing
+    assert "control=100% / treatment=0%" in listing  # a draft: everyone gets control
+    abmesh("start", "ranker-v2", cwd=tmp_path)
+    assert "control=50% / treatment=50%" in abmesh("get", "experiments", cwd=tmp_path).stdout
     out = abmesh("assign", "ranker-v2", "qa-1", cwd=tmp_path).stdout
     assert "qa-1: treatment (not in experiment, override-unit)  x-user-group: group-b" in out
     forced = abmesh(
@@ -67,7 +70,8 @@ def test_apply_get_assign_on_the_default_sqlite_store(tmp_path: Path) -> None:
     assert rows[0]["header"]["name"] == "x-user-group"
     assert rows[0]["header"]["value"] in {"group-a", "group-b"}
     shown = json.loads(abmesh("get", "experiment", "ranker-v2", "-o", "json", cwd=tmp_path).stdout)
-    assert (shown["revision"], shown["spec"]["name"]) == (1, "ranker-v2")
+    assert (shown["generation"], shown["spec"]["name"]) == (1, "ranker-v2")
+    assert (shown["status"]["state"], shown["status"]["phase"]) == ("running", "main")
 
 
 def test_stickiness_across_process_restarts(tmp_path: Path, store_url: str) -> None:
@@ -82,7 +86,29 @@ def test_stickiness_across_process_restarts(tmp_path: Path, store_url: str) -> N
     )
     assert [r["variant"] for r in after] == [r["variant"] for r in before]
     assert {r["reason"] for r in after} == {"sticky"}
-    assert "revision 2" in abmesh("get", "history", "ranker-v2", "--store", store_url).stdout
+    assert "generation 2" in abmesh("get", "history", "ranker-v2", "--store", store_url).stdout
+
+
+def test_start_stop_delete_and_the_history_by_uid(tmp_path: Path) -> None:
+    abmesh("apply", "-f", str(EXAMPLE), cwd=tmp_path)
+    assert "experiment ranker-v2 is running" in abmesh("start", "ranker-v2", cwd=tmp_path).stdout
+    assert "experiment ranker-v2 is concluded" in abmesh("stop", "ranker-v2", cwd=tmp_path).stdout
+    row = abmesh("get", "experiments", cwd=tmp_path).stdout.splitlines()[1]
+    assert row.split()[:4] == ["ranker-v2", "concluded", "stopped", "main"]
+    refused = abmesh("start", "ranker-v2", cwd=tmp_path, ok=False)
+    assert (refused.returncode, refused.stderr.count("\n")) == (1, 1)
+    assert "cannot start an experiment that is concluded" in refused.stderr
+    shown = json.loads(abmesh("get", "experiment", "ranker-v2", "-o", "json", cwd=tmp_path).stdout)
+    uid = shown["status"]["uid"]
+    deleted = abmesh("delete", "ranker-v2", "--keep-history", cwd=tmp_path).stdout
+    assert f"(uid {uid}) deleted" in deleted
+    kept = json.loads(abmesh("history", "--uid", uid, "-o", "json", cwd=tmp_path).stdout)
+    assert [e["state"] for e in kept] == ["running", "concluded"]
+    abmesh("apply", "-f", str(EXAMPLE), cwd=tmp_path)  # the same name again: a new experiment
+    again = json.loads(abmesh("get", "experiment", "ranker-v2", "-o", "json", cwd=tmp_path).stdout)
+    assert again["status"]["uid"] != uid
+    assert (again["generation"], again["status"]["state"]) == (1, "draft")
+    assert "no rollout history" in abmesh("history", "ranker-v2", cwd=tmp_path).stdout
 
 
 @pytest.mark.parametrize(

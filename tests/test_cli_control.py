@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from experiments.cli import app
-from tests.test_controller import Rig, spec_of
+from tests.controller_rig import Rig, spec_of
 
 
 def abmesh(rig: Rig, *args: str, code: int = 0) -> str:

@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 from assignment.client import AssignmentClient
+from controlplane.lifecycle import Action, change_state
 from experiments import EXAMPLES_DIR, load_spec
 from experiments.folding import exposures_of
-from experiments.store import ExperimentStatus, open_store
+from experiments.store import open_store
 from tests.servers import Service, free_port, start_service, wait_until
 
 EXAMPLE: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text())
@@ -48,7 +49,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, 
         spec = load_spec({**EXAMPLE, **changes})
         store.put_experiment(spec)
         if spec.name != "idle":
-            store.set_status(spec.name, ExperimentStatus.RUNNING)
+            change_state(store, spec.name, Action.START)
     store.close()
     svc = start_service(url, workdir, exposure_flush_interval=0.1)
     yield svc, url
@@ -156,7 +157,7 @@ def test_local_mode_keeps_its_configs_when_the_service_goes_away(tmp_path: Path)
     url = f"sqlite:///{tmp_path / 'abmesh.db'}"
     store = open_store(url)
     store.put_experiment(load_spec(EXAMPLE))
-    store.set_status("ranker-v2", ExperimentStatus.RUNNING)
+    change_state(store, "ranker-v2", Action.START)
     store.close()
     svc = start_service(url, tmp_path)
     client = AssignmentClient(svc.url, local=True, refresh_interval=0, timeout=0.2)

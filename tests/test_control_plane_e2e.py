@@ -23,8 +23,8 @@ import pytest
 
 from experiments.localstack import RolloutStack, Service, start_rollout_stack, start_service
 from experiments.store import Store, open_store
+from tests.rollout_support import controller, moves, start
 from tests.servers import wait_until
-from tests.test_rollout_e2e import controller, moves, start
 
 pytestmark = pytest.mark.timeout(300)
 EXPERIMENTS = {"alpha": ("a.test", "v2"), "beta": ("b.test", "v3")}

@@ -43,7 +43,10 @@ def test_the_demo_runs_to_a_decision(
     assert f"{status} after" in proc.stdout
     assert "every process the demo started has been stopped" in proc.stdout
     store = open_store(f"sqlite:///{tmp_path / 'abmesh.db'}")
-    audit = store.audit("model-demo")
+    record = store.get_experiment("model-demo")
+    assert (record.state, record.status.outcome) == ("concluded", status)
+    by_hand, *audit = store.audit(record.uid)
+    assert (by_hand["by"], by_hand["state"]) == ("demo", "running")  # the demo started it
     assert audit[0]["action"] == "start"
     assert audit[-1]["action"] == action
     report = build_report(store, "model-demo")

@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 from assignment import assign_many
+from controlplane.lifecycle import Action, change_state
 from experiments import EXAMPLES_DIR, load_spec
 from experiments.localstack import envoy_binary
-from experiments.store import ExperimentStatus, open_store
+from experiments.store import open_store
 from tests.envoy_stack import EnvoyStack, start_stack
 from tests.servers import Service, start_service
 
@@ -30,7 +31,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EnvoyStack
     url = f"sqlite:///{workdir / 'abmesh.db'}"
     store = open_store(url)
     store.put_experiment(load_spec(EXAMPLE))
-    store.set_status("ranker-v2", ExperimentStatus.RUNNING)
+    change_state(store, "ranker-v2", Action.START)
     store.close()
     service = start_service(url, workdir)
     envoy = start_stack(service.port, workdir)

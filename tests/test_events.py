@@ -15,9 +15,10 @@ import pytest
 import yaml
 
 from assignment import assign_many
+from controlplane.lifecycle import Action, change_state
 from experiments import EXAMPLES_DIR, load_spec
 from experiments.folding import FoldPlan
-from experiments.store import ExperimentStatus, Store, open_store
+from experiments.store import Store, open_store
 from tests.oracle import assert_same_arms, expected_arms
 from tests.servers import Service, start_service
 
@@ -66,7 +67,7 @@ def prepare(url: str) -> dict[str, str]:
     store = open_store(url)
     spec = load_spec(SPEC)
     store.put_experiment(spec)
-    store.set_status(spec.name, ExperimentStatus.RUNNING)
+    change_state(store, spec.name, Action.START)
     results = assign_many(spec, UNITS)
     exposed = {u: a.variant for u, a in zip(UNITS, results, strict=True) if a.in_experiment}
     store.record_exposures(spec.name, "main", PLAN, {u: (v, 1.0) for u, v in exposed.items()})
@@ -166,7 +167,7 @@ def test_events_before_exposure_count_from_the_exposure_on(tmp_path: Path, store
     store = open_store(store_url)
     spec = load_spec(SPEC)
     store.put_experiment(spec)
-    store.set_status(spec.name, ExperimentStatus.RUNNING)
+    change_state(store, spec.name, Action.START)
     svc = start_service(store_url, tmp_path, exposure_flush_interval=0.1)
     try:
         unit = "late-unit"
@@ -208,7 +209,7 @@ def test_a_new_phase_starts_from_zero(
             json={"phase": "ab"},
             headers={"Authorization": "Bearer t"},
         )
-        assert (r.status_code, r.json()["phase"]) == (200, "ab")
+        assert (r.status_code, r.json()["status"]["phase"]) == (200, "ab")
         after = stats_of(svc.url)
         assert (after["phase"], after["arms"]) == ("ab", {})
         assert after["phases"] == ["main"]  # "ab" has no data yet
@@ -371,7 +372,7 @@ def test_an_experiment_created_elsewhere_a_moment_ago_takes_events(
 
 
 def test_changing_the_metrics_starts_a_new_phase(tmp_path: Path, store_url: str) -> None:
-    from experiments.lifecycle import apply_spec
+    from controlplane.lifecycle import apply_spec
 
     exposed = prepare(store_url)
     events = make_events(400, seed=5)

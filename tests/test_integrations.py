@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,15 @@ import httpx
 import pytest
 
 from assignment import assign_many
+from controlplane.lifecycle import Action, change_state
+from controlplane.routing.plan import plan_routes
+from controlplane.routing.routers import EnvoyRouter
 from experiments import load_spec
 from experiments.folding import Event, FoldPlan
 from experiments.localstack import RolloutStack, start_rollout_stack
-from experiments.routing.plan import plan_routes
-from experiments.routing.routers import EnvoyRouter
-from experiments.store import ExperimentStatus, open_store
+from experiments.store import open_store
+from tests.rollout_support import Traffic, spec_doc
 from tests.servers import Service, start_service, wait_until
-from tests.test_rollout_e2e import Traffic, spec_doc
 
 pytestmark = pytest.mark.timeout(180)
 TOKEN = "s3cret"
@@ -37,7 +39,14 @@ def world(tmp_path: Path) -> Iterator[tuple[RolloutStack, Service, str]]:
     doc["variants"][0]["weight"] = doc["variants"][1]["weight"] = 50
     spec = load_spec(doc)
     store.put_experiment(spec)
-    store.set_status(spec.name, ExperimentStatus.RUNNING)
+    running = change_state(store, spec.name, Action.START)
+    # The outside controller runs the A/B phase at 50/50: the status holds the weights in
+    # force (without them a spec with a rollout gives everyone control).
+    store.commit_status(
+        spec.name,
+        replace(running.status, weights={"control": 50.0, "treatment": 50.0}),
+        expected_version=running.status.version,
+    )
     store.close()
     router = EnvoyRouter(stack.routes_file, stack.admin, {"control": "v1", "treatment": "v2"})
     router.set_routes(plan_routes(spec, {"control": 50, "treatment": 50}))
@@ -117,7 +126,8 @@ def test_argo_web_provider_and_flagger_hooks_follow_the_evidence(
     event = hook(service, "event", eventMessage="Advance ranker-v2 canary weight 10")
     assert event.status_code == 200
     store = open_store(url)
-    assert store.audit("ranker-v2")[-1]["what"] == "Advance ranker-v2 canary weight 10"
+    uid = store.get_experiment("ranker-v2").uid
+    assert store.audit(uid)[-1]["what"] == "Advance ranker-v2 canary weight 10"
     store.close()
     assert hook(service, "event", experiment="nope").status_code == 404
     history = subprocess.run(

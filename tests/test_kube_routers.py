@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client as k8s
 
-from experiments.routing.kube import GatewayApiRouter, IstioRouter
-from experiments.routing.plan import Mode, plan_routes
-from experiments.routing.render import istio_http_routes
-from experiments.routing.routers import RouterError, make_router
+from controlplane.routing.kube import GatewayApiRouter, IstioRouter
+from controlplane.routing.plan import Mode, plan_routes
+from controlplane.routing.render import istio_http_routes
+from controlplane.routing.routers import RouterError, make_router
 from tests.kube_stub import KubeStub
 from tests.test_routing import SPEC
 
@@ -119,3 +119,19 @@ def test_gateway_api_router_writes_the_http_route(stub: KubeStub) -> None:
     ]
     assert stub.objects[path]["spec"]["parentRefs"][0]["name"] == "model-inference"
     assert not router.set_routes(plan_routes(SPEC, {"control": 95, "treatment": 5}))
+
+
+def test_istio_router_binds_the_virtual_service_to_the_targets_gateways(stub: KubeStub) -> None:
+    path = stub.put(*ISTIO, virtual_service([]))
+    gateways = ["istio-system/edge", "mesh"]
+    router = IstioRouter("model-inference", "models", api(stub), gateways=gateways)
+    plan = plan_routes(SPEC, {"control": 80, "treatment": 20})
+    assert router.set_routes(plan)
+    assert stub.objects[path]["spec"]["gateways"] == gateways
+    assert not router.set_routes(plan)
+    stub.objects[path]["spec"]["gateways"] = ["mesh"]  # edited by hand: put right
+    assert router.set_routes(plan)
+    assert stub.objects[path]["spec"]["gateways"] == gateways
+    plain = IstioRouter("model-inference", "models", api(stub))  # no gateways in the target
+    plain.set_routes(plan)
+    assert stub.objects[path]["spec"]["gateways"] == gateways  # the object's own, left alone

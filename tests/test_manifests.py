@@ -18,15 +18,15 @@ from cloudcoil.models.istio.networking import v1 as istio_net
 from cloudcoil.models.istio.networking import v1alpha3
 from cloudcoil.models.istio.security import v1 as istio_sec
 
-from experiments import EXAMPLES_DIR, load_spec
-from experiments.rollout_state import split
-from experiments.routing.plan import plan_routes
-from experiments.routing.render import (
+from controlplane.rollout import split
+from controlplane.routing.plan import plan_routes
+from controlplane.routing.render import (
     envoy_route_configuration,
     http_route,
     istio_destination_rules,
     istio_virtual_service,
 )
+from experiments import EXAMPLES_DIR, load_spec
 from tests.test_routing import envoy_validate
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,14 @@ import httpx
 import pytest
 
 from assignment import assign_many
+from controlplane.lifecycle import Action, change_state
 from experiments import load_spec
 from experiments.folding import Event, FoldPlan
 from experiments.report import build_report
 from experiments.reporting import take_snapshot
-from experiments.store import ExperimentStatus, Store, open_store
+from experiments.store import Store, open_store
+from tests.rollout_support import spec_doc
 from tests.servers import start_service
-from tests.test_rollout_e2e import spec_doc
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +40,14 @@ def seeded(url: str) -> Store:
     doc["metrics"]["secondary"] = [{"name": "revenue", "kind": "sum"}]
     spec = load_spec(doc)
     store.put_experiment(spec)
-    store.set_status(spec.name, ExperimentStatus.RUNNING)
+    running = change_state(store, spec.name, Action.START)
+    # The rollout's A/B phase holds the weights in status (a rollout not started gives
+    # everyone control).
+    record = store.commit_status(
+        spec.name,
+        replace(running.status, weights={"control": 50.0, "treatment": 50.0}),
+        expected_version=running.status.version,
+    )
     plan, rng = FoldPlan.from_spec(spec), random.Random(5)
     for batch in range(5):
         units = [f"u{batch}-{i}" for i in range(800)]
@@ -53,7 +62,7 @@ def seeded(url: str) -> Store:
         take_snapshot(store, store.get_experiment(spec.name))
         time.sleep(0.01)
     for share, action in ((5, "start"), (20, "step"), (50, "phase")):
-        store.append_audit(spec.name, {
+        store.append_audit(record.uid, {
             "at": time.time(), "action": action, "what": f"{share} % to the candidate",
             "weights": {"control": 100 - share, "treatment": share},
             "guardrails": [
@@ -100,7 +109,10 @@ def test_the_report_json_is_the_analysis(tmp_path: Path) -> None:
         arms = ExperimentStats.from_report(snap.stats).metrics["click"]
         last = monitor.update(arms["control"], arms["treatment"])
     assert points[-1]["effects"]["treatment"]["pvalue"] == pytest.approx(last.pvalue)
-    assert [e["weights"]["treatment"] for e in report["audit"]] == [5, 20, 50]
+    # the start by hand (no weights), then the canary's stages
+    (started, *stages) = report["audit"]
+    assert (started["state"], started.get("weights") or None) == ("running", None)
+    assert [e["weights"]["treatment"] for e in stages] == [5, 20, 50]
 
 
 def _chromium() -> str | None:

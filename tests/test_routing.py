@@ -12,17 +12,17 @@ from typing import Any, get_args
 import pytest
 import yaml
 
-from experiments import SpecError, load_spec
-from experiments.errors import InvalidInputError
-from experiments.localstack import ROUTER, cluster, envoy_binary
-from experiments.routing.plan import Mode, plan_routes
-from experiments.routing.render import (
+from controlplane.routing.plan import Mode, plan_routes
+from controlplane.routing.render import (
     envoy_route_configuration,
     http_route,
     istio_destination_rules,
     istio_virtual_service,
 )
-from experiments.routing.routers import ManifestsRouter, make_router
+from controlplane.routing.routers import ManifestsRouter, make_router
+from experiments import SpecError, load_spec
+from experiments.errors import InvalidInputError
+from experiments.localstack import ROUTER, cluster, envoy_binary
 
 DOC: dict[str, Any] = {
     "name": "ranker-v2",
@@ -144,16 +144,20 @@ def test_envoy_accepts_the_rendered_routes(tmp_path: Path) -> None:
 
 
 def test_the_manifests_router_writes_only_changes(tmp_path: Path) -> None:
-    router = ManifestsRouter(tmp_path / "out", namespace="models")
+    router = ManifestsRouter(tmp_path / "out" / "ranker-v2.yaml", namespace="models")
     plan = plan_routes(SPEC, {"control": 95, "treatment": 5})
     assert router.set_routes(plan)
     assert not router.set_routes(plan)  # no-op
-    written = yaml.safe_load((tmp_path / "out" / "virtualservice.yaml").read_text())
-    assert written == istio_virtual_service(plan, "models")
+    written = list(yaml.safe_load_all((tmp_path / "out" / "ranker-v2.yaml").read_text()))
+    assert written == [
+        istio_virtual_service(plan, "models"),
+        *istio_destination_rules(plan, "models"),
+    ]
+    assert router.get_routes() == written
     assert router.set_routes(plan_routes(SPEC, {"control": 80, "treatment": 20}))
-    gateway = ManifestsRouter(tmp_path / "gw", kind="gateway-api")
+    gateway = ManifestsRouter(tmp_path / "gw" / "ranker-v2.yaml", kind="gateway-api")
     gateway.set_routes(plan)
-    assert gateway.get_routes()["kind"] == "HTTPRoute"
+    assert [d["kind"] for d in gateway.get_routes()] == ["HTTPRoute"]
 
 
 def test_unknown_routers_and_options_are_refused(tmp_path: Path) -> None:
@@ -165,7 +169,7 @@ def test_unknown_routers_and_options_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="router 'manifests'"):
         make_router("manifests", bogus=1)
     with pytest.raises(InvalidInputError, match="kind must be istio or gateway-api"):
-        make_router("manifests", directory=tmp_path, kind="consul")
+        make_router("manifests", path=tmp_path / "x.yaml", kind="consul")
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from assignment import assign
+from controlplane.lifecycle import Action, change_state
 from experiments import EXAMPLES_DIR, load_spec
-from experiments.store import ExperimentStatus, open_store
+from experiments.store import open_store
 from tests.servers import Service, start_service
 
 TOKEN = "s3cret-token"
@@ -23,7 +24,7 @@ EXAMPLE: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_
 def service(tmp_path: Path, store_url: str) -> Iterator[Service]:
     store = open_store(store_url)
     store.put_experiment(load_spec(EXAMPLE))
-    store.set_status("ranker-v2", ExperimentStatus.RUNNING)
+    change_state(store, "ranker-v2", Action.START)
     store.put_experiment(load_spec({**EXAMPLE, "name": "draft-exp"}))
     store.close()
     svc = start_service(store_url, tmp_path, admin_token=TOKEN, refresh_interval=0.2)
@@ -166,31 +167,32 @@ def test_admin_create_update_and_lifecycle(http: httpx.Client) -> None:
     spec = {**EXAMPLE, "name": "new-exp"}
     created = http.post("/v1/experiments", json=spec, headers=ADMIN)
     assert created.status_code == 201
-    assert (created.json()["revision"], created.json()["status"]) == (1, "draft")
+    assert (created.json()["generation"], created.json()["status"]["state"]) == (1, "draft")
     assert http.post("/v1/experiments", json=spec, headers=ADMIN).status_code == 409
     changed = {
         **spec,
         "variants": [{**v, "weight": w} for v, w in zip(spec["variants"], (90, 10), strict=True)],
     }
     updated = http.put("/v1/experiments/new-exp", json=changed, headers=ADMIN)
-    assert (updated.status_code, updated.json()["revision"]) == (200, 2)
+    assert (updated.status_code, updated.json()["generation"]) == (200, 2)
     assert (
         http.put(
             "/v1/experiments/brand-new", json={**spec, "name": "brand-new"}, headers=ADMIN
         ).status_code
         == 201
     )
-    for action, status in (
+    for action, state in (
         ("start", "running"),
         ("pause", "paused"),
         ("start", "running"),
-        ("stop", "stopped"),
+        ("stop", "concluded"),
     ):
         r = http.post(f"/v1/experiments/new-exp/{action}", headers=ADMIN)
-        assert (r.status_code, r.json()["status"]) == (200, status)
+        assert (r.status_code, r.json()["status"]["state"]) == (200, state)
+    assert r.json()["status"]["outcome"] == "stopped"
     refused = http.post("/v1/experiments/new-exp/start", headers=ADMIN)
     assert refused.status_code == 409
-    assert "cannot start an experiment that is stopped" in refused.json()["error"]
+    assert "cannot start an experiment that is concluded" in refused.json()["error"]
     assert http.post("/v1/experiments/new-exp/explode", headers=ADMIN).status_code == 422
     assert (
         http.get("/v1/experiments/new-exp", params={"revision": 1}, headers=ADMIN).json()["spec"][

@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from assignment import assign_many
+from controlplane.lifecycle import Action, change_state
 from experiments import EXAMPLES_DIR, load_spec
 from experiments.folding import exposures_of
-from experiments.store import ExperimentStatus, open_store
+from experiments.store import open_store
 from tests.servers import start_redis, start_service, wait_until
 
 EXAMPLE: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text())
@@ -25,7 +26,7 @@ def running(store_url: str, **changes: Any) -> None:
     store = open_store(store_url)
     spec = load_spec({**EXAMPLE, **changes})
     store.put_experiment(spec)
-    store.set_status(spec.name, ExperimentStatus.RUNNING)
+    change_state(store, spec.name, Action.START)
     store.close()
 
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from assignment import Reason, assign, assign_many
+from controlplane.lifecycle import Action, change_state, start_phase
 from experiments import ExperimentSpec, load_spec
 from experiments.errors import ConflictError, NotFoundError, StoreError
 from experiments.folding import FoldPlan, exposures_of
-from experiments.store import DEFAULT_PHASE, ExperimentStatus, StickyStore, Store, open_store
+from experiments.status import State
+from experiments.store import DEFAULT_PHASE, StickyStore, Store, open_store
 
 
 def make_spec(
@@ -49,7 +52,7 @@ def test_implements_the_protocols(store: Store) -> None:
 def test_create_read_list(store: Store) -> None:
     result = store.put_experiment(make_spec())
     assert result.changed
-    assert (result.record.revision, result.record.status) == (1, ExperimentStatus.DRAFT)
+    assert (result.record.revision, result.record.state) == (1, State.DRAFT)
     assert store.get_experiment("ranker-v2").spec == make_spec()
     store.put_experiment(make_spec("another"))
     assert [r.name for r in store.list_experiments()] == ["another", "ranker-v2"]
@@ -80,16 +83,20 @@ def test_changes_make_revisions_and_history(store: Store) -> None:
 
 
 def test_status_changes(store: Store) -> None:
-    store.put_experiment(make_spec())
+    created = store.put_experiment(make_spec()).record
     epoch = store.config_epoch()
-    record = store.set_status("ranker-v2", ExperimentStatus.RUNNING)
-    assert record.status is ExperimentStatus.RUNNING
-    assert store.get_experiment("ranker-v2").status is ExperimentStatus.RUNNING
+    record = store.commit_status(
+        "ranker-v2", replace(created.status, state=State.RUNNING), expected_version=1
+    )
+    assert (record.state, record.status.version) == (State.RUNNING, 2)
+    assert store.get_experiment("ranker-v2").state is State.RUNNING
     assert store.config_epoch() > epoch
     store.put_experiment(make_spec(weights=(90, 10)))
-    assert store.get_experiment("ranker-v2").status is ExperimentStatus.RUNNING  # kept
+    assert store.get_experiment("ranker-v2").state is State.RUNNING  # kept
     with pytest.raises(NotFoundError):
-        store.set_status("missing", ExperimentStatus.PAUSED)
+        store.commit_status(
+            "missing", replace(created.status, state=State.PAUSED), expected_version=2
+        )
 
 
 def test_missing_experiment(store: Store) -> None:
@@ -117,7 +124,7 @@ def test_config_epoch_grows_on_every_write(store: Store) -> None:
     seen = [store.config_epoch()]
     store.put_experiment(make_spec())
     seen.append(store.config_epoch())
-    store.set_status("ranker-v2", ExperimentStatus.RUNNING)
+    change_state(store, "ranker-v2", Action.START)
     seen.append(store.config_epoch())
     store.delete_experiment("ranker-v2")
     seen.append(store.config_epoch())
@@ -242,11 +249,16 @@ def test_unreachable_redis_is_a_store_error() -> None:
 
 
 def test_status_change_with_expected_refuses_a_stale_view(store: Store) -> None:
-    store.put_experiment(make_spec())
-    store.set_status("ranker-v2", ExperimentStatus.RUNNING, expected=ExperimentStatus.DRAFT)
-    with pytest.raises(ConflictError, match="is running, not draft"):
-        store.set_status("ranker-v2", ExperimentStatus.STOPPED, expected=ExperimentStatus.DRAFT)
-    assert store.get_experiment("ranker-v2").status is ExperimentStatus.RUNNING
+    draft = store.put_experiment(make_spec()).record
+    stale = draft.status.version
+    store.commit_status(
+        "ranker-v2", replace(draft.status, state=State.RUNNING), expected_version=stale
+    )
+    with pytest.raises(ConflictError, match=f"is at version {stale + 1}, not {stale}"):
+        store.commit_status(
+            "ranker-v2", replace(draft.status, state=State.CONCLUDED), expected_version=stale
+        )
+    assert store.get_experiment("ranker-v2").state is State.RUNNING
 
 
 PLAN = FoldPlan.from_spec(make_spec())
@@ -325,10 +337,10 @@ def test_units_of_a_removed_variant_stay_sticky_in_their_new_arm(store: Store) -
 def test_a_used_phase_name_cannot_come_back(store: Store) -> None:
     store.put_experiment(make_spec())
     store.record_exposures("ranker-v2", "main", PLAN, {"u1": ("control", 1.0)})
-    assert store.set_phase("ranker-v2", "ab").phase == "ab"
-    assert store.set_phase("ranker-v2", "ab").phase == "ab"  # staying put is fine
+    assert start_phase(store, "ranker-v2", "ab").phase == "ab"
+    assert start_phase(store, "ranker-v2", "ab").phase == "ab"  # staying put is fine
     with pytest.raises(ConflictError, match="used phase 'main' before"):
-        store.set_phase("ranker-v2", "main")
+        start_phase(store, "ranker-v2", "main")
     assert store.phase_plan("ranker-v2", "main") == PLAN
     assert store.phase_plan("ranker-v2", "ab") is None  # no data yet
 

@@ -225,3 +225,25 @@ def test_lease_holders_lists_the_live_leases_of_a_prefix(store: Store) -> None:
     assert store.lease_holders("controller#") == {"controller#a": "a", "controller#b_": "b"}
     time.sleep(0.3)
     assert store.lease_holders("controller#") == {"controller#a": "a"}
+
+
+def test_a_spec_stored_before_a_field_existed_is_the_same_spec(store: Store) -> None:
+    with_rollout = load_spec({**SPEC.model_dump(mode="json", by_alias=True),
+                              "rollout": {"phases": [{"kind": "promote"}]}})  # fmt: skip
+    store.put_experiment(with_rollout)
+    old = json.loads(dump_spec(with_rollout))
+    del old["rollout"]["target"], old["rollout"]["progress_deadline_s"]  # as an older abmesh
+    if store.url.startswith("sqlite"):
+        db = sqlite3.connect(store.url.removeprefix("sqlite:///"))
+        db.execute("UPDATE experiment_revisions SET spec = ?", (json.dumps(old),))
+        db.commit()
+        db.close()
+    else:
+        prefix = store.url.split("prefix=")[1]
+        client = redis.Redis.from_url(store.url.split("?")[0], decode_responses=True)
+        key = f"{prefix}exp:exp:revisions"
+        client.hset(key, "1", json.dumps({"spec": json.dumps(old), "created_at": 1.0}))
+        client.close()
+    again = store.put_experiment(with_rollout)
+    assert not again.changed
+    assert again.record.generation == 1

@@ -43,10 +43,20 @@ class _KubeRouter:
     group = version = plural = kind = ""
 
     def __init__(
-        self, name: str, namespace: str = "default", api_client: k8s.ApiClient | None = None
+        self,
+        name: str,
+        namespace: str = "default",
+        api_client: k8s.ApiClient | None = None,
+        *,
+        port: int = 80,
+        gateways: Sequence[str] = (),
     ) -> None:
         self.object_name, self.namespace = name, namespace
         self.api = k8s.CustomObjectsApi(api_client or default_api_client())
+        self.port = port  # gateway-api: the Service port the HTTPRoute attaches to
+        # istio: the gateways the VirtualService binds to; empty: leave the object's own
+        # `gateways` alone (sidecars only, unless it lists some).
+        self.gateways = list(gateways)
 
     def _path(self) -> tuple[str, str, str, str, str]:
         return self.group, self.version, self.namespace, self.plural, self.object_name
@@ -112,17 +122,6 @@ class IstioRouter(_KubeRouter):
     name = "istio"
     group, version, plural, kind = "networking.istio.io", "v1", "virtualservices", "VirtualService"
 
-    def __init__(
-        self,
-        name: str,
-        namespace: str = "default",
-        api_client: k8s.ApiClient | None = None,
-        gateways: Sequence[str] = (),
-    ) -> None:
-        super().__init__(name, namespace, api_client)
-        # Empty: leave the object's own `gateways` alone (sidecars only, unless it lists some).
-        self.gateways = list(gateways)
-
     def _new_spec(self, current: dict[str, Any], plan: RoutePlan) -> dict[str, Any]:
         ours = istio_http_routes(plan)
         foreign = [
@@ -153,16 +152,6 @@ class IstioRouter(_KubeRouter):
 class GatewayApiRouter(_KubeRouter):
     name = "gateway-api"
     group, version, plural, kind = "gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute"
-
-    def __init__(
-        self,
-        name: str,
-        namespace: str = "default",
-        api_client: k8s.ApiClient | None = None,
-        port: int = 80,
-    ) -> None:
-        super().__init__(name, namespace, api_client)
-        self.port = port
 
     def _new_spec(self, current: dict[str, Any], plan: RoutePlan) -> dict[str, Any]:
         return {"rules": http_route(plan, self.namespace, self.port)["spec"]["rules"]}

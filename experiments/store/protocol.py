@@ -52,18 +52,27 @@ class ExperimentRecord:
 
     @cached_property
     def effective_spec(self) -> ExperimentSpec:
-        """The spec with the weights assignment uses: the status's while a rollout sets them,
-        else the spec's own.  A spec with a rollout that has not started (or whose arms changed
-        since the status was written: the controller restarts it) gives everyone the control
-        variant: only the rollout moves units to the candidate."""
+        """The spec with the weights assignment uses: the status's once a rollout (or a
+        controller that holds it back) set them, else the spec's own.  Status weights that name
+        a variant the spec no longer has (its arms changed; the controller restarts the
+        rollout at its next tick) give everyone the control variant meanwhile."""
         weights = self.status.weights
-        keys = {v.key for v in self.spec.variants}
-        control = {self.spec.control_variant.key: 100.0}
         if weights is None:
-            return self.spec if self.spec.rollout is None else self.spec.with_weights(control)
-        if not set(weights) <= keys or sum(weights.values()) != 100:
-            weights = control
+            return self.spec
+        if not set(weights) <= {v.key for v in self.spec.variants}:
+            weights = {self.spec.control_variant.key: 100.0}
         return self.spec.with_weights(weights)
+
+    @property
+    def served_weights(self) -> dict[str, float]:
+        """What assignment hands out now: the effective weights while running; otherwise
+        everyone (but overrides) gets the variant at 100 % (a promoted winner), else the
+        control."""
+        variants = self.effective_spec.variants
+        if self.state is State.RUNNING:
+            return {v.key: v.weight for v in variants}
+        serving = next((v.key for v in variants if v.weight == 100), self.spec.control_variant.key)
+        return {v.key: 100.0 if v.key == serving else 0.0 for v in variants}
 
 
 Reaction = Callable[[ExperimentSpec | None, Status, int], Status]

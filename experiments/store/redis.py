@@ -61,7 +61,9 @@ class RedisStore(RedisStats, RedisControl):
                     raws = dict(zip(metas, self._current(pipe, metas), strict=True))
                     check_layer_conflicts(spec, [_spec(raw) for raw in raws.values()])
                     meta = metas.get(spec.name)
-                    if meta is not None and json.loads(raws[spec.name])["spec"] == text:
+                    # Compared as specs, not as text: a spec stored before a field existed
+                    # reads with its default, and is the same spec.
+                    if meta is not None and _spec(raws[spec.name]) == spec:
                         pipe.unwatch()
                         return PutResult(_record(spec, meta), changed=False)
                     now = time.time()

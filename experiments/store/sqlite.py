@@ -42,7 +42,9 @@ class SQLiteStore(SQLiteStats, SQLiteControl):
             ]
             check_layer_conflicts(spec, others)
             row = db.execute(_CURRENT_SPECS + " WHERE e.name = ?", (spec.name,)).fetchone()
-            if row is not None and row[0] == text:
+            # Compared as specs, not as text: a spec stored before a field existed reads with
+            # its default, and is the same spec.
+            if row is not None and _spec(row[0]) == spec:
                 return PutResult(self._record(db, spec.name), changed=False)
             if row is None:
                 before, status = None, Status.new(now)

@@ -1,0 +1,115 @@
+"""A controller rig for fast tests: a real store, a fake router and metrics provider, and a
+clock the test moves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from controlplane.controller import Controller
+from controlplane.lifecycle import Action, apply_spec, change_state
+from controlplane.routing.plan import RoutePlan
+from controlplane.routing.routers import RouterError
+from controlplane.targets import Defaults, Resolved, Routers
+from experiments.loader import load_spec
+from experiments.spec import ExperimentSpec
+from experiments.store import open_store
+
+
+class FakeRouter:
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.plans: list[RoutePlan] = []
+        self.fail = 0  # raise on this many next calls
+
+    def set_routes(self, plan: RoutePlan) -> bool:
+        if self.fail:
+            self.fail -= 1
+            raise RouterError("the mesh said no")
+        changed = not self.plans or self.plans[-1] != plan
+        self.plans.append(plan)
+        return changed
+
+    def get_routes(self) -> Any:
+        return self.plans[-1] if self.plans else None
+
+    @property
+    def weights(self) -> dict[str, int]:
+        return {v: w for v, w in self.plans[-1].weights if w}
+
+
+class FakeProvider:
+    """Guardrail readings by template name; None is no data."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float | None] = {"p99_latency_ms": 20.0, "error_ratio": 0.0}
+
+    def query(self, promql: str) -> float | None:
+        raise NotImplementedError
+
+    def value(self, template: str, **labels: str) -> float | None:
+        return self.values.get(template)
+
+    def is_online(self) -> bool:
+        return True
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def spec_of(name: str = "ranker", steps: tuple[int, ...] = (10, 50), **rollout: Any) -> Any:
+    doc: dict[str, Any] = {
+        "name": name,
+        "variants": [
+            {"key": "stable", "header_value": "group-a", "weight": 100,
+             "destination": {"host": "model", "subset": "v1"}},
+            {"key": "candidate", "header_value": "group-b", "weight": 0,
+             "destination": {"host": "model", "subset": "v2"}},
+        ],
+        "metrics": {"primary": {"name": "click", "kind": "conversion"}},
+        "rollout": {"phases": [{"kind": "canary", "steps": list(steps), "checks": 1},
+                               {"kind": "ab", "split": 50}, {"kind": "promote"}], **rollout},
+    }  # fmt: skip
+    return doc
+
+
+class Rig:
+    """A store, the fakes, and controllers that share them."""
+
+    def __init__(self, store_url: str, tmp: Path) -> None:
+        self.url, self.store = store_url, open_store(store_url)
+        self.clock, self.provider = Clock(), FakeProvider()
+        self.routers: dict[str, FakeRouter] = {}
+        self.defaults = Defaults(router="manifests", out_dir=tmp)
+
+    def router_for(self, target: Resolved) -> FakeRouter:
+        return self.routers.setdefault(target.where, FakeRouter())
+
+    def router(self, name: str = "ranker") -> FakeRouter:
+        return next(r for where, r in self.routers.items() if where.endswith(f"{name}.yaml"))
+
+    def controller(self, owner: str = "c1", **options: Any) -> Controller:
+        return Controller(
+            open_store(self.url), Routers(self.defaults, make=self.router_for), self.provider,
+            owner=owner, interval=1.0, clock=self.clock, **options,
+        )  # fmt: skip
+
+    def start(self, doc: dict[str, Any]) -> ExperimentSpec:
+        spec = load_spec(doc)
+        apply_spec(self.store, spec)
+        change_state(self.store, spec.name, Action.START)
+        return spec
+
+    def actions(self, name: str = "ranker") -> list[str]:
+        """The rollout's moves (lifecycle commands left out)."""
+        entries = self.store.audit(self.store.get_experiment(name).uid)
+        return [e["action"] for e in entries if e["action"] != "lifecycle"]
+
+    def share(self, name: str = "ranker") -> float:
+        return self.store.get_experiment(name).effective_spec.variant("candidate").weight
