@@ -82,6 +82,8 @@ class Controller:
         self.held: set[str] = set()  # uids whose lease this controller holds
         self.store_ok: tuple[bool, str] = (False, "no tick yet")
         self._shown: set[str] = set()  # experiments with series in the telemetry
+        self._free_since: dict[str, float] = {}  # uid -> when first seen held by nobody
+        self._adopted: set[str] = set()  # taken beyond the fair share: nobody else would
 
     # the loop
 
@@ -136,10 +138,13 @@ class Controller:
         )
         wanted = [r for r in records if r.uid in targets and self._wanted(r, targets[r.uid])]
         held: set[str] = set()
-        ordered, fair = self._share(wanted)
+        ordered, fair, overdue = self._share(wanted)
         for record in ordered:
-            if len(held) >= fair or not self._lease(record.uid):
+            beyond = len(held - self._adopted) >= fair and record.uid not in self._adopted
+            if (beyond and record.uid not in overdue) or not self._lease(record.uid):
                 continue
+            if beyond:  # nobody else took it: keep it, or it would bounce every lease period
+                self._adopted.add(record.uid)
             held.add(record.uid)
             try:
                 self.step(record, targets[record.uid], holders)
@@ -156,17 +161,30 @@ class Controller:
         self.telemetry.leases(len(held))
         self.telemetry.tick_done(time.monotonic() - started, ok=ok)
 
-    def _share(self, wanted: list[ExperimentRecord]) -> tuple[list[ExperimentRecord], int]:
-        """The order to try this tick's experiments in (those this controller holds first) and
-        its fair share of them.  Controllers announce themselves with a lease of their own, so
-        a newcomer gets its share as the others give up what they hold beyond theirs."""
+    def _share(
+        self, wanted: list[ExperimentRecord]
+    ) -> tuple[list[ExperimentRecord], int, set[str]]:
+        """The order to try this tick's experiments in (those this controller holds first, then
+        those nobody holds), its fair share of them, and the ones nobody has held for a lease
+        period, which it takes whatever its share.  Controllers announce themselves with a lease
+        of their own, so a newcomer gets its share as the others give up what they hold beyond
+        theirs; a controller limited to some experiments (--experiment) still counts as a
+        member, so what the others leave for it but it does not want is picked up once overdue."""
         self.store.acquire_lease(f"{MEMBER}{self.owner}", self.owner, ttl_s=self.lease_s)
-        members = max(1, len(self.store.lease_holders(MEMBER)))
+        leases = self.store.lease_holders("")
+        members = max(1, sum(name.startswith(MEMBER) for name in leases))
         fair = -(-len(wanted) // members)
-        mine = [r for r in wanted if r.uid in self.held]
+        self._adopted &= {r.uid for r in wanted}
+        mine = [r for r in wanted if leases.get(lease_name(r.uid)) == self.owner]
+        adopted = [r for r in mine if r.uid in self._adopted]
+        mine = [r for r in mine if r.uid not in self._adopted]
         for extra in mine[fair:]:
             self.store.release_lease(lease_name(extra.uid), self.owner)
-        return mine[:fair] + [r for r in wanted if r.uid not in self.held], fair
+        free = [r for r in wanted if lease_name(r.uid) not in leases]
+        now = time.monotonic()
+        self._free_since = {r.uid: self._free_since.get(r.uid, now) for r in free}
+        overdue = {uid for uid, since in self._free_since.items() if now - since >= self.lease_s}
+        return adopted + mine[:fair] + free, fair, overdue
 
     def _wanted(self, record: ExperimentRecord, target: Resolved) -> bool:
         if self.experiments and record.name not in self.experiments:

@@ -141,7 +141,12 @@ def test_two_rollouts_share_one_envoy_without_touching_each_other(
         actions = [e["action"] for e in entries]
         assert actions == (["start", "step", "promote"] if name == "alpha" else
                            ["start", "rollback"])  # fmt: skip
-        assert len({e["by"] for e in entries}) == 1  # one controller drove each experiment
+        # One controller at a time drove each: a handover (a second controller announcing
+        # itself takes its share) may happen once, never back and forth.
+        drivers = [
+            e["by"] for i, e in enumerate(entries) if i == 0 or e["by"] != entries[i - 1]["by"]
+        ]
+        assert len(drivers) == len(set(drivers))
     document = stack.routes_file.read_text()
     assert "abmesh-alpha" in document
     assert "abmesh-beta" in document

@@ -345,7 +345,7 @@ def test_leases_split_experiments_and_a_dead_controller_is_replaced(
     names = ("a", "b", "c", "d")
     for name in names:
         rig.start(spec_of(name))
-    one, two = rig.controller("one", lease_s=0.5), rig.controller("two", lease_s=0.5)
+    one, two = rig.controller("one", lease_s=2.0), rig.controller("two", lease_s=2.0)
     one.tick()
     assert len(one.held) == 4  # alone: it takes them all
     two.tick()  # a second one announces itself; `one` gives up what is beyond its share
@@ -363,7 +363,7 @@ def test_leases_split_experiments_and_a_dead_controller_is_replaced(
     assert len(two.held) < 4
     assert not one.held & two.held
     # A controller started again under the same id resumes its leases at once.
-    again = rig.controller("one", lease_s=0.5)
+    again = rig.controller("one", lease_s=2.0)
     again.tick()  # (its share is 2 again: `two` announced itself)
     assert len(again.held) == 2
     assert again.held <= one.held
@@ -523,3 +523,24 @@ def test_a_long_pause_is_not_a_missed_deadline(rig: Rig) -> None:
     record = rig.store.get_experiment("ranker")
     assert record.status.outcome is None
     assert rig.share() == 50  # it goes on where it was
+
+
+def test_an_experiment_left_by_a_limited_controller_is_picked_up(rig: Rig) -> None:
+    rig.start(spec_of("a"))
+    rig.start(spec_of("b"))
+    broad = rig.controller("broad", lease_s=2.0)
+    limited = rig.controller("limited", lease_s=2.0, experiments=("a",))
+    broad.tick()  # alone: it takes both
+    limited.tick()  # announces itself; `a` is held by `broad`
+    broad.tick()  # a share of one now: it keeps `a` and gives `b` up, which `limited` skips
+    uid_b = rig.store.get_experiment("b").uid
+    assert uid_b not in broad.held
+    rig.provider.values["p99_latency_ms"] = None  # no moves: only who drives counts here
+    # `b` is held by nobody for a lease period: `broad` takes it, whatever its share.
+    # (Both keep ticking, as live controllers do: each stays a member.)
+    wait_until(lambda: limited.tick() or broad.tick() or uid_b in broad.held, "b", timeout=10)
+    assert broad._adopted == {uid_b}
+    for _ in range(3):  # and keeps it
+        broad.tick()
+        limited.tick()
+        assert len(broad.held) == 2
