@@ -28,6 +28,7 @@ from controlplane.controller import Controller
 from controlplane.lifecycle import Action, apply_spec, change_state
 from controlplane.targets import Defaults, Routers
 from experiments import load_spec
+from experiments.localstack import model_variants
 from experiments.store import open_store
 
 
@@ -47,12 +48,7 @@ class Instant:
 def spec(name: str) -> dict[str, object]:
     return {
         "name": name,
-        "variants": [
-            {"key": "stable", "header_value": "group-a", "weight": 100,
-             "destination": {"host": "model", "subset": "v1"}},
-            {"key": "candidate", "header_value": "group-b", "weight": 0,
-             "destination": {"host": "model", "subset": "v2"}},
-        ],
+        "variants": model_variants(),
         "rollout": {"phases": [{"kind": "canary", "steps": [5, 50], "checks": 1000}]},
     }  # fmt: skip
 

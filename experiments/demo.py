@@ -31,6 +31,7 @@ from experiments.errors import AbmeshError
 from experiments.localstack import (
     RolloutStack,
     Service,
+    model_variants,
     prometheus_binary,
     start_rollout_stack,
     start_service,
@@ -66,12 +67,7 @@ def demo_spec(fast: bool) -> ExperimentSpec:
     return load_spec(
         {
             "name": NAME,
-            "variants": [
-                {"key": "stable", "header_value": "group-a", "weight": 100,
-                 "destination": {"host": "model", "subset": "v1"}},
-                {"key": "candidate", "header_value": "group-b", "weight": 0,
-                 "destination": {"host": "model", "subset": "v2"}},
-            ],
+            "variants": model_variants(),
             "metrics": {"primary": {"name": "purchase", "kind": "conversion"}},
             "analysis": {"min_units_per_arm": 100, "n_star": 2000 if fast else 10_000},
             "rollout": {

@@ -165,6 +165,17 @@ ROUTER = {
 }
 
 
+def model_variants(candidate: str = "v2", stable: str = "v1") -> list[dict[str, Any]]:
+    """A spec's two arms on the toy models (host `model`, subsets named after the models):
+    stable at 100 %, the candidate at 0 until a rollout moves it."""
+    return [
+        {"key": "stable", "header_value": "group-a", "weight": 100,
+         "destination": {"host": "model", "subset": stable}},
+        {"key": "candidate", "header_value": "group-b", "weight": 0,
+         "destination": {"host": "model", "subset": candidate}},
+    ]  # fmt: skip
+
+
 def start_model(name: str, workdir: Path) -> Process:
     port = free_port()
     log = workdir / f"model-{name}-{port}.log"

@@ -12,6 +12,7 @@ from controlplane.routing.plan import RoutePlan
 from controlplane.routing.routers import RouterError
 from controlplane.targets import Defaults, Resolved, Routers
 from experiments.loader import load_spec
+from experiments.localstack import model_variants
 from experiments.spec import ExperimentSpec
 from experiments.store import open_store
 
@@ -66,12 +67,7 @@ class Clock:
 def spec_of(name: str = "ranker", steps: tuple[int, ...] = (10, 50), **rollout: Any) -> Any:
     doc: dict[str, Any] = {
         "name": name,
-        "variants": [
-            {"key": "stable", "header_value": "group-a", "weight": 100,
-             "destination": {"host": "model", "subset": "v1"}},
-            {"key": "candidate", "header_value": "group-b", "weight": 0,
-             "destination": {"host": "model", "subset": "v2"}},
-        ],
+        "variants": model_variants(),
         "metrics": {"primary": {"name": "click", "kind": "conversion"}},
         "rollout": {"phases": [{"kind": "canary", "steps": list(steps), "checks": 1},
                                {"kind": "ab", "split": 50}, {"kind": "promote"}], **rollout},

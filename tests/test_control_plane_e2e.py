@@ -21,7 +21,13 @@ from typing import Any
 import httpx
 import pytest
 
-from experiments.localstack import RolloutStack, Service, start_rollout_stack, start_service
+from experiments.localstack import (
+    RolloutStack,
+    Service,
+    model_variants,
+    start_rollout_stack,
+    start_service,
+)
 from experiments.store import Store, open_store
 from tests.rollout_support import controller, moves, start
 from tests.servers import wait_until
@@ -34,12 +40,7 @@ def spec(name: str, steps: list[int], checks: int = 2) -> dict[str, Any]:
     host, candidate = EXPERIMENTS[name]
     return {
         "name": name,
-        "variants": [
-            {"key": "stable", "header_value": "group-a", "weight": 100,
-             "destination": {"host": "model", "subset": "v1"}},
-            {"key": "candidate", "header_value": "group-b", "weight": 0,
-             "destination": {"host": "model", "subset": candidate}},
-        ],
+        "variants": model_variants(candidate),
         "rollout": {
             "target": {"domains": [host], "clusters": {"stable": "v1", "candidate": candidate}},
             "phases": [{"kind": "canary", "steps": steps, "checks": checks}, {"kind": "promote"}],
