@@ -1,7 +1,8 @@
 """`abmesh controller`, `history`, and the manual `promote`, `rollback`, `pause`, `resume`.
 
-A manual command is written into the rollout's state as a request (with a compare-and-set)
-and carried out by the controller's next tick, so it never races the controller."""
+A manual command is written into the experiment's status (its rollout state) as a request,
+with a compare-and-set, and carried out by the controller's next tick, so it never races the
+controller."""
 
 from __future__ import annotations
 

@@ -71,13 +71,13 @@ def build_report(store: Store, name: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _routes(spec: Any, control_doc: dict[str, Any] | None) -> dict[str, Any]:
+def _routes(spec: Any, rollout: dict[str, Any] | None) -> dict[str, Any]:
     """The route plan in force: the rollout's, or the spec's weights before any rollout."""
     from controlplane.rollout import RolloutState
     from controlplane.routing.plan import plan_routes
 
-    if control_doc:
-        state = RolloutState.from_dict(control_doc)
+    if rollout:
+        state = RolloutState.from_dict(rollout)
         plan = plan_routes(spec, state.weights, state.mode)
     else:
         plan = plan_routes(spec, {v.key: round(v.weight) for v in spec.variants})
