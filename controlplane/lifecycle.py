@@ -116,6 +116,21 @@ def change_state(store: Store, name: str, action: Action, *, by: str = "user") -
     raise ConflictError(f"the status of {name!r} kept changing: try again")
 
 
+def delete(store: Store, name: str, *, keep_history: bool = False, force: bool = False) -> str:
+    """Delete an experiment and everything kept for it; returns its uid.  One whose rollout
+    has routes in the mesh and is not over is refused unless `force`: nobody would be left to
+    take those routes back (stop it first: the controller rolls them back)."""
+    record = store.get_experiment(name)
+    rollout = record.status.rollout
+    live = rollout is not None and rollout["status"] in ("running", "paused")
+    if live and record.state is not State.CONCLUDED and not force:
+        raise ConflictError(
+            f"experiment {name!r} has a rollout in progress: stop it first (abmesh stop"
+            f" {name}; the controller rolls its routes back), or delete with force"
+        )
+    return store.delete_experiment(name, keep_history=keep_history)
+
+
 def start_phase(store: Store, name: str, phase: str) -> ExperimentRecord:
     """Start a new analysis phase by hand: exposures and statistics start from zero in it,
     planned with the weights in force."""

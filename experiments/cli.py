@@ -121,12 +121,17 @@ def delete(
     keep_history: Annotated[
         bool, typer.Option(help="Keep the audit log, readable with `abmesh history --uid`.")
     ] = False,
+    force: Annotated[
+        bool, typer.Option(help="Even with a rollout in progress (its routes stay as they are).")
+    ] = False,
     store: StoreOpt = None,
 ) -> None:
     """Delete an experiment and everything kept for it (revisions, sticky records, statistics,
     rollout state); one created again under the name starts from nothing."""
+    from controlplane.lifecycle import delete as delete_experiment
+
     with store_for(store) as st:
-        uid = st.delete_experiment(name, keep_history=keep_history)
+        uid = delete_experiment(st, name, keep_history=keep_history, force=force)
     kept = f"; its history stays readable: abmesh history --uid {uid}" if keep_history else ""
     out.print(f"experiment {name} (uid {uid}) deleted{kept}")
 

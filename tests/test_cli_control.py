@@ -79,16 +79,34 @@ def test_delete_and_the_history_by_uid(rig: Rig, tmp_path: Path) -> None:
     file = write(tmp_path, spec_of())
     abmesh(rig, "apply", "-f", file)
     abmesh(rig, "start", "ranker")
-    rig.controller().tick()
+    c = rig.controller()
+    c.tick()
+    abmesh(rig, "stop", "ranker")
+    c.tick()  # rolled back
     uid = rig.store.get_experiment("ranker").uid
     out = abmesh(rig, "delete", "ranker", "--keep-history")
     assert f"uid {uid}" in out
     assert f"abmesh history --uid {uid}" in out
     history = abmesh(rig, "history", "--uid", uid)
-    assert "start" in history
     assert "canary step 1" in history
+    assert "rolled back to stable: the experiment was stopped" in history
     abmesh(rig, "apply", "-f", file)  # the same name again: a new experiment
     assert "no rollout history" in abmesh(rig, "history", "ranker")
     assert "not both" in abmesh(rig, "history", "ranker", "--uid", uid, code=1)
     abmesh(rig, "delete", "ranker")
     assert "does not exist" in abmesh(rig, "delete", "ranker", code=1)
+
+
+def test_a_rollout_in_progress_is_not_deleted_by_accident(rig: Rig, tmp_path: Path) -> None:
+    abmesh(rig, "apply", "-f", write(tmp_path, spec_of()))
+    abmesh(rig, "start", "ranker")
+    rig.controller().tick()
+    out = abmesh(rig, "delete", "ranker", code=1)
+    assert "has a rollout in progress: stop it first" in out
+    assert rig.store.get_experiment("ranker").status.rollout is not None  # nothing lost
+    abmesh(rig, "stop", "ranker")
+    abmesh(rig, "delete", "ranker")  # concluded: its routes were (or will be) rolled back
+    abmesh(rig, "apply", "-f", write(tmp_path, spec_of()))
+    abmesh(rig, "start", "ranker")
+    rig.controller().tick()
+    assert "deleted" in abmesh(rig, "delete", "ranker", "--force")

@@ -94,9 +94,13 @@ def delete_experiment(
     keep_history: Annotated[
         bool, Query(description="Keep the audit log, readable by the experiment's uid.")
     ] = False,
+    force: Annotated[
+        bool, Query(description="Even with a rollout in progress (409 otherwise).")
+    ] = False,
 ) -> Response:
     """Delete the experiment and everything kept for it; a new one of the same name starts
-    from nothing (a new uid)."""
-    state.store.delete_experiment(name, keep_history=keep_history)
+    from nothing (a new uid).  One with a rollout in progress is refused (409) unless
+    `force`: stop it first, and the controller rolls its routes back."""
+    lifecycle.delete(state.store, name, keep_history=keep_history, force=force)
     state.cache.refresh()
     return Response(status_code=204)
