@@ -5,8 +5,8 @@ operational guardrails, turned into promote / rollback / pause / continue / no_d
 The always-valid state of these looks is kept in the store under the experiment's uid and
 phase, so asking every minute keeps the running minimum p and interval, and a new phase or a
 re-created experiment starts afresh.  The sample is judged with the split its phase was
-planned with, so a verdict asked after the routes moved (a promotion) is the phase's own.  Without a metrics provider the
-spec's operational guardrails read as no data: never a pass.
+planned with, so a verdict asked after the routes moved (a promotion) is the phase's own.
+Without a metrics provider the spec's operational guardrails read as no data: never a pass.
 """
 
 from __future__ import annotations
