@@ -6,9 +6,9 @@ The order of judgement, and why:
    from Prometheus) is harm at once: the candidate is hurting users whatever the statistics.
 2. A sample ratio mismatch (Pearson χ² or the sequential Dirichlet–multinomial test below
    `srm_alpha`) makes every comparison untrustworthy: invalid.
-3. Burn-in: no statistical verdict before `min_units_per_arm` units in each arm (and, for
-   conversions, one converted and one unconverted unit per arm); plug-in variances are
-   unstable before that (stats-methods.md §9).
+3. Burn-in: no statistical verdict before `min_units_per_arm` units in each arm; plug-in
+   variances are unstable before that (stats-methods.md §9).  Degenerate arms (0 % or 100 %
+   conversions, constants, a zero control under a lift) are judged: analysis.degenerate.
 4. The primary metric by the always-valid confidence sequence (running minimum p, running
    intersection of intervals, kept in the state), or by Lan–DeMets boundaries at planned looks;
    α is split over the treatment arms (Bonferroni, which stays valid at any stopping time).
@@ -27,11 +27,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from analysis.decision import Decision, DecisionState
+from analysis.degenerate import judged_variance
 from analysis.guardrails import Threshold
 from analysis.inputs import ExperimentStats
 from analysis.looks import Pair, check_ratios, prepare
 from analysis.mixture import Array, effect_and_variance, mixture, pvalue_of, rho2_for
-from analysis.msprt import arm_variance
 from analysis.verdicts import conclude
 from experiments.spec import ExperimentSpec
 
@@ -72,10 +72,10 @@ def evaluate(pairs: Sequence[Pair]) -> Array:
         [
             (
                 p.a.mean,
-                arm_variance(p.a, p.kind),
+                judged_variance(p.a, p.kind),
                 p.a.n,
                 p.b.mean,
-                arm_variance(p.b, p.kind),
+                judged_variance(p.b, p.kind),
                 p.b.n,
                 p.alpha,
                 p.n_star,
@@ -98,6 +98,12 @@ def evaluate(pairs: Sequence[Pair]) -> Array:
     unbounded = ~(radius < np.inf)
     if unbounded.any():
         low, high = np.where(unbounded, -np.inf, low), np.where(unbounded, np.inf, high)
+    # Two constant arms: the difference is known exactly (analysis.degenerate), a point
+    # interval with p = 0 when the constants differ, instead of the mixture's "no information".
+    exact = (v == 0) & (na > 1) & (nb > 1) & (np.abs(est) < np.inf)
+    if exact.any():
+        low, high = np.where(exact, est, low), np.where(exact, est, high)
+        log_lambda = np.where(exact & (est != 0), np.inf, log_lambda)
     running = np.empty((5, len(pairs)))
     running[0], running[1] = est, v
     np.minimum(p0, pvalue_of(log_lambda), out=running[2])

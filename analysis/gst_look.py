@@ -54,6 +54,8 @@ class GroupSequentialLook:
     def compare(self, pair: Pair, est: float, v: float) -> Comparison:
         taken = self.state.gst_fractions
         z = est / math.sqrt(v) if v > 0 and math.isfinite(est) else math.nan
+        if v == 0 and math.isfinite(est) and est != 0:
+            z = math.copysign(math.inf, est)  # two constant arms: the difference is exact
         bound = math.nan
         if taken:
             design = gst_boundaries(taken, alpha=pair.alpha, spending=self.spending)
@@ -61,7 +63,7 @@ class GroupSequentialLook:
         verdict = self.state.stopped.get(pair.key, "inconclusive")
         if pair.key not in self.state.stopped:
             sign = 1.0 if pair.metric.direction is Direction.INCREASE else -1.0
-            if self.looking and math.isfinite(z) and abs(z) >= bound:
+            if self.looking and not math.isnan(z) and abs(z) >= bound:
                 verdict = "better" if sign * z > 0 else "worse"
             elif self.exhausted:
                 verdict = "no_difference"
@@ -72,7 +74,7 @@ class GroupSequentialLook:
             pair.metric.name, pair.role, pair.variant, pair.control,
             f"group-sequential ({self.spending if isinstance(self.spending, str) else 'power'})",
             verdict, finite(est), finite(est - radius), finite(est + radius),
-            finite(2 * float(special.ndtr(-abs(z)))) if math.isfinite(z) else None,
+            finite(2 * float(special.ndtr(-abs(z)))) if not math.isnan(z) else None,
             None, finite(bound), finite(z), pair.a.n, pair.b.n, pair.relative, pair.alpha,
         )  # fmt: skip
 

@@ -27,9 +27,14 @@ class ExperimentStats:
         metrics: dict[str, dict[str, ArmStats]] = {}
         for variant, arm in arms.items():
             units[variant] = float(arm["exposures"])
+            if not units[variant] >= 0:
+                raise ValueError(f"arm {variant!r}: exposures {units[variant]:g} is not a count")
             plain = {k: v for k, v in arm["metrics"].items() if "sum" in v}
             for name, values in plain.items():
-                metrics.setdefault(name, {})[variant] = _arm(values)
+                try:
+                    metrics.setdefault(name, {})[variant] = _arm(values)
+                except ValueError as exc:
+                    raise ValueError(f"metric {name!r}, arm {variant!r}: {exc}") from None
             for name, values in arm["metrics"].items():
                 parts = (ratios or {}).get(name)
                 if "numerator" in values:

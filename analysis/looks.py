@@ -12,6 +12,7 @@ from typing import Literal
 
 from analysis.cuped import cuped
 from analysis.decision import DecisionState, GuardrailCheck
+from analysis.degenerate import check_arm, lift_undefined
 from analysis.guardrails import Threshold
 from analysis.inputs import ExperimentStats
 from analysis.msprt import Kind
@@ -144,6 +145,9 @@ def prepare(
             "the state passed in was for other settings, arms or metrics: it starts afresh"
         )
     look.counts = [float(stats.units.get(k, 0.0)) for k in plan.keys]
+    for key, count in zip(plan.keys, look.counts, strict=True):
+        if not (count >= 0 and math.isfinite(count)):
+            raise ValueError(f"arm {key!r}: {count:g} assigned units is not a count")
     _pairs(look, stats)
     return look
 
@@ -188,6 +192,8 @@ def _pairs(look: Look, stats: ExperimentStats) -> None:
     n_star, rel = float(cfg.mixture_n), cfg.relative
     for role, metric, alpha, kind in look.plan.metrics:
         arms = stats.metrics.get(metric.name, {})
+        for variant, arm in arms.items():
+            check_arm(metric, variant, arm)
         a = arms.get(control, _EMPTY)
         for variant in look.plan.treatments:
             b = arms.get(variant, _EMPTY)
@@ -201,7 +207,13 @@ def _pairs(look: Look, stats: ExperimentStats) -> None:
                 # Adjusted values are no longer 0/1: their variance is the adjusted m2.
                 a_adj, b_adj = cuped(a, b)
                 pair_kind = "mean"
-            key = f"{metric.name}:{variant}"
+            key, pair_rel = f"{metric.name}:{variant}", rel
+            why = lift_undefined(a_adj, b_adj, pair_kind) if rel else None
+            if why is not None:
+                # The absolute difference keeps its own running interval: the two scales
+                # must never be intersected.
+                key, pair_rel = f"{key}:absolute", False
+                look.reasons.append(f"{metric.name} ({variant}): {why}")
             stored = look.state.intervals.get(key)
             prior = (1.0, -math.inf, math.inf)
             if stored is not None:
@@ -223,7 +235,7 @@ def _pairs(look: Look, stats: ExperimentStats) -> None:
                     b_adj,
                     alpha,
                     n_star,
-                    rel,
+                    pair_rel,
                     prior,
                 )
             )
@@ -233,6 +245,6 @@ _EMPTY = ArmStats(0, 0, 0)
 
 
 def _ready(arm: ArmStats, kind: Kind, minimum: int) -> bool:
-    if arm.n < minimum:
-        return False
-    return kind != "proportion" or 0 < arm.sum < arm.n
+    """Enough units for a verdict.  An arm with 0 % or 100 % conversions is ready too: its
+    variance comes from a continuity prior (analysis.degenerate), so a dead model is judged."""
+    return arm.n >= minimum
