@@ -52,6 +52,8 @@ def validate(
     except AbmeshError as exc:
         fail(str(exc))
     out.print(f"{spec.name}: valid ({len(spec.variants)} variants, hash {spec.hash.value})")
+    for warning in spec.analysis.warnings():
+        out.print(f"warning: {warning}")
 
 
 @app.command()

@@ -4,7 +4,9 @@ guardrails with their direction and non-inferiority margin) and the analysis set
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
+from statistics import NormalDist
 from typing import Annotated, Self
 
 from pydantic import Field, Strict, model_validator
@@ -14,6 +16,10 @@ from experiments.spec_base import Name, Number, SpecModel, no_repeats
 Count = Annotated[int, Strict()]
 Flag = Annotated[bool, Strict()]
 DEFAULT_N_STAR = 10_000
+# n* outside [N_STAR_LOW, N_STAR_HIGH × the horizon's units] is warned about (see
+# AnalysisSettings.warnings): the interval at the horizon is then far wider than it could be.
+N_STAR_LOW = 100
+N_STAR_HIGH = 100
 
 
 class MetricKind(StrEnum):
@@ -111,3 +117,45 @@ class AnalysisSettings(SpecModel):
         if self.max_units_per_arm is not None:
             return 2 * self.max_units_per_arm
         return DEFAULT_N_STAR
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but probably not meant: an n* below 100 units, or above 100×
+        the horizon's units (both arms; 10,000 without a horizon).  The mixture is tightest
+        near n* units, so far from it the interval at the horizon is wider than the tuned one;
+        the warning quotes the power that leaves (`mixture_power`)."""
+        if self.n_star is None:
+            return []
+        horizon = 2 * self.max_units_per_arm if self.max_units_per_arm else DEFAULT_N_STAR
+        if N_STAR_LOW <= self.n_star <= N_STAR_HIGH * horizon:
+            return []
+        where = (
+            f"below {N_STAR_LOW} units"
+            if self.n_star < N_STAR_LOW
+            else f"over {N_STAR_HIGH}× the horizon's {horizon} units"
+        )
+        width, tuned, power = mixture_power(self.n_star, horizon, self.alpha, self.power)
+        return [
+            f"analysis.n_star {self.n_star} is {where}: at {horizon} units the interval is"
+            f" ±{width:.3g} standard errors against ±{tuned:.3g} with n_star {horizon}, so an"
+            f" effect found with power {self.power:.0%} by the tuned test is found with power"
+            f" {power:.1%}"
+        ]
+
+
+def mixture_radius(n_star: float, units: float, alpha: float) -> float:
+    """The mixture interval's half-width in standard errors after `units` (both arms), with
+    τ² = ρ² N v (stats-methods.md §2-3): r = τ²/v = ρ² N, radius = √((1 + r)/r · ln((1 + r)/α²))."""
+    r = (-2 * math.log(alpha) + math.log(1 - 2 * math.log(alpha))) / n_star * units
+    return math.sqrt((1 + r) / r * math.log((1 + r) / alpha**2))
+
+
+def mixture_power(
+    n_star: float, units: float, alpha: float, power: float
+) -> tuple[float, float, float]:
+    """(radius with n*, radius tuned to n* = units, power with n*) at a look after `units`: the
+    effect δ = tuned radius + z_power standard errors is what the tuned interval excludes 0
+    for with probability `power`; with n* it does so with Φ(δ − radius) (the far tail, below
+    1e-6 here, is left out)."""
+    width, tuned = mixture_radius(n_star, units, alpha), mixture_radius(units, units, alpha)
+    normal = NormalDist()
+    return width, tuned, normal.cdf(tuned + normal.inv_cdf(power) - width)
