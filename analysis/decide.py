@@ -1,5 +1,6 @@
-"""`decide`: one look at an experiment, turned into continue / winner / harm / no_difference /
-invalid with the reasons and the numbers behind them.
+"""`decide`: one look at an experiment, turned into continue / winner /
+winner_pending_guardrails / harm / no_difference / invalid with the reasons and the numbers
+behind them.
 
 The order of judgement, and why:
 1. An operational guardrail over its limit (p99 latency, 5xx rate — values the caller reads
@@ -13,7 +14,8 @@ The order of judgement, and why:
    intersection of intervals, kept in the state), or by Lan–DeMets boundaries at planned looks;
    α is split over the treatment arms (Bonferroni, which stays valid at any stopping time).
    Metric guardrails are non-inferiority tests: harm when the interval lies wholly beyond the
-   margin on the bad side; a margin must also be *shown* kept before a winner is declared.
+   margin on the bad side; a margin must also be *shown* kept before a winner is declared
+   (until then, and at the horizon too, the status is winner_pending_guardrails: continue).
 5. No difference when the interval lies inside ±MDE, at the horizon, or at the final
    group-sequential look without a crossing.
 

@@ -18,6 +18,9 @@ from typing import Any
 class Status(StrEnum):
     CONTINUE = "continue"
     WINNER = "winner"
+    # Better on the primary metric, but a metric guardrail is not yet shown within its
+    # margin: keep testing (it is not "no difference"), and never promote on it.
+    WINNER_PENDING_GUARDRAILS = "winner_pending_guardrails"
     HARM = "harm"
     NO_DIFFERENCE = "no_difference"
     INVALID = "invalid"

@@ -175,14 +175,38 @@ class _Judge:
         at_horizon = cap is not None and all(
             min(c.n_control, c.n_treatment) >= cap for c in primary
         )
+        pending = [c for c in better if self._unproven(c.variant, guards)]
+        if pending:
+            # A clear winner is never "no difference", not even at the horizon: whether to
+            # promote it with a guardrail unproven is for a person to decide, not the test.
+            if at_horizon:
+                self.reasons += [
+                    f"the horizon of {cap} units per arm is reached: {c.variant} is better on"
+                    f" {c.metric} but guardrail {', '.join(self._unproven(c.variant, guards))}"
+                    " is still not shown within its margin, so it is not promoted"
+                    for c in pending
+                ]
+            return Status.WINNER_PENDING_GUARDRAILS, None, [], self.reasons
         concluded = {"no_difference"} | ({"better"} if at_horizon else set())
         if self.gst is not None and self.gst.exhausted:
             concluded.add("burn_in")  # never reached its minimum within the design
         if primary and all(c.verdict in concluded for c in primary):
             if better:
-                self.reasons.append("the horizon is reached with a guardrail not shown kept")
+                self.reasons.append("the horizon is reached with a guardrail without data")
             return Status.NO_DIFFERENCE, None, [], self.reasons
         return Status.CONTINUE, None, [], self.reasons
+
+    def _unproven(self, variant: str, guards: list[Comparison]) -> list[str]:
+        """The metric guardrails with a margin that `variant` has not yet been shown to keep."""
+        assert self.spec.metrics is not None
+        margins = {m.name: m.margin for m in self.spec.metrics.guardrails}
+        return [
+            g.metric
+            for g in guards
+            if g.variant == variant
+            and margins.get(g.metric) is not None
+            and g.verdict != "non_inferior"
+        ]
 
     def _blockers(self, variant: str, guards: list[Comparison]) -> list[str]:
         """Why `variant` cannot be promoted yet although its primary metric is better."""

@@ -256,6 +256,8 @@ class Judge:
             state.winner = decision.winner
             what = enter_phase(spec, state, state.phase + 1, now)
             return self.entry(record, state, "promote", f"{decision.winner} wins: {why} → {what}")
+        if decision.status is Verdict.WINNER_PENDING_GUARDRAILS:
+            return None  # better, but a guardrail is unproven: neither promote nor finish
         if decision.status is Verdict.NO_DIFFERENCE:
             what = finish(spec, state, f"no difference, stable kept: {why}")
             return self.entry(record, state, "finish", what)

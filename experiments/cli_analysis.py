@@ -71,7 +71,8 @@ def decide_command(
     output: OutputOpt = Output.TEXT,
     store: StoreOpt = None,
 ) -> None:
-    """Decide: continue, winner, harm, no_difference or invalid, with the reasons."""
+    """Decide: continue, winner, winner_pending_guardrails, harm, no_difference or invalid,
+    with the reasons."""
     from analysis import ExperimentStats, decide
     from analysis.decision import fmt
 

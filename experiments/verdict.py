@@ -30,6 +30,8 @@ log = logging.getLogger("abmesh.verdict")
 
 VERDICTS = {
     "winner": "promote",
+    # Better, but a guardrail metric is not yet shown within its margin: keep testing.
+    "winner_pending_guardrails": "continue",
     "harm": "rollback",
     "invalid": "pause",
     "no_difference": "no_difference",

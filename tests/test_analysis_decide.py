@@ -166,7 +166,7 @@ def test_metric_guardrails_are_non_inferiority_tests_with_margins() -> None:
         "treatment": normal(rng, 20_000, 10.0, 60.0),
     }
     d = decide(spec, stats(click, revenue=noisy))
-    assert d.status is Status.CONTINUE
+    assert d.status is Status.WINNER_PENDING_GUARDRAILS  # test_analysis_pending.py
     assert any("not yet shown within its margin" in r for r in d.reasons)
 
 
@@ -523,7 +523,7 @@ def test_a_zero_margin_must_be_shown_and_guardrails_split_alpha() -> None:
     click = {"control": conv(20_000, 0.10), "treatment": conv(20_000, 0.12)}
     rev = {"control": normal(rng, 20_000, 10), "treatment": normal(rng, 20_000, 10)}
     d = decide(spec, stats(click, rev=rev, rev2=rev))
-    assert d.status is Status.CONTINUE
+    assert d.status is Status.WINNER_PENDING_GUARDRAILS
     assert any("rev (treatment)" in r and "not yet shown" in r for r in d.reasons)
     assert {c.alpha for c in d.comparisons if c.role == "guardrail"} == {0.025}
 
