@@ -5,8 +5,9 @@ behind them.
 The order of judgement, and why:
 1. An operational guardrail over its limit (p99 latency, 5xx rate — values the caller reads
    from Prometheus) is harm at once: the candidate is hurting users whatever the statistics.
-2. A sample ratio mismatch (Pearson χ² or the sequential Dirichlet–multinomial test below
-   `srm_alpha`) makes every comparison untrustworthy: invalid.
+2. A sample ratio mismatch (the sequential Dirichlet–multinomial test below `srm_alpha` at
+   any look, or Pearson's χ² at the one horizon look) makes every comparison untrustworthy:
+   invalid.
 3. Burn-in: no statistical verdict before `min_units_per_arm` units in each arm; plug-in
    variances are unstable before that (stats-methods.md §9).  Degenerate arms (0 % or 100 %
    conversions, constants, a zero control under a lift) are judged: analysis.degenerate.

@@ -75,12 +75,16 @@ class GuardrailCheck:
 class DecisionState:
     """What a decision keeps between looks: the running always-valid p and interval per
     comparison (`intervals`: key -> [p, low, high], ±inf stored as None), the running
-    sequential SRM p-value, the information fractions of group-sequential looks taken, the
-    boundaries already crossed (a stopped trial stays stopped), and the design all of it was
-    computed under (a changed design starts it afresh)."""
+    sequential SRM p-value and the χ² p of the horizon look, the information fractions of
+    group-sequential looks taken, the boundaries already crossed (a stopped trial stays
+    stopped), and the design all of it was computed under (a changed design starts it
+    afresh)."""
 
     looks: int = 0
     srm_pvalue: float = 1.0
+    # Pearson χ² p of the one planned look at the horizon (None until it is reached): the
+    # only look where the fixed SRM test gates (analysis.looks, _judge_srm).
+    srm_horizon_pvalue: float | None = None
     intervals: dict[str, list[float | None]] = field(default_factory=dict)
     gst_fractions: list[float] = field(default_factory=list)
     stopped: dict[str, str] = field(default_factory=dict)  # group-sequential verdicts reached
@@ -91,13 +95,17 @@ class DecisionState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DecisionState:
-        known = {"looks", "srm_pvalue", "intervals", "gst_fractions", "stopped", "design"}
+        known = {
+            "looks", "srm_pvalue", "srm_horizon_pvalue", "intervals", "gst_fractions",
+            "stopped", "design",
+        }  # fmt: skip
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown decision state fields: {sorted(unknown)}")
         return cls(
             looks=int(data.get("looks", 0)),
             srm_pvalue=float(data.get("srm_pvalue", 1.0)),
+            srm_horizon_pvalue=_optional(data.get("srm_horizon_pvalue")),
             intervals={str(k): list(v) for k, v in data.get("intervals", {}).items()},
             gst_fractions=[float(t) for t in data.get("gst_fractions", [])],
             stopped={str(k): str(v) for k, v in data.get("stopped", {}).items()},
@@ -155,6 +163,10 @@ class Decision:
         )
         head = html.escape(self.summary().splitlines()[0])
         return f"<div><strong>{head}</strong><ul>{items}</ul>{table}</div>"
+
+
+def _optional(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def fmt(value: object) -> str:
