@@ -87,7 +87,8 @@ class AnalysisSettings(SpecModel):
     # The smallest relative effect worth acting on (0.02 = 2 % of the control mean): an
     # interval inside ±mde ends the test as "no difference".
     mde: Number | None = Field(default=None, gt=0, allow_inf_nan=False)
-    relative: Flag = False  # judge the relative lift b/a − 1 instead of the difference b − a
+    # Judge the relative lift b/a − 1 (tested as the log ratio) instead of the difference b − a.
+    relative: Flag = False
     cuped: Flag = False
     min_units_per_arm: Count = Field(default=100, ge=2)  # burn-in: no verdict before this
     max_units_per_arm: Count | None = Field(default=None, ge=2)  # the horizon
