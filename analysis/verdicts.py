@@ -190,11 +190,26 @@ class _Judge:
         concluded = {"no_difference"} | ({"better"} if at_horizon else set())
         if self.gst is not None and self.gst.exhausted:
             concluded.add("burn_in")  # never reached its minimum within the design
+        if self._units_past_horizon() and any(c.verdict == "burn_in" for c in primary):
+            # Assigned units past the horizon but too few with metric data: the test is over
+            # all the same (never burn-in past the horizon), and the stable model is kept.
+            concluded.add("burn_in")
+            self.reasons.append(
+                f"the horizon of {cap} assigned units per arm is reached with too little"
+                " metric data for a verdict: the test ends without one"
+            )
         if primary and all(c.verdict in concluded for c in primary):
             if better:
                 self.reasons.append("the horizon is reached with a guardrail without data")
             return Status.NO_DIFFERENCE, None, [], self.reasons
         return Status.CONTINUE, None, [], self.reasons
+
+    def _units_past_horizon(self) -> bool:
+        """Every arm with traffic has at least the horizon's assigned units."""
+        cap, plan = self.spec.analysis.max_units_per_arm, self.look.plan
+        counts = dict(zip(plan.keys, self.look.counts, strict=True))
+        arms = (plan.control, *plan.treatments)
+        return cap is not None and bool(counts) and min(counts.get(k, 0.0) for k in arms) >= cap
 
     def _unproven(self, variant: str, guards: list[Comparison]) -> list[str]:
         """The metric guardrails with a margin that `variant` has not yet been shown to keep."""

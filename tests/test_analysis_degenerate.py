@@ -154,3 +154,21 @@ def test_negative_counts_are_refused_naming_the_arm() -> None:
     report["treatment"]["exposures"] = -1
     with pytest.raises(ValueError, match="arm 'treatment'"):
         ExperimentStats.from_report(report)
+
+
+def test_the_horizon_ends_the_test_even_without_enough_metric_data() -> None:
+    spec = make_spec({"max_units_per_arm": 20_000})
+    units = {"control": 24_000, "treatment": 24_000}
+    # the candidate logs almost no events: 24,000 assigned, 40 with data
+    data = ExperimentStats(
+        units, {"click": {"control": conv(24_000, 0.1), "treatment": conv(40, 0)}}
+    )
+    d = decide(spec, data)
+    assert d.status is Status.NO_DIFFERENCE
+    assert any("horizon of 20000 assigned units per arm is reached" in r for r in d.reasons)
+    # before the horizon it is burn-in, as before
+    early = ExperimentStats(
+        {"control": 1000, "treatment": 1000},
+        {"click": {"control": conv(1000, 0.1), "treatment": conv(40, 0)}},
+    )
+    assert decide(spec, early).status is Status.CONTINUE
