@@ -173,3 +173,18 @@ def test_a_reading_below_min_requests_is_neither_a_pass_nor_a_fail(rig: Rig) -> 
     asked = rig.provider.asked[-1]
     assert (asked["service"], asked["variant"], asked["namespace"]) == (
         "ranker", "candidate", "default")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("doc", "heading"),
+    [("README.md", "Guardrails beyond the two default presets"),
+     ("docs/control-plane.md", "## Guardrails and metrics providers")],
+)  # fmt: skip
+def test_the_documented_guardrail_examples_load(doc: str, heading: str) -> None:
+    import yaml
+
+    text = (Path(__file__).resolve().parent.parent / doc).read_text()
+    block = text.split(heading, 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    spec = load_spec({**spec_of(), "rollout": yaml.safe_load(block)["rollout"]})
+    assert spec.rollout is not None
+    assert {g.provider for g in spec.rollout.guardrails} == {"prometheus", "web"}
