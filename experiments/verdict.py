@@ -16,7 +16,6 @@ unless the service has default guardrails (a Prometheus URL: the preset p99 and 
 from __future__ import annotations
 
 import contextlib
-import logging
 from typing import Any
 
 from controlplane.metrics import MetricsProvider, read_guardrails, variables_for
@@ -25,8 +24,6 @@ from experiments.reporting import analysed_spec, phase_report
 from experiments.spec import ExperimentSpec
 from experiments.spec_rollout import OperationalGuardrail, default_guardrails
 from experiments.store import Store
-
-log = logging.getLogger("abmesh.verdict")
 
 VERDICTS = {
     "winner": "promote",

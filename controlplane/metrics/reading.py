@@ -9,6 +9,7 @@ own failure counts.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,6 +20,8 @@ from experiments.spec_rollout import OperationalGuardrail
 
 if TYPE_CHECKING:
     from analysis import Threshold
+
+log = logging.getLogger("abmesh.metrics")
 
 Status = Literal["pass", "fail", "no_data", "not_enough_data", "error"]
 
@@ -86,6 +89,8 @@ def read_guardrails(
                 m = provider.query(g, variables)
             except Exception as exc:
                 m = Measurement.error(f"{type(exc).__name__} in the provider")
+        if m.phase is Phase.ERROR:  # the operator sees a broken source in the log too
+            log.warning("metrics provider %s, guardrail %s: %s", g.provider, g.name, m.message)
         out.append(judge(g, m))
     return out
 
