@@ -20,29 +20,26 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import redis
 
 from controlplane.controller import Controller
 from controlplane.lifecycle import Action, apply_spec, change_state
+from controlplane.metrics import Measurement
 from controlplane.targets import Defaults, Routers
 from experiments import load_spec
 from experiments.localstack import model_variants
+from experiments.spec_rollout import OperationalGuardrail
 from experiments.store import open_store
 
 
 class Instant:
     """Guardrail readings that are always in: p99 20 ms, no errors."""
 
-    def query(self, promql: str) -> float | None:
-        return 0.0
-
-    def value(self, template: str, **labels: str) -> float | None:
-        return {"p99_latency_ms": 20.0, "error_ratio": 0.0}.get(template)
-
-    def is_online(self) -> bool:
-        return True
+    def query(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Measurement:
+        return Measurement.of({"p99_latency_ms": 20.0, "error_ratio": 0.0}.get(guardrail.name))
 
 
 def spec(name: str) -> dict[str, object]:

@@ -93,9 +93,9 @@ def controller(
     Each experiment's routes go to its own target (spec rollout.target; these options are the
     defaults); several controllers share the experiments through per-experiment leases."""
     from controlplane.controller import Controller
+    from controlplane.metrics import ProviderConfig, Providers, make_provider
     from controlplane.observability import ControllerTelemetry, HealthServer, liveness
     from controlplane.targets import Defaults, Routers
-    from experiments.metrics_provider import PrometheusProvider
 
     if router not in ROUTERS:
         fail(f"--router {router!r} is not one of {', '.join(ROUTERS)}")
@@ -106,7 +106,9 @@ def controller(
         route_name=route_name, clusters=_clusters(cluster or []), out_dir=out_dir,
     )  # fmt: skip
     try:
-        provider = PrometheusProvider(prometheus, mesh=mesh, window=window)
+        config = ProviderConfig(prometheus_url=prometheus, mesh=mesh, window=window)
+        make_provider("prometheus", config)  # a wrong --mesh fails here, not at every tick
+        provider = Providers(config)
     except AbmeshError as exc:
         fail(str(exc))
     identity = owner or os.environ.get("POD_NAME") or socket.gethostname()

@@ -31,12 +31,12 @@ from dataclasses import replace
 from typing import Any
 
 from controlplane.judge import Judge, phase_of, state_of
+from controlplane.metrics import MetricsProvider
 from controlplane.observability import ControllerTelemetry
 from controlplane.rollout import RolloutState
 from controlplane.routing.plan import RoutePlan, plan_routes
 from controlplane.targets import Resolved, Routers, blocker, claimant, claims
 from experiments.errors import AbmeshError, ConflictError, NotFoundError
-from experiments.metrics_provider import MetricsProvider
 from experiments.spec import ExperimentSpec
 from experiments.status import State, Status
 from experiments.store import ExperimentRecord, Store

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from controlplane.guardrail_policy import apply_policy
+from controlplane.metrics import MetricsProvider, read_guardrails, variables_for
 from controlplane.rollout import (
     Request,
     RolloutState,
@@ -28,13 +30,11 @@ from controlplane.rollout import (
 from controlplane.targets import Routers
 from experiments.errors import NotFoundError
 from experiments.folding import exposures_of
-from experiments.metrics_provider import MetricsProvider, query_labels
 from experiments.spec import ExperimentSpec
 from experiments.spec_rollout import ABTest, Canary, OnNoData
 from experiments.status import State, Status, end_phase, new_phase_name
 from experiments.status import enter_phase as enter_analysis_phase
 from experiments.store import ExperimentRecord, Store
-from experiments.verdict import read_guardrails
 
 Audit = list[dict[str, Any]]
 
@@ -131,8 +131,6 @@ class Judge:
         self, record: ExperimentRecord, state: RolloutState, status: Status, now: float,
         audit: Audit,
     ) -> Status:  # fmt: skip
-        from analysis.guardrails import Threshold
-
         spec = record.spec
         assert spec.rollout is not None
         phase = phase_of(spec, state)
@@ -144,19 +142,24 @@ class Judge:
         if progressing is not None and progressing.reason in ("ExperimentPaused", "Paused"):
             # Back from a pause: the time it was held is not a missed deadline.
             state.data_at = state.resumed_at = now
-        thresholds = read_guardrails(spec, self.provider, self._labels(spec))
-        checks = [t.check() for t in thresholds]
-        readings = [{"name": c.name, "value": c.value, "limit": c.limit, "status": c.status}
-                    for c in checks]  # fmt: skip
-        failed = [c for c in checks if c.status == "fail"]
-        missing = [c for c in checks if c.status == "no_data"]
-        healthy = False if failed else (None if missing else True)
-        reason = "GuardrailFailed" if failed else ("NoData" if missing else "WithinLimits")
-        message = "; ".join(Threshold.describe(c) for c in failed or missing)
+        guardrails = spec.rollout.guardrails
+        readings = read_guardrails(guardrails, self.provider, self._variables(spec))
+        judged, state.guardrail_counts = apply_policy(guardrails, readings,
+                                                      state.guardrail_counts)  # fmt: skip
+        entries = [r.to_dict() for r in readings]
+        failed = [j.why for j in judged if j.failed]
+        # Not a pass yet: a failing reading the policy does not count yet, or no evidence
+        # (no data, not enough data, a provider error).
+        failing = [j.why for j in judged if j.reading.status == "fail" and not j.failed]
+        missing = [j.why for j in judged if j.reading.status not in ("pass", "fail")]
+        healthy = False if failed else (None if failing or missing else True)
+        reason = "GuardrailFailed" if failed else "GuardrailFailing" if failing else (
+            "NoData" if missing else "WithinLimits")  # fmt: skip
+        message = "; ".join(failed or failing or missing)
         status = status.with_condition("GuardrailsHealthy", healthy, reason, message, now)
         if failed:
-            what = roll_back(spec, state, "; ".join(Threshold.describe(c) for c in failed))
-            audit.append(self.entry(record, state, "rollback", what, readings))
+            what = roll_back(spec, state, "; ".join(failed))
+            audit.append(self.entry(record, state, "rollback", what, entries))
             return status
         if not missing:
             state.data_at = now
@@ -167,20 +170,22 @@ class Judge:
             kind, why = late
             if spec.rollout.on_no_data is OnNoData.ROLLBACK:
                 audit.append(self.entry(record, state, "rollback",
-                                         roll_back(spec, state, why), readings))  # fmt: skip
+                                         roll_back(spec, state, why), entries))  # fmt: skip
                 return status
             old = status.condition("Progressing")
             if old is None or old.reason != kind:
-                audit.append(self.entry(record, state, "hold", f"held: {why}", readings))
+                audit.append(self.entry(record, state, "hold", f"held: {why}", entries))
             state.passes = 0
             return status.with_condition("Progressing", False, kind, why, now)
         status = status.with_condition("Progressing", True, "Progressing", "", now)
         if isinstance(phase, Canary):
-            entry = self._canary(record, state, status, phase, bool(missing), now)
+            entry = self._canary(record, state, status, phase, bool(failing or missing), now)
         else:
+            candidate = spec.candidate_variant.key
+            thresholds = [j.reading.threshold(candidate, counted=j.failed) for j in judged]
             entry = self._ab(record, state, status, thresholds, now)
         if entry is not None:
-            audit.append({**entry, "guardrails": readings})
+            audit.append({**entry, "guardrails": entries})
             if isinstance(phase_of(spec, state), ABTest) and not isinstance(phase, ABTest):
                 planned = dict(state.weights)
                 status = enter_analysis_phase(status, new_phase_name(status, "ab"), now, planned)
@@ -298,12 +303,11 @@ class Judge:
             return status.with_condition("Progressing", False, "ExperimentPaused", "", now)
         return status
 
-    def _labels(self, spec: ExperimentSpec) -> dict[str, str]:
+    def _variables(self, spec: ExperimentSpec) -> dict[str, str]:
         target = self.routers.resolve(spec)
         clusters = dict(target.option("clusters")) if target.router == "envoy" else {}
-        d = spec.candidate_variant.destination
-        cluster = clusters.get(spec.candidate_variant.key) or d.subset or d.host
-        return query_labels(d.host, d.subset, cluster)
+        namespace = str(dict(target.options).get("namespace") or "")
+        return variables_for(spec, clusters.get(spec.candidate_variant.key), namespace)
 
     def _candidate_units(self, record: ExperimentRecord, status: Status) -> float:
         stats, _ = self.store.phase_stats(record.name, status.phase)

@@ -59,6 +59,9 @@ class RolloutState:
     winner: str | None = None
     reason: str = ""
     request: Request | None = None  # a manual command waiting for the next tick
+    # Consecutive failing readings and provider errors per guardrail (controlplane.
+    # guardrail_policy): kept here so they survive a restart or a change of controller.
+    guardrail_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from controlplane.controller import Controller
 from controlplane.lifecycle import Action, apply_spec, change_state
+from controlplane.metrics import ProviderConfig, Providers
 from controlplane.targets import Defaults, Routers
 from experiments.errors import AbmeshError
 from experiments.localstack import (
@@ -36,7 +37,6 @@ from experiments.localstack import (
     start_rollout_stack,
     start_service,
 )
-from experiments.metrics_provider import PrometheusProvider
 from experiments.report import build_report
 from experiments.report_html import render_html
 from experiments.spec import ExperimentSpec
@@ -203,7 +203,7 @@ def run_demo(
         controller = Controller(
             open_store(store_url),
             Routers(defaults),
-            PrometheusProvider(stack.prometheus_url, mesh="envoy", window="3s"),
+            Providers(ProviderConfig(stack.prometheus_url, mesh="envoy", window="3s")),
             owner="demo-controller",
             interval=1.0,
             settle_s=3.0,

@@ -26,17 +26,87 @@ class Bound(StrEnum):
     MIN = "min"  # the value must not fall below it
 
 
-# The metrics provider's named query templates (experiments.metrics_provider has one per mesh).
+# The metrics provider's named query templates (controlplane.metrics.prometheus has one per mesh).
 Query = Literal["p99_latency_ms", "error_ratio", "request_rate"]
+
+# What a query or URL template may name, as `{name}`: the candidate's service, variant and
+# namespace, the rate window, and the labels the mesh presets use (Envoy cluster `target`,
+# Istio `host`, `subset`, `service_label`).  A `{` followed by anything but a name and `}` is
+# left alone, so PromQL's label matchers `{job="x"}` need no escaping.
+PLACEHOLDERS = ("service", "variant", "namespace", "window", "target", "host", "subset",
+                "service_label")  # fmt: skip
+PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# A header value names environment variables as ${NAME}: secrets stay out of the spec.
+ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+JSON_PATH_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
+
+def check_template(text: str, field: str) -> str:
+    unknown = sorted({m for m in PLACEHOLDER_RE.findall(text) if m not in PLACEHOLDERS})
+    if unknown:
+        names = ", ".join(f"{{{u}}}" for u in unknown)
+        raise ValueError(f"{field}: unknown placeholder {names}; known: {list(PLACEHOLDERS)}")
+    return text
+
+
+def _json_path(value: str) -> str:
+    if not JSON_PATH_RE.fullmatch(value):
+        raise ValueError(f"json_path {value!r} is not a dotted path such as data.result.0.value.1")
+    return value
 
 
 class OperationalGuardrail(SpecModel):
-    """A value read each check (from Prometheus, with a named query template)."""
+    """A value read each check by a metrics provider: `query` (a preset of the mesh) or
+    `promql` (a template) from Prometheus, or `url` + `json_path` from any JSON endpoint
+    (provider `web`).  A reading over `min_requests`' sample counts; a failing reading rolls
+    back after `failure_limit` in a row; provider errors become a failure after
+    `consecutive_error_limit` in a row (unset: never, the progress deadline applies)."""
 
     name: Name
-    query: Query
+    query: Query | None = None
+    promql: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
+    provider: Name = "prometheus"
+    url: Annotated[str, Field(min_length=1, max_length=2000)] | None = None
+    json_path: Annotated[str, AfterValidator(_json_path)] | None = None
+    headers: dict[Annotated[str, Field(min_length=1, max_length=100)],
+                  Annotated[str, Field(max_length=1000)]] = Field(
+        default_factory=dict, max_length=20)  # fmt: skip
     limit: Number = Field(allow_inf_nan=False)
     bound: Bound = Bound.MAX
+    min_requests: Count = Field(default=0, ge=0)
+    failure_limit: Count = Field(default=1, ge=1, le=1000)
+    consecutive_error_limit: Count | None = Field(default=None, ge=0, le=1000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _web_by_default(cls, data: object) -> object:
+        if isinstance(data, dict) and "url" in data and "provider" not in data:
+            return {**data, "provider": "web"}
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        given = [f for f in ("query", "promql", "url") if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"guardrail {self.name}: exactly one of query, promql or url, not {given or 'none'}"
+            )
+        if self.promql is not None:
+            check_template(self.promql, f"guardrail {self.name}: promql")
+        if self.url is not None:
+            check_template(self.url, f"guardrail {self.name}: url")
+            if self.json_path is None:
+                raise ValueError(f"guardrail {self.name}: url needs a json_path")
+            if self.min_requests:
+                raise ValueError(f"guardrail {self.name}: min_requests needs a Prometheus"
+                                 " query (a JSON endpoint reports no sample size)")  # fmt: skip
+        elif self.json_path is not None or self.headers:
+            raise ValueError(f"guardrail {self.name}: json_path and headers go with a url")
+        for header, value in self.headers.items():
+            if "$" in ENV_RE.sub("", value):
+                raise ValueError(f"guardrail {self.name}: headers.{header} may name environment"
+                                 " variables only as ${NAME}")  # fmt: skip
+        return self
 
 
 class Canary(SpecModel):
@@ -67,7 +137,8 @@ class Promote(SpecModel):
 Phase = Annotated[Canary | ABTest | Promote, Field(discriminator="kind")]
 
 
-def _default_guardrails() -> tuple[OperationalGuardrail, ...]:
+def default_guardrails() -> tuple[OperationalGuardrail, ...]:
+    """A rollout's guardrails when its spec names none, and the service's for /decision."""
     return (
         OperationalGuardrail(name="p99_latency_ms", query="p99_latency_ms", limit=150),
         OperationalGuardrail(name="error_ratio", query="error_ratio", limit=0.001),
@@ -136,7 +207,7 @@ class Rollout(SpecModel):
     progress_deadline_s: Number = Field(default=600, ge=10, le=7 * 86400, allow_inf_nan=False)
     on_no_data: OnNoData = OnNoData.ROLLBACK
     guardrails: tuple[OperationalGuardrail, ...] = Field(
-        default_factory=_default_guardrails, max_length=20
+        default_factory=default_guardrails, max_length=20
     )
     phases: tuple[Phase, ...] = Field(
         default_factory=lambda: (Canary(), ABTest(), Promote()), min_length=1, max_length=10

@@ -6,27 +6,24 @@ The always-valid state of these looks is kept in the store under the experiment'
 phase, so asking every minute keeps the running minimum p and interval, and a new phase or a
 re-created experiment starts afresh.  The sample is judged with the split its phase was
 planned with, so a verdict asked after the routes moved (a promotion) is the phase's own.
-Without a metrics provider the spec's operational guardrails read as no data: never a pass.
+Guardrails are read through controlplane.metrics (this module is the one place experiments/
+depends on the control plane: the providers are the controller's, and the verdict reads them
+the same way).  An experiment without operational guardrails (no `rollout:` section, or an empty
+list) is never reported healthy: `guardrails_configured` is false and `guardrails_ok` too,
+unless the service has default guardrails (a Prometheus URL: the preset p99 and error ratio).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import httpx
-
+from controlplane.metrics import MetricsProvider, read_guardrails, variables_for
 from experiments.errors import ConflictError
-from experiments.metrics_provider import MetricsProvider, query_labels
 from experiments.reporting import analysed_spec, phase_report
 from experiments.spec import ExperimentSpec
+from experiments.spec_rollout import OperationalGuardrail, default_guardrails
 from experiments.store import Store
-
-if TYPE_CHECKING:
-    from analysis import Threshold
-
-log = logging.getLogger("abmesh.verdict")
 
 VERDICTS = {
     "winner": "promote",
@@ -39,39 +36,30 @@ VERDICTS = {
 }
 
 
-def read_guardrails(
-    spec: ExperimentSpec, provider: MetricsProvider | None, labels: dict[str, str]
-) -> list[Threshold]:
-    """The spec's operational guardrails for its candidate, read now.  A provider that is
-    missing, unreachable or answers nonsense gives no data, which is never a pass."""
-    from analysis import Threshold
-
-    assert spec.rollout is not None
-    candidate = spec.candidate_variant.key
-    out = []
-    for g in spec.rollout.guardrails:
-        value = None
-        if provider is not None:
-            try:
-                value = provider.value(g.query, **labels)
-            except (httpx.HTTPError, KeyError, ValueError) as exc:
-                log.warning("metrics provider, %s: %s", g.name, exc)
-        out.append(Threshold(g.name, value, g.limit, candidate, g.bound.value))
-    return out
+def guardrails_of(
+    spec: ExperimentSpec, service_defaults: bool
+) -> tuple[tuple[OperationalGuardrail, ...], str | None]:
+    """The guardrails to judge and where they come from: the spec, the service's defaults, or
+    (None) nowhere."""
+    own = spec.rollout.guardrails if spec.rollout is not None else ()
+    if own:
+        return own, "spec"
+    if service_defaults:
+        return default_guardrails(), "service defaults"
+    return (), None
 
 
-def current_verdict(store: Store, name: str, provider: MetricsProvider | None) -> dict[str, Any]:
+def current_verdict(
+    store: Store, name: str, provider: MetricsProvider | None, *, service_defaults: bool = False
+) -> dict[str, Any]:
     from analysis import DecisionState, ExperimentStats, decide
 
     record = store.get_experiment(name)
     spec = record.spec
-    thresholds = []
-    if spec.rollout is not None:
-        d = spec.candidate_variant.destination
-        # Envoy clusters are taken to be named after the subset (or the host).
-        thresholds = read_guardrails(
-            spec, provider, query_labels(d.host, d.subset, d.subset or d.host)
-        )
+    guardrails, source = guardrails_of(spec, service_defaults)
+    readings = read_guardrails(guardrails, provider, variables_for(spec))
+    candidate = spec.candidate_variant.key
+    thresholds = [r.threshold(candidate) for r in readings]
     # A new phase is a new sample: a new state; a new experiment of the same name, a new uid.
     key = f"{record.uid}#verdict#{record.phase}"
     doc, version = store.get_control(key)
@@ -94,14 +82,13 @@ def current_verdict(store: Store, name: str, provider: MetricsProvider | None) -
         "decision": verdict,
         "status": decision.status.value,
         "winner": decision.winner,
-        # ok: every guardrail read and passing; failed: one read and over its limit (no data
-        # is neither, so a metric-less start neither advances nor aborts a rollout).
-        "guardrails_ok": all(g.status == "pass" for g in decision.guardrails),
-        "guardrails_failed": any(g.status == "fail" for g in decision.guardrails),
-        "guardrails": [
-            {"name": g.name, "value": g.value, "limit": g.limit, "status": g.status}
-            for g in decision.guardrails
-        ],
+        # ok: guardrails configured, each read and passing; failed: one read and over its limit
+        # (no data is neither, so a metric-less start neither advances nor aborts a rollout).
+        "guardrails_configured": source is not None,
+        "guardrails_source": source or "not configured",
+        "guardrails_ok": source is not None and all(r.status == "pass" for r in readings),
+        "guardrails_failed": any(r.status == "fail" for r in readings),
+        "guardrails": [r.to_dict() for r in readings],
         "reasons": list(decision.reasons),
         "srm_pvalue": decision.srm_pvalue,
     }

@@ -19,6 +19,13 @@ import redis
 from experiments.store import Store, open_store
 from tests.servers import start_redis
 
+# Servers the tests start as processes (`abmesh serve` runs in a temp dir) import this
+# checkout's code, not whichever copy of the package is installed (a git worktree is not).
+ROOT = str(Path(__file__).resolve().parent.parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [ROOT, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != ROOT)]
+)
+
 DEFAULT_REDIS = os.environ.get("ABMESH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 

@@ -3,17 +3,20 @@ clock the test moves."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from controlplane.controller import Controller
 from controlplane.lifecycle import Action, apply_spec, change_state
+from controlplane.metrics import Measurement
 from controlplane.routing.plan import RoutePlan
 from controlplane.routing.routers import RouterError
 from controlplane.targets import Defaults, Resolved, Routers
 from experiments.loader import load_spec
 from experiments.localstack import model_variants
 from experiments.spec import ExperimentSpec
+from experiments.spec_rollout import OperationalGuardrail
 from experiments.store import open_store
 
 
@@ -41,19 +44,18 @@ class FakeRouter:
 
 
 class FakeProvider:
-    """Guardrail readings by template name; None is no data."""
+    """Guardrail readings by preset name (or guardrail name); None is no data, a Measurement
+    is answered as it is (an error, a sample size)."""
 
     def __init__(self) -> None:
-        self.values: dict[str, float | None] = {"p99_latency_ms": 20.0, "error_ratio": 0.0}
+        self.values: dict[str, float | Measurement | None] = {
+            "p99_latency_ms": 20.0, "error_ratio": 0.0}  # fmt: skip
+        self.asked: list[dict[str, str]] = []  # the variables of every query
 
-    def query(self, promql: str) -> float | None:
-        raise NotImplementedError
-
-    def value(self, template: str, **labels: str) -> float | None:
-        return self.values.get(template)
-
-    def is_online(self) -> bool:
-        return True
+    def query(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Measurement:
+        self.asked.append(dict(variables))
+        value = self.values.get(guardrail.query or guardrail.name)
+        return value if isinstance(value, Measurement) else Measurement.of(value)
 
 
 class Clock:

@@ -167,7 +167,9 @@ def test_the_example_manifests_call_endpoints_that_exist() -> None:
 
 
 def test_every_query_template_is_valid_promql_for_prometheus(tmp_path: Path) -> None:
-    from experiments.metrics_provider import TEMPLATES, PrometheusProvider, query_labels
+    from controlplane.metrics import Phase
+    from controlplane.metrics.prometheus import TEMPLATES, PrometheusProvider, query_labels
+    from experiments.spec_rollout import OperationalGuardrail
 
     stack = start_rollout_stack(tmp_path)
     try:
@@ -175,7 +177,54 @@ def test_every_query_template_is_valid_promql_for_prometheus(tmp_path: Path) -> 
             provider = PrometheusProvider(stack.prometheus_url, mesh=mesh, window="1m")
             for name in templates:
                 for host in ("model-inference", "model-inference.models.svc.cluster.local"):
-                    # Prometheus answers 400 to a malformed query; no data is None, not an error
-                    assert provider.value(name, **query_labels(host, "v2", "v2")) is None
+                    # Prometheus answers 400 to a malformed query: an error, not no data
+                    guardrail = OperationalGuardrail(name=name, query=name, limit=1,
+                                                     min_requests=1)  # fmt: skip
+                    m = provider.query(guardrail, query_labels(host, "v2", "v2"))
+                    assert m.phase is Phase.NO_DATA, m.message
     finally:
         stack.stop()
+
+
+def test_an_experiment_without_guardrails_is_never_reported_healthy(tmp_path: Path) -> None:
+    """No `rollout:` section, or one with no guardrails: not configured, unless the service has
+    Prometheus, whose default guardrails (p99 150 ms, error ratio 0.001) then apply."""
+    from tests.json_server import JsonServer, prometheus_answer
+
+    url = f"sqlite:///{tmp_path / 'abmesh.db'}"
+    store = open_store(url)
+    bare = spec_doc([{"kind": "ab"}])
+    del bare["rollout"]
+    empty = spec_doc([{"kind": "ab"}], name="ranker-v3")
+    empty["rollout"]["guardrails"] = []
+    for doc in (bare, empty):
+        store.put_experiment(load_spec(doc))
+        change_state(store, doc["name"], Action.START)
+    store.close()
+    names = ("ranker-v2", "ranker-v3")
+    service = start_service(url, tmp_path, admin_token=TOKEN)
+    try:
+        for name in names:
+            body = hook(service, "confirm-rollout", experiment=name).json()
+            assert (body["guardrails_configured"], body["guardrails_source"]) == (
+                False, "not configured")  # fmt: skip
+            assert (body["guardrails_ok"], body["guardrails"]) == (False, [])
+            assert hook(service, "rollout", experiment=name).status_code == 412
+            assert hook(service, "confirm-traffic-increase", experiment=name).status_code == 412
+    finally:
+        service.stop()
+    prometheus = JsonServer().start()
+    prometheus.answers["/api/v1/query"] = prometheus_answer("0.0001")  # p99 and 5xx both fine
+    service = start_service(url, tmp_path, admin_token=TOKEN, prometheus_url=prometheus.url)
+    try:
+        for name in names:
+            body = hook(service, "confirm-rollout", experiment=name).json()
+            assert (body["guardrails_configured"], body["guardrails_source"]) == (
+                True, "service defaults")  # fmt: skip
+            assert body["guardrails_ok"] is True
+            assert [g["name"] for g in body["guardrails"]] == ["p99_latency_ms", "error_ratio"]
+            assert hook(service, "rollout", experiment=name).status_code == 200
+            assert hook(service, "confirm-traffic-increase", experiment=name).status_code == 200
+    finally:
+        service.stop()
+        prometheus.stop()

@@ -200,7 +200,7 @@ def test_the_rollout_defaults_follow_the_design() -> None:
 
 
 def test_rollouts_refuse_sticky_specs_tests_without_metrics_and_unknown_queries() -> None:
-    from experiments.metrics_provider import TEMPLATES
+    from controlplane.metrics.prometheus import TEMPLATES
     from experiments.spec_rollout import Query
 
     with pytest.raises(SpecError, match="sticky: true"):

@@ -3,7 +3,10 @@
 - `GET /v1/experiments/{name}/decision` for Argo Rollouts' `web` metric provider: always 200
   with `{"decision": promote|rollback|pause|continue|no_difference, "guardrails_ok", ...}`
   (Argo turns any non-2xx into a measurement error, not a verdict), behind the admin token.
-- `POST /v1/flagger/{hook}` for Flagger's webhooks.  Flagger passes on 200–202 only (its code
+  An experiment without operational guardrails (and a service without Prometheus for the
+  default ones) reports `guardrails_configured: false`, never `guardrails_ok: true`.
+- `POST /v1/flagger/{hook}` for Flagger's webhooks; `rollout` and `confirm-traffic-increase`
+  answer 412 while no guardrails are configured.  Flagger passes on 200–202 only (its code
   fails on status > 202, so 204 would count as a failure) and cannot send headers, so the
   token may come in the payload's `metadata.token`; `metadata.experiment` names the
   experiment (default: the canary's name).
@@ -21,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from assignment.deps import AdminDep, StateDep, require_admin, same_secret
 from assignment.models import ErrorOut
 from assignment.service import ServiceState
-from experiments.metrics_provider import PrometheusProvider
+from controlplane.metrics import ProviderConfig, Providers
 from experiments.verdict import current_verdict
 
 router = APIRouter(tags=["integrations"])
@@ -45,10 +48,10 @@ class FlaggerPayload(BaseModel):
 def _verdict(state: ServiceState, name: str) -> dict[str, Any]:
     url = state.settings.prometheus_url
     # Short query timeouts: Flagger's webhook timeout is often 5 s for the whole answer.
-    provider = (
-        PrometheusProvider(url, mesh=state.settings.metrics_mesh, timeout=1.5) if url else None
-    )
-    return current_verdict(state.store, name, provider)
+    config = ProviderConfig(prometheus_url=url, mesh=state.settings.metrics_mesh, timeout=1.5)
+    # With Prometheus configured, an experiment without guardrails of its own gets the
+    # service's defaults; without it, none, and the gates that need guardrails say no.
+    return current_verdict(state.store, name, Providers(config), service_defaults=bool(url))
 
 
 @router.get("/v1/experiments/{name}/decision", dependencies=[AdminDep], responses=ERRORS)
@@ -93,7 +96,8 @@ async def flagger(
         "confirm-rollout": verdict["decision"] not in ("rollback", "pause"),
         # A failed check counts toward Flagger's rollback threshold: only a guardrail over its
         # limit, not a guardrail without data yet, fails it.
-        "rollout": not verdict["guardrails_failed"]
+        "rollout": verdict["guardrails_configured"]
+        and not verdict["guardrails_failed"]
         and verdict["decision"] not in ("rollback", "pause"),
         "confirm-traffic-increase": verdict["guardrails_ok"] and verdict["decision"] != "rollback",
         "confirm-promotion": verdict["decision"] == "promote",
