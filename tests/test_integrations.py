@@ -153,7 +153,12 @@ def test_the_example_manifests_call_endpoints_that_exist() -> None:
 
     root = Path(__file__).resolve().parent.parent / "manifests" / "integrations"
     canary = yaml.safe_load((root / "flagger-canary.yaml").read_text())
-    hooks = canary["spec"]["analysis"]["webhooks"]
+    analysis = canary["spec"]["analysis"]
+    # A/B mode on abmesh's header: users, not requests, are split (no weight-based steps).
+    assert analysis["match"] == [{"headers": {"x-user-group": {"exact": "group-b"}}}]
+    assert "stepWeight" not in analysis
+    assert "maxWeight" not in analysis
+    hooks = analysis["webhooks"]
     assert {h["type"] for h in hooks} <= set(get_args(Hook))
     for h in hooks:
         assert h["url"].endswith(f"/v1/flagger/{h['type']}")
@@ -228,3 +233,29 @@ def test_an_experiment_without_guardrails_is_never_reported_healthy(tmp_path: Pa
     finally:
         service.stop()
         prometheus.stop()
+
+
+def test_pre_rollout_needs_a_running_experiment_and_post_rollout_is_recorded(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'abmesh.db'}"
+    store = open_store(url)
+    store.put_experiment(load_spec(spec_doc([{"kind": "ab"}])))  # a draft
+    service = start_service(url, tmp_path, admin_token=TOKEN)
+    try:
+        draft = hook(service, "pre-rollout")
+        assert draft.status_code == 412
+        assert draft.json()["state"] == "draft"  # its users would all get control
+        change_state(store, "ranker-v2", Action.START)
+        assert hook(service, "pre-rollout").status_code == 200
+        done = hook(service, "post-rollout")
+        assert (done.status_code, done.json()) == (200, {"recorded": True})
+        assert hook(service, "post-rollout", token="wrong").status_code == 401
+    finally:
+        service.stop()
+    entries = store.audit(store.get_experiment("ranker-v2").uid)
+    assert [(e["action"], e["what"]) for e in entries][-1] == (
+        "flagger-post-rollout",
+        "post-rollout: canary Progressing",
+    )
+    store.close()

@@ -31,8 +31,10 @@ router = APIRouter(tags=["integrations"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (401, 404, 412, 422)
 }
-Hook = Literal["confirm-rollout", "rollout", "confirm-traffic-increase", "confirm-promotion",
-               "rollback", "event"]  # fmt: skip
+# Every webhook type Flagger has (pkg/apis/flagger/v1beta1: HookType).
+Hook = Literal["confirm-rollout", "pre-rollout", "rollout", "confirm-traffic-increase",
+               "confirm-promotion", "post-rollout", "rollback", "event"]  # fmt: skip
+RECORDED = ("event", "post-rollout")  # told, not asked: kept in the audit log, always 200
 
 
 class FlaggerPayload(BaseModel):
@@ -78,12 +80,14 @@ async def flagger(
     await _authorise(request, state, payload)
     name = payload.metadata.get("experiment") or payload.name
     record = await run_in_threadpool(state.store.get_experiment, name)  # 404 if unknown
-    if hook == "event":
+    if hook in RECORDED:
         entry = {
             "at": time.time(),
-            "action": "flagger-event",
+            "action": f"flagger-{hook}",
             "by": "flagger",
-            "what": payload.metadata.get("eventMessage", "")[:1000],
+            "what": (payload.metadata.get("eventMessage") or f"{hook}: canary {payload.phase}")[
+                :1000
+            ],
             "weights": {},
             "guardrails": [],
             "phase": payload.phase,
@@ -94,6 +98,10 @@ async def flagger(
     verdict = await run_in_threadpool(_verdict, state, name)
     passed = {
         "confirm-rollout": verdict["decision"] not in ("rollback", "pause"),
+        # Before the canary gets traffic: the experiment must be running, or its users would
+        # all get the control variant and the canary's sample stay empty.
+        "pre-rollout": verdict["state"] == "running"
+        and verdict["decision"] not in ("rollback", "pause"),
         # A failed check counts toward Flagger's rollback threshold: only a guardrail over its
         # limit, not a guardrail without data yet, fails it.
         "rollout": verdict["guardrails_configured"]
