@@ -1,4 +1,5 @@
-"""Shared fixtures: real stores of both backends.
+"""Shared fixtures: real stores of both backends, and the controller rig (tests/controller_rig.py)
+on an SQLite store.
 
 Redis: the server at $ABMESH_TEST_REDIS_URL (default 127.0.0.1:6379, which the service machines
 run) when it answers, else a private `redis-server` on a free loopback port in a temp dir,
@@ -17,6 +18,7 @@ import pytest
 import redis
 
 from experiments.store import Store, open_store
+from tests.controller_rig import Rig
 from tests.servers import start_redis
 
 # Servers the tests start as processes (`abmesh serve` runs in a temp dir) import this
@@ -73,3 +75,9 @@ def store(store_url: str) -> Iterator[Store]:
     st = open_store(store_url)
     yield st
     st.close()
+
+@pytest.fixture
+def rig(sqlite_store_url: str, tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(sqlite_store_url, tmp_path)
+    yield r
+    r.store.close()

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -19,11 +18,6 @@ def abmesh(rig: Rig, *args: str, code: int = 0) -> str:
     result = CliRunner().invoke(app, [*args, "--store", rig.url])
     assert result.exit_code == code, result.output
     return result.output
-
-
-@pytest.fixture
-def rig(sqlite_store_url: str, tmp_path: Path) -> Rig:
-    return Rig(sqlite_store_url, tmp_path)
 
 
 def write(tmp_path: Path, doc: dict[str, Any]) -> str:

@@ -7,7 +7,6 @@ a concluded experiment, lease takeover, the progress deadline, metrics and healt
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,6 @@ from experiments.status import Outcome, State
 from experiments.store import open_store
 from tests.controller_rig import Rig, spec_of
 from tests.servers import wait_until
-
-
-@pytest.fixture
-def rig(sqlite_store_url: str, tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(sqlite_store_url, tmp_path)
-    yield r
-    r.store.close()
 
 
 def test_a_canary_walks_its_steps_with_status_not_spec(rig: Rig) -> None:

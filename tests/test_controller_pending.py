@@ -5,20 +5,9 @@ finished, and the A/B phase keeps its split."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from experiments.folding import Event, FoldPlan
 from tests.controller_rig import Rig, spec_of
-
-
-@pytest.fixture
-def rig(sqlite_store_url: str, tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(sqlite_store_url, tmp_path)
-    yield r
-    r.store.close()
 
 
 def test_a_winner_pending_its_guardrail_is_neither_promoted_nor_finished(rig: Rig) -> None:
