@@ -203,6 +203,13 @@ class ExperimentSpec(SpecModel):
             )
         if self.metrics is None and any(p.kind == "ab" for p in rollout.phases):
             raise ValueError("rollout: an 'ab' phase needs metrics to test (add metrics.primary)")
+        if not rollout.guardrails and any(p.kind == "canary" for p in rollout.phases):
+            # A canary is judged by its guardrails alone: with none, every check would pass
+            # without evidence and the candidate would walk to 100 % unseen.
+            raise ValueError(
+                "rollout.guardrails: a 'canary' phase needs at least one operational guardrail"
+                " (leave the field out for the defaults: p99 latency and 5xx ratio)"
+            )
         keys = [v.key for v in self.variants]
         unknown = sorted(set(rollout.target.clusters) - set(keys))
         if unknown:

@@ -57,6 +57,16 @@ def test_guardrail_fields_are_validated_at_load(guardrail: dict[str, Any], messa
         load_spec(guarded(guardrail))
 
 
+def test_a_canary_without_guardrails_is_refused() -> None:
+    doc = guarded(P99)
+    doc["rollout"]["guardrails"] = []
+    doc["rollout"]["phases"] = [{"kind": "canary", "steps": [5, 50]}, {"kind": "promote"}]
+    with pytest.raises(SpecError, match="a 'canary' phase needs at least one operational guard"):
+        load_spec(doc)
+    doc["rollout"]["phases"] = [{"kind": "ab"}]  # judged by the sequential test: allowed
+    assert load_spec(doc).rollout is not None
+
+
 def test_guardrail_fields_and_their_defaults() -> None:
     spec = load_spec(guarded(
         P99,
