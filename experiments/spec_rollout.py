@@ -10,6 +10,7 @@ from the test, rolls back at once.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Annotated, Literal, Self
@@ -49,10 +50,18 @@ def check_template(text: str, field: str) -> str:
     return text
 
 
-def _json_path(value: str) -> str:
-    if not JSON_PATH_RE.fullmatch(value):
-        raise ValueError(f"json_path {value!r} is not a dotted path such as data.result.0.value.1")
-    return value
+def _matching(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
+    """A validator: the value must match `pattern` whole; the message says what it must be."""
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"{value!r} is not {what}")
+        return value
+
+    return check
+
+
+_json_path = _matching(JSON_PATH_RE, "a json_path: a dotted path such as data.result.0.value.1")
 
 
 class OperationalGuardrail(SpecModel):
@@ -151,16 +160,8 @@ DOMAIN_RE = re.compile(r"\*|(\*[.-])?[A-Za-z0-9]([A-Za-z0-9.-]{0,252})?(:[0-9*]{
 GATEWAY_RE = re.compile(r"([a-z0-9][a-z0-9-]{0,62}/)?[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
 
 
-def _domain(value: str) -> str:
-    if not DOMAIN_RE.fullmatch(value):
-        raise ValueError(f"domain {value!r} is not a host[:port] or a wildcard such as *.example")
-    return value
-
-
-def _gateway(value: str) -> str:
-    if not GATEWAY_RE.fullmatch(value):
-        raise ValueError(f"gateway {value!r} is not 'mesh', NAME or NAMESPACE/NAME")
-    return value
+_domain = _matching(DOMAIN_RE, "a domain: a host[:port] or a wildcard such as *.example")
+_gateway = _matching(GATEWAY_RE, "a gateway: 'mesh', NAME or NAMESPACE/NAME")
 
 
 def _manifest_path(value: str) -> str:

@@ -3,6 +3,7 @@ clock the test moves."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from controlplane.metrics import Measurement
 from controlplane.routing.plan import RoutePlan
 from controlplane.routing.routers import RouterError
 from controlplane.targets import Defaults, Resolved, Routers
+from experiments.folding import Event, FoldPlan
 from experiments.loader import load_spec
 from experiments.localstack import model_variants
 from experiments.spec import ExperimentSpec
@@ -103,6 +105,19 @@ class Rig:
         apply_spec(self.store, spec)
         change_state(self.store, spec.name, Action.START)
         return spec
+
+    def feed_clicks(
+        self, spec: ExperimentSpec, phase: str, rates: dict[str, float], units: int = 4000
+    ) -> FoldPlan:
+        """Expose `units` units, alternately per arm, and fold a click for each with its arm's
+        rate (a fixed seed); returns the fold plan used."""
+        plan, rng = FoldPlan.from_spec(spec), random.Random(7)
+        arms = {f"u{i}": "stable" if i % 2 else "candidate" for i in range(units)}
+        self.store.record_exposures(spec.name, phase, plan, {u: (a, 1.0) for u, a in arms.items()})
+        clicks = [Event(f"e-{u}", u, "click", 1.0, 2.0) for u, a in arms.items()
+                  if rng.random() < rates[a]]  # fmt: skip
+        self.store.ingest_events(spec.name, phase, plan, clicks)
+        return plan
 
     def actions(self, name: str = "ranker") -> list[str]:
         """The rollout's moves (lifecycle commands left out)."""

@@ -405,13 +405,11 @@ def test_the_controller_reports_its_decisions_and_positions(rig: Rig) -> None:
 def test_after_a_promotion_decide_answers_the_ab_verdict_and_nothing_more_enters(
     rig: Rig,
 ) -> None:
-    import random
 
     from typer.testing import CliRunner
 
     from assignment.collector import ingest, parse_events
     from experiments.cli import app
-    from experiments.folding import Event, FoldPlan
 
     doc = spec_of()
     doc["rollout"]["phases"] = [{"kind": "ab", "split": 50}, {"kind": "promote"}]
@@ -421,15 +419,7 @@ def test_after_a_promotion_decide_answers_the_ab_verdict_and_nothing_more_enters
     record = rig.store.get_experiment("ranker")
     assert record.phase == "ab-1"
     assert rig.share() == 50
-    plan, rng = FoldPlan.from_spec(spec), random.Random(7)
-    arms = {f"u{i}": "stable" if i % 2 else "candidate" for i in range(4000)}
-    rig.store.record_exposures("ranker", "ab-1", plan, {u: (a, 1.0) for u, a in arms.items()})
-    clicks = [
-        Event(f"e-{u}", u, "click", 1.0, 2.0)
-        for u, a in arms.items()
-        if rng.random() < (0.30 if a == "candidate" else 0.10)
-    ]
-    rig.store.ingest_events("ranker", "ab-1", plan, clicks)
+    plan = rig.feed_clicks(spec, "ab-1", {"stable": 0.10, "candidate": 0.30})
     for _ in range(3):
         c.tick()
     record = rig.store.get_experiment("ranker")

@@ -4,9 +4,6 @@ finished, and the A/B phase keeps its split."""
 
 from __future__ import annotations
 
-import random
-
-from experiments.folding import Event, FoldPlan
 from tests.controller_rig import Rig, spec_of
 
 
@@ -20,15 +17,7 @@ def test_a_winner_pending_its_guardrail_is_neither_promoted_nor_finished(rig: Ri
     spec = rig.start(doc)
     c = rig.controller()
     c.tick()
-    plan, rng = FoldPlan.from_spec(spec), random.Random(7)
-    arms = {f"u{i}": "stable" if i % 2 else "candidate" for i in range(4000)}
-    rig.store.record_exposures("ranker", "ab-1", plan, {u: (a, 1.0) for u, a in arms.items()})
-    clicks = [
-        Event(f"e-{u}", u, "click", 1.0, 2.0)
-        for u, a in arms.items()
-        if rng.random() < (0.30 if a == "candidate" else 0.10)
-    ]
-    rig.store.ingest_events("ranker", "ab-1", plan, clicks)  # no revenue: unproven
+    rig.feed_clicks(spec, "ab-1", {"stable": 0.10, "candidate": 0.30})  # no revenue: unproven
     record = rig.store.get_experiment("ranker")
     report = phase_report(rig.store, record, "ab-1")
     d = decide(analysed_spec(record, "ab-1"), ExperimentStats.from_report(report["arms"]))
