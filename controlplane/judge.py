@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from controlplane.guardrail_policy import apply_policy
-from controlplane.metrics import MetricsProvider, read_guardrails, variables_for
+from controlplane.metrics import MetricsProvider, Tests, read_guardrails, variables_for
 from controlplane.rollout import (
     Request,
     RolloutState,
@@ -143,7 +143,9 @@ class Judge:
             # Back from a pause: the time it was held is not a missed deadline.
             state.data_at = state.resumed_at = now
         guardrails = spec.rollout.guardrails
-        readings = read_guardrails(guardrails, self.provider, self._variables(spec))
+        variables, tests = self._variables(spec, state)
+        readings = read_guardrails(guardrails, self.provider, variables, tests)
+        state.guardrail_tests = tests.saved
         judged, state.guardrail_counts = apply_policy(guardrails, readings,
                                                       state.guardrail_counts)  # fmt: skip
         entries = [r.to_dict() for r in readings]
@@ -303,11 +305,15 @@ class Judge:
             return status.with_condition("Progressing", False, "ExperimentPaused", "", now)
         return status
 
-    def _variables(self, spec: ExperimentSpec) -> dict[str, str]:
+    def _variables(self, spec: ExperimentSpec, state: RolloutState) -> tuple[dict[str, str], Tests]:
+        """The candidate's placeholders, and the stable arm's with the relative tests so far."""
         target = self.routers.resolve(spec)
         clusters = dict(target.option("clusters")) if target.router == "envoy" else {}
         namespace = str(dict(target.options).get("namespace") or "")
-        return variables_for(spec, clusters.get(spec.candidate_variant.key), namespace)
+        arms = {v: variables_for(spec, clusters.get(v), namespace, v)
+                for v in (spec.candidate_variant.key, spec.control_variant.key)}  # fmt: skip
+        stable = Tests(arms[spec.control_variant.key], dict(state.guardrail_tests))
+        return arms[spec.candidate_variant.key], stable
 
     def _candidate_units(self, record: ExperimentRecord, status: Status) -> float:
         stats, _ = self.store.phase_stats(record.name, status.phase)

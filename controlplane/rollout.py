@@ -62,6 +62,9 @@ class RolloutState:
     # Consecutive failing readings and provider errors per guardrail (controlplane.
     # guardrail_policy): kept here so they survive a restart or a change of controller.
     guardrail_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Each relative guardrail's sequential test since the rollout began (controlplane.metrics.
+    # sequential): the evidence accumulates over steps, and survives a restart.
+    guardrail_tests: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

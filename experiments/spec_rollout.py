@@ -64,14 +64,30 @@ def _matching(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
 _json_path = _matching(JSON_PATH_RE, "a json_path: a dotted path such as data.result.0.value.1")
 
 
+class GuardrailKind(StrEnum):
+    THRESHOLD = "threshold"  # one reading against an absolute limit
+    RELATIVE = "relative"  # the candidate against the stable arm, sequentially (see below)
+
+
 class OperationalGuardrail(SpecModel):
-    """A value read each check by a metrics provider: `query` (a preset of the mesh) or
-    `promql` (a template) from Prometheus, or `url` + `json_path` from any JSON endpoint
-    (provider `web`).  A reading over `min_requests`' sample counts; a failing reading rolls
-    back after `failure_limit` in a row; provider errors become a failure after
-    `consecutive_error_limit` in a row (unset: never, the progress deadline applies)."""
+    """A `threshold` guardrail is a value read each check by a metrics provider: `query` (a
+    preset of the mesh) or `promql` (a template) from Prometheus, or `url` + `json_path` from
+    any JSON endpoint (provider `web`), judged against `limit`.  A reading over
+    `min_requests`' sample counts; a failing reading rolls back after `failure_limit` in a
+    row; provider errors become a failure after `consecutive_error_limit` in a row (unset:
+    never, the progress deadline applies).
+
+    A `relative` guardrail compares the candidate's event rate with the stable arm's over the
+    same ticks, with an anytime-valid test (analysis.rate_ratio): it fails once the evidence
+    that the rate is more than (1 + `tolerance`) × stable's reaches 1/`alpha`, so looking every
+    tick keeps false rollbacks under `alpha`.  Events are the preset `error_ratio` (5xx), the
+    preset `p99_latency_ms` (requests slower than each of `above_ms`, histogram bucket bounds),
+    or `promql` (a cumulative counter of events) with `requests_promql` (of requests).  No
+    reading counts before each arm has `min_requests` requests since the test began (default
+    100)."""
 
     name: Name
+    kind: GuardrailKind = GuardrailKind.THRESHOLD
     query: Query | None = None
     promql: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
     provider: Name = "prometheus"
@@ -80,9 +96,15 @@ class OperationalGuardrail(SpecModel):
     headers: dict[Annotated[str, Field(min_length=1, max_length=100)],
                   Annotated[str, Field(max_length=1000)]] = Field(
         default_factory=dict, max_length=20)  # fmt: skip
-    limit: Number = Field(allow_inf_nan=False)
+    limit: Number | None = Field(default=None, allow_inf_nan=False)
     bound: Bound = Bound.MAX
-    min_requests: Count = Field(default=0, ge=0)
+    min_requests: Count | None = Field(default=None, ge=0)
+    tolerance: Number = Field(default=0.2, ge=0, le=100, allow_inf_nan=False)
+    alpha: Number = Field(default=0.01, gt=0, lt=0.5, allow_inf_nan=False)
+    above_ms: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], ...] = Field(
+        default=(), max_length=10
+    )
+    requests_promql: Annotated[str, Field(min_length=1, max_length=4000)] | None = None
     failure_limit: Count = Field(default=1, ge=1, le=1000)
     consecutive_error_limit: Count | None = Field(default=None, ge=0, le=1000)
 
@@ -100,8 +122,26 @@ class OperationalGuardrail(SpecModel):
             raise ValueError(
                 f"guardrail {self.name}: exactly one of query, promql or url, not {given or 'none'}"
             )
-        if self.promql is not None:
-            check_template(self.promql, f"guardrail {self.name}: promql")
+        from controlplane.metrics.registry import FACTORIES  # the control plane's plugins
+
+        if self.provider not in FACTORIES:
+            known = ", ".join(sorted(FACTORIES))
+            raise ValueError(f"guardrail {self.name}: unknown metrics provider"
+                             f" {self.provider!r}; known: {known}")  # fmt: skip
+        for field_name in ("promql", "requests_promql"):
+            text = getattr(self, field_name)
+            if text is not None:
+                check_template(text, f"guardrail {self.name}: {field_name}")
+        if self.kind is GuardrailKind.RELATIVE:
+            return self._relative()
+        if self.limit is None:
+            raise ValueError(f"guardrail {self.name}: a threshold guardrail needs a limit")
+        # Compared with the defaults, not the fields given: a stored spec names every field.
+        fields = type(self).model_fields
+        changed = sorted(f for f in RELATIVE_ONLY if getattr(self, f) != fields[f].default)
+        if changed:
+            raise ValueError(f"guardrail {self.name}: {', '.join(changed)}: only for"
+                             " kind: relative")  # fmt: skip
         if self.url is not None:
             check_template(self.url, f"guardrail {self.name}: url")
             if self.json_path is None:
@@ -116,6 +156,41 @@ class OperationalGuardrail(SpecModel):
                 raise ValueError(f"guardrail {self.name}: headers.{header} may name environment"
                                  " variables only as ${NAME}")  # fmt: skip
         return self
+
+    def _relative(self) -> Self:
+        where = f"guardrail {self.name} (kind relative)"
+        if self.url is not None:
+            raise ValueError(f"{where}: needs counters from Prometheus (query or promql),"
+                             " not a url")  # fmt: skip
+        if self.limit is not None or self.bound is not Bound.MAX:
+            raise ValueError(f"{where}: has a tolerance relative to the stable arm, not a limit"
+                             " or bound")  # fmt: skip
+        if self.query == "request_rate":
+            raise ValueError(f"{where}: query is error_ratio or p99_latency_ms")
+        if (self.promql is None) != (self.requests_promql is None):
+            raise ValueError(f"{where}: promql (events) and requests_promql go together")
+        if self.above_ms and self.query != "p99_latency_ms":
+            raise ValueError(f"{where}: above_ms goes with query p99_latency_ms")
+        no_repeats([f"{b:g}" for b in self.above_ms], f"guardrail {self.name}: above_ms")
+        return self
+
+    @property
+    def min_sample(self) -> int:
+        """Requests needed (per arm for a relative guardrail) before a reading counts."""
+        if self.min_requests is not None:
+            return self.min_requests
+        return 100 if self.kind is GuardrailKind.RELATIVE else 0
+
+    @property
+    def cuts_ms(self) -> tuple[float, ...]:
+        """A relative latency guardrail's bucket bounds: events are requests slower than each."""
+        return tuple(sorted(self.above_ms)) or DEFAULT_ABOVE_MS
+
+
+# Relative latency: requests slower than each of these bucket bounds (both Envoy's and
+# Istio's default histograms have them) are the events; their tests are averaged.
+DEFAULT_ABOVE_MS = (50.0, 100.0, 250.0, 500.0, 1000.0)
+RELATIVE_ONLY = ("tolerance", "alpha", "above_ms", "requests_promql")
 
 
 class Canary(SpecModel):
@@ -147,11 +222,21 @@ Phase = Annotated[Canary | ABTest | Promote, Field(discriminator="kind")]
 
 
 def default_guardrails() -> tuple[OperationalGuardrail, ...]:
-    """A rollout's guardrails when its spec names none, and the service's for /decision."""
+    """A rollout's guardrails when its spec names none, and the service's for /decision: the
+    candidate against the stable arm, sequentially, on 5xx answers and on latency (requests
+    slower than 50 ms … 1 s), each tolerating 20 % more than stable at α = 1 %; and absolute
+    ceilings that no comparison excuses (p99 over 1 s, over 5 % errors), each counted only
+    over 100 candidate requests in the window and failing after 2 such readings in a row."""
     return (
-        OperationalGuardrail(name="p99_latency_ms", query="p99_latency_ms", limit=150),
-        OperationalGuardrail(name="error_ratio", query="error_ratio", limit=0.001),
-    )
+        OperationalGuardrail(name="errors_vs_stable", kind=GuardrailKind.RELATIVE,
+                             query="error_ratio"),
+        OperationalGuardrail(name="latency_vs_stable", kind=GuardrailKind.RELATIVE,
+                             query="p99_latency_ms"),
+        OperationalGuardrail(name="p99_latency_ms", query="p99_latency_ms", limit=1000,
+                             min_requests=100, failure_limit=2),
+        OperationalGuardrail(name="error_ratio", query="error_ratio", limit=0.05,
+                             min_requests=100, failure_limit=2),
+    )  # fmt: skip
 
 
 # An Envoy virtual host domain: a host with an optional port, or a wildcard as Envoy takes it.

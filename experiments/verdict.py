@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from controlplane.metrics import MetricsProvider, read_guardrails, variables_for
+from controlplane.metrics import MetricsProvider, Reading, Tests, read_guardrails, variables_for
 from experiments.errors import ConflictError
 from experiments.reporting import analysed_spec, phase_report
 from experiments.spec import ExperimentSpec
@@ -49,6 +49,22 @@ def guardrails_of(
     return (), None
 
 
+def read_relative_too(
+    store: Store, uid: str, phase: str, spec: ExperimentSpec,
+    guardrails: tuple[OperationalGuardrail, ...], provider: MetricsProvider | None,
+) -> list[Reading]:  # fmt: skip
+    """The guardrails read now; the relative ones go on with their tests, kept in the store
+    per uid and phase like the decision state, so polling keeps one sequential test."""
+    key = f"{uid}#guardrail-tests#{phase}"
+    saved, version = store.get_control(key)
+    tests = Tests(variables_for(spec, variant=spec.control_variant.key), dict(saved or {}))
+    readings = read_guardrails(guardrails, provider, variables_for(spec), tests)
+    if tests.saved != (saved or {}):
+        with contextlib.suppress(ConflictError):  # another replica's reading is as good
+            store.put_control(key, tests.saved, version)
+    return readings
+
+
 def current_verdict(
     store: Store, name: str, provider: MetricsProvider | None, *, service_defaults: bool = False
 ) -> dict[str, Any]:
@@ -57,7 +73,7 @@ def current_verdict(
     record = store.get_experiment(name)
     spec = record.spec
     guardrails, source = guardrails_of(spec, service_defaults)
-    readings = read_guardrails(guardrails, provider, variables_for(spec))
+    readings = read_relative_too(store, record.uid, record.phase, spec, guardrails, provider)
     candidate = spec.candidate_variant.key
     thresholds = [r.threshold(candidate) for r in readings]
     # A new phase is a new sample: a new state; a new experiment of the same name, a new uid.

@@ -10,7 +10,7 @@ from typing import Any
 
 from controlplane.controller import Controller
 from controlplane.lifecycle import Action, apply_spec, change_state
-from controlplane.metrics import Measurement
+from controlplane.metrics import Counts, Measurement, Phase
 from controlplane.routing.plan import RoutePlan
 from controlplane.routing.routers import RouterError
 from controlplane.targets import Defaults, Resolved, Routers
@@ -53,11 +53,22 @@ class FakeProvider:
         self.values: dict[str, float | Measurement | None] = {
             "p99_latency_ms": 20.0, "error_ratio": 0.0}  # fmt: skip
         self.asked: list[dict[str, str]] = []  # the variables of every query
+        self.arms: dict[str, list[float]] = {}  # variant -> cumulative [requests, errors]
+        self.requests = 1000.0
+        self.events: dict[str, float] = {}  # variant -> errors per read
 
     def query(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Measurement:
         self.asked.append(dict(variables))
         value = self.values.get(guardrail.query or guardrail.name)
         return value if isinstance(value, Measurement) else Measurement.of(value)
+
+    def counters(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Counts:
+        """Counters that grow by `requests` per read, `events[variant]` of them events."""
+        self.asked.append(dict(variables))
+        arm = self.arms.setdefault(variables["variant"], [0.0, 0.0])
+        arm[0] += self.requests
+        arm[1] += self.events.get(variables["variant"], 0.0)
+        return Counts(Phase.OK, arm[0], {"errors": arm[1]})
 
 
 class Clock:
@@ -68,13 +79,20 @@ class Clock:
         return self.now
 
 
+# The rig's guardrails: single readings the fake provider answers by name, so a test sets a
+# guardrail's value directly (the relative ones have their own tests).
+THRESHOLDS = [{"name": "p99_latency_ms", "query": "p99_latency_ms", "limit": 150},
+              {"name": "error_ratio", "query": "error_ratio", "limit": 0.001}]  # fmt: skip
+
+
 def spec_of(name: str = "ranker", steps: tuple[int, ...] = (10, 50), **rollout: Any) -> Any:
     doc: dict[str, Any] = {
         "name": name,
         "variants": model_variants(),
         "metrics": {"primary": {"name": "click", "kind": "conversion"}},
         "rollout": {"phases": [{"kind": "canary", "steps": list(steps), "checks": 1},
-                               {"kind": "ab", "split": 50}, {"kind": "promote"}], **rollout},
+                               {"kind": "ab", "split": 50}, {"kind": "promote"}],
+                    "guardrails": THRESHOLDS, **rollout},
     }  # fmt: skip
     return doc
 

@@ -85,3 +85,37 @@ def prometheus_answer(value: str | None) -> Answer:
     """An instant query's answer with one series of `value`, or an empty result."""
     result = [] if value is None else [{"metric": {}, "value": [time.time(), value]}]
     return Answer(body={"status": "success", "data": {"resultType": "vector", "result": result}})
+
+
+class GrowingEnvoy:
+    """A Prometheus query API over an Envoy whose clusters each serve `per_read` more requests
+    at every read of their request counter, `errors` and `slow` (over 100 ms) shares of them:
+    the counters a relative guardrail reads.  Other queries (rates, p99) answer `value`."""
+
+    BOUNDS = ("25", "50", "100", "250", "500", "1000", "+Inf")
+
+    def __init__(self, value: str = "0.0001", per_read: float = 1000.0) -> None:
+        self.value, self.per_read = value, per_read
+        self.errors: dict[str, float] = {}  # cluster -> share of requests that are 5xx
+        self.slow: dict[str, float] = {}  # cluster -> share slower than 100 ms
+        self.requests: dict[str, float] = {}
+
+    def __call__(self, seen: Seen) -> Answer | None:
+        query = seen.query.get("query", [""])[0]
+        cluster = query.split('envoy_cluster_name="', 1)[-1].split('"', 1)[0]
+        if "increase(" in query:
+            return prometheus_answer(f"{self.per_read}")
+        if "upstream_rq_total" in query and "rate(" not in query:
+            self.requests[cluster] = self.requests.get(cluster, 0.0) + self.per_read
+            return prometheus_answer(f"{self.requests[cluster]}")
+        n = self.requests.get(cluster, 0.0)
+        if "upstream_rq_xx" in query and "rate(" not in query:
+            return prometheus_answer(f"{n * self.errors.get(cluster, 0.0)}")
+        if "sum by (le)" in query and "rate(" not in query:
+            fast = n * (1 - self.slow.get(cluster, 0.0))
+            counts = [fast if float(b) <= 50 else fast if b == "100" else n for b in self.BOUNDS]
+            result = [{"metric": {"le": b}, "value": [time.time(), f"{c}"]}
+                      for b, c in zip(self.BOUNDS, counts, strict=True)]  # fmt: skip
+            return Answer(body={"status": "success", "data": {"resultType": "vector",
+                                                              "result": result}})  # fmt: skip
+        return prometheus_answer(self.value)

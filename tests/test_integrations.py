@@ -28,6 +28,7 @@ from tests.servers import Service, start_service, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 TOKEN = "s3cret"
+DEFAULTS = ["errors_vs_stable", "latency_vs_stable", "p99_latency_ms", "error_ratio"]
 
 
 @pytest.fixture
@@ -102,7 +103,7 @@ def test_argo_web_provider_and_flagger_hooks_follow_the_evidence(
         assert hook(service, "confirm-traffic-increase").status_code == 412  # nor a reason to go on
         wait_until(lambda: decision(service).json()["guardrails_ok"], "guardrail data", timeout=30)
         body: dict[str, Any] = decision(service).json()
-        assert {g["name"] for g in body["guardrails"]} == {"p99_latency_ms", "error_ratio"}
+        assert [g["name"] for g in body["guardrails"]] == DEFAULTS
         assert hook(service, "confirm-rollout").status_code == 200
         assert hook(service, "rollout").status_code == 200
         assert hook(service, "confirm-promotion").status_code == 412  # no winner yet
@@ -118,9 +119,9 @@ def test_argo_web_provider_and_flagger_hooks_follow_the_evidence(
         )
         assert hook(service, "rollout").status_code == 412
         bad = hook(service, "rollout").json()
-        assert any(
-            g["status"] == "fail" and g["name"] == "p99_latency_ms" for g in bad["guardrails"]
-        )
+        failed = [g for g in bad["guardrails"] if g["status"] == "fail"]
+        assert [g["name"] for g in failed] == ["latency_vs_stable"]  # the ceiling is 1 s
+        assert failed[0]["pvalue"] < failed[0]["alpha"]
     finally:
         traffic.stop()
     event = hook(service, "event", eventMessage="Advance ranker-v2 canary weight 10")
@@ -194,7 +195,7 @@ def test_every_query_template_is_valid_promql_for_prometheus(tmp_path: Path) -> 
 def test_an_experiment_without_guardrails_is_never_reported_healthy(tmp_path: Path) -> None:
     """No `rollout:` section, or one with no guardrails: not configured, unless the service has
     Prometheus, whose default guardrails (p99 150 ms, error ratio 0.001) then apply."""
-    from tests.json_server import JsonServer, prometheus_answer
+    from tests.json_server import GrowingEnvoy, JsonServer
 
     url = f"sqlite:///{tmp_path / 'abmesh.db'}"
     store = open_store(url)
@@ -219,15 +220,23 @@ def test_an_experiment_without_guardrails_is_never_reported_healthy(tmp_path: Pa
     finally:
         service.stop()
     prometheus = JsonServer().start()
-    prometheus.answers["/api/v1/query"] = prometheus_answer("0.0001")  # p99 and 5xx both fine
-    service = start_service(url, tmp_path, admin_token=TOKEN, prometheus_url=prometheus.url)
+    # Healthy counters that grow at every read: the first reading of a relative guardrail
+    # only starts its count, the next ones compare the arms.
+    prometheus.answer_for = GrowingEnvoy("0.0001")
+    service = start_service(
+        url, tmp_path, admin_token=TOKEN, prometheus_url=prometheus.url, metrics_mesh="envoy"
+    )
     try:
         for name in names:
-            body = hook(service, "confirm-rollout", experiment=name).json()
-            assert (body["guardrails_configured"], body["guardrails_source"]) == (
+            first = hook(service, "confirm-rollout", experiment=name).json()
+            assert (first["guardrails_configured"], first["guardrails_source"]) == (
                 True, "service defaults")  # fmt: skip
-            assert body["guardrails_ok"] is True
-            assert [g["name"] for g in body["guardrails"]] == ["p99_latency_ms", "error_ratio"]
+            assert [(g["name"], g["status"]) for g in first["guardrails"]] == [
+                ("errors_vs_stable", "not_enough_data"), ("latency_vs_stable", "not_enough_data"),
+                ("p99_latency_ms", "pass"), ("error_ratio", "pass")]  # fmt: skip
+            body = hook(service, "confirm-rollout", experiment=name).json()
+            assert body["guardrails_ok"] is True, body["guardrails"]
+            assert [g["name"] for g in body["guardrails"]] == DEFAULTS
             assert hook(service, "rollout", experiment=name).status_code == 200
             assert hook(service, "confirm-traffic-increase", experiment=name).status_code == 200
     finally:

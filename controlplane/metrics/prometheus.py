@@ -9,11 +9,14 @@ candidate's requests in the window, read only for a guardrail with `min_requests
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping
+from typing import Any
 
 import httpx
 
-from controlplane.metrics.protocol import Measurement, Phase, render
+from controlplane.metrics.protocol import Counts, Measurement, Phase, render
 from experiments.errors import InvalidInputError
 from experiments.spec_rollout import OperationalGuardrail
 
@@ -44,6 +47,27 @@ SAMPLES: dict[str, str] = {
     "[{window}]))",
     "istio": 'sum(increase(istio_requests_total{{service_label}="{host}",'
     'destination_version="{subset}",reporter="destination"}[{window}]))',
+}
+
+
+# A relative guardrail's cumulative counters (controlplane.metrics.sequential takes the
+# increments): requests, 5xx answers, and the latency histogram's buckets by `le`.
+COUNTERS: dict[str, dict[str, str]] = {
+    "envoy": {
+        "requests": 'sum(envoy_cluster_upstream_rq_total{envoy_cluster_name="{target}"})',
+        "errors": 'sum(envoy_cluster_upstream_rq_xx{envoy_cluster_name="{target}",'
+        'envoy_response_code_class="5"}) or vector(0)',
+        "buckets": "sum by (le) (envoy_cluster_upstream_rq_time_bucket{"
+        'envoy_cluster_name="{target}"})',
+    },
+    "istio": {
+        "requests": 'sum(istio_requests_total{{service_label}="{host}",'
+        'destination_version="{subset}",reporter="destination"})',
+        "errors": 'sum(istio_requests_total{{service_label}="{host}",destination_version='
+        '"{subset}",reporter="destination",response_code=~"5.."}) or vector(0)',
+        "buckets": "sum by (le) (istio_request_duration_milliseconds_bucket{"
+        '{service_label}="{host}",destination_version="{subset}",reporter="destination"})',
+    },
 }
 
 
@@ -80,26 +104,74 @@ class PrometheusProvider:
             return Measurement.error(f"sample size: {sample.message}")
         return Measurement(Phase.OK, reading.value, sample.value or 0.0)
 
-    def instant(self, promql: str) -> Measurement:
-        """The instant value of a query that returns one series."""
+    def counters(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Counts:
+        """One arm's cumulative counters, every query at the same instant."""
+        values, at = {"window": self.window, **variables}, f"{time.time():.3f}"
+        presets = COUNTERS[self.mesh]
+        if guardrail.promql is not None and guardrail.requests_promql is not None:
+            events = self.instant(render(guardrail.promql, values), at)
+            requests = self.instant(render(guardrail.requests_promql, values), at)
+            return _counts(requests, {"events": events})
+        if guardrail.query == "p99_latency_ms":
+            return self._slower(render(presets["buckets"], values), guardrail.cuts_ms, at)
+        requests = self.instant(render(presets["requests"], values), at)
+        return _counts(requests, {"errors": self.instant(render(presets["errors"], values), at)})
+
+    def _slower(self, promql: str, cuts: tuple[float, ...], at: str) -> Counts:
+        """Requests slower than each cut, from the cumulative histogram's buckets."""
+        series = self._vector(promql, at)
+        if isinstance(series, Measurement):
+            return Counts(series.phase, message=series.message)
         try:
-            reply = httpx.get(
-                f"{self.url}/api/v1/query", params={"query": promql}, timeout=self.timeout
-            )
+            buckets = {float(s["metric"]["le"]): float(s["value"][1]) for s in series}
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            return Counts.error(f"prometheus: a bucket without le or value ({type(exc).__name__})")
+        total = buckets.get(math.inf)
+        missing = [f"{c:g}" for c in cuts if c not in buckets]
+        if total is None or missing:
+            known = ", ".join(f"{b:g}" for b in sorted(buckets))
+            what = f"no bucket le={', '.join(missing)}" if missing else "no +Inf bucket"
+            return Counts.error(f"prometheus: {what} in the histogram (its bounds: {known})")
+        return Counts(Phase.OK, total, {f"gt_{c:g}": total - buckets[c] for c in cuts})
+
+    def instant(self, promql: str, at: str | None = None) -> Measurement:
+        """The instant value of a query that returns one series."""
+        series = self._vector(promql, at)
+        if isinstance(series, Measurement):
+            return series
+        try:
+            return Measurement.of(series[0]["value"][1], where=" from prometheus")
+        except (KeyError, IndexError, TypeError) as exc:
+            return Measurement.error(f"prometheus: unexpected answer ({type(exc).__name__})")
+
+    def _vector(self, promql: str, at: str | None) -> list[Any] | Measurement:
+        """The series of an instant query, or the measurement that says why there are none."""
+        params = {"query": promql, **({"time": at} if at else {})}
+        try:
+            reply = httpx.get(f"{self.url}/api/v1/query", params=params, timeout=self.timeout)
         except httpx.HTTPError as exc:
             return Measurement.error(f"prometheus: {type(exc).__name__}: {exc}")
         if reply.status_code != 200:
             return Measurement.error(f"prometheus answered {reply.status_code}: {reply.text[:200]}")
         try:
             result = reply.json()["data"]["result"]
-            if not result:
-                return Measurement(Phase.NO_DATA, message="prometheus: empty result")
-            return Measurement.of(result[0]["value"][1], where=" from prometheus")
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             return Measurement.error(f"prometheus: unexpected answer ({type(exc).__name__})")
+        if not isinstance(result, list) or not result:
+            return Measurement(Phase.NO_DATA, message="prometheus: empty result")
+        return result
 
     def is_online(self) -> bool:
         try:
             return httpx.get(f"{self.url}/-/ready", timeout=self.timeout).status_code == 200
         except httpx.HTTPError:
             return False
+
+
+def _counts(requests: Measurement, events: Mapping[str, Measurement]) -> Counts:
+    """Counters from single readings: any error or missing reading makes the whole an error
+    or no data, since an increment needs every counter of the tick."""
+    for m in (requests, *events.values()):
+        if m.phase is not Phase.OK or m.value is None:
+            return Counts(m.phase, message=m.message)
+    return Counts(Phase.OK, requests.value or 0.0, {k: m.value or 0.0 for k, m in events.items()})

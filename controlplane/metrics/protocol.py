@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
@@ -52,10 +52,30 @@ class Measurement:
         return cls(Phase.ERROR, message=message)
 
 
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Cumulative counters of one arm, as a relative guardrail reads them: `requests` and the
+    events by kind (`errors`, or `gt_<ms>` for requests slower than a bucket bound)."""
+
+    phase: Phase
+    requests: float = 0.0
+    events: Mapping[str, float] = field(default_factory=dict)
+    message: str = ""
+
+    @classmethod
+    def error(cls, message: str) -> Counts:
+        return cls(Phase.ERROR, message=message)
+
+
 class MetricsProvider(Protocol):
-    """One guardrail's current value for the variables of one candidate (see `render`)."""
+    """One guardrail's current value for the variables of one candidate (see `render`), and
+    for a relative guardrail one arm's cumulative counters (a provider that has none answers
+    an error count that says so)."""
 
     def query(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Measurement:
+        ...  # fmt: skip
+
+    def counters(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Counts:
         ...  # fmt: skip
 
 

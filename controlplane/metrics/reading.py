@@ -2,65 +2,41 @@
 every provider.  A measurement below the guardrail's `min_requests` is "not enough data", a
 state of its own: like no data and provider errors it is never a pass and never a fail.
 
+A relative guardrail (controlplane.metrics.sequential) also reads the stable arm and carries
+its test from one reading to the next in `Tests.saved`, which the caller keeps.
+
 The controller (controlplane.judge) adds the failure policy on top; the verdict for outside
 controllers (experiments.verdict) reports single readings, since Argo and Flagger keep their
-own failure counts.
+own failure counts (the relative tests' state it keeps in the store).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
+from controlplane.metrics.outcome import Reading, Status
 from controlplane.metrics.prometheus import query_labels
 from controlplane.metrics.protocol import Measurement, MetricsProvider, Phase
+from controlplane.metrics.sequential import read_relative
 from experiments.spec import ExperimentSpec
-from experiments.spec_rollout import OperationalGuardrail
-
-if TYPE_CHECKING:
-    from analysis import Threshold
+from experiments.spec_rollout import GuardrailKind, OperationalGuardrail
 
 log = logging.getLogger("abmesh.metrics")
 
-Status = Literal["pass", "fail", "no_data", "not_enough_data", "error"]
 
+@dataclass
+class Tests:
+    """What relative guardrails need besides the candidate: the stable arm's variables, and
+    each relative guardrail's test so far by name (replaced by every reading)."""
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    name: str
-    status: Status
-    value: float | None
-    limit: float
-    bound: str
-    message: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {"name": self.name, "value": self.value, "limit": self.limit, "status": self.status}
-        return {**out, "message": self.message} if self.message else out
-
-    def describe(self) -> str:
-        if self.status in ("pass", "fail"):
-            relation = "within" if self.status == "pass" else (
-                "over" if self.bound == "max" else "under")  # fmt: skip
-            value = f"{self.value:.4g}"
-            return f"guardrail {self.name} is {value}, {relation} its limit {self.limit:.4g}"
-        what = {"no_data": "no data", "not_enough_data": "not enough data",
-                "error": "provider error"}[self.status]  # fmt: skip
-        return f"guardrail {self.name}: {what}, which is not a pass" + (
-            f" ({self.message})" if self.message else "")  # fmt: skip
-
-    def threshold(self, variant: str, counted: bool = True) -> Threshold:
-        """The reading as `analysis.decide` takes it: only a pass, or a counted fail, has a
-        value; every other state is no data there."""
-        from analysis import Threshold
-
-        keep = self.status == "pass" or (self.status == "fail" and counted)
-        bound: Literal["max", "min"] = "min" if self.bound == "min" else "max"
-        return Threshold(self.name, self.value if keep else None, self.limit, variant, bound)
+    stable: dict[str, str]
+    saved: dict[str, Any] = field(default_factory=dict)
 
 
 def judge(guardrail: OperationalGuardrail, m: Measurement) -> Reading:
+    assert guardrail.limit is not None  # a threshold guardrail has one (the spec says so)
     limit, bound = float(guardrail.limit), guardrail.bound.value
     if m.phase is not Phase.OK or m.value is None:
         status: Status = "error" if m.phase is Phase.ERROR else "no_data"
@@ -77,34 +53,62 @@ def read_guardrails(
     guardrails: tuple[OperationalGuardrail, ...],
     provider: MetricsProvider | None,
     variables: dict[str, str],
+    tests: Tests | None = None,
 ) -> list[Reading]:
     """Each guardrail read now.  Without a provider every reading is an error that says so; a
-    provider that raises anyway (a bug, not the network) is an error reading too."""
+    provider that raises anyway (a bug, not the network) is an error reading too.  Relative
+    guardrails need `tests`; their new states replace the old in `tests.saved`, and a
+    guardrail no longer in the spec is forgotten there."""
     out = []
+    kept: dict[str, Any] = {}
     for g in guardrails:
+        if g.kind is GuardrailKind.RELATIVE and provider is not None and tests is not None:
+            reading, saved = read_relative(g, provider, variables, tests.stable,
+                                           tests.saved.get(g.name))  # fmt: skip
+            if saved is not None:
+                kept[g.name] = saved
+            _log_error(g, reading.status == "error", reading.message)
+            out.append(reading)
+            continue
         if provider is None:
             m = Measurement.error("no metrics provider configured")
+        elif g.kind is GuardrailKind.RELATIVE:
+            m = Measurement.error("a relative guardrail needs the stable arm's counters")
         else:
             try:
                 m = provider.query(g, variables)
             except Exception as exc:
                 m = Measurement.error(f"{type(exc).__name__} in the provider")
-        if m.phase is Phase.ERROR:  # the operator sees a broken source in the log too
-            log.warning("metrics provider %s, guardrail %s: %s", g.provider, g.name, m.message)
-        out.append(judge(g, m))
+        _log_error(g, m.phase is Phase.ERROR, m.message)
+        out.append(_error(g, m) if g.kind is GuardrailKind.RELATIVE else judge(g, m))
+    if tests is not None:
+        tests.saved = kept
     return out
 
 
+def _error(g: OperationalGuardrail, m: Measurement) -> Reading:
+    status: Status = "error" if m.phase is Phase.ERROR else "no_data"
+    return Reading(g.name, status, None, 1.0 + g.tolerance, "max", m.message, "relative", None,
+                   g.alpha)  # fmt: skip
+
+
+def _log_error(g: OperationalGuardrail, failed: bool, message: str) -> None:
+    if failed:  # the operator sees a broken source in the log too
+        log.warning("metrics provider %s, guardrail %s: %s", g.provider, g.name, message)
+
+
 def variables_for(
-    spec: ExperimentSpec, cluster: str | None = None, namespace: str = ""
-) -> dict[str, str]:
-    """The placeholders' values for the candidate.  Envoy clusters are taken to be named after
-    the subset (or the host) unless the route target maps them."""
-    d = spec.candidate_variant.destination
+    spec: ExperimentSpec, cluster: str | None = None, namespace: str = "",
+    variant: str | None = None,
+) -> dict[str, str]:  # fmt: skip
+    """The placeholders' values for one arm (default: the candidate).  Envoy clusters are
+    taken to be named after the subset (or the host) unless the route target maps them."""
+    v = spec.variant(variant) if variant else spec.candidate_variant
+    d = v.destination
     service = spec.rollout.service if spec.rollout and spec.rollout.service else spec.name
     return {
         "service": service,
-        "variant": spec.candidate_variant.key,
+        "variant": v.key,
         "namespace": namespace,
         **query_labels(d.host, d.subset, cluster or d.subset or d.host),
     }

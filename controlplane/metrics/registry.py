@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from controlplane.metrics.prometheus import PrometheusProvider
-from controlplane.metrics.protocol import Measurement, MetricsProvider
+from controlplane.metrics.protocol import Counts, Measurement, MetricsProvider
 from controlplane.metrics.web import WebProvider
 from experiments.errors import InvalidInputError
 from experiments.spec_rollout import OperationalGuardrail
@@ -59,13 +59,24 @@ class Providers:
         self._made: dict[str, MetricsProvider | str] = {}
 
     def query(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Measurement:
-        made = self._made.get(guardrail.provider)
-        if made is None:
-            try:
-                made = make_provider(guardrail.provider, self.config)
-            except InvalidInputError as exc:
-                made = str(exc)
-            self._made[guardrail.provider] = made
+        made = self._provider(guardrail.provider)
         if isinstance(made, str):
             return Measurement.error(made)
         return made.query(guardrail, variables)
+
+    def counters(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Counts:
+        made = self._provider(guardrail.provider)
+        if isinstance(made, str):
+            return Counts.error(made)
+        return made.counters(guardrail, variables)
+
+    def _provider(self, name: str) -> MetricsProvider | str:
+        """The provider by name, built once; or why it cannot be built."""
+        made = self._made.get(name)
+        if made is None:
+            try:
+                made = make_provider(name, self.config)
+            except InvalidInputError as exc:
+                made = str(exc)
+            self._made[name] = made
+        return made

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
-from controlplane.metrics.protocol import Measurement, Phase, render
+from controlplane.metrics.protocol import Counts, Measurement, Phase, render
 from experiments.spec_rollout import ENV_RE, OperationalGuardrail
 
 
@@ -49,6 +49,10 @@ class WebProvider:
         if at is not None:
             return Measurement(Phase.NO_DATA, message=f"no {at!r} in the answer of {_where(url)}")
         return Measurement.of(found, where=f" at {guardrail.json_path}")
+
+    def counters(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Counts:
+        return Counts.error("the web provider reads single values; a relative guardrail needs"
+                            " counters (provider prometheus)")  # fmt: skip
 
 
 def follow(document: object, path: str) -> tuple[object, str | None]:
