@@ -53,22 +53,27 @@ class FakeProvider:
         self.values: dict[str, float | Measurement | None] = {
             "p99_latency_ms": 20.0, "error_ratio": 0.0}  # fmt: skip
         self.asked: list[dict[str, str]] = []  # the variables of every query
-        self.arms: dict[str, list[float]] = {}  # variant -> cumulative [requests, errors]
+        self.arms: dict[str, list[float]] = {}  # variant/latency -> cumulative [requests, events]
         self.requests = 1000.0
-        self.events: dict[str, float] = {}  # variant -> errors per read
+        self.errors: dict[str, float] = {}  # variant -> 5xx answers per read
+        self.slow: dict[str, float] = {}  # variant -> requests over 100 ms per read
 
     def query(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Measurement:
         self.asked.append(dict(variables))
         value = self.values.get(guardrail.query or guardrail.name)
-        return value if isinstance(value, Measurement) else Measurement.of(value)
+        if isinstance(value, Measurement):
+            return value
+        return Measurement.of(value, sample=self.requests)
 
     def counters(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Counts:
-        """Counters that grow by `requests` per read, `events[variant]` of them events."""
+        """Counters that grow by `requests` per read, `errors[variant]` of them 5xx answers
+        (or for latency `slow[variant]` of them over 100 ms)."""
         self.asked.append(dict(variables))
-        arm = self.arms.setdefault(variables["variant"], [0.0, 0.0])
+        latency = guardrail.query == "p99_latency_ms"
+        arm = self.arms.setdefault(f"{variables['variant']}/{latency}", [0.0, 0.0])
         arm[0] += self.requests
-        arm[1] += self.events.get(variables["variant"], 0.0)
-        return Counts(Phase.OK, arm[0], {"errors": arm[1]})
+        arm[1] += (self.slow if latency else self.errors).get(variables["variant"], 0.0)
+        return Counts(Phase.OK, arm[0], {"gt_100" if latency else "errors": arm[1]})
 
 
 class Clock:
