@@ -15,8 +15,11 @@ The order of judgement, and why:
    intersection of intervals, kept in the state), or by Lan–DeMets boundaries at planned looks;
    α is split over the treatment arms (Bonferroni, which stays valid at any stopping time).
    Metric guardrails are non-inferiority tests: harm when the interval lies wholly beyond the
-   margin on the bad side; a margin must also be *shown* kept before a winner is declared
-   (until then, and at the horizon too, the status is winner_pending_guardrails: continue).
+   margin on the bad side; or, with a two-sided tolerance (a model's mean score that should
+   not move), harm when it lies wholly outside ±tolerance on either side.  A margin or a
+   tolerance must also be *shown* kept (non_inferior, within_tolerance) before a winner is
+   declared (until then, and at the horizon too, the status is winner_pending_guardrails:
+   continue).
 5. No difference when the interval lies inside ±MDE, at the horizon, or at the final
    group-sequential look without a crossing.
 

@@ -19,7 +19,7 @@ class Status(StrEnum):
     CONTINUE = "continue"
     WINNER = "winner"
     # Better on the primary metric, but a metric guardrail is not yet shown within its
-    # margin: keep testing (it is not "no difference"), and never promote on it.
+    # margin or tolerance: keep testing (it is not "no difference"), and never promote on it.
     WINNER_PENDING_GUARDRAILS = "winner_pending_guardrails"
     HARM = "harm"
     NO_DIFFERENCE = "no_difference"
@@ -43,7 +43,8 @@ class Comparison:
     variant: str
     control: str
     method: str
-    # better, worse, inconclusive, no_difference, non_inferior, harm, burn_in, unstable
+    # better, worse, inconclusive, no_difference, non_inferior, within_tolerance, harm,
+    # burn_in, unstable
     verdict: str
     estimate: float | None = None  # b − a, or the lift (b − a)/|a| when relative
     ci_low: float | None = None

@@ -12,7 +12,10 @@ from analysis.guardrails import Threshold
 from analysis.looks import Look, Pair
 from analysis.multiple import adjust_pvalues
 from experiments.spec import Direction
-from experiments.spec_metrics import Method
+from experiments.spec_metrics import Method, Metric
+
+# A guardrail's verdicts that show its margin (or tolerance) kept: needed before a winner.
+KEPT = frozenset({"non_inferior", "within_tolerance"})
 
 
 def conclude(look: Look, values: list[list[float]]) -> Decision:
@@ -79,6 +82,8 @@ def _compare(look: Look, pair: Pair, est: float, p: float, low: float, high: flo
         # The running intersection is empty: the looks contradict each other, so the effect
         # is not stable over time (or the data were replaced); no interval can be trusted.
         verdict = "unstable"
+    elif pair.role == "guardrail" and pair.metric.tolerance is not None:
+        verdict = _within_tolerance(pair.metric.tolerance * _scale(pair), low, high)
     elif pair.role == "guardrail":
         m = (pair.metric.margin or 0.0) * _scale(pair)
         verdict = "harm" if g_high < -m else "non_inferior" if g_low > -m else "inconclusive"
@@ -106,6 +111,22 @@ def _compare(look: Look, pair: Pair, est: float, p: float, low: float, high: flo
     )  # fmt: skip
 
 
+def _within_tolerance(t: float, low: float, high: float) -> str:
+    """Two-sided: a shift beyond ±t either way is harm, whatever the metric's direction; the
+    interval wholly inside (−t, t) shows the tolerance kept.  Both sides are read off one
+    two-sided confidence sequence, so together they keep its level."""
+    if low > t or high < -t:
+        return "harm"
+    return "within_tolerance" if -t < low and high < t else "inconclusive"
+
+
+def _bound_of(metric: Metric) -> str:
+    """A metric guardrail's bound as the reasons name it, relative to the control mean."""
+    if metric.tolerance is not None:
+        return f"its tolerance ±{metric.tolerance:g} of control"
+    return f"its margin {metric.margin or 0.0:g} of control"
+
+
 def _adjust_secondary(comparisons: list[Comparison]) -> list[Comparison]:
     """Benjamini–Hochberg over the secondary comparisons' always-valid p-values."""
     index = [i for i, c in enumerate(comparisons) if c.role == "secondary" and c.pvalue is not None]
@@ -127,6 +148,8 @@ class _Judge:
         self.control = look.plan.control
         self.treatments = list(look.plan.treatments)
         self.reasons: list[str] = []
+        metrics = self.spec.metrics
+        self.guard_metrics = {m.name: m for m in metrics.guardrails} if metrics else {}
 
     def status(self) -> tuple[Status, str | None, list[str], list[str]]:
         checks = self.look.checks
@@ -156,7 +179,7 @@ class _Judge:
         guards = [c for c in self.comparisons if c.role == "guardrail"]
         self.reasons += [self._describe(c) for c in primary]
         harm = [g for g in guards if g.verdict == "harm"]
-        self.reasons += [self._describe_guard(g, "beyond its margin: harm") for g in harm]
+        self.reasons += [self._describe_guard(g, "beyond {bound}: harm") for g in harm]
         harmful = sorted(
             {c.variant for c in primary if c.verdict == "worse"} | {g.variant for g in harm}
         )
@@ -182,8 +205,8 @@ class _Judge:
             if at_horizon:
                 self.reasons += [
                     f"the horizon of {cap} units per arm is reached: {c.variant} is better on"
-                    f" {c.metric} but guardrail {', '.join(self._unproven(c.variant, guards))}"
-                    " is still not shown within its margin, so it is not promoted"
+                    f" {c.metric} but {self._still_unproven(c.variant, guards)}, so it is not"
+                    " promoted"
                     for c in pending
                 ]
             return Status.WINNER_PENDING_GUARDRAILS, None, [], self.reasons
@@ -211,17 +234,27 @@ class _Judge:
         arms = (plan.control, *plan.treatments)
         return cap is not None and bool(counts) and min(counts.get(k, 0.0) for k in arms) >= cap
 
-    def _unproven(self, variant: str, guards: list[Comparison]) -> list[str]:
-        """The metric guardrails with a margin that `variant` has not yet been shown to keep."""
-        assert self.spec.metrics is not None
-        margins = {m.name: m.margin for m in self.spec.metrics.guardrails}
+    def _unproven(self, variant: str, guards: list[Comparison]) -> list[Comparison]:
+        """The metric guardrails with a margin or a tolerance that `variant` has not yet been
+        shown to keep."""
         return [
-            g.metric
+            g
             for g in guards
-            if g.variant == variant
-            and margins.get(g.metric) is not None
-            and g.verdict != "non_inferior"
+            if g.variant == variant and self._needs_proof(g.metric) and g.verdict not in KEPT
         ]
+
+    def _needs_proof(self, name: str) -> bool:
+        metric = self.guard_metrics.get(name)
+        return metric is not None and (metric.margin is not None or metric.tolerance is not None)
+
+    def _bound(self, name: str) -> str:
+        return _bound_of(self.guard_metrics[name])
+
+    def _still_unproven(self, variant: str, guards: list[Comparison]) -> str:
+        return " and ".join(
+            f"guardrail {g.metric} is still not shown within {self._bound(g.metric)}"
+            for g in self._unproven(variant, guards)
+        )
 
     def _blockers(self, variant: str, guards: list[Comparison]) -> list[str]:
         """Why `variant` cannot be promoted yet although its primary metric is better."""
@@ -230,13 +263,10 @@ class _Judge:
             for c in self.look.checks
             if c.status == "no_data" and c.variant in (None, variant)
         ]
-        assert self.spec.metrics is not None
-        margins = {m.name: m.margin for m in self.spec.metrics.guardrails}
-        for g in guards:
-            needs_proof = margins.get(g.metric) is not None
-            if g.variant == variant and needs_proof and g.verdict != "non_inferior":
-                out.append(self._describe_guard(g, "not yet shown within its margin"))
-        return out
+        return out + [
+            self._describe_guard(g, "not yet shown within {bound}")
+            for g in self._unproven(variant, guards)
+        ]
 
     def _describe(self, c: Comparison) -> str:
         if c.verdict == "burn_in":
@@ -282,12 +312,12 @@ class _Judge:
         )
 
     def _describe_guard(self, g: Comparison, verdict: str) -> str:
-        assert self.spec.metrics is not None
-        margin = {m.name: m.margin for m in self.spec.metrics.guardrails}.get(g.metric) or 0.0
+        """`verdict` with "{bound}" standing for the guardrail's margin or tolerance."""
         effect = _pct if g.relative else fmt
+        bound = self._bound(g.metric)
         return (
             f"guardrail metric {g.metric} ({g.variant}): effect {effect(g.estimate)}, CI "
-            f"[{effect(g.ci_low)}, {effect(g.ci_high)}], margin {margin:g} of control — {verdict}"
+            f"[{effect(g.ci_low)}, {effect(g.ci_high)}] — {verdict.format(bound=bound)}"
         )
 
 

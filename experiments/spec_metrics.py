@@ -1,6 +1,7 @@
 """What an experiment measures and how it is judged: the metrics (primary, secondary,
-guardrails with their direction and non-inferiority margin) and the analysis settings that
-`analysis.decide` reads (method, α, minimum effect, burn-in, horizon, looks)."""
+guardrails with their direction and a one-sided non-inferiority margin or a two-sided
+tolerance) and the analysis settings that `analysis.decide` reads (method, α, minimum effect,
+burn-in, horizon, looks)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,18 @@ class Metric(SpecModel):
     denominator: Name | None = None
     # Non-inferiority margin for guardrails, relative to control (0.01 = 1 % worse tolerated).
     margin: Number | None = Field(default=None, ge=0, allow_inf_nan=False)
+    # Two-sided tolerance for guardrails, relative to control (0.02: a shift of more than 2 %
+    # either way is harm), for a metric that should not move at all, e.g. a model's mean score.
+    tolerance: Number | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Self:
+        if self.margin is not None and self.tolerance is not None:
+            raise ValueError(
+                f"metric {self.name!r} has both 'margin' (one-sided: worse by at most) and"
+                " 'tolerance' (two-sided: moved either way by at most); give one of them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ratio_parts(self) -> Self:
@@ -64,6 +77,21 @@ class Metrics(SpecModel):
     def _unique(self) -> Self:
         names = [m.name for m in (self.primary, *self.secondary, *self.guardrails)]
         no_repeats(names, "metric names")  # loc is "metrics" already
+        return self
+
+    @model_validator(mode="after")
+    def _tolerance_on_guardrails(self) -> Self:
+        # Only a guardrail is judged against its bound; on the primary or a secondary metric a
+        # tolerance would be silently ignored.
+        roles = [("primary", self.primary)] + [
+            (f"secondary.{i}", m) for i, m in enumerate(self.secondary)
+        ]
+        for where, metric in roles:
+            if metric.tolerance is not None:
+                raise ValueError(
+                    f"'tolerance' (metrics.{where}.tolerance) is only for metrics in"
+                    f" 'guardrails'; {metric.name!r} is not a guardrail"
+                )
         return self
 
 

@@ -27,7 +27,8 @@ from experiments.store import Store
 
 VERDICTS = {
     "winner": "promote",
-    # Better, but a guardrail metric is not yet shown within its margin: keep testing.
+    # Better, but a guardrail metric is not yet shown within its margin (or tolerance): keep
+    # testing.
     "winner_pending_guardrails": "continue",
     "harm": "rollback",
     "invalid": "pause",
