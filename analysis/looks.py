@@ -68,7 +68,14 @@ def design_of(spec: ExperimentSpec) -> str:
     the analysis settings.  If any of it changes, the state starts afresh (a state passed in
     from another experiment, too)."""
     arms = ",".join(f"{v.key}={v.weight:g}" for v in spec.variants)
-    metrics = spec.metrics.model_dump_json() if spec.metrics is not None else ""
+    metrics = ""
+    if spec.metrics is not None:
+        # An unset tolerance is left out, so states saved before the field existed still match.
+        guards = spec.metrics.guardrails
+        unset = {i: {"tolerance"} for i, g in enumerate(guards) if g.tolerance is None}
+        exclude = {"primary": {"tolerance"}, "secondary": {"__all__": {"tolerance"}},
+                   "guardrails": unset}  # fmt: skip
+        metrics = spec.metrics.model_dump_json(exclude=exclude)  # type: ignore[arg-type]
     text = f"{spec.name}|{arms}|{metrics}|{spec.analysis.model_dump_json()}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

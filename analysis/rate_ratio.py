@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 # The prior on u = log(δ/δ₀): half-normal with scale 2 (most mass on δ up to e⁴ ≈ 55 × δ₀),
 # on a grid of midpoints.  A discrete prior makes the mixture exact, not an approximation.
@@ -39,15 +39,18 @@ LOG_PRIOR = _DENSITY - np.log(np.exp(_DENSITY).sum())
 
 
 def tick_log_lr(
-    u: NDArray[np.float64], delta0: float, x_b: float, m: float, rho: float
+    u: NDArray[np.float64], delta0: float, x_b: ArrayLike, m: ArrayLike, rho: ArrayLike
 ) -> NDArray[np.float64]:
-    """One tick's log likelihood ratio at each δ = δ₀·e^u against δ₀ (module docstring)."""
-    if m <= 0 or not 0.0 < rho < 1.0:
-        return np.zeros_like(u)  # no events, or one arm had no requests: no evidence
+    """One tick's log likelihood ratio at each δ = δ₀·e^u against δ₀ (module docstring).
+    `x_b`, `m`, `rho` may be arrays (many runs at once, as the benchmark replays them): the
+    result has their shape plus the grid's.  A tick without events, or with one arm without
+    requests, carries no evidence (0)."""
+    x, n, r = (np.asarray(a, dtype=np.float64)[..., None] for a in (x_b, m, rho))
+    ok = (n > 0) & (r > 0) & (r < 1)
+    r = np.where(ok, r, 0.5)
     delta = delta0 * np.exp(u)
-    return np.asarray(
-        x_b * u - m * (np.log(rho * delta + 1 - rho) - math.log(rho * delta0 + 1 - rho))
-    )
+    out = x * u - n * (np.log(r * delta + 1 - r) - np.log(r * delta0 + 1 - r))
+    return np.asarray(np.where(ok, out, 0.0), dtype=np.float64).reshape(np.broadcast(x, u).shape)
 
 
 def _log_mixture(log_lr: NDArray[np.float64]) -> float:

@@ -45,7 +45,7 @@ class Metric(SpecModel):
     margin: Number | None = Field(default=None, ge=0, allow_inf_nan=False)
     # Two-sided tolerance for guardrails, relative to control (0.02: a shift of more than 2 %
     # either way is harm), for a metric that should not move at all, e.g. a model's mean score.
-    tolerance: Number | None = Field(default=None, ge=0, allow_inf_nan=False)
+    tolerance: Number | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_bound(self) -> Self:

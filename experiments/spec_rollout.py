@@ -67,6 +67,7 @@ _json_path = _matching(JSON_PATH_RE, "a json_path: a dotted path such as data.re
 class GuardrailKind(StrEnum):
     THRESHOLD = "threshold"  # one reading against an absolute limit
     RELATIVE = "relative"  # the candidate against the stable arm, sequentially (see below)
+    CEILING = "ceiling"  # the candidate's share of bad requests under a limit, sequentially
 
 
 class OperationalGuardrail(SpecModel):
@@ -84,7 +85,13 @@ class OperationalGuardrail(SpecModel):
     preset `p99_latency_ms` (requests slower than each of `above_ms`, histogram bucket bounds),
     or `promql` (a cumulative counter of events) with `requests_promql` (of requests).  No
     reading counts before each arm has `min_requests` requests since the test began (default
-    100)."""
+    100).
+
+    A `ceiling` guardrail tests the candidate alone against an absolute share of bad requests
+    (analysis.rate_ceiling), from the same counters and as sequentially: `error_ratio` with
+    `limit` 0.05 fails once the evidence that over 5 % of its answers are 5xx reaches
+    1/`alpha`; `p99_latency_ms` with `limit` 1000 (a histogram bucket bound) is "at most 1 % of
+    requests over 1000 ms"."""
 
     name: Name
     kind: GuardrailKind = GuardrailKind.THRESHOLD
@@ -132,16 +139,12 @@ class OperationalGuardrail(SpecModel):
             text = getattr(self, field_name)
             if text is not None:
                 check_template(text, f"guardrail {self.name}: {field_name}")
-        if self.kind is GuardrailKind.RELATIVE:
-            return self._relative()
+        if self.kind is not GuardrailKind.THRESHOLD:
+            return self._sequential()
         if self.limit is None:
             raise ValueError(f"guardrail {self.name}: a threshold guardrail needs a limit")
-        # Compared with the defaults, not the fields given: a stored spec names every field.
-        fields = type(self).model_fields
-        changed = sorted(f for f in RELATIVE_ONLY if getattr(self, f) != fields[f].default)
-        if changed:
-            raise ValueError(f"guardrail {self.name}: {', '.join(changed)}: only for"
-                             " kind: relative")  # fmt: skip
+        self._only_for(("tolerance", "above_ms"), "kind relative")
+        self._only_for(("alpha", "requests_promql"), "kind relative or ceiling")
         if self.url is not None:
             check_template(self.url, f"guardrail {self.name}: url")
             if self.json_path is None:
@@ -157,40 +160,65 @@ class OperationalGuardrail(SpecModel):
                                  " variables only as ${NAME}")  # fmt: skip
         return self
 
-    def _relative(self) -> Self:
-        where = f"guardrail {self.name} (kind relative)"
+    def _only_for(self, names: tuple[str, ...], where: str) -> None:
+        # Compared with the defaults, not the fields given: a stored spec names every field.
+        fields = type(self).model_fields
+        changed = sorted(f for f in names if getattr(self, f) != fields[f].default)
+        if changed:
+            raise ValueError(f"guardrail {self.name}: {', '.join(changed)}: only for {where}")
+
+    def _sequential(self) -> Self:
+        where = f"guardrail {self.name} (kind {self.kind.value})"
         if self.url is not None:
             raise ValueError(f"{where}: needs counters from Prometheus (query or promql),"
                              " not a url")  # fmt: skip
-        if self.limit is not None or self.bound is not Bound.MAX:
-            raise ValueError(f"{where}: has a tolerance relative to the stable arm, not a limit"
-                             " or bound")  # fmt: skip
         if self.query == "request_rate":
             raise ValueError(f"{where}: query is error_ratio or p99_latency_ms")
         if (self.promql is None) != (self.requests_promql is None):
             raise ValueError(f"{where}: promql (events) and requests_promql go together")
+        if self.bound is not Bound.MAX:
+            raise ValueError(f"{where}: judges a share of bad requests, so only bound max")
+        if self.kind is GuardrailKind.CEILING:
+            self._only_for(("tolerance", "above_ms"), "kind relative")
+            if self.limit is None or self.limit <= 0:
+                raise ValueError(f"{where}: needs a limit over 0")
+            if self.query != "p99_latency_ms" and self.limit >= 1:
+                raise ValueError(f"{where}: the limit is the largest share of bad requests,"
+                                 f" under 1, not {self.limit:g}")  # fmt: skip
+            return self
+        if self.limit is not None:
+            raise ValueError(f"{where}: has a tolerance relative to the stable arm, not a limit")
         if self.above_ms and self.query != "p99_latency_ms":
             raise ValueError(f"{where}: above_ms goes with query p99_latency_ms")
         no_repeats([f"{b:g}" for b in self.above_ms], f"guardrail {self.name}: above_ms")
         return self
 
     @property
+    def ceiling_share(self) -> float:
+        """A ceiling's largest share of bad requests: 1 % over the limit for p99 (p99 ≤ L
+        says just that), else the limit itself."""
+        assert self.limit is not None
+        return 0.01 if self.query == "p99_latency_ms" else float(self.limit)
+
+    @property
     def min_sample(self) -> int:
         """Requests needed (per arm for a relative guardrail) before a reading counts."""
         if self.min_requests is not None:
             return self.min_requests
-        return 100 if self.kind is GuardrailKind.RELATIVE else 0
+        return 0 if self.kind is GuardrailKind.THRESHOLD else 100
 
     @property
     def cuts_ms(self) -> tuple[float, ...]:
-        """A relative latency guardrail's bucket bounds: events are requests slower than each."""
+        """A latency guardrail's bucket bounds: events are requests slower than each (a
+        ceiling's is its limit)."""
+        if self.kind is GuardrailKind.CEILING and self.limit is not None:
+            return (float(self.limit),)
         return tuple(sorted(self.above_ms)) or DEFAULT_ABOVE_MS
 
 
 # Relative latency: requests slower than each of these bucket bounds (both Envoy's and
 # Istio's default histograms have them) are the events; their tests are averaged.
 DEFAULT_ABOVE_MS = (50.0, 100.0, 250.0, 500.0, 1000.0)
-RELATIVE_ONLY = ("tolerance", "alpha", "above_ms", "requests_promql")
 
 
 class Canary(SpecModel):
@@ -222,20 +250,18 @@ Phase = Annotated[Canary | ABTest | Promote, Field(discriminator="kind")]
 
 
 def default_guardrails() -> tuple[OperationalGuardrail, ...]:
-    """A rollout's guardrails when its spec names none, and the service's for /decision: the
-    candidate against the stable arm, sequentially, on 5xx answers and on latency (requests
-    slower than 50 ms … 1 s), each tolerating 20 % more than stable at α = 1 %; and absolute
-    ceilings that no comparison excuses (p99 over 1 s, over 5 % errors), each counted only
-    over 100 candidate requests in the window and failing after 2 such readings in a row."""
+    """A rollout's guardrails when its spec names none, and the service's for /decision, all
+    anytime-valid (checked every tick, a healthy candidate fails each with probability at
+    most α = 1 %): the candidate against the stable arm on 5xx answers and on latency
+    (requests slower than 50 ms … 1 s), each tolerating 20 % more than stable; and absolute
+    ceilings that no comparison excuses: p99 over 1 s, over 5 % errors."""
+    relative, ceiling = GuardrailKind.RELATIVE, GuardrailKind.CEILING
     return (
-        OperationalGuardrail(name="errors_vs_stable", kind=GuardrailKind.RELATIVE,
-                             query="error_ratio"),
-        OperationalGuardrail(name="latency_vs_stable", kind=GuardrailKind.RELATIVE,
-                             query="p99_latency_ms"),
-        OperationalGuardrail(name="p99_latency_ms", query="p99_latency_ms", limit=1000,
-                             min_requests=100, failure_limit=2),
-        OperationalGuardrail(name="error_ratio", query="error_ratio", limit=0.05,
-                             min_requests=100, failure_limit=2),
+        OperationalGuardrail(name="errors_vs_stable", kind=relative, query="error_ratio"),
+        OperationalGuardrail(name="latency_vs_stable", kind=relative, query="p99_latency_ms"),
+        OperationalGuardrail(name="p99_latency_ms", kind=ceiling, query="p99_latency_ms",
+                             limit=1000),
+        OperationalGuardrail(name="error_ratio", kind=ceiling, query="error_ratio", limit=0.05),
     )  # fmt: skip
 
 

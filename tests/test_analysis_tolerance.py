@@ -85,12 +85,12 @@ def test_aa_scores_are_never_declared_harm() -> None:
     assert runs.within.mean() >= 0.9
 
 
-def test_aa_with_a_zero_tolerance_keeps_the_false_harm_rate() -> None:
-    """With tolerance 0 harm is "the interval excludes 0", where the level is attained: the
-    rate of runs ever declared harm over 50 looks stays ≤ α (binomial s.e. at 5 %: 1.3 %)."""
-    runs = simulate(0.0, 0.0, seed=1302)
+def test_aa_with_a_vanishing_tolerance_keeps_the_false_harm_rate() -> None:
+    """With a tolerance near 0 harm is "the interval excludes 0", where the level is attained:
+    the rate of runs ever declared harm over 50 looks stays ≤ α (binomial s.e. at 5 %: 1.3 %)."""
+    runs = simulate(0.0, 1e-12, seed=1302)
     assert runs.harm.mean() <= ALPHA  # observed: 5 of 300 (0.017)
-    assert not runs.within.any()  # nothing lies strictly inside (−0, 0)
+    assert not runs.within.any()  # nothing lies inside (−1e-12, 1e-12)
 
 
 @pytest.mark.parametrize("shift", [0.05, -0.05])
@@ -245,7 +245,12 @@ def with_metrics(**metrics: Any) -> dict[str, Any]:
         ),
         (
             with_metrics(guardrails=[{**SCORE, "tolerance": -0.02}]),
-            "metrics.guardrails.0.tolerance: Input should be greater than or equal to 0",
+            "metrics.guardrails.0.tolerance: Input should be greater than 0",
+        ),
+        (
+            # A zero tolerance could never be shown kept: a winner would wait forever.
+            with_metrics(guardrails=[{**SCORE, "tolerance": 0}]),
+            "metrics.guardrails.0.tolerance: Input should be greater than 0",
         ),
         (
             with_metrics(guardrails=[{**SCORE, "tolerance": math.inf}]),
@@ -256,7 +261,7 @@ def with_metrics(**metrics: Any) -> dict[str, Any]:
             "metrics.guardrails.0.tolerance",
         ),
     ],
-    ids=["primary", "secondary", "with-margin", "negative", "infinite", "string"],
+    ids=["primary", "secondary", "with-margin", "negative", "zero", "infinite", "string"],
 )
 def test_a_misplaced_or_invalid_tolerance_is_refused(doc: dict[str, Any], message: str) -> None:
     with pytest.raises(SpecError) as info:
@@ -269,3 +274,14 @@ def test_any_guardrail_kind_may_have_a_tolerance() -> None:
     spec = load_spec(with_metrics(guardrails=kinds))
     assert spec.metrics is not None
     assert [m.tolerance for m in spec.metrics.guardrails] == [0.1, 0.1, 0.1]
+
+
+def test_a_spec_without_a_tolerance_keeps_its_design_so_saved_states_still_match() -> None:
+    """The design hash of a spec that names no tolerance is the one computed before the field
+    existed (at commit dd5ac82, by analysis.looks.design_of), so an upgrade restarts no test."""
+    from analysis.looks import design_of
+    from tests.rollout_support import spec_doc
+
+    doc = spec_doc([{"kind": "ab"}])
+    doc["metrics"]["guardrails"] = [{"name": "rev", "kind": "sum", "margin": 0.02}]
+    assert design_of(load_spec(doc)) == "f91bd9a20f898fc1"

@@ -12,7 +12,7 @@ import pytest
 
 from controlplane.metrics import Counts, Phase
 from controlplane.metrics.prometheus import PrometheusProvider
-from controlplane.metrics.sequential import read_relative
+from controlplane.metrics.sequential import read_sequential
 from experiments import SpecError, load_spec
 from experiments.spec_rollout import OperationalGuardrail
 from experiments.status import Outcome
@@ -40,7 +40,7 @@ def ok(requests: float, errors: float) -> Counts:
 def read_all(answers: dict[str, list[Counts]], g: OperationalGuardrail = ERRORS) -> list[Any]:
     provider, saved, out = Scripted(answers), None, []
     while answers["candidate"]:
-        reading, saved = read_relative(g, provider, CANDIDATE, STABLE, saved)  # type: ignore[arg-type]
+        reading, saved = read_sequential(g, provider, CANDIDATE, STABLE, saved)  # type: ignore[arg-type]
         out.append((reading, saved))
     return out
 
@@ -51,7 +51,7 @@ def test_the_first_reading_starts_the_count_and_increments_feed_the_test() -> No
         "stable": [ok(90000, 700), ok(92000, 702), ok(94000, 704)],
     })  # fmt: skip
     assert (first.status, first.message) == (
-        "not_enough_data", "first reading: the comparison counts from here")  # fmt: skip
+        "not_enough_data", "first reading: the count starts here")  # fmt: skip
     assert "test" not in s1  # what came before the rollout is not evidence
     assert second.status == "not_enough_data"  # 50 candidate requests: 100 per arm needed
     assert "50 requests in an arm, 100 needed" in second.message
@@ -69,7 +69,7 @@ def test_a_reset_counter_counts_from_zero_and_errors_leave_the_test_alone() -> N
                       ok(300, 2)],
         "stable": [ok(90000, 700), ok(92000, 702), ok(0, 0), ok(94000, 704)],
     })  # fmt: skip
-    (_, _), (reset, s2), (failed, s3), (_, s4) = readings
+    (_, _), (_, s2), (failed, s3), (_, s4) = readings
     assert s2["test"]["candidate"]["requests"] == 100.0  # Envoy restarted: 100 new requests
     assert (failed.status, failed.message) == ("error", "candidate arm: prometheus: ConnectError")
     assert s3 == s2  # the test is as it was
@@ -79,12 +79,13 @@ def test_a_reset_counter_counts_from_zero_and_errors_leave_the_test_alone() -> N
 def test_a_changed_definition_starts_a_new_test() -> None:
     provider = Scripted({"candidate": [ok(10, 0), ok(500, 0), ok(900, 0)],
                          "stable": [ok(10, 0), ok(500, 0), ok(900, 0)]})  # fmt: skip
-    _, saved = read_relative(ERRORS, provider, CANDIDATE, STABLE, None)  # type: ignore[arg-type]
-    _, saved = read_relative(ERRORS, provider, CANDIDATE, STABLE, saved)  # type: ignore[arg-type]
+    _, saved = read_sequential(ERRORS, provider, CANDIDATE, STABLE, None)  # type: ignore[arg-type]
+    _, saved = read_sequential(ERRORS, provider, CANDIDATE, STABLE, saved)  # type: ignore[arg-type]
     looser = ERRORS.model_copy(update={"tolerance": 0.5})
-    reading, saved = read_relative(looser, provider, CANDIDATE, STABLE, saved)  # type: ignore[arg-type]
-    assert reading.message == "first reading: the comparison counts from here"
-    assert saved is not None and "test" not in saved
+    reading, saved = read_sequential(looser, provider, CANDIDATE, STABLE, saved)  # type: ignore[arg-type]
+    assert reading.message == "first reading: the count starts here"
+    assert saved is not None
+    assert "test" not in saved
 
 
 @pytest.fixture
@@ -128,18 +129,25 @@ def test_the_prometheus_counters_read_errors_and_histogram_buckets(
 @pytest.mark.parametrize(
     ("guardrail", "message"),
     [
-        ({"kind": "relative", "query": "error_ratio", "limit": 0.01}, "not a limit or bound"),
+        ({"kind": "relative", "query": "error_ratio", "limit": 0.01}, "not a limit"),
+        ({"kind": "relative", "query": "error_ratio", "bound": "min"}, "only bound max"),
+        ({"kind": "ceiling", "query": "error_ratio"}, "needs a limit over 0"),
+        ({"kind": "ceiling", "query": "error_ratio", "limit": 5}, "under 1, not 5"),
+        ({"kind": "ceiling", "query": "p99_latency_ms", "limit": 1000, "tolerance": 0.1},
+         "tolerance: only for kind relative"),
+        ({"query": "error_ratio", "limit": 1, "alpha": 0.05},
+         "alpha: only for kind relative or ceiling"),
         ({"kind": "relative", "url": "http://m/", "json_path": "a"}, "needs counters"),
         ({"kind": "relative", "query": "request_rate"}, "error_ratio or p99_latency_ms"),
         ({"kind": "relative", "promql": "x_total"}, "promql .events. and requests_promql go"),
         ({"kind": "relative", "query": "error_ratio", "above_ms": [100]}, "above_ms goes with"),
-        ({"query": "error_ratio", "limit": 1, "tolerance": 0.5}, "tolerance: only for kind"),
+        ({"query": "error_ratio", "limit": 1, "tolerance": 0.5}, "tolerance: only for kind rel"),
         ({"query": "error_ratio"}, "a threshold guardrail needs a limit"),
         ({"query": "error_ratio", "limit": 1, "provider": "datadog"},
          "unknown metrics provider 'datadog'; known: prometheus, web"),
     ],
 )  # fmt: skip
-def test_relative_fields_are_validated_at_load(guardrail: dict[str, Any], message: str) -> None:
+def test_sequential_fields_are_validated_at_load(guardrail: dict[str, Any], message: str) -> None:
     with pytest.raises(SpecError, match=message):
         load_spec(spec_of(guardrails=[{"name": "g", **guardrail}]))
 
@@ -176,9 +184,29 @@ def test_a_relative_reading_reaches_decide_as_its_p_against_alpha() -> None:
     """In an A/B phase the readings go to analysis.decide: a relative one as its always-valid
     p with α as a lower limit, so a pass stays a pass whatever the noisy ratio."""
     provider = Scripted({"candidate": [ok(0, 0), ok(1000, 3)], "stable": [ok(0, 0), ok(1000, 2)]})
-    _, saved = read_relative(ERRORS, provider, CANDIDATE, STABLE, None)  # type: ignore[arg-type]
-    reading, _ = read_relative(ERRORS, provider, CANDIDATE, STABLE, saved)  # type: ignore[arg-type]
+    _, saved = read_sequential(ERRORS, provider, CANDIDATE, STABLE, None)  # type: ignore[arg-type]
+    reading, _ = read_sequential(ERRORS, provider, CANDIDATE, STABLE, saved)  # type: ignore[arg-type]
     assert (reading.status, reading.value) == ("pass", 1.5)  # over 1.2×, but no evidence
     check = reading.threshold("candidate").check()
     assert (check.status, check.value, check.limit, check.bound) == (
         "pass", reading.pvalue, 0.01, "min")  # fmt: skip
+
+
+def test_a_ceiling_reads_the_candidate_alone_and_fails_over_its_share() -> None:
+    """p99 ≤ 1 s as a ceiling: at most 1 % of requests over 1000 ms, counted at the bucket."""
+    g = OperationalGuardrail(name="p99", kind="ceiling", query="p99_latency_ms", limit=1000)
+    assert (g.cuts_ms, g.ceiling_share) == ((1000.0,), 0.01)
+
+    def slow(requests: float, over: float) -> Counts:
+        return Counts(Phase.OK, requests, {"gt_1000": over})
+
+    provider = Scripted({"candidate": [slow(0, 0), slow(500, 2), slow(1000, 60)], "stable": []})
+    readings, saved = [], None
+    for _ in range(3):
+        reading, saved = read_sequential(g, provider, CANDIDATE, STABLE, saved)  # type: ignore[arg-type]
+        readings.append(reading)
+    assert [r.status for r in readings] == ["not_enough_data", "pass", "fail"]
+    assert readings[2].message.startswith("requests over 1000 ms: 60 of 1000 candidate requests"
+                                          " (6.000%); always-valid p")  # fmt: skip
+    assert (readings[2].value, readings[2].limit, readings[2].kind) == (0.06, 0.01, "ceiling")
+    assert "guardrail p99: over its ceiling" in readings[2].describe()

@@ -196,10 +196,11 @@ def test_the_rollout_defaults_follow_the_design() -> None:
     assert rollout.phases[0].steps == (5, 20, 50)  # type: ignore[union-attr]
     assert [(g.name, g.kind.value, g.limit) for g in rollout.guardrails] == [
         ("errors_vs_stable", "relative", None), ("latency_vs_stable", "relative", None),
-        ("p99_latency_ms", "threshold", 1000), ("error_ratio", "threshold", 0.05),
+        ("p99_latency_ms", "ceiling", 1000), ("error_ratio", "ceiling", 0.05),
     ]  # fmt: skip
-    assert [(g.tolerance, g.alpha, g.min_sample) for g in rollout.guardrails[:2]] == [
-        (0.2, 0.01, 100)] * 2  # fmt: skip
+    assert [(g.alpha, g.min_sample) for g in rollout.guardrails] == [(0.01, 100)] * 4
+    assert [g.tolerance for g in rollout.guardrails[:2]] == [0.2, 0.2]
+    assert [g.ceiling_share for g in rollout.guardrails[2:]] == [0.01, 0.05]
 
 
 def test_rollouts_refuse_sticky_specs_tests_without_metrics_and_unknown_queries() -> None:

@@ -1,6 +1,6 @@
 """One guardrail's reading as every consumer sees it (the controller's tick, the audit log,
 the verdict for Flagger and Argo, `analysis.decide`): a status, the value against its limit,
-and for a relative guardrail the always-valid p against α."""
+and for the sequential kinds (relative, ceiling) the always-valid p against α."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ Status = Literal["pass", "fail", "no_data", "not_enough_data", "error"]
 class Reading:
     name: str
     status: Status
-    value: float | None  # threshold: the reading; relative: the observed rate ratio
-    limit: float  # threshold: the limit; relative: the tolerated ratio 1 + tolerance
+    # threshold: the reading; relative: the observed rate ratio; ceiling: the observed share
+    value: float | None
+    # threshold: the limit; relative: the tolerated ratio 1 + tolerance; ceiling: the share
+    limit: float
     bound: str
     message: str = ""
     kind: str = "threshold"
-    pvalue: float | None = None  # relative: always-valid p that the ratio exceeds the limit
+    pvalue: float | None = None  # sequential kinds: always-valid p that the limit is exceeded
     alpha: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -33,9 +35,13 @@ class Reading:
         return {**out, "message": self.message} if self.message else out
 
     def describe(self) -> str:
-        if self.kind == "relative" and self.status in ("pass", "fail"):
-            verdict = "worse than stable beyond its tolerance" if self.status == "fail" else (
-                "no evidence of a rate beyond its tolerance")  # fmt: skip
+        if self.kind != "threshold" and self.status in ("pass", "fail"):
+            verdict = {
+                ("relative", "fail"): "worse than stable beyond its tolerance",
+                ("relative", "pass"): "no evidence of a rate beyond its tolerance",
+                ("ceiling", "fail"): "over its ceiling",
+                ("ceiling", "pass"): "no evidence of a share over its ceiling",
+            }[(self.kind, self.status)]
             return f"guardrail {self.name}: {verdict} ({self.message})"
         if self.status in ("pass", "fail"):
             relation = "within" if self.status == "pass" else (
@@ -54,7 +60,7 @@ class Reading:
         from analysis import Threshold
 
         keep = self.status == "pass" or (self.status == "fail" and counted)
-        if self.kind == "relative":
+        if self.kind != "threshold":
             p = self.pvalue if keep else None
             return Threshold(self.name, p, float(self.alpha or 0.0), variant, "min")
         bound: Literal["max", "min"] = "min" if self.bound == "min" else "max"

@@ -19,7 +19,7 @@ from typing import Any
 from controlplane.metrics.outcome import Reading, Status
 from controlplane.metrics.prometheus import query_labels
 from controlplane.metrics.protocol import Measurement, MetricsProvider, Phase
-from controlplane.metrics.sequential import read_relative
+from controlplane.metrics.sequential import read_sequential
 from experiments.spec import ExperimentSpec
 from experiments.spec_rollout import GuardrailKind, OperationalGuardrail
 
@@ -62,9 +62,10 @@ def read_guardrails(
     out = []
     kept: dict[str, Any] = {}
     for g in guardrails:
-        if g.kind is GuardrailKind.RELATIVE and provider is not None and tests is not None:
-            reading, saved = read_relative(g, provider, variables, tests.stable,
-                                           tests.saved.get(g.name))  # fmt: skip
+        sequential = g.kind is not GuardrailKind.THRESHOLD
+        if sequential and provider is not None and tests is not None:
+            reading, saved = read_sequential(g, provider, variables, tests.stable,
+                                             tests.saved.get(g.name))  # fmt: skip
             if saved is not None:
                 kept[g.name] = saved
             _log_error(g, reading.status == "error", reading.message)
@@ -72,15 +73,15 @@ def read_guardrails(
             continue
         if provider is None:
             m = Measurement.error("no metrics provider configured")
-        elif g.kind is GuardrailKind.RELATIVE:
-            m = Measurement.error("a relative guardrail needs the stable arm's counters")
+        elif sequential:
+            m = Measurement.error("a sequential guardrail needs its saved test")
         else:
             try:
                 m = provider.query(g, variables)
             except Exception as exc:
                 m = Measurement.error(f"{type(exc).__name__} in the provider")
         _log_error(g, m.phase is Phase.ERROR, m.message)
-        out.append(_error(g, m) if g.kind is GuardrailKind.RELATIVE else judge(g, m))
+        out.append(_error(g, m) if sequential else judge(g, m))
     if tests is not None:
         tests.saved = kept
     return out
@@ -88,8 +89,8 @@ def read_guardrails(
 
 def _error(g: OperationalGuardrail, m: Measurement) -> Reading:
     status: Status = "error" if m.phase is Phase.ERROR else "no_data"
-    return Reading(g.name, status, None, 1.0 + g.tolerance, "max", m.message, "relative", None,
-                   g.alpha)  # fmt: skip
+    limit = g.ceiling_share if g.kind is GuardrailKind.CEILING else 1.0 + g.tolerance
+    return Reading(g.name, status, None, limit, "max", m.message, g.kind.value, None, g.alpha)
 
 
 def _log_error(g: OperationalGuardrail, failed: bool, message: str) -> None:

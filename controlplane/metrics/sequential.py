@@ -1,12 +1,14 @@
-"""A relative guardrail read now: both arms' cumulative counters, their increments since the
-last reading added to the anytime-valid rate-ratio test (analysis.rate_ratio), and the test's
-state handed back for the caller to keep (the controller in the rollout state, the verdict
-endpoint in the store), so a restart goes on where the last reading stopped.
+"""A relative or ceiling guardrail read now: the cumulative counters (both arms, or the
+candidate's), their increments since the last reading added to the anytime-valid test
+(analysis.rate_ratio, analysis.rate_ceiling), and the test's state handed back for the caller
+to keep (the controller in the rollout state, the verdict endpoint in the store), so a restart
+goes on where the last reading stopped.
 
 Increments, never rates: `rate()` windows overlap from one tick to the next, and summing them
 would count the same requests again.  A counter that goes down was reset (Envoy restarted):
 its new value is the increment.  The test starts over when the guardrail's definition changes
-(tolerance, events) and, since the state lives in the rollout, with every new rollout.
+(kind, tolerance, limit, events) and, since the state lives in the rollout, with every new
+rollout.
 """
 
 from __future__ import annotations
@@ -16,24 +18,28 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from analysis.rate_ceiling import RateCeilingTest
 from analysis.rate_ratio import RateRatioTest
 from controlplane.metrics.outcome import Reading, Status
 from controlplane.metrics.protocol import Counts, MetricsProvider, Phase
-from experiments.spec_rollout import OperationalGuardrail
+from experiments.spec_rollout import GuardrailKind, OperationalGuardrail
 
 Saved = dict[str, Any]
 
 
-def read_relative(
+def read_sequential(
     guardrail: OperationalGuardrail,
     provider: MetricsProvider,
     candidate: Mapping[str, str],
     stable: Mapping[str, str],
     saved: Saved | None,
 ) -> tuple[Reading, Saved | None]:
-    """The reading and the state to keep (unchanged when the counters could not be read)."""
-    now = {arm: _counters(provider, guardrail, v) for arm, v in
-           (("candidate", candidate), ("stable", stable))}  # fmt: skip
+    """The reading and the state to keep (unchanged when the counters could not be read).  A
+    relative guardrail reads both arms; a ceiling, the candidate only."""
+    arms = [("candidate", candidate)]
+    if guardrail.kind is GuardrailKind.RELATIVE:
+        arms.append(("stable", stable))
+    now = {arm: _counters(provider, guardrail, v) for arm, v in arms}
     broken = [(arm, c) for arm, c in now.items() if c.phase is not Phase.OK]
     if broken:
         arm, c = broken[0]
@@ -42,14 +48,21 @@ def read_relative(
     key = _definition(guardrail)
     if saved is None or saved.get("key") != key:
         first = {arm: _plain(c) for arm, c in now.items()}
-        why = "first reading: the comparison counts from here"
+        why = "first reading: the count starts here"
         return _reading(guardrail, "not_enough_data", None, why), {"key": key, "last": first}
+    step = {arm: _increment(saved["last"][arm], c) for arm, c in now.items()}
+    last = {arm: _plain(c) for arm, c in now.items()}
+    if guardrail.kind is GuardrailKind.CEILING:
+        ceiling = RateCeilingTest.from_dict(saved["test"]) if "test" in saved else (
+            RateCeilingTest(guardrail.ceiling_share))  # fmt: skip
+        requests, events = step["candidate"]
+        ceiling.update(requests, sum(events.values()))
+        return judge_ceiling(guardrail, ceiling, events), {"key": key, "last": last,
+                                                           "test": ceiling.to_dict()}  # fmt: skip
     test = RateRatioTest.from_dict(saved["test"]) if "test" in saved else RateRatioTest(
         guardrail.tolerance)  # fmt: skip
-    step = {arm: _increment(saved["last"][arm], c) for arm, c in now.items()}
     test.update(step["candidate"], step["stable"])
-    out = {"key": key, "last": {arm: _plain(c) for arm, c in now.items()}, "test": test.to_dict()}
-    return judge_test(guardrail, test), out
+    return judge_test(guardrail, test), {"key": key, "last": last, "test": test.to_dict()}
 
 
 def judge_test(guardrail: OperationalGuardrail, test: RateRatioTest) -> Reading:
@@ -63,19 +76,38 @@ def judge_test(guardrail: OperationalGuardrail, test: RateRatioTest) -> Reading:
     ratio_text = "n/a" if ratio is None else "∞" if math.isinf(ratio) else f"{ratio:.3g}×"
     detail = f"{seen} (ratio {ratio_text}); {where}"
     value = ratio if ratio is not None and math.isfinite(ratio) else None
-    if min(n_a, n_b) < guardrail.min_sample:
-        why = f"{min(n_a, n_b):g} requests in an arm, {guardrail.min_sample} needed; {detail}"
-        return _reading(guardrail, "not_enough_data", value, why, test.pvalue)
-    status: Status = "fail" if test.pvalue < guardrail.alpha else "pass"
-    return _reading(guardrail, status, value, detail, test.pvalue)
+    return _verdict(guardrail, min(n_a, n_b), test.pvalue, value, detail)
+
+
+def judge_ceiling(
+    guardrail: OperationalGuardrail, test: RateCeilingTest, events: Mapping[str, float]
+) -> Reading:
+    """Fail once the always-valid p is under α with the candidate past the minimum sample."""
+    kind = next(iter(events), "events")
+    share = test.share
+    seen = f"{_what(kind)}: {test.events:g} of {test.requests:g} candidate requests" + (
+        f" ({share:.3%})" if share is not None else "")  # fmt: skip
+    detail = (f"{seen}; always-valid p {test.pvalue:.3g} against α {guardrail.alpha:g} for a"
+              f" share over {test.ceiling:.3%}")  # fmt: skip
+    return _verdict(guardrail, test.requests, test.pvalue, share, detail)
+
+
+def _verdict(
+    g: OperationalGuardrail, sample: float, pvalue: float, value: float | None, detail: str
+) -> Reading:
+    if sample < g.min_sample:
+        why = f"{sample:g} requests in an arm, {g.min_sample} needed; {detail}"
+        return _reading(g, "not_enough_data", value, why, pvalue)
+    return _reading(g, "fail" if pvalue < g.alpha else "pass", value, detail, pvalue)
 
 
 def _reading(
     g: OperationalGuardrail, status: Status, value: float | None, message: str,
     pvalue: float | None = None,
 ) -> Reading:  # fmt: skip
-    return Reading(g.name, status, value, 1.0 + g.tolerance, "max", message, "relative", pvalue,
-                   g.alpha)  # fmt: skip
+    """Its limit: the tolerated ratio (relative), or the largest share of bad requests."""
+    limit = g.ceiling_share if g.kind is GuardrailKind.CEILING else 1.0 + g.tolerance
+    return Reading(g.name, status, value, limit, "max", message, g.kind.value, pvalue, g.alpha)
 
 
 def _counters(
@@ -103,7 +135,8 @@ def _increment(last: Mapping[str, Any], now: Counts) -> tuple[float, dict[str, f
 
 def _definition(g: OperationalGuardrail) -> str:
     """What makes a saved test this guardrail's: a change of any of it starts a new test."""
-    parts = [g.query, g.promql, g.requests_promql, g.provider, g.tolerance, list(g.cuts_ms)]
+    parts = [g.kind.value, g.query, g.promql, g.requests_promql, g.provider, g.tolerance,
+             g.limit, list(g.cuts_ms)]  # fmt: skip
     return json.dumps(parts)
 
 
