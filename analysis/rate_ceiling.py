@@ -19,20 +19,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from analysis.rate_ratio import GRID, LOG_PRIOR
 
 
-def log_bayes_factor(events: float, requests: float, ceiling: float) -> float:
+def log_bayes_factor(events: ArrayLike, requests: ArrayLike, ceiling: float) -> NDArray[np.float64]:
     """log of the mixture Bayes factor for a share over `ceiling` after `events` of
-    `requests`."""
-    if requests <= 0:
-        return 0.0
+    `requests` (arrays: one factor per element, as the benchmark replays many runs)."""
     logit0 = math.log(ceiling / (1 - ceiling))
     p = 1.0 / (1.0 + np.exp(-(logit0 + GRID)))
-    x, rest = events, requests - events
-    log_lr = x * np.log(p / ceiling) + rest * (np.log1p(-p) - math.log1p(-ceiling))
-    return float(np.logaddexp.reduce(LOG_PRIOR + log_lr))
+    x = np.asarray(events, dtype=np.float64)[..., None]
+    n = np.asarray(requests, dtype=np.float64)[..., None]
+    log_lr = x * np.log(p / ceiling) + (n - x) * (np.log1p(-p) - math.log1p(-ceiling))
+    out = np.logaddexp.reduce(LOG_PRIOR + log_lr, axis=-1)
+    return np.asarray(np.where(n[..., 0] > 0, out, 0.0), dtype=np.float64)
 
 
 @dataclass
@@ -46,7 +47,7 @@ class RateCeilingTest:
         """Add one tick's increments (events capped at the requests)."""
         self.requests += max(requests, 0.0)
         self.events += min(max(events, 0.0), max(requests, 0.0))
-        bf = log_bayes_factor(self.events, self.requests, self.ceiling)
+        bf = float(log_bayes_factor(self.events, self.requests, self.ceiling))
         self.pvalue = min(self.pvalue, math.exp(-min(bf, 700.0)))
 
     @property

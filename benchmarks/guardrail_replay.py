@@ -14,9 +14,10 @@ one tick in ten stalls 2 % of requests by 150 ms.  Scenarios:
 - 5xx: the candidate answers 1 % 5xx from the start;
 - p99: the candidate's latencies are doubled (p99 100 → 200 ms) from the start.
 Rules (a run's rollback is its first look at which the rule fails):
-- default plan: errors_vs_stable and latency_vs_stable (analysis.rate_ratio, tolerance 0.2,
-  α 0.01 each, 100 requests per arm first) plus the ceilings (p99 ≤ 1 s, 5xx ≤ 5 %, over 100
-  candidate requests in the 30 s window, 2 failing readings in a row);
+- relative only: errors_vs_stable and latency_vs_stable (analysis.rate_ratio, tolerance 0.2,
+  α 0.01 each; the minimum sample gates passes, not failures);
+- default plan: those plus the ceilings on the candidate alone (analysis.rate_ceiling,
+  α 0.01 each): p99 ≤ 1 s as at most 1 % of requests over 1000 ms, 5xx ≤ 5 %;
 - threshold: the old default, one reading over a 30 s window, p99 (interpolated in the
   histogram as Prometheus' histogram_quantile does) ≤ 150 ms and 5xx ratio ≤ 0.1 %.
 The relative tests go through analysis.rate_ratio's own tick kernel over all runs at once; the
@@ -34,13 +35,14 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
+from analysis.rate_ceiling import log_bayes_factor
 from analysis.rate_ratio import GRID, LOG_PRIOR, RateRatioTest, tick_log_lr
 
 BOUNDS = np.array([0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, np.inf])
 CUTS = (50.0, 100.0, 250.0, 500.0, 1000.0)  # the default latency_vs_stable above_ms
 TICK_S, RPS, SHARE, WINDOW = 2.0, 1000.0, 0.05, 15  # 15 ticks = a 30 s rate window
 MEDIAN_MS, SIGMA = 20.0, math.log(100.0 / 20.0) / stats.norm.ppf(0.99)  # p99 = 100 ms
-ALPHA, TOLERANCE, MIN_SAMPLE = 0.01, 0.2, 100
+ALPHA, TOLERANCE = 0.01, 0.2
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,8 @@ def replay(
     rules = ("default plan", "relative only", "threshold", "threshold p99", "threshold 5xx")
     out = {rule: np.full(runs, np.inf) for rule in rules}
     relative_fail = relative(hist, errs, reqs, runs, ticks, check)
+    counted, bad_5xx, over_1s = np.zeros(runs), np.zeros(runs), np.zeros(runs)
+    ceiling = np.zeros(runs, bool)
     for t in range(ticks):
         lo = max(0, t - WINDOW + 1)
         win_b = hist["b"][lo : t + 1].sum(axis=0)
@@ -110,11 +114,13 @@ def replay(
         errors = errs["b"][lo : t + 1].sum(axis=0)
         ratio = np.where(n_win > 0, errors / np.maximum(n_win, 1), np.nan)
         q = p99(win_b)
-        ceiling_now = (n_win >= 100) & ((q > 1000.0) | (ratio > 0.05))
-        if t == 0:
-            ceiling_prev = np.zeros(runs, bool)
-        ceiling = ceiling_now & ceiling_prev
-        ceiling_prev = ceiling_now
+        if t > 0:  # the ceilings' counts start at the first reading, as the relative ones'
+            counted += reqs["b"][t]
+            bad_5xx += errs["b"][t]
+            over_1s += hist["b"][t][:, int(np.searchsorted(BOUNDS, 1000.0)) + 1 :].sum(axis=1)
+        bf_5xx = log_bayes_factor(bad_5xx, counted, 0.05)
+        bf_1s = log_bayes_factor(over_1s, counted, 0.01)
+        ceiling |= (bf_5xx > -math.log(ALPHA)) | (bf_1s > -math.log(ALPHA))
         when = (t + 1) * TICK_S
         for rule, failed in (
             ("threshold", (q > 150.0) | (ratio > 0.001)),
@@ -156,8 +162,7 @@ def relative(
         bf_lat = np.logaddexp.reduce(each, axis=0) - math.log(len(CUTS))
         p_err = np.minimum(p_err, np.exp(-np.minimum(bf_err, 700)))
         p_lat = np.minimum(p_lat, np.exp(-np.minimum(bf_lat, 700)))
-        enough = np.minimum(n["a"], n["b"]) >= MIN_SAMPLE
-        failed[t] = enough & ((p_err < ALPHA) | (p_lat < ALPHA))
+        failed[t] = (p_err < ALPHA) | (p_lat < ALPHA)  # the minimum sample gates passes only
         for i, (errors, latency) in enumerate(classes):  # the first runs through the class
             errors.update((n_b[i], {"errors": x_b[i]}), (n_a[i], {"errors": x_a[i]}))
             kinds = [f"gt_{c:g}" for c in CUTS]

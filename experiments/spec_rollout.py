@@ -84,8 +84,8 @@ class OperationalGuardrail(SpecModel):
     tick keeps false rollbacks under `alpha`.  Events are the preset `error_ratio` (5xx), the
     preset `p99_latency_ms` (requests slower than each of `above_ms`, histogram bucket bounds),
     or `promql` (a cumulative counter of events) with `requests_promql` (of requests).  No
-    reading counts before each arm has `min_requests` requests since the test began (default
-    100).
+    reading is a pass before each arm has `min_requests` requests since the test began (default
+    100); a failure needs no minimum, since the test is valid from the first request.
 
     A `ceiling` guardrail tests the candidate alone against an absolute share of bad requests
     (analysis.rate_ceiling), from the same counters and as sequentially: `error_ratio` with

@@ -3,7 +3,9 @@
     python -m experiments.toy_model --port 9001 --name v1 [--delay-ms 0] [--error-rate 0]
 
 `POST /admin/config {"delay_ms": 200, "error_rate": 0.02}` changes its latency and its share
-of 500 answers while it runs, so a test can make a healthy candidate regress.
+of 500 answers while it runs, so a test can make a healthy candidate regress;
+`{"stall_share": 0.05, "stall_ms": 120}` stalls that share of requests that long, as a busy
+host does to every model on it.
 
 Standard library only.  Nagle is off and the listen backlog is large: without either, a Python
 upstream behind Envoy adds ~40 ms a request or drops connections under load.
@@ -20,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 def serve(port: int, name: str, delay_ms: float = 0.0, error_rate: float = 0.0) -> None:
     body = json.dumps({"model": name}).encode()
-    config = {"delay_ms": delay_ms, "error_rate": error_rate}
+    config = {"delay_ms": delay_ms, "error_rate": error_rate, "stall_share": 0.0, "stall_ms": 0.0}
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -31,8 +33,10 @@ def serve(port: int, name: str, delay_ms: float = 0.0, error_rate: float = 0.0) 
             data = self.rfile.read(length) if length else b""
             if self.path == "/admin/config":
                 config.update(json.loads(data))
-            elif config["delay_ms"]:
-                time.sleep(config["delay_ms"] / 1000)
+            else:
+                stall = config["stall_ms"] if random.random() < config["stall_share"] else 0.0
+                if config["delay_ms"] or stall:
+                    time.sleep((config["delay_ms"] + stall) / 1000)
             failed = self.path != "/admin/config" and random.random() < config["error_rate"]
             self.send_response(500 if failed else 200)
             self.send_header("content-type", "application/json")

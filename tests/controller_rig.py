@@ -65,7 +65,9 @@ class FakeProvider:
             return value
         return Measurement.of(value, sample=self.requests)
 
-    def counters(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Counts:
+    def counters(
+        self, guardrail: OperationalGuardrail, variables: Mapping[str, str], at: float
+    ) -> Counts:
         """Counters that grow by `requests` per read, `errors[variant]` of them 5xx answers
         (or for latency `slow[variant]` of them over 100 ms)."""
         self.asked.append(dict(variables))

@@ -21,6 +21,7 @@ from tests.json_server import GrowingEnvoy, JsonServer
 
 ERRORS = OperationalGuardrail(name="errors", kind="relative", query="error_ratio")
 CANDIDATE, STABLE = {"variant": "candidate", "target": "v2"}, {"variant": "stable", "target": "v1"}
+AT = 1795838730.125
 
 
 class Scripted:
@@ -29,7 +30,9 @@ class Scripted:
     def __init__(self, answers: dict[str, list[Counts]]) -> None:
         self.answers = answers
 
-    def counters(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Counts:
+    def counters(
+        self, guardrail: OperationalGuardrail, variables: Mapping[str, str], at: float
+    ) -> Counts:
         return self.answers[variables["variant"]].pop(0)
 
 
@@ -102,17 +105,17 @@ def test_the_prometheus_counters_read_errors_and_histogram_buckets(
     server, envoy = prometheus
     provider = PrometheusProvider(server.url, "envoy")
     envoy.errors["v2"], envoy.slow["v2"] = 0.05, 0.25
-    errors = provider.counters(ERRORS, CANDIDATE)
+    errors = provider.counters(ERRORS, CANDIDATE, AT)
     assert (errors.phase, errors.requests, dict(errors.events)) == (
         Phase.OK, 1000.0, {"errors": 50.0})  # fmt: skip
     latency = OperationalGuardrail(name="slow", kind="relative", query="p99_latency_ms",
                                    above_ms=[100, 250])  # fmt: skip
-    slow = provider.counters(latency, CANDIDATE)
+    slow = provider.counters(latency, CANDIDATE, AT)
     assert (slow.requests, dict(slow.events)) == (1000.0, {"gt_100": 250.0, "gt_250": 0.0})
-    times = {q.query["time"][0] for q in server.seen[:2]}
-    assert len(times) == 1  # one tick's counters are read at one instant
+    # Every query at the instant asked: both arms' increments then cover one interval.
+    assert {q.query["time"][0] for q in server.seen} == {"1795838730.125"}
     odd = latency.model_copy(update={"above_ms": (150.0,)})
-    refused = provider.counters(odd, CANDIDATE)
+    refused = provider.counters(odd, CANDIDATE, AT)
     assert refused.phase is Phase.ERROR
     assert refused.message == ("prometheus: no bucket le=150 in the histogram (its bounds: 25,"
                                " 50, 100, 250, 500, 1000, inf)")  # fmt: skip
@@ -121,7 +124,7 @@ def test_the_prometheus_counters_read_errors_and_histogram_buckets(
         promql='sum(envoy_cluster_upstream_rq_xx{envoy_cluster_name="{target}"})',
         requests_promql='sum(envoy_cluster_upstream_rq_total{envoy_cluster_name="{target}"})',
     )  # fmt: skip
-    mine = provider.counters(custom, CANDIDATE)  # (the fake serves requests as they are read)
+    mine = provider.counters(custom, CANDIDATE, AT)  # (the fake serves requests as they are read)
     assert (mine.phase, mine.requests, dict(mine.events)) == (
         Phase.OK, 2000.0, {"events": 50.0})  # fmt: skip
 

@@ -87,7 +87,7 @@ def test_a_healthy_candidate_walks_the_canary_and_is_promoted(
 
 
 @pytest.mark.parametrize(
-    "regression", [{"delay_ms": 300}, {"error_rate": 0.05}], ids=["p99", "5xx"]
+    "regression", [{"delay_ms": 200}, {"error_rate": 0.05}], ids=["200ms", "5xx"]
 )
 def test_a_regressing_candidate_is_rolled_back_to_stable(
     stack: RolloutStack, db: tuple[str, Store], tmp_path: Path, regression: dict[str, float]
@@ -125,10 +125,54 @@ def test_a_regressing_candidate_is_rolled_back_to_stable(
     assert back["weights"] == {"control": 100}
     failed = [g for g in back["guardrails"] if g["status"] == "fail"]
     assert failed
-    assert failed[0]["name"] == ("p99_latency_ms" if "delay_ms" in regression else "error_ratio")
+    # The comparison with stable catches it; the ceilings (p99 1 s, 5xx 5 %) need not.
+    assert failed[0]["name"] == (
+        "latency_vs_stable" if "delay_ms" in regression else "errors_vs_stable"
+    )
+    assert failed[0]["pvalue"] < failed[0]["alpha"]
     assert record.status.rollout["status"] == "rolled_back"  # type: ignore[index]
     assert record.status.outcome is not None
     assert record.status.outcome.value == "rolled_back"
+
+
+def test_ten_healthy_canaries_in_a_row_are_all_promoted(
+    stack: RolloutStack, db: tuple[str, Store], tmp_path: Path
+) -> None:
+    """The default guardrails (relative to stable, and ceilings) on this busy machine: ten
+    canaries of a candidate as healthy as stable, one after the other, each judged every
+    second from Prometheus; none is rolled back.  Both models answer 1 % 5xx and stall 5 % of
+    requests by 120 ms, as a loaded host does to both: the old single-threshold defaults (p99
+    150 ms, 0.1 % 5xx) fail such a reading at once.  (The issue's report: 2 of 8 healthy
+    canaries rolled back by one p99 reading.)"""
+    url, store = db
+    for model in ("v1", "v2"):
+        stack.set_model(model, error_rate=0.01, stall_share=0.05, stall_ms=120)
+    traffic = [Traffic(stack.front) for _ in range(2)]
+    ctl = controller(url, stack, tmp_path)
+    outcomes, took = [], []
+    try:
+        for i in range(10):
+            name = f"ranker-{i}"
+            began = time.time()
+            start(store, spec_doc([{"kind": "canary", "steps": [20], "checks": 3},
+                                   {"kind": "promote"}], name=name))  # fmt: skip
+            wait_until(lambda n=name: store.get_experiment(n).status.outcome, f"{name} done",
+                       timeout=120)  # fmt: skip
+            record = store.get_experiment(name)
+            outcomes.append(record.status.outcome.value if record.status.outcome else None)
+            took.append(time.time() - began)
+    finally:
+        ctl.stop()
+        for t in traffic:
+            t.stop()
+    worst = []
+    for i in range(10):
+        entries = moves(store, f"ranker-{i}")
+        readings = [g for e in entries for g in e["guardrails"] if g.get("pvalue") is not None]
+        worst.append(min((g["pvalue"] for g in readings), default=1.0))
+    print(f"outcomes {outcomes}; seconds each {[round(t) for t in took]}; smallest p per"
+          f" canary {[f'{p:.2g}' for p in worst]}")  # fmt: skip
+    assert outcomes == ["promoted"] * 10
 
 
 def test_a_restarted_controller_resumes_at_the_same_step(

@@ -10,7 +10,6 @@ candidate's requests in the window, read only for a guardrail with `min_requests
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -104,18 +103,22 @@ class PrometheusProvider:
             return Measurement.error(f"sample size: {sample.message}")
         return Measurement(Phase.OK, reading.value, sample.value or 0.0)
 
-    def counters(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Counts:
-        """One arm's cumulative counters, every query at the same instant."""
-        values, at = {"window": self.window, **variables}, f"{time.time():.3f}"
+    def counters(
+        self, guardrail: OperationalGuardrail, variables: Mapping[str, str], at: float
+    ) -> Counts:
+        """One arm's cumulative counters, every query at the instant `at` (the caller reads
+        both arms at one instant: increments over different intervals would bias the test)."""
+        values, instant = {"window": self.window, **variables}, f"{at:.3f}"
         presets = COUNTERS[self.mesh]
         if guardrail.promql is not None and guardrail.requests_promql is not None:
-            events = self.instant(render(guardrail.promql, values), at)
-            requests = self.instant(render(guardrail.requests_promql, values), at)
+            events = self.instant(render(guardrail.promql, values), instant)
+            requests = self.instant(render(guardrail.requests_promql, values), instant)
             return _counts(requests, {"events": events})
         if guardrail.query == "p99_latency_ms":
-            return self._slower(render(presets["buckets"], values), guardrail.cuts_ms, at)
-        requests = self.instant(render(presets["requests"], values), at)
-        return _counts(requests, {"errors": self.instant(render(presets["errors"], values), at)})
+            return self._slower(render(presets["buckets"], values), guardrail.cuts_ms, instant)
+        requests = self.instant(render(presets["requests"], values), instant)
+        errors = self.instant(render(presets["errors"], values), instant)
+        return _counts(requests, {"errors": errors})
 
     def _slower(self, promql: str, cuts: tuple[float, ...], at: str) -> Counts:
         """Requests slower than each cut, from the cumulative histogram's buckets."""

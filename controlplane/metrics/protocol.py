@@ -69,13 +69,15 @@ class Counts:
 
 class MetricsProvider(Protocol):
     """One guardrail's current value for the variables of one candidate (see `render`), and
-    for a relative guardrail one arm's cumulative counters (a provider that has none answers
-    an error count that says so)."""
+    for a sequential guardrail one arm's cumulative counters as of the instant `at` (epoch
+    seconds; a provider that has no counters answers an error count that says so)."""
 
     def query(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Measurement:
         ...  # fmt: skip
 
-    def counters(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Counts:
+    def counters(
+        self, guardrail: OperationalGuardrail, variables: Mapping[str, str], at: float
+    ) -> Counts:
         ...  # fmt: skip
 
 

@@ -64,11 +64,13 @@ class Providers:
             return Measurement.error(made)
         return made.query(guardrail, variables)
 
-    def counters(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Counts:
+    def counters(
+        self, guardrail: OperationalGuardrail, variables: Mapping[str, str], at: float
+    ) -> Counts:
         made = self._provider(guardrail.provider)
         if isinstance(made, str):
             return Counts.error(made)
-        return made.counters(guardrail, variables)
+        return made.counters(guardrail, variables, at)
 
     def _provider(self, name: str) -> MetricsProvider | str:
         """The provider by name, built once; or why it cannot be built."""

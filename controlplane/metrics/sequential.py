@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,7 +40,8 @@ def read_sequential(
     arms = [("candidate", candidate)]
     if guardrail.kind is GuardrailKind.RELATIVE:
         arms.append(("stable", stable))
-    now = {arm: _counters(provider, guardrail, v) for arm, v in arms}
+    at = time.time()  # both arms as of one instant: increments over one interval
+    now = {arm: _counters(provider, guardrail, v, at) for arm, v in arms}
     broken = [(arm, c) for arm, c in now.items() if c.phase is not Phase.OK]
     if broken:
         arm, c = broken[0]
@@ -66,17 +68,26 @@ def read_sequential(
 
 
 def judge_test(guardrail: OperationalGuardrail, test: RateRatioTest) -> Reading:
-    """Fail once the always-valid p is under α with both arms past the minimum sample."""
-    kind, ratio = test.worst()
+    """Fail once the always-valid p is under α (a pass needs the minimum sample per arm).
+    The value is the observed ratio of the event kind with the most evidence now."""
+    _, ratio = test.worst()
     n_a, n_b = test.stable.requests, test.candidate.requests
-    seen = (f"{_what(kind)}: {test.candidate.events.get(kind, 0):g} of {n_b:g} candidate"
-            f" requests vs {test.stable.events.get(kind, 0):g} of {n_a:g} stable")  # fmt: skip
-    where = f"always-valid p {test.pvalue:.3g} against α {guardrail.alpha:g} for a rate over" \
-            f" {test.delta0:g}× stable's"  # fmt: skip
-    ratio_text = "n/a" if ratio is None else "∞" if math.isinf(ratio) else f"{ratio:.3g}×"
-    detail = f"{seen} (ratio {ratio_text}); {where}"
+    kinds = sorted(test.log_lr, key=lambda k: float(k[3:]) if k.startswith("gt_") else 0.0)
+    seen = [
+        f"{_what(k)}: {test.candidate.events.get(k, 0):g} of {n_b:g} candidate requests vs"
+        f" {test.stable.events.get(k, 0):g} of {n_a:g} stable ({_times(test.ratio(k))})"
+        for k in kinds
+        if test.candidate.events.get(k) or test.stable.events.get(k)
+    ] or [f"no {_what(kinds[0]) if kinds else 'events'} in {n_b:g} candidate and {n_a:g}"
+          " stable requests"]  # fmt: skip
+    detail = (f"{'; '.join(seen)}; always-valid p {test.pvalue:.3g} against α"
+              f" {guardrail.alpha:g} for a rate over {test.delta0:g}× stable's")  # fmt: skip
     value = ratio if ratio is not None and math.isfinite(ratio) else None
     return _verdict(guardrail, min(n_a, n_b), test.pvalue, value, detail)
+
+
+def _times(ratio: float | None) -> str:
+    return "n/a" if ratio is None else "∞" if math.isinf(ratio) else f"{ratio:.3g}×"
 
 
 def judge_ceiling(
@@ -95,10 +106,14 @@ def judge_ceiling(
 def _verdict(
     g: OperationalGuardrail, sample: float, pvalue: float, value: float | None, detail: str
 ) -> Reading:
+    """The minimum sample gates a pass, never a failure: the test is valid from the first
+    request, and a candidate that fails every request should not get 100 of them first."""
+    if pvalue < g.alpha:
+        return _reading(g, "fail", value, detail, pvalue)
     if sample < g.min_sample:
-        why = f"{sample:g} requests in an arm, {g.min_sample} needed; {detail}"
+        why = f"{sample:g} requests in an arm, {g.min_sample} needed for a pass; {detail}"
         return _reading(g, "not_enough_data", value, why, pvalue)
-    return _reading(g, "fail" if pvalue < g.alpha else "pass", value, detail, pvalue)
+    return _reading(g, "pass", value, detail, pvalue)
 
 
 def _reading(
@@ -111,10 +126,11 @@ def _reading(
 
 
 def _counters(
-    provider: MetricsProvider, guardrail: OperationalGuardrail, variables: Mapping[str, str]
-) -> Counts:
+    provider: MetricsProvider, guardrail: OperationalGuardrail, variables: Mapping[str, str],
+    at: float,
+) -> Counts:  # fmt: skip
     try:
-        return provider.counters(guardrail, variables)
+        return provider.counters(guardrail, variables, at)
     except Exception as exc:  # a provider's bug must not stop the tick
         return Counts.error(f"{type(exc).__name__} in the provider")
 

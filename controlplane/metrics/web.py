@@ -50,7 +50,9 @@ class WebProvider:
             return Measurement(Phase.NO_DATA, message=f"no {at!r} in the answer of {_where(url)}")
         return Measurement.of(found, where=f" at {guardrail.json_path}")
 
-    def counters(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Counts:
+    def counters(
+        self, guardrail: OperationalGuardrail, variables: Mapping[str, str], at: float
+    ) -> Counts:
         return Counts.error("the web provider reads single values; a relative guardrail needs"
                             " counters (provider prometheus)")  # fmt: skip
 

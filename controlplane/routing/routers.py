@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import httpx
 import yaml
 
-from controlplane.routing.plan import MANAGED_PREFIX, RoutePlan
+from controlplane.routing.plan import RoutePlan
 from controlplane.routing.render import (
     envoy_virtual_host,
     http_route,
@@ -60,8 +60,10 @@ class EnvoyRouter:
     file, keeping every other resource and virtual host in it, so several experiments (and
     controllers) share one file.  A read-modify-write under an advisory file lock; the file's
     `version_info` is a counter, so each writer can confirm from Envoy's admin API that a
-    version at least as new as its own is live.  A virtual host abmesh does not manage that
-    serves one of the experiment's domains is replaced: the target claims those domains."""
+    version at least as new as its own is live.  A virtual host that serves one of the
+    experiment's domains is replaced: the target claims those domains, so the host is either
+    not abmesh's or left by an experiment that no longer claims them (one concluded before this
+    one started, or deleted); Envoy would refuse the file with both."""
 
     name = "envoy"
 
@@ -145,10 +147,8 @@ class EnvoyRouter:
 
 
 def _taken(host: dict[str, Any], domains: set[str]) -> bool:
-    """A virtual host abmesh does not manage that serves one of `domains`."""
-    return not str(host.get("name", "")).startswith(MANAGED_PREFIX) and bool(
-        domains & set(host.get("domains", []))
-    )
+    """A virtual host that serves one of `domains`."""
+    return bool(domains & set(host.get("domains", [])))
 
 
 @contextmanager
