@@ -27,7 +27,7 @@ import redis
 
 from controlplane.controller import Controller
 from controlplane.lifecycle import Action, apply_spec, change_state
-from controlplane.metrics import Measurement
+from controlplane.metrics import Counts, Measurement, Phase
 from controlplane.targets import Defaults, Routers
 from experiments import load_spec
 from experiments.localstack import model_variants
@@ -36,10 +36,23 @@ from experiments.store import open_store
 
 
 class Instant:
-    """Guardrail readings that are always in: p99 20 ms, no errors."""
+    """Guardrail readings that are always in: p99 20 ms, no errors; counters that grow by
+    1,000 requests a read with 1 error and 1 request over each bucket bound, on both arms (the
+    default plan's sequential tests then do their full work every tick)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
 
     def query(self, guardrail: OperationalGuardrail, variables: Mapping[str, str]) -> Measurement:
         return Measurement.of({"p99_latency_ms": 20.0, "error_ratio": 0.0}.get(guardrail.name))
+
+    def counters(
+        self, guardrail: OperationalGuardrail, variables: Mapping[str, str], at: float
+    ) -> Counts:
+        self.reads += 1
+        kinds = [f"gt_{c:g}" for c in guardrail.cuts_ms] if guardrail.query == "p99_latency_ms" \
+            else ["errors"]  # fmt: skip
+        return Counts(Phase.OK, 1000.0 * self.reads, {k: float(self.reads) for k in kinds})
 
 
 def spec(name: str) -> dict[str, object]:

@@ -21,6 +21,7 @@ import pytest
 from assignment import assign_many
 from experiments.folding import Event, FoldPlan
 from experiments.localstack import RolloutStack, start_rollout_stack
+from experiments.spec_rollout import default_guardrails
 from experiments.store import Store, open_store
 from tests.rollout_support import Traffic, cli, controller, moves, spec_doc, start, wait_for
 from tests.servers import wait_until
@@ -93,7 +94,16 @@ def test_a_regressing_candidate_is_rolled_back_to_stable(
     stack: RolloutStack, db: tuple[str, Store], tmp_path: Path, regression: dict[str, float]
 ) -> None:
     url, store = db
-    start(store, spec_doc([{"kind": "canary", "steps": [20, 50], "checks": 1000}]))
+    doc = spec_doc([{"kind": "canary", "steps": [20, 50], "checks": 1000}])
+    # The default plan, and a custom relative guardrail on PromQL counters of its own.
+    custom = {"name": "custom_5xx", "kind": "relative",
+              "promql": 'sum(envoy_cluster_upstream_rq_xx{envoy_cluster_name="{target}",'
+                        'envoy_response_code_class="5"}) or vector(0)',
+              "requests_promql": 'sum(envoy_cluster_upstream_rq_total{'
+                                 'envoy_cluster_name="{target}"})'}  # fmt: skip
+    defaults = [g.model_dump(mode="json", exclude_defaults=True) for g in default_guardrails()]
+    doc["rollout"]["guardrails"] = [*defaults, custom]
+    start(store, doc)
     traffic = Traffic(stack.front)
     ctl = controller(url, stack, tmp_path)
     try:
@@ -130,6 +140,9 @@ def test_a_regressing_candidate_is_rolled_back_to_stable(
         "latency_vs_stable" if "delay_ms" in regression else "errors_vs_stable"
     )
     assert failed[0]["pvalue"] < failed[0]["alpha"]
+    assert not [g for g in back["guardrails"] if g["status"] == "error"]  # every source answers
+    if "error_rate" in regression:
+        assert "custom_5xx" in [g["name"] for g in failed]
     assert record.status.rollout["status"] == "rolled_back"  # type: ignore[index]
     assert record.status.outcome is not None
     assert record.status.outcome.value == "rolled_back"
