@@ -187,14 +187,23 @@ def test_a_reading_below_min_requests_is_neither_a_pass_nor_a_fail(rig: Rig) -> 
 
 @pytest.mark.parametrize(
     ("doc", "heading"),
-    [("README.md", "Guardrails beyond the two default presets"),
+    [("README.md", "Guardrails beyond the default plan"),
      ("docs/control-plane.md", "## Guardrails and metrics providers")],
 )  # fmt: skip
 def test_the_documented_guardrail_examples_load(doc: str, heading: str) -> None:
+    """Every YAML block of the section loads; together they show both providers and all
+    three kinds."""
     import yaml
 
     text = (Path(__file__).resolve().parent.parent / doc).read_text()
-    block = text.split(heading, 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
-    spec = load_spec({**spec_of(), "rollout": yaml.safe_load(block)["rollout"]})
-    assert spec.rollout is not None
-    assert {g.provider for g in spec.rollout.guardrails} == {"prometheus", "web"}
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    blocks = [part.split("```", 1)[0] for part in section.split("```yaml\n")[1:]]
+    guardrails = []
+    for block in blocks:
+        spec = load_spec({**spec_of(), "rollout": yaml.safe_load(block)["rollout"]})
+        assert spec.rollout is not None
+        guardrails += spec.rollout.guardrails
+    assert {g.provider for g in guardrails} == {"prometheus", "web"}
+    kinds = {g.kind.value for g in guardrails}
+    assert kinds == ({"threshold", "relative"} if doc == "README.md" else
+                     {"threshold", "relative", "ceiling"})  # fmt: skip
