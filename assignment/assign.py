@@ -179,6 +179,13 @@ def _forced(c: _Compiled, unit: str, lowered: dict[str, str] | None) -> Assignme
     return None if by_unit is None else by_unit[1]
 
 
+def forced_by_headers(spec: ExperimentSpec, headers: Mapping[str, str]) -> Assignment | None:
+    """The variant a header override forces, with no unit: a tester identified by a header
+    the gateway sets from a verified token needs no unit id."""
+    c = _compiled(spec)
+    return _forced(c, "", _lowered(c, headers)) if c.header_overrides else None
+
+
 def assign(
     spec: ExperimentSpec,
     unit: str,

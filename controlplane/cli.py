@@ -264,8 +264,9 @@ def render(
     elif kind is RenderKind.GATEWAY_API:
         docs = [r.http_route(plan, namespace)]
     else:
+        gateways = spec.rollout.target.gateways if spec.rollout is not None else ()
         docs = [
-            r.istio_virtual_service(plan, namespace),
+            r.istio_virtual_service(plan, namespace, gateways=gateways),
             *r.istio_destination_rules(plan, namespace),
         ]
     out.print(yaml.safe_dump_all(docs, sort_keys=False).rstrip(), markup=False)

@@ -36,6 +36,7 @@ ISTIO_MODELS: dict[str, Any] = {
     "VirtualService": istio_net.VirtualService,
     "DestinationRule": istio_net.DestinationRule,
     "AuthorizationPolicy": istio_sec.AuthorizationPolicy,
+    "RequestAuthentication": istio_sec.RequestAuthentication,
     "EnvoyFilter": v1alpha3.EnvoyFilter,
 }
 CRDS = {"monitoring.coreos.com/v1", "gateway.networking.k8s.io/v1"}
@@ -125,7 +126,11 @@ def test_istio_objects_pass_the_istio_crd_models() -> None:
 def test_the_virtual_service_is_the_routers_rendering_and_is_consistent() -> None:
     docs = objects("istio/model-rollout.yaml")
     plan = plan_routes(SPEC, split(SPEC, 5))
-    assert docs == [istio_virtual_service(plan, "models"), *istio_destination_rules(plan, "models")]
+    assert SPEC.rollout is not None
+    gateways = SPEC.rollout.target.gateways
+    assert gateways == ("istio-system/model-gateway", "mesh")  # the ingress, and sidecars
+    assert docs == [istio_virtual_service(plan, "models", gateways=gateways),
+                    *istio_destination_rules(plan, "models")]  # fmt: skip
     vs, rules = docs[0], docs[1:]
     subsets = {(r["spec"]["host"], s["name"]) for r in rules for s in r["spec"]["subsets"]}
     headers = {SPEC.header} | {o.header.name for o in SPEC.overrides if o.header}

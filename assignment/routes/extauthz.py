@@ -1,10 +1,12 @@
 """Envoy / Istio ext_authz HTTP check: the gateway asks, abmesh answers 200 with the group header.
 
 Envoy sends the original method, path (after the configured prefix) and allowed headers.  The
-unit comes from a configured header or cookie.  The answer is always 200 — a failed check would
-block the user's request, while a check without a group header only sends it to the stable
-model — so a missing or malformed unit, an unknown experiment, or an internal error give no
-header (or, as configured, the control group) instead of an error status.
+unit comes from a configured header or cookie.  A header override (a tester header the gateway
+sets from a verified token, see manifests/istio/ingress-ext-authz.yaml) applies with no unit.
+The answer is always 200 — a failed check would block the user's request, while a check
+without a group header only sends it to the stable model — so a missing or malformed unit, an
+unknown experiment, or an internal error give no header (or, as configured, the control group)
+instead of an error status.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Sequence
 from fastapi import APIRouter, Request, Response
 from starlette.types import Receive, Scope, Send
 
-from assignment.assign import Reason
+from assignment.assign import Assignment, Reason, forced_by_headers
 from assignment.service import ServiceState
 from experiments.names import unit_problem
 from experiments.store import ExperimentRecord
@@ -82,9 +84,12 @@ async def group_headers(request: Request, state: ServiceState) -> dict[str, str]
     controls: dict[str, str] = {}
     for record in _experiments(state):
         spec = record.spec
-        if unit is not None and spec.header not in assigned:
-            a = await state.assign(record, unit, request.headers)
-            if a.in_experiment or a.reason in _FORCED:
+        if spec.header not in assigned:
+            if unit is not None:
+                a: Assignment | None = await state.assign(record, unit, request.headers)
+            else:
+                a = forced_by_headers(spec, request.headers)
+            if a is not None and (a.in_experiment or a.reason in _FORCED):
                 assigned[a.header_name] = a.header_value
                 continue
         controls.setdefault(spec.header, spec.control_variant.header_value)
