@@ -135,14 +135,15 @@ def test_a_regressing_candidate_is_rolled_back_to_stable(
     assert back["weights"] == {"control": 100}
     failed = [g for g in back["guardrails"] if g["status"] == "fail"]
     assert failed
-    # The comparison with stable catches it; the ceilings (p99 1 s, 5xx 5 %) need not.
-    assert failed[0]["name"] == (
-        "latency_vs_stable" if "delay_ms" in regression else "errors_vs_stable"
-    )
-    assert failed[0]["pvalue"] < failed[0]["alpha"]
+    # The comparisons with stable catch it (the preset or the custom counters of the same 5xx,
+    # whichever has the evidence first); the ceilings (p99 1 s, 5xx 5 %) need not.
+    names = {g["name"] for g in failed}
+    if "delay_ms" in regression:
+        assert names == {"latency_vs_stable"}
+    else:
+        assert names <= {"errors_vs_stable", "custom_5xx"}  # (failed is not empty: above)
+    assert all(g["pvalue"] < g["alpha"] for g in failed)
     assert not [g for g in back["guardrails"] if g["status"] == "error"]  # every source answers
-    if "error_rate" in regression:
-        assert "custom_5xx" in [g["name"] for g in failed]
     assert record.status.rollout["status"] == "rolled_back"  # type: ignore[index]
     assert record.status.outcome is not None
     assert record.status.outcome.value == "rolled_back"
