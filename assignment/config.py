@@ -27,8 +27,10 @@ class SettingsError(AbmeshError):
 @dataclass(frozen=True, slots=True)
 class Settings:
     store_url: str
-    admin_token: str | None = None  # bearer tokens of the roles (assignment.auth); unset: the
-    reader_token: str | None = None  # role's routes are closed (but admin opens them all)
+    # The roles' bearer tokens (assignment/auth.py): a role without one is closed to all but
+    # the admin token.
+    admin_token: str | None = None
+    reader_token: str | None = None
     writer_token: str | None = None
     insecure: bool = False  # every role's routes open without a token: local use only
     api_key: str | None = None  # if set, /v1/assign needs `x-api-key`
