@@ -1,7 +1,8 @@
 """The assignment service: `create_app()` builds the FastAPI app from `Settings`.
 
 Errors: every error a client can cause is a JSON body `{"error": "...", "problems": [...]}`
-naming the field, with 401, 404, 409, 413 or 422; a store outage on an admin call is 503.
+naming the field, with 401, 403, 404, 409, 413 or 422; a store outage on an admin call is 503.
+Who may call which route: assignment/auth.py and assignment/deps.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from assignment.auth import Role
 from assignment.config import Settings
 from assignment.routes import (
     assign,
@@ -54,6 +56,7 @@ STATUS = {
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
+    _warn_about_access(settings)
     state = ServiceState(settings, open_store(settings.store_url))
 
     @asynccontextmanager
@@ -102,6 +105,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(LatencyMiddleware, histogram=state.telemetry.latency)
     return app
+
+
+def _warn_about_access(settings: Settings) -> None:
+    """Say at start-up what is open, and why a role's routes will answer 401."""
+    if settings.insecure:
+        log.warning(
+            "INSECURE (--insecure, ABMESH_INSECURE): every route answers without a token;"
+            " for local use only, never where others can reach this service"
+        )
+        return
+    closed = [role for role in Role if role not in settings.tokens]
+    if closed:
+        log.warning(
+            "no token for %s: %s (set %s, or the _FILE variants)",
+            ", ".join(role.value for role in closed),
+            "only the admin token opens their routes"
+            if Role.ADMIN in settings.tokens
+            else "their routes answer 401",
+            ", ".join(role.variable for role in closed),
+        )
 
 
 def _error(

@@ -5,12 +5,13 @@ Two modes:
   timeout; on any failure (timeout, refused connection, error status, bad body) it returns the
   control variant, flagged `fallback=True`, so an app never fails because abmesh is down.
 - local (`local=True`): the client pulls the experiment configs (`GET /v1/configs`, revalidated
-  with ETag every `refresh_interval` seconds) and hashes in-process with the same code as the
-  server, so answers cost microseconds and survive a service outage.  Exposures are reported
-  through `POST /v1/assign` (the server re-derives and records them) in batches, at the latest
-  `exposure_interval` seconds after the first of a batch (checked on each call: no thread); a
-  failed report is kept for the next one (up to EXPOSURE_BACKLOG units).  Call `flush()` or
-  `close()` before exiting.  Sticky specs are always asked of the server, which holds the records.
+  with ETag every `refresh_interval` seconds; it needs the reader `token`, since specs hold
+  their overrides) and hashes in-process with the same code as the server, so answers cost
+  microseconds and survive a service outage.  Exposures are reported through `POST /v1/assign`
+  (the server re-derives and records them) in batches, at the latest `exposure_interval` seconds
+  after the first of a batch (checked on each call: no thread); a failed report is kept for the
+  next one (up to EXPOSURE_BACKLOG units).  Call `flush()` or `close()` before exiting.  Sticky
+  specs are always asked of the server, which holds the records.
 
 The fallback variant is the spec's control when the client knows the spec (local mode, or after
 `refresh()`), else `fallback_variant` with no header.
@@ -58,6 +59,7 @@ class AssignmentClient:
         *,
         timeout: float = 0.25,
         api_key: str | None = None,
+        token: str | None = None,
         local: bool = False,
         refresh_interval: float = 30.0,
         exposure_interval: float = 5.0,
@@ -75,7 +77,10 @@ class AssignmentClient:
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
-            headers={"x-api-key": api_key} if api_key else {},
+            headers={
+                **({"x-api-key": api_key} if api_key else {}),
+                **({"Authorization": f"Bearer {token}"} if token else {}),
+            },
             transport=transport,
         )
         self._specs: dict[str, tuple[ExperimentSpec, bool]] = {}  # name -> (spec, running)

@@ -1,13 +1,20 @@
 """The service's one settings object, read from the environment (12-factor, like Kubernetes
-manifests set it).  A bad value stops start-up with a message that names the variable."""
+manifests set it).  A bad value stops start-up with a message that names the variable.
+
+A token comes from ABMESH_<ROLE>_TOKEN or from the file named by ABMESH_<ROLE>_TOKEN_FILE (a
+mounted Kubernetes Secret: not in the environment, where every child process and
+/proc/PID/environ can read it); setting both is a mistake, refused rather than guessed at."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+from assignment.auth import Role
 from experiments.errors import AbmeshError
 from experiments.names import check_name, check_token
 from experiments.store import default_store_url
@@ -20,8 +27,13 @@ class SettingsError(AbmeshError):
 @dataclass(frozen=True, slots=True)
 class Settings:
     store_url: str
-    admin_token: str | None = None  # bearer token for /v1/experiments; unset: admin API closed
-    api_key: str | None = None  # if set, /v1/assign and /v1/configs need `x-api-key`
+    # The roles' bearer tokens (assignment/auth.py): a role without one is closed to all but
+    # the admin token.
+    admin_token: str | None = None
+    reader_token: str | None = None
+    writer_token: str | None = None
+    insecure: bool = False  # every role's routes open without a token: local use only
+    api_key: str | None = None  # if set, /v1/assign needs `x-api-key`
     refresh_interval: float = 2.0  # seconds between config-change polls
     exposure_flush_interval: float = 1.0  # seconds: the most exposures a crash can lose
     exposure_buffer_limit: int = 200_000  # pending exposures kept while the store is down
@@ -71,9 +83,21 @@ class Settings:
             raise SettingsError(
                 f"ABMESH_EXTAUTHZ_UNASSIGNED={unassigned!r} must be 'control' or 'none'"
             )
+        tokens = {role: _token(env, role) for role in Role}
+        given = [(role, token) for role, token in tokens.items() if token is not None]
+        for i, (role, token) in enumerate(given):
+            for other, same in given[i + 1 :]:
+                if token == same:
+                    raise SettingsError(
+                        f"{role.variable} and {other.variable} hold the same token: give each"
+                        " role its own, or a request could not say which role it has"
+                    )
         return cls(
             store_url=text("STORE") or default_store_url(),
-            admin_token=text("ADMIN_TOKEN"),
+            admin_token=tokens[Role.ADMIN],
+            reader_token=tokens[Role.READER],
+            writer_token=tokens[Role.WRITER],
+            insecure=_flag("ABMESH_INSECURE", text("INSECURE")),
             api_key=text("API_KEY"),
             refresh_interval=number("REFRESH_INTERVAL", d.refresh_interval, 0.05),
             exposure_flush_interval=number(
@@ -92,6 +116,49 @@ class Settings:
             prometheus_url=text("PROMETHEUS_URL"),
             metrics_mesh=_mesh(text("METRICS_MESH") or d.metrics_mesh),
         )
+
+    @property
+    def tokens(self) -> dict[Role, str]:
+        """The configured tokens by role."""
+        tokens = {
+            Role.ADMIN: self.admin_token,
+            Role.READER: self.reader_token,
+            Role.WRITER: self.writer_token,
+        }
+        return {role: token for role, token in tokens.items() if token is not None}
+
+
+# What an HTTP client can send in `Authorization: Bearer ...`: visible ASCII, no spaces.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+
+def _token(env: Mapping[str, str], role: Role) -> str | None:
+    name = role.variable
+    value, path = env.get(name) or None, env.get(f"{name}_FILE") or None
+    if value is not None and path is not None:
+        raise SettingsError(f"set {name} or {name}_FILE, not both")
+    if path is not None:
+        name = f"{name}_FILE={path!r}"
+        try:
+            value = Path(path).read_text()
+        except (OSError, UnicodeError) as exc:
+            raise SettingsError(f"{name}: cannot read the token: {exc}") from None
+    if value is None:
+        return None
+    value = value.strip()  # a file written by `echo` ends in a newline
+    if not value:
+        raise SettingsError(f"{name}: the token is empty")
+    if not _TOKEN.fullmatch(value):
+        raise SettingsError(f"{name}: a token is visible ASCII without spaces")
+    return value
+
+
+def _flag(name: str, value: str | None) -> bool:
+    if value is None or value.lower() in ("0", "false", "no", "off"):
+        return False
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name}={value!r} must be 1 or 0 (true or false)")
 
 
 def _mesh(value: str) -> str:

@@ -25,11 +25,12 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from assignment.auth import Role
 from controlplane.lifecycle import Action, change_state
 from experiments import load_spec
 from experiments.folding import Event, FoldPlan
 from experiments.store import open_store
-from tests.servers import start_redis, start_service
+from tests.servers import auth, start_redis, start_service
 
 BATCH = 500
 SPEC = {
@@ -76,9 +77,8 @@ def http_rate(url: str, bodies: list[bytes], clients: int) -> float:
     lock = threading.Lock()
 
     def work() -> None:
-        with httpx.Client(
-            base_url=url, timeout=60, headers={"content-type": "application/json"}
-        ) as http:
+        headers = {"content-type": "application/json", **auth(Role.WRITER)}
+        with httpx.Client(base_url=url, timeout=60, headers=headers) as http:
             while True:
                 with lock:
                     if not queue:

@@ -206,14 +206,27 @@ def serve(
     store: StoreOpt = None,
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1, max=64)] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Open every route without a token, for local use only (or ABMESH_INSECURE=1).",
+        ),
+    ] = False,
 ) -> None:
-    """Run the assignment service (HTTP API, ext_authz check, admin API, /metrics)."""
+    """Run the assignment service (HTTP API, ext_authz check, admin API, /metrics).
+
+    Reading, writing events and the admin API need the tokens of their roles
+    (ABMESH_READER_TOKEN, ABMESH_WRITER_TOKEN, ABMESH_ADMIN_TOKEN, or *_FILE)."""
     import uvicorn
 
     from assignment.config import Settings
 
+    # Worker processes read their settings from the environment.
     if store:
-        os.environ["ABMESH_STORE"] = store  # worker processes read their settings from it
+        os.environ["ABMESH_STORE"] = store
+    if insecure:
+        os.environ["ABMESH_INSECURE"] = "1"
     try:
         settings = Settings.from_env()
         open_store(settings.store_url).close()

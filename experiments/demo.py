@@ -190,8 +190,9 @@ def run_demo(
     stop = threading.Event()
     loop: threading.Thread | None = None
     try:
+        # On loopback, for this run only: the simulated users send events without a token.
         service = start_service(
-            store_url, workdir, refresh_interval=0.2, exposure_flush_interval=0.2,
+            store_url, workdir, insecure=True, refresh_interval=0.2, exposure_flush_interval=0.2,
             snapshot_interval=2,
         )  # fmt: skip
         apply_spec(store, demo_spec(fast))

@@ -84,10 +84,11 @@ def start_service(
     workdir: Path,
     port: int | None = None,
     workers: int = 1,
+    insecure: bool = False,
     **settings: object,
 ) -> Service:
     """`abmesh serve` with ABMESH_<NAME> settings, e.g. admin_token="t"; store_url None: the
-    embedded default (an SQLite file in `workdir`)."""
+    embedded default (an SQLite file in `workdir`); `insecure`: `--insecure`, every route open."""
     port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ABMESH_")}
     if store_url is not None:
@@ -107,6 +108,7 @@ def start_service(
                 "warning",
                 "--workers",
                 str(workers),
+                *(["--insecure"] if insecure else []),
             ],
             env=env,
             stdout=out,

@@ -1,7 +1,10 @@
 """Helpers that run real servers for the tests: `abmesh serve` (experiments.localstack) and a
 private redis-server.
 
-Each gets a free loopback port and a temp dir, and is stopped by its own PID."""
+Each gets a free loopback port and a temp dir, and is stopped by its own PID.
+
+`abmesh serve` starts as it would be deployed: with a token for every role (TOKENS), which the
+tests send with `auth(role)`; a test about a closed role starts it with `tokens=False`."""
 
 from __future__ import annotations
 
@@ -13,11 +16,45 @@ from pathlib import Path
 import httpx
 import redis
 
+from assignment.auth import Role
 from experiments import localstack
-from experiments.localstack import Process, Service, free_port, start_service
+from experiments.localstack import Process, Service, free_port
 
-# `abmesh serve` for the tests is the package's own (the demo uses it too).
-__all__ = ["Process", "Service", "free_port", "start_redis", "start_service", "wait_until"]
+__all__ = [
+    "TOKENS",
+    "Process",
+    "Service",
+    "auth",
+    "free_port",
+    "start_redis",
+    "start_service",
+    "wait_until",
+]
+
+TOKENS = {role: f"test-{role.value}-token" for role in Role}
+
+
+def auth(role: Role) -> dict[str, str]:
+    """The header that carries the test token of `role`."""
+    return {"Authorization": f"Bearer {TOKENS[role]}"}
+
+
+def start_service(
+    store_url: str | None,
+    workdir: Path,
+    port: int | None = None,
+    workers: int = 1,
+    *,
+    tokens: bool = True,
+    insecure: bool = False,
+    **settings: object,
+) -> Service:
+    """`abmesh serve` (the package's own, which the demo uses too) with the test tokens of
+    every role, unless `tokens=False`; a token given as a setting (admin_token="t") wins."""
+    roles = {f"{role.value}_token": token for role, token in TOKENS.items()} if tokens else {}
+    return localstack.start_service(
+        store_url, workdir, port, workers, insecure=insecure, **(roles | settings)
+    )
 
 
 def wait_until(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:

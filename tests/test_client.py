@@ -10,15 +10,17 @@ from typing import Any
 import pytest
 import yaml
 
+from assignment.auth import Role
 from assignment.client import AssignmentClient
 from controlplane.lifecycle import Action, change_state
 from experiments import EXAMPLES_DIR, load_spec
 from experiments.folding import exposures_of
 from experiments.store import open_store
-from tests.servers import Service, free_port, start_service, wait_until
+from tests.servers import TOKENS, Service, free_port, start_service, wait_until
 
 EXAMPLE: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text())
 UNITS = [f"user-{i}" for i in range(3000)] + ["qa-1", "é-unit", "用户-9"]
+READER = TOKENS[Role.READER]  # local evaluation reads the specs
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,7 @@ def test_local_evaluation_matches_the_server(served: tuple[Service, str], experi
     svc, _ = served
     with (
         AssignmentClient(svc.url, timeout=5) as remote,
-        AssignmentClient(svc.url, timeout=5, local=True) as local,
+        AssignmentClient(svc.url, timeout=5, local=True, token=READER) as local,
     ):
         from_server = []
         for start in range(0, len(UNITS), 500):
@@ -97,7 +99,7 @@ def test_local_mode_reports_exposures(served: tuple[Service, str]) -> None:
     svc, url = served
     units = [f"local-{i}" for i in range(120)]
     before = _exposed(url, "ranker-v2")
-    with AssignmentClient(svc.url, local=True) as client:
+    with AssignmentClient(svc.url, local=True, token=READER) as client:
         exposed = sum(client.assign("ranker-v2", u).in_experiment for u in units)
     assert exposed == 120
     # These units are new to the service: the count grows by exactly what this client reported.
@@ -109,7 +111,7 @@ def test_local_mode_reports_after_the_interval_and_keeps_failed_reports(
 ) -> None:
     _, url = served
     own = start_service(url, tmp_path)  # a replica of its own, to take down mid-test
-    client = AssignmentClient(own.url, local=True, exposure_interval=0.3)
+    client = AssignmentClient(own.url, local=True, token=READER, exposure_interval=0.3)
     try:
         before = _exposed(url, "three")
         exposed = [
@@ -143,7 +145,7 @@ def test_fallback_to_control_when_the_service_is_down() -> None:
 
 def test_fallback_on_error_answers_uses_the_known_control(served: tuple[Service, str]) -> None:
     svc, _ = served
-    with AssignmentClient(svc.url, local=True) as client:
+    with AssignmentClient(svc.url, local=True, token=READER) as client:
         client.refresh()
         bad = client.assign("ranker-v2", "")  # invalid unit, evaluated locally
         unknown = client.assign("ghost", "u1")  # unknown locally, then 404 from the server
@@ -160,7 +162,7 @@ def test_local_mode_keeps_its_configs_when_the_service_goes_away(tmp_path: Path)
     change_state(store, "ranker-v2", Action.START)
     store.close()
     svc = start_service(url, tmp_path)
-    client = AssignmentClient(svc.url, local=True, refresh_interval=0, timeout=0.2)
+    client = AssignmentClient(svc.url, local=True, token=READER, refresh_interval=0, timeout=0.2)
     before = client.assign("ranker-v2", "user-5")
     svc.stop()
     after = client.assign("ranker-v2", "user-5")  # the refresh fails; the last configs serve

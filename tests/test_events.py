@@ -15,12 +15,13 @@ import pytest
 import yaml
 
 from assignment import assign_many
+from assignment.auth import Role
 from controlplane.lifecycle import Action, change_state
 from experiments import EXAMPLES_DIR, load_spec
 from experiments.folding import FoldPlan
 from experiments.store import Store, open_store
 from tests.oracle import assert_same_arms, expected_arms
-from tests.servers import Service, start_service
+from tests.servers import Service, auth, start_service
 
 SPEC: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text())
 SPEC["metrics"]["secondary"] = [
@@ -92,7 +93,7 @@ def svc(setup: tuple[str, Store, dict[str, str]], tmp_path: Path) -> Iterator[Se
 
 def post(url: str, events: list[dict[str, Any]], batch: int = 500) -> list[dict[str, Any]]:
     answers = []
-    with httpx.Client(base_url=url, timeout=30) as http:
+    with httpx.Client(base_url=url, timeout=30, headers=auth(Role.WRITER)) as http:
         for start in range(0, len(events), batch):
             r = http.post("/v1/events", json={"events": events[start : start + batch]})
             assert r.status_code == 200, r.text
@@ -101,7 +102,9 @@ def post(url: str, events: list[dict[str, Any]], batch: int = 500) -> list[dict[
 
 
 def stats_of(url: str) -> dict[str, Any]:
-    body: dict[str, Any] = httpx.get(f"{url}/v1/experiments/ranker-v2/stats").json()
+    body: dict[str, Any] = httpx.get(
+        f"{url}/v1/experiments/ranker-v2/stats", headers=auth(Role.READER)
+    ).json()
     return body
 
 
@@ -214,7 +217,9 @@ def test_a_new_phase_starts_from_zero(
         assert (after["phase"], after["arms"]) == ("ab", {})
         assert after["phases"] == ["main"]  # "ab" has no data yet
         old = httpx.get(
-            f"{svc.url}/v1/experiments/ranker-v2/stats", params={"phase": "main"}
+            f"{svc.url}/v1/experiments/ranker-v2/stats",
+            params={"phase": "main"},
+            headers=auth(Role.READER),
         ).json()
         assert old["arms"] == before["arms"]
         # The same event ids are still duplicates: ids are per experiment, not per phase.
@@ -266,7 +271,7 @@ def test_bad_items_are_rejected_alone(svc: Service, item: Any, message: str) -> 
         "unit": "user-1",
         "metric": "click",
     }
-    r = httpx.post(f"{svc.url}/v1/events", json={"events": [good, item]})
+    r = httpx.post(f"{svc.url}/v1/events", json={"events": [good, item]}, headers=auth(Role.WRITER))
     assert r.status_code == 200
     body = r.json()
     assert (body["accepted"], body["duplicates"]) == (1, 0)
@@ -284,7 +289,7 @@ def test_bad_items_are_rejected_alone(svc: Service, item: Any, message: str) -> 
     ],
 )
 def test_bad_batches(svc: Service, body: Any, status: int, message: str) -> None:
-    r = httpx.post(f"{svc.url}/v1/events", json=body)
+    r = httpx.post(f"{svc.url}/v1/events", json=body, headers=auth(Role.WRITER))
     assert r.status_code == status
     assert message in r.json()["error"]
 
@@ -296,7 +301,9 @@ def test_nan_and_infinity_are_rejected(svc: Service) -> None:
         ' "unit": "u", "metric": "revenue", "value": -Infinity}]}'
     )
     r = httpx.post(
-        f"{svc.url}/v1/events", content=raw, headers={"content-type": "application/json"}
+        f"{svc.url}/v1/events",
+        content=raw,
+        headers={"content-type": "application/json", **auth(Role.WRITER)},
     )
     errors = [x["error"] for x in r.json()["rejected"]]
     assert errors == [
@@ -316,7 +323,9 @@ def test_raw_events_and_snapshots_for_notebooks(
         events = make_events(300, seed=4)
         post(svc.url, events)
         kept = httpx.get(
-            f"{svc.url}/v1/experiments/ranker-v2/events", params={"limit": 10_000}
+            f"{svc.url}/v1/experiments/ranker-v2/events",
+            params={"limit": 10_000},
+            headers=auth(Role.READER),
         ).json()["events"]
         assert {e["event_id"] for e in kept} == {e["event_id"] for e in events}
         assert {"unit", "metric", "value", "timestamp", "received_at", "phase"} <= set(kept[0])
@@ -325,7 +334,9 @@ def test_raw_events_and_snapshots_for_notebooks(
         posted = time.time()
 
         def snapshots() -> list[dict[str, Any]]:
-            body = httpx.get(f"{svc.url}/v1/experiments/ranker-v2/snapshots").json()
+            body = httpx.get(
+                f"{svc.url}/v1/experiments/ranker-v2/snapshots", headers=auth(Role.READER)
+            ).json()
             return list(body["snapshots"])
 
         # Snapshots fall on a shared 0.3 s schedule: wait for one taken after the events.
@@ -341,10 +352,11 @@ def test_raw_events_and_snapshots_for_notebooks(
 
 
 def test_stats_endpoint_shape(svc: Service) -> None:
-    text = httpx.get(f"{svc.url}/v1/experiments/ranker-v2/stats").text
+    reader = auth(Role.READER)
+    text = httpx.get(f"{svc.url}/v1/experiments/ranker-v2/stats", headers=reader).text
     arms = json.loads(text)["arms"]
     assert set(arms["control"]["metrics"]["revenue"]) >= {"n", "sum", "sum_sq"}
-    assert httpx.get(f"{svc.url}/v1/experiments/ghost/stats").status_code == 404
+    assert httpx.get(f"{svc.url}/v1/experiments/ghost/stats", headers=reader).status_code == 404
 
 
 def test_an_experiment_created_elsewhere_a_moment_ago_takes_events(
@@ -365,6 +377,7 @@ def test_an_experiment_created_elsewhere_a_moment_ago_takes_events(
                     }
                 ]
             },
+            headers=auth(Role.WRITER),
         )
         assert r.json() == {"accepted": 1, "duplicates": 0, "rejected": []}
     finally:
@@ -393,7 +406,9 @@ def test_changing_the_metrics_starts_a_new_phase(tmp_path: Path, store_url: str)
         assert same.phase == "main-r2"  # a change that does not touch the metrics: same phase
         store.close()
         old = httpx.get(
-            f"{svc.url}/v1/experiments/ranker-v2/stats", params={"phase": "main"}
+            f"{svc.url}/v1/experiments/ranker-v2/stats",
+            params={"phase": "main"},
+            headers=auth(Role.READER),
         ).json()
         assert "dwell" not in old["arms"]["control"]["metrics"]  # read with its own plan
         assert_same_arms(old["arms"], expected_arms(events, exposed, METRICS, RATIOS))

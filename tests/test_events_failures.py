@@ -11,9 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
+from assignment.auth import Role
 from tests.oracle import assert_same_arms, expected_arms
-from tests.servers import start_redis, start_service
+from tests.servers import auth, start_redis, start_service
 from tests.test_events import METRICS, RATIOS, make_events, prepare, stats_of
+
+WRITER = auth(Role.WRITER)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis-aof"])
@@ -34,7 +37,7 @@ def test_kill_9_mid_stream_then_resend_counts_every_event_once(
         acknowledged: list[dict[str, Any]] = []
 
         def stream() -> None:
-            with httpx.Client(base_url=svc.url, timeout=10) as http:
+            with httpx.Client(base_url=svc.url, timeout=10, headers=WRITER) as http:
                 for batch in batches:
                     try:
                         r = http.post("/v1/events", json={"events": batch})
@@ -55,12 +58,16 @@ def test_kill_9_mid_stream_then_resend_counts_every_event_once(
         restarted = start_service(url, tmp_path)
         try:
             kept = httpx.get(
-                f"{restarted.url}/v1/experiments/ranker-v2/events", params={"limit": 100_000}
+                f"{restarted.url}/v1/experiments/ranker-v2/events",
+                params={"limit": 100_000},
+                headers=auth(Role.READER),
             ).json()["events"]
             assert {e["event_id"] for e in acknowledged} <= {e["event_id"] for e in kept}
             for start in range(0, len(events), 500):  # resend everything
                 r = httpx.post(
-                    f"{restarted.url}/v1/events", json={"events": events[start : start + 500]}
+                    f"{restarted.url}/v1/events",
+                    json={"events": events[start : start + 500]},
+                    headers=WRITER,
                 )
                 assert r.status_code == 200
             assert_same_arms(
@@ -81,16 +88,22 @@ def test_store_down_is_a_503_with_retry_after_and_nothing_half_applied(tmp_path:
     svc = start_service(url, tmp_path)
     try:
         first, second = events[:500], events[500:]
-        assert httpx.post(f"{svc.url}/v1/events", json={"events": first}).status_code == 200
+
+        def ingest(batch: list[dict[str, Any]]) -> httpx.Response:
+            return httpx.post(
+                f"{svc.url}/v1/events", json={"events": batch}, headers=WRITER, timeout=30
+            )
+
+        assert ingest(first).status_code == 200
         before = stats_of(svc.url)
         redis_server.stop()
-        r = httpx.post(f"{svc.url}/v1/events", json={"events": second}, timeout=30)
+        r = ingest(second)
         assert r.status_code == 503
         assert r.headers["Retry-After"] == "1"
         assert "Redis store" in r.json()["error"]
         redis_server = start_redis(tmp_path / "redis", port=redis_server.port, persist=True)
         assert stats_of(svc.url) == before  # the failed batch left no trace
-        retry = httpx.post(f"{svc.url}/v1/events", json={"events": second}).json()
+        retry = ingest(second).json()
         assert retry["rejected"] == []
         assert_same_arms(stats_of(svc.url)["arms"], expected_arms(events, exposed, METRICS, RATIOS))
     finally:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from assignment import assign_many
+from assignment.auth import Role
 from controlplane.lifecycle import Action, change_state
 from controlplane.routing.plan import plan_routes
 from controlplane.routing.routers import EnvoyRouter
@@ -24,7 +25,7 @@ from experiments.folding import Event, FoldPlan
 from experiments.localstack import RolloutStack, start_rollout_stack
 from experiments.store import open_store
 from tests.rollout_support import Traffic, spec_doc
-from tests.servers import Service, start_service, wait_until
+from tests.servers import TOKENS, Service, start_service, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 TOKEN = "s3cret"
@@ -65,7 +66,8 @@ def hook(service: Service, name: str, **metadata: str) -> httpx.Response:
     return httpx.post(f"{service.url}/v1/flagger/{name}", json=payload, timeout=30)
 
 
-def decision(service: Service, token: str | None = TOKEN) -> httpx.Response:
+def decision(service: Service, token: str | None = TOKENS[Role.READER]) -> httpx.Response:
+    """As Argo Rollouts asks, with the reader token (manifests/integrations)."""
     headers = {"authorization": f"Bearer {token}"} if token else {}
     return httpx.get(
         f"{service.url}/v1/experiments/ranker-v2/decision", headers=headers, timeout=30

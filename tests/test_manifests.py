@@ -18,6 +18,7 @@ from cloudcoil.models.istio.networking import v1 as istio_net
 from cloudcoil.models.istio.networking import v1alpha3
 from cloudcoil.models.istio.security import v1 as istio_sec
 
+from assignment.auth import Role
 from controlplane.rollout import split
 from controlplane.routing.plan import plan_routes
 from controlplane.routing.render import (
@@ -85,13 +86,11 @@ def test_containers_run_locked_down() -> None:
                 assert sc["capabilities"]["drop"] == ["ALL"]
 
 
-def test_probes_admin_token_and_controller_rights() -> None:
+def test_probes_and_controller_rights() -> None:
     docs = {(d["kind"], d["metadata"]["name"]): d for d in kustomize("overlays/production")}
     svc = docs[("Deployment", "abmesh")]["spec"]["template"]["spec"]["containers"][0]
     assert svc["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert svc["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    token = next(e for e in svc["env"] if e["name"] == "ABMESH_ADMIN_TOKEN")
-    assert token["valueFrom"]["secretKeyRef"] == {"name": "abmesh-admin", "key": "token"}
     assert docs[("Deployment", "abmesh")]["spec"]["replicas"] == 3
     role = docs[("Role", "abmesh-controller")]
     assert role["metadata"]["namespace"] == "models"
@@ -106,6 +105,35 @@ def test_probes_admin_token_and_controller_rights() -> None:
     dev = {(d["kind"], d["metadata"]["name"]) for d in kustomize("overlays/dev")}
     assert ("Deployment", "abmesh-redis") in dev
     assert ("Deployment", "abmesh-redis") not in docs
+
+
+@pytest.mark.parametrize("overlay", ["overlays/dev", "overlays/production"])
+def test_tokens_come_from_a_secret_and_nothing_opens_the_data_api(overlay: str) -> None:
+    docs = kustomize(overlay)
+    settings = [d["data"] for d in docs if d["kind"] == "ConfigMap"]
+    pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"]
+    for container in (c for pod in pods for c in pod["containers"]):
+        settings.append({e["name"]: e.get("value") for e in container.get("env", [])})
+    for names in settings:
+        assert "ABMESH_INSECURE" not in names
+        assert not {role.variable for role in Role} & set(names)  # values, not files
+    (pod,) = (
+        d["spec"]["template"]["spec"]
+        for d in docs
+        if (d["kind"], d["metadata"]["name"]) == ("Deployment", "abmesh")
+    )
+    service = pod["containers"][0]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tokens"]["secret"] == {"secretName": "abmesh-tokens"}
+    (mount,) = (m for m in service["volumeMounts"] if m["name"] == "tokens")
+    assert mount["readOnly"] is True
+    env = {e["name"]: e["value"] for e in service["env"] if "value" in e}
+    for role in Role:
+        assert env[f"{role.variable}_FILE"] == f"{mount['mountPath']}/{role.value}"
+    templates = objects("integrations/argo-analysistemplate.yaml")
+    for template in templates:  # /decision is a read: the reader token, not the admin's
+        (arg,) = (a for a in template["spec"]["args"] if "valueFrom" in a)
+        assert arg["valueFrom"]["secretKeyRef"] == {"name": "abmesh-reader", "key": "token"}
 
 
 def _strict_istio(doc: dict[str, Any]) -> None:

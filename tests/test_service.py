@@ -11,10 +11,11 @@ import pytest
 import yaml
 
 from assignment import assign
+from assignment.auth import Role
 from controlplane.lifecycle import Action, change_state
 from experiments import EXAMPLES_DIR, load_spec
 from experiments.store import open_store
-from tests.servers import Service, start_service
+from tests.servers import Service, auth, start_service
 
 TOKEN = "s3cret-token"
 EXAMPLE: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text())
@@ -267,10 +268,12 @@ def test_odd_requests_get_json_errors(http: httpx.Client) -> None:
 
 
 def test_configs_for_local_evaluation_with_etag(http: httpx.Client) -> None:
-    r = http.get("/v1/configs")
+    r = http.get("/v1/configs", headers=auth(Role.READER))
     assert r.status_code == 200
     assert {e["name"] for e in r.json()["experiments"]} == {"ranker-v2", "draft-exp"}
-    again = http.get("/v1/configs", headers={"If-None-Match": r.headers["ETag"]})
+    again = http.get(
+        "/v1/configs", headers={"If-None-Match": r.headers["ETag"], **auth(Role.READER)}
+    )
     assert (again.status_code, again.content) == (304, b"")
 
 

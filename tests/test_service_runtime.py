@@ -50,7 +50,7 @@ def test_cache_keeps_answering_through_a_store_outage(tmp_path: Path) -> None:
             assert during.json() == before
             assert http.post("/v1/assign", json={"units": ["a", "b"]}).status_code == 200
             down = http.get("/v1/experiments", headers={"Authorization": "Bearer x"})
-            assert down.status_code == 401  # admin is closed here; it does not reach the store
+            assert down.status_code == 401  # a wrong token is refused before the store is asked
             restarted = start_redis(tmp_path / "redis", port=redis_server.port, persist=True)
             try:
                 wait_until(lambda: http.get("/readyz").status_code == 200, "readyz to recover")
@@ -130,7 +130,7 @@ def test_exposures_are_flushed_periodically(tmp_path: Path, sqlite_store_url: st
         svc.stop()
 
 
-def test_api_key_guards_assign_and_configs(tmp_path: Path, sqlite_store_url: str) -> None:
+def test_api_key_guards_assign(tmp_path: Path, sqlite_store_url: str) -> None:
     running(sqlite_store_url)
     svc = start_service(sqlite_store_url, tmp_path, api_key="k-123")
     try:
@@ -148,21 +148,10 @@ def test_api_key_guards_assign_and_configs(tmp_path: Path, sqlite_store_url: str
                 "/v1/assign/ranker-v2", params={"unit": "u"}, headers={"x-api-key": "k-123"}
             )
             assert ok.status_code == 200
-            assert http.get("/v1/configs").status_code == 401
+            # The specs hold the overrides: the reader token, not the API key, reads them.
+            assert http.get("/v1/configs", headers={"x-api-key": "k-123"}).status_code == 401
             assert http.post("/v1/assign", json={"units": ["u"]}).status_code == 401
             assert http.get("/healthz").status_code == 200
-    finally:
-        svc.stop()
-
-
-def test_admin_api_is_closed_without_a_token(tmp_path: Path, sqlite_store_url: str) -> None:
-    svc = start_service(sqlite_store_url, tmp_path)
-    try:
-        r = httpx.get(f"{svc.url}/v1/experiments", headers={"Authorization": "Bearer anything"})
-        assert (r.status_code, r.json()["error"]) == (
-            401,
-            "the admin API is disabled: set ABMESH_ADMIN_TOKEN",
-        )
     finally:
         svc.stop()
 

@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
-from assignment.deps import ApiKeyDep, StateDep, check_api_key
+from assignment.deps import API_KEY_SECURITY, ApiKeyDeps, StateDep, check_api_key
 from assignment.models import (
     AssignmentOut,
     BatchAssignIn,
@@ -28,6 +28,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in
     response_model=AssignmentOut,
     responses=ERRORS,
     openapi_extra={
+        "security": API_KEY_SECURITY,
         "parameters": [
             {"name": "experiment", "in": "path", "required": True, "schema": {"type": "string"}},
             {
@@ -37,7 +38,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in
                 "schema": {"type": "string"},
                 "description": "The unit id (user, session, device).",
             },
-        ]
+        ],
     },
 )
 async def assign_unit(request: Request) -> Response:
@@ -60,7 +61,7 @@ async def assign_unit(request: Request) -> Response:
     "/assign",
     response_model=BatchAssignOut,
     responses={**ERRORS, 413: {"model": ErrorOut}},
-    dependencies=[ApiKeyDep],
+    dependencies=ApiKeyDeps,
 )
 async def assign_batch(body: BatchAssignIn, state: StateDep) -> Response:
     """Many units in one or more experiments (default: every running experiment)."""

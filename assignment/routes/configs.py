@@ -1,4 +1,8 @@
-"""Experiment configs for clients that assign in-process (local evaluation)."""
+"""Experiment configs for clients that assign in-process (local evaluation).
+
+Behind the reader token, not the API key: a spec holds its overrides (the allowlisted unit
+ids, the header value that forces a variant), its guardrails and its rollout target, which the
+apps that only assign never need; a client that assigns locally is given a reader token."""
 
 from __future__ import annotations
 
@@ -6,14 +10,18 @@ import json
 
 from fastapi import APIRouter, Request, Response
 
-from assignment.deps import ApiKeyDep, StateDep
+from assignment.deps import ReaderDeps, StateDep
 from assignment.models import ConfigsOut, ErrorOut
 from experiments.reporting import record_data
 
-router = APIRouter(prefix="/v1", tags=["assign"], dependencies=[ApiKeyDep])
+router = APIRouter(prefix="/v1", tags=["assign"], dependencies=ReaderDeps)
 
 
-@router.get("/configs", response_model=ConfigsOut, responses={401: {"model": ErrorOut}})
+@router.get(
+    "/configs",
+    response_model=ConfigsOut,
+    responses={code: {"model": ErrorOut} for code in (401, 403)},
+)
 def get_configs(request: Request, state: StateDep) -> Response:
     """Every experiment with its status and spec.  Send the ETag back as If-None-Match: the
     answer is 304 with no body while nothing changed."""

@@ -1,4 +1,5 @@
-"""Event ingest, and the statistics, snapshots and raw events folded from it."""
+"""Event ingest (the writer token), and the statistics, snapshots and raw events folded from
+it (the reader token)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,20 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 
 from assignment import collector
-from assignment.deps import ApiKeyDep, StateDep
+from assignment.deps import ReaderDeps, StateDep, WriterDeps
 from assignment.models import ErrorOut, EventsIn, EventsOut
 from experiments.errors import StoreError
 from experiments.reporting import phase_report
 
-router = APIRouter(prefix="/v1", dependencies=[ApiKeyDep])
+router = APIRouter(prefix="/v1")
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (401, 404, 413, 422, 503)
+    code: {"model": ErrorOut} for code in (401, 403, 404, 413, 422, 503)
 }
 
 
-@router.post("/events", response_model=EventsOut, responses=ERRORS, tags=["events"])
+@router.post(
+    "/events", response_model=EventsOut, responses=ERRORS, tags=["events"], dependencies=WriterDeps
+)
 async def post_events(body: EventsIn, state: StateDep) -> dict[str, Any]:
     """Ingest a batch idempotently (by event_id).  A bad item is rejected alone; the rest is
     applied.  503 with Retry-After when the store is down: resend the whole batch, events
@@ -54,13 +57,15 @@ async def post_events(body: EventsIn, state: StateDep) -> dict[str, Any]:
     }
 
 
-@router.get("/experiments/{name}/stats", tags=["stats"], responses=ERRORS)
+@router.get("/experiments/{name}/stats", tags=["stats"], responses=ERRORS, dependencies=ReaderDeps)
 def get_stats(name: str, state: StateDep, phase: str | None = None) -> dict[str, Any]:
     """Per-arm sufficient statistics of a phase (default: the current one)."""
     return phase_report(state.store, state.store.get_experiment(name), phase)
 
 
-@router.get("/experiments/{name}/snapshots", tags=["stats"], responses=ERRORS)
+@router.get(
+    "/experiments/{name}/snapshots", tags=["stats"], responses=ERRORS, dependencies=ReaderDeps
+)
 def get_snapshots(name: str, state: StateDep, phase: str | None = None) -> dict[str, Any]:
     """The statistics as they were at each snapshot, oldest first."""
     state.store.get_experiment(name)  # 404 for an unknown experiment
@@ -73,7 +78,7 @@ def get_snapshots(name: str, state: StateDep, phase: str | None = None) -> dict[
     }
 
 
-@router.get("/experiments/{name}/events", tags=["stats"], responses=ERRORS)
+@router.get("/experiments/{name}/events", tags=["stats"], responses=ERRORS, dependencies=ReaderDeps)
 def get_events(
     name: str,
     state: StateDep,

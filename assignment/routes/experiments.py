@@ -1,4 +1,5 @@
-"""Admin API for experiments, behind the bearer token (ABMESH_ADMIN_TOKEN).
+"""Admin API for experiments: changes need the admin token; reading a spec and its status
+needs the reader token (/v1/configs gives readers the same records).
 
 Store calls block, so these are plain `def` routes (FastAPI runs them in its thread pool);
 every write refreshes this replica's config cache at once, others follow within one poll.
@@ -10,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, Response
 
-from assignment.deps import AdminDep, StateDep
+from assignment.deps import AdminDeps, ReaderDeps, StateDep
 from assignment.models import ErrorOut, ExperimentOut, PhaseIn
 from controlplane import lifecycle
 from controlplane.lifecycle import Action, apply_spec, change_state
@@ -18,19 +19,19 @@ from experiments.errors import NotFoundError
 from experiments.loader import spec_from_mapping
 from experiments.reporting import record_data
 
-router = APIRouter(prefix="/v1/experiments", tags=["experiments"], dependencies=[AdminDep])
+router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (401, 404, 409, 422, 503)
+    code: {"model": ErrorOut} for code in (401, 403, 404, 409, 422, 503)
 }
 SpecBody = Body(description="An experiment spec (the JSON form of the YAML spec).")
 
 
-@router.get("", response_model=list[ExperimentOut], responses=ERRORS)
+@router.get("", response_model=list[ExperimentOut], responses=ERRORS, dependencies=ReaderDeps)
 def list_experiments(state: StateDep) -> list[dict[str, Any]]:
     return [record_data(r) for r in state.store.list_experiments()]
 
 
-@router.get("/{name}", response_model=ExperimentOut, responses=ERRORS)
+@router.get("/{name}", response_model=ExperimentOut, responses=ERRORS, dependencies=ReaderDeps)
 def get_experiment(
     name: str,
     state: StateDep,
@@ -39,7 +40,9 @@ def get_experiment(
     return record_data(state.store.get_experiment(name, revision))
 
 
-@router.post("", status_code=201, response_model=ExperimentOut, responses=ERRORS)
+@router.post(
+    "", status_code=201, response_model=ExperimentOut, responses=ERRORS, dependencies=AdminDeps
+)
 def create_experiment(state: StateDep, spec: dict[str, Any] = SpecBody) -> dict[str, Any]:
     """Create an experiment (409 if one of that name exists: use PUT to change it)."""
     parsed = spec_from_mapping(spec)
@@ -54,7 +57,7 @@ def create_experiment(state: StateDep, spec: dict[str, Any] = SpecBody) -> dict[
     return record_data(record)
 
 
-@router.put("/{name}", response_model=ExperimentOut, responses=ERRORS)
+@router.put("/{name}", response_model=ExperimentOut, responses=ERRORS, dependencies=AdminDeps)
 def put_experiment(
     name: str, response: Response, state: StateDep, spec: dict[str, Any] = SpecBody
 ) -> dict[str, Any]:
@@ -69,7 +72,9 @@ def put_experiment(
     return record_data(result.record)
 
 
-@router.post("/{name}/phase", response_model=ExperimentOut, responses=ERRORS)
+@router.post(
+    "/{name}/phase", response_model=ExperimentOut, responses=ERRORS, dependencies=AdminDeps
+)
 def start_phase(name: str, state: StateDep, body: PhaseIn) -> dict[str, Any]:
     """Start a new analysis phase: exposures and statistics start from zero in it (the old
     phase's stay readable)."""
@@ -78,7 +83,9 @@ def start_phase(name: str, state: StateDep, body: PhaseIn) -> dict[str, Any]:
     return record_data(record)
 
 
-@router.post("/{name}/{action}", response_model=ExperimentOut, responses=ERRORS)
+@router.post(
+    "/{name}/{action}", response_model=ExperimentOut, responses=ERRORS, dependencies=AdminDeps
+)
 def change_status(name: str, action: Action, state: StateDep) -> dict[str, Any]:
     """start (draft or paused → running), pause (running → paused), stop (→ concluded with
     outcome stopped: final; a running rollout is rolled back)."""
@@ -87,7 +94,7 @@ def change_status(name: str, action: Action, state: StateDep) -> dict[str, Any]:
     return record_data(record)
 
 
-@router.delete("/{name}", status_code=204, responses=ERRORS)
+@router.delete("/{name}", status_code=204, responses=ERRORS, dependencies=AdminDeps)
 def delete_experiment(
     name: str,
     state: StateDep,

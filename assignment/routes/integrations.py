@@ -2,14 +2,14 @@
 
 - `GET /v1/experiments/{name}/decision` for Argo Rollouts' `web` metric provider: always 200
   with `{"decision": promote|rollback|pause|continue|no_difference, "guardrails_ok", ...}`
-  (Argo turns any non-2xx into a measurement error, not a verdict), behind the admin token.
+  (Argo turns any non-2xx into a measurement error, not a verdict), behind the reader token.
   An experiment without operational guardrails (and a service without Prometheus for the
   default ones) reports `guardrails_configured: false`, never `guardrails_ok: true`.
 - `POST /v1/flagger/{hook}` for Flagger's webhooks; `rollout` and `confirm-traffic-increase`
   answer 412 while no guardrails are configured.  Flagger passes on 200–202 only (its code
   fails on status > 202, so 204 would count as a failure) and cannot send headers, so the
-  token may come in the payload's `metadata.token`; `metadata.experiment` names the
-  experiment (default: the canary's name).
+  admin token may come in the payload's `metadata.token` (else in `Authorization: Bearer`);
+  `metadata.experiment` names the experiment (default: the canary's name).
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Request, Security
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from assignment.deps import AdminDep, StateDep, require_admin, same_secret
+from assignment.auth import Role
+from assignment.deps import BEARER, ReaderDeps, StateDep, authorise, bearer_token
 from assignment.models import ErrorOut
 from assignment.service import ServiceState
 from controlplane.metrics import ProviderConfig, Providers
@@ -29,7 +30,7 @@ from experiments.verdict import current_verdict
 
 router = APIRouter(tags=["integrations"])
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (401, 404, 412, 422)
+    code: {"model": ErrorOut} for code in (401, 403, 404, 412, 422)
 }
 # Every webhook type Flagger has (pkg/apis/flagger/v1beta1: HookType).
 Hook = Literal["confirm-rollout", "pre-rollout", "rollout", "confirm-traffic-increase",
@@ -56,28 +57,22 @@ def _verdict(state: ServiceState, name: str) -> dict[str, Any]:
     return current_verdict(state.store, name, Providers(config), service_defaults=bool(url))
 
 
-@router.get("/v1/experiments/{name}/decision", dependencies=[AdminDep], responses=ERRORS)
+@router.get("/v1/experiments/{name}/decision", dependencies=ReaderDeps, responses=ERRORS)
 def decision(name: str, state: StateDep) -> dict[str, Any]:
     """The current verdict of the sequential test and the guardrails (one always-valid look)."""
     return _verdict(state, name)
 
 
-async def _authorise(request: Request, state: ServiceState, payload: FlaggerPayload) -> None:
-    token = state.settings.admin_token
-    given = payload.metadata.get("token")
-    if token is not None and given is not None and same_secret(given, token):
-        return
-    await require_admin(request, state)
-
-
-@router.post("/v1/flagger/{hook}", responses=ERRORS)
+# The token is checked in the route, which has read the payload; the dependency declares the
+# admin scheme in OpenAPI.
+@router.post("/v1/flagger/{hook}", responses=ERRORS, dependencies=[Security(BEARER[Role.ADMIN])])
 async def flagger(
     hook: Hook, request: Request, state: StateDep, payload: Annotated[FlaggerPayload, Body()]
 ) -> JSONResponse:
     """200 means pass (advance, promote, or for `rollback`: roll back now); 412 means not."""
     from starlette.concurrency import run_in_threadpool
 
-    await _authorise(request, state, payload)
+    authorise(state.settings, Role.ADMIN, payload.metadata.get("token") or bearer_token(request))
     name = payload.metadata.get("experiment") or payload.name
     record = await run_in_threadpool(state.store.get_experiment, name)  # 404 if unknown
     if hook in RECORDED:

@@ -1,5 +1,5 @@
 """`GET /v1/experiments/{name}/report` (JSON) and `/report.html` (a self-contained page),
-behind the admin token.  Building a report reads the store, so these are plain `def` routes."""
+behind the reader token.  Building a report reads the store, so these are plain `def` routes."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
-from assignment.deps import AdminDep, StateDep
+from assignment.deps import ReaderDeps, StateDep
 from assignment.models import ErrorOut
 from experiments.report import build_report
 from experiments.report_html import render_html
 
-router = APIRouter(prefix="/v1/experiments", tags=["reports"], dependencies=[AdminDep])
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 404)}
+router = APIRouter(prefix="/v1/experiments", tags=["reports"], dependencies=ReaderDeps)
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 403, 404)}
 
 
 @router.get("/{name}/report", responses=ERRORS)
