@@ -1,12 +1,14 @@
 """The assignment service: `create_app()` builds the FastAPI app from `Settings`.
 
 Errors: every error a client can cause is a JSON body `{"error": "...", "problems": [...]}`
-naming the field, with 401, 404, 409, 413 or 422; a store outage on an admin call is 503.
+naming the field, with 401, 404, 409, 413 or 422; a store outage on an admin call, or
+configs not loaded yet, is a 503 with Retry-After.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,6 +44,7 @@ from experiments.errors import (
 from experiments.store import open_store
 
 log = logging.getLogger("abmesh.app")
+FIRST_LOAD_WAIT = 2.0  # seconds start-up waits for the first config load
 
 STATUS = {
     NotFoundError: 404,
@@ -58,13 +61,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(state.cache.refresh)
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(state.cache.poll(settings.refresh_interval, stop)),
             asyncio.create_task(state.exposures.run(settings.exposure_flush_interval, stop)),
             asyncio.create_task(state.housekeeping(stop)),
         ]
+        # Start serving once the configs are loaded, or after FIRST_LOAD_WAIT on a store that
+        # does not answer: a closed port would fail the liveness probe, while an open one
+        # answers 503 with Retry-After until the configs load.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.cache.tried.wait(), FIRST_LOAD_WAIT)
         try:
             yield
         finally:

@@ -10,7 +10,6 @@ from fastapi import APIRouter, HTTPException, Query
 from assignment import collector
 from assignment.deps import ApiKeyDep, StateDep
 from assignment.models import ErrorOut, EventsIn, EventsOut
-from experiments.errors import StoreError
 from experiments.reporting import phase_report
 
 router = APIRouter(prefix="/v1", dependencies=[ApiKeyDep])
@@ -27,9 +26,7 @@ async def post_events(body: EventsIn, state: StateDep) -> dict[str, Any]:
     limit = state.settings.max_events
     if len(body.events) > limit:
         raise HTTPException(413, f"batch of {len(body.events)} events exceeds the limit of {limit}")
-    if not state.cache.loaded:
-        raise StoreError("experiment configs are not loaded yet: the store is unreachable")
-    configs = state.cache.configs
+    configs = state.cache.current()
     parsed = collector.parse_events(body.events, configs.experiments, configs.plans)
     if any(r.reason == "experiment" for _, r in parsed.rejected):
         # Perhaps created a moment ago on another replica: look again before refusing.
