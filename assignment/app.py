@@ -1,8 +1,8 @@
 """The assignment service: `create_app()` builds the FastAPI app from `Settings`.
 
 Errors: every error a client can cause is a JSON body `{"error": "...", "problems": [...]}`
-naming the field, with 401, 404, 409, 413 or 422; a store outage on an admin call, or
-configs not loaded yet, is a 503 with Retry-After.
+naming the field, with 401, 404, 409, 413 or 422; a store that is down or too slow (an admin
+call, an event batch), or configs not loaded yet, is a 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.exposures.flush()  # a graceful shutdown loses no exposure
             if state.exposures.size:
                 log.error("%d exposures not written: the store is down", state.exposures.size)
+            state.lookups.shutdown(wait=False)
             state.writer.shutdown(wait=True)
             state.store.close()
 
