@@ -33,6 +33,7 @@ from assignment.routes import (
 )
 from assignment.service import ServiceState
 from assignment.telemetry import LatencyMiddleware
+from assignment.warmup import warm_up
 from experiments.errors import (
     AbmeshError,
     ConflictError,
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(state.exposures.run(settings.exposure_flush_interval, stop)),
             asyncio.create_task(state.housekeeping(stop)),
         ]
+        warming = asyncio.create_task(_warm_up(state))
         # Start serving once the configs are loaded, or after FIRST_LOAD_WAIT on a store that
         # does not answer: a closed port would fail the liveness probe, while an open one
         # answers 503 with Retry-After until the configs load.
@@ -76,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             stop.set()  # the loops finish what they are writing, then end
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, warming, return_exceptions=True)
             await state.exposures.flush()  # a graceful shutdown loses no exposure
             if state.exposures.size:
                 log.error("%d exposures not written: the store is down", state.exposures.size)
@@ -110,6 +112,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(LatencyMiddleware, histogram=state.telemetry.latency)
     return app
+
+
+async def _warm_up(state: ServiceState) -> None:
+    try:
+        seconds = await asyncio.to_thread(warm_up)
+    except Exception:  # a bug: the routes that need the stack will show it; assignment works
+        log.exception("warm-up failed; the first verdict or report may be slow")
+    else:
+        log.info("analysis stack warmed up in %.2f s", seconds)
+    state.warmed_up = True
 
 
 def _error(

@@ -45,6 +45,7 @@ class ServiceState:
         self.writer = DeadlinePool(1, "abmesh-writer")
         # Sticky lookups and the configs an event batch needs, each under its deadline.
         self.lookups = DeadlinePool(LOOKUP_THREADS, "abmesh-lookup")
+        self.warmed_up = False  # the analysis stack is imported and has run once
         self.sticky_failing = False  # the last sticky lookup fell back to the hash
         self.cache = ConfigCache(self.store)
         self.telemetry = Telemetry(config_age=self.cache.age)

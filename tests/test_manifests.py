@@ -87,7 +87,7 @@ def test_containers_run_locked_down() -> None:
 def test_probes_admin_token_and_controller_rights() -> None:
     docs = {(d["kind"], d["metadata"]["name"]): d for d in kustomize("overlays/production")}
     svc = docs[("Deployment", "abmesh")]["spec"]["template"]["spec"]["containers"][0]
-    assert svc["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert svc["readinessProbe"]["httpGet"]["path"] == "/readyz"  # not ?strict=true: see the yaml
     assert svc["livenessProbe"]["httpGet"]["path"] == "/healthz"
     token = next(e for e in svc["env"] if e["name"] == "ABMESH_ADMIN_TOKEN")
     assert token["valueFrom"]["secretKeyRef"] == {"name": "abmesh-admin", "key": "token"}

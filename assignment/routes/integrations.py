@@ -24,8 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from assignment.deps import AdminDep, StateDep, require_admin, same_secret
 from assignment.models import ErrorOut
 from assignment.service import ServiceState
-from controlplane.metrics import ProviderConfig, Providers
-from experiments.verdict import current_verdict
 
 router = APIRouter(tags=["integrations"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -48,6 +46,11 @@ class FlaggerPayload(BaseModel):
 
 
 def _verdict(state: ServiceState, name: str) -> dict[str, Any]:
+    # Imported here: they pull in scipy and statsmodels, which assignment.warmup loads in the
+    # background so that start-up serves assignments at once.
+    from controlplane.metrics import ProviderConfig, Providers
+    from experiments.verdict import current_verdict
+
     url = state.settings.prometheus_url
     # Short query timeouts: Flagger's webhook timeout is often 5 s for the whole answer.
     config = ProviderConfig(prometheus_url=url, mesh=state.settings.metrics_mesh, timeout=1.5)
