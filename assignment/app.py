@@ -1,13 +1,15 @@
 """The assignment service: `create_app()` builds the FastAPI app from `Settings`.
 
 Errors: every error a client can cause is a JSON body `{"error": "...", "problems": [...]}`
-naming the field, with 401, 403, 404, 409, 413 or 422; a store outage on an admin call is 503.
+naming the field, with 401, 403, 404, 409, 413 or 422; a store that is down or too slow (an
+admin call, an event batch), or configs not loaded yet, is a 503 with Retry-After.
 Who may call which route: assignment/auth.py and assignment/deps.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +35,7 @@ from assignment.routes import (
 )
 from assignment.service import ServiceState
 from assignment.telemetry import LatencyMiddleware
+from assignment.warmup import warm_up
 from experiments.errors import (
     AbmeshError,
     ConflictError,
@@ -44,6 +47,7 @@ from experiments.errors import (
 from experiments.store import open_store
 
 log = logging.getLogger("abmesh.app")
+FIRST_LOAD_WAIT = 2.0  # seconds start-up waits for the first config load
 
 STATUS = {
     NotFoundError: 404,
@@ -61,21 +65,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(state.cache.refresh)
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(state.cache.poll(settings.refresh_interval, stop)),
             asyncio.create_task(state.exposures.run(settings.exposure_flush_interval, stop)),
             asyncio.create_task(state.housekeeping(stop)),
         ]
+        warming = asyncio.create_task(_warm_up(state))
+        # Start serving once the configs are loaded, or after FIRST_LOAD_WAIT on a store that
+        # does not answer: a closed port would fail the liveness probe, while an open one
+        # answers 503 with Retry-After until the configs load.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.cache.tried.wait(), FIRST_LOAD_WAIT)
         try:
             yield
         finally:
             stop.set()  # the loops finish what they are writing, then end
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, warming, return_exceptions=True)
             await state.exposures.flush()  # a graceful shutdown loses no exposure
             if state.exposures.size:
                 log.error("%d exposures not written: the store is down", state.exposures.size)
+            state.lookups.shutdown(wait=False)
             state.writer.shutdown(wait=True)
             state.store.close()
 
@@ -125,6 +135,16 @@ def _warn_about_access(settings: Settings) -> None:
             else "their routes answer 401",
             ", ".join(role.variable for role in closed),
         )
+
+
+async def _warm_up(state: ServiceState) -> None:
+    try:
+        seconds = await asyncio.to_thread(warm_up)
+    except Exception:  # a bug: the routes that need the stack will show it; assignment works
+        log.exception("warm-up failed; the first verdict or report may be slow")
+    else:
+        log.info("analysis stack warmed up in %.2f s", seconds)
+    state.warmed_up = True
 
 
 def _error(

@@ -3,8 +3,10 @@
 The cache polls the store's config epoch (one cheap read) and reloads the experiments only when
 it changed.  When the store is unreachable, or holds a config this version cannot read, the last
 good configs stay in use: `/v1/assign` keeps answering, and `/readyz` reports why and the age of
-what is served.  A reload replaces one immutable `Configs` object, so a reader sees either the
-old or the new configs, never a mix; a lock keeps a slow reload from overwriting a newer one.
+what is served.  Before the first load nothing is known, not even which experiments exist, so
+the API answers 503 (retry) rather than 404 (no such experiment) or an empty list.  A reload
+replaces one immutable `Configs` object, so a reader sees either the old or the new configs,
+never a mix; a lock keeps a slow reload from overwriting a newer one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from assignment.background import stopped
-from experiments.errors import NotFoundError
+from experiments.errors import NotFoundError, StoreError
 from experiments.folding import FoldPlan
 from experiments.store import ExperimentRecord, State, Store
 
@@ -51,6 +53,7 @@ class ConfigCache:
         self.loaded_at: float | None = None  # wall time of the last successful poll
         self.error: str | None = None  # why the last poll failed, while it keeps failing
         self._lock = threading.Lock()
+        self.tried = asyncio.Event()
 
     @property
     def loaded(self) -> bool:
@@ -64,16 +67,18 @@ class ConfigCache:
     def running(self) -> tuple[ExperimentRecord, ...]:
         return self.configs.running
 
-    @property
-    def epoch(self) -> int | None:
-        return self.configs.epoch
-
     def age(self) -> float:
         """Seconds since the configs were last confirmed current (inf before the first load)."""
         return float("inf") if self.loaded_at is None else time.time() - self.loaded_at
 
+    def current(self) -> Configs:
+        """The configs, once loaded (else a StoreError: a 503 with Retry-After)."""
+        if not self.loaded:
+            raise StoreError("experiment configs are not loaded yet: the store is unreachable")
+        return self.configs
+
     def get(self, name: str) -> ExperimentRecord:
-        record = self.configs.experiments.get(name)
+        record = self.current().experiments.get(name)
         if record is None:
             raise NotFoundError(f"experiment {name!r} does not exist")
         return record
@@ -99,6 +104,10 @@ class ConfigCache:
             return True
 
     async def poll(self, interval: float, stop: asyncio.Event) -> None:
-        """Refresh every `interval` seconds until `stop` is set."""
-        while not await stopped(stop, interval):
+        """Refresh now, then every `interval` seconds until `stop` is set.  `tried` is set
+        once the first refresh has answered, loaded or not."""
+        while True:
             await asyncio.to_thread(self.refresh)
+            self.tried.set()
+            if await stopped(stop, interval):
+                return

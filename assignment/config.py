@@ -39,6 +39,10 @@ class Settings:
     exposure_buffer_limit: int = 200_000  # pending exposures kept while the store is down
     max_batch: int = 1000  # units x experiments in one POST /v1/assign
     max_events: int = 5000  # events in one POST /v1/events
+    # Seconds a request waits for the store (see assignment.deadline): a sticky lookup, then
+    # the unit is assigned by hash; an event batch (queue included), then 503 + Retry-After.
+    sticky_timeout: float = 0.05
+    events_timeout: float = 0.5
     snapshot_interval: float = 300.0  # seconds between automatic snapshots; 0: none
     event_retention_days: float = 30.0  # raw events (and their ids) kept this long
     max_body_bytes: int = 1_048_576
@@ -106,6 +110,8 @@ class Settings:
             exposure_buffer_limit=int(number("EXPOSURE_BUFFER_LIMIT", d.exposure_buffer_limit, 1)),
             max_batch=int(number("MAX_BATCH", d.max_batch, 1)),
             max_events=int(number("MAX_EVENTS", d.max_events, 1)),
+            sticky_timeout=number("STICKY_TIMEOUT", d.sticky_timeout, 0.001),
+            events_timeout=number("EVENTS_TIMEOUT", d.events_timeout, 0.001),
             snapshot_interval=number("SNAPSHOT_INTERVAL", d.snapshot_interval, 0),
             event_retention_days=number("EVENT_RETENTION_DAYS", d.event_retention_days, 0.001),
             max_body_bytes=int(number("MAX_BODY_BYTES", d.max_body_bytes, 1024)),

@@ -2,9 +2,9 @@
 
 Each unit's first assignment into an experiment is its exposure.  A request only adds the unit
 to an in-memory buffer (a dict insert); a background task writes the buffer to the store every
-`flush_interval` seconds in one call per experiment, and the service flushes once more on a
-graceful shutdown.  The store keeps the first exposure of a unit, so a unit sent twice (two
-replicas, a retried flush) is still counted once.
+`flush_interval` seconds in chunks per experiment (see `flush`), and the service flushes once
+more on a graceful shutdown.  The store keeps the first exposure of a unit, so a unit sent
+twice (two replicas, a retried flush) is still counted once.
 
 Loss window: a crash (SIGKILL, OOM, power loss) loses what was buffered since the last
 successful flush: normally at most `flush_interval` seconds of new units, but while the store is
@@ -17,6 +17,7 @@ they are assigned.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ from experiments.store import StatsStore
 
 log = logging.getLogger("abmesh.exposures")
 
+CHUNK = 2000  # units per store write: some 50 ms of the writer thread
 Units = dict[str, tuple[str, float]]  # unit -> (variant, time)
 Batch = dict[tuple[str, str], tuple[FoldPlan, Units]]  # (experiment, phase) -> (plan, units)
 
@@ -84,27 +86,28 @@ class ExposureBuffer:
                 else:
                     self._on_dropped(1)
 
-    def write(self, batch: Batch) -> int:
-        """Write a batch to the store (blocking; run it in a thread).  Returns new exposures."""
-        new = 0
-        for (experiment, phase), (plan, units) in batch.items():
-            if units:
-                new += self.store.record_exposures(experiment, phase, plan, units)
-        return new
-
     async def flush(self) -> None:
+        """Write what is buffered, in chunks of at most CHUNK units: the writer thread is
+        shared with event batches, which then wait behind one chunk, not behind the backlog of
+        a whole outage."""
         batch = self.take()
-        if not batch:
-            return
+        written = 0
         try:
-            written = sum(len(units) for _, units in batch.values())
-            await self.run_write(self.write, batch)
-        except Exception as exc:  # the store is down (or failing): keep the batch for later
+            for (experiment, phase), (plan, units) in batch.items():
+                while units:
+                    chunk = dict(itertools.islice(units.items(), CHUNK))
+                    await self.run_write(
+                        self.store.record_exposures, experiment, phase, plan, chunk
+                    )
+                    for unit in chunk:
+                        del units[unit]
+                    written += len(chunk)
+        except Exception as exc:  # the store is down (or failing): keep the rest for later
             self._on_error()
             log.warning("exposure flush failed, will retry: %s", exc)
             self.put_back(batch)
-            return
-        self._on_flushed(written)
+        if written:
+            self._on_flushed(written)
 
     async def run(self, interval: float, stop: asyncio.Event) -> None:
         """Flush every `interval` seconds until `stop` is set."""

@@ -7,14 +7,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from assignment.assign import Assignment, assign, assign_many
 from assignment.background import stopped
 from assignment.cache import ConfigCache
 from assignment.config import Settings
+from assignment.deadline import DeadlinePool
 from assignment.exposures import ExposureBuffer
 from assignment.telemetry import Telemetry
 from experiments.errors import StoreError
@@ -24,6 +25,9 @@ from experiments.store import ExperimentRecord, State, Store
 
 log = logging.getLogger("abmesh.service")
 T = TypeVar("T")
+# Sticky lookups are short I/O waits; more threads than this would only be blocked ones when
+# the store hangs (see assignment.deadline).
+LOOKUP_THREADS = 8
 
 
 @dataclass
@@ -37,7 +41,12 @@ class ServiceState:
     def __post_init__(self) -> None:
         # One thread does the CPU-heavy store writes (event batches, exposure flushes): they
         # queue instead of several threads fighting over the GIL and the store's write lock.
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="abmesh-writer")
+        # An event batch waits there at most its deadline, queue included.
+        self.writer = DeadlinePool(1, "abmesh-writer")
+        # Sticky lookups and the configs an event batch needs, each under its deadline.
+        self.lookups = DeadlinePool(LOOKUP_THREADS, "abmesh-lookup")
+        self.warmed_up = False  # the analysis stack is imported and has run once
+        self.sticky_failing = False  # the last sticky lookup fell back to the hash
         self.cache = ConfigCache(self.store)
         self.telemetry = Telemetry(config_age=self.cache.age)
         store_errors = self.telemetry.store_errors
@@ -52,9 +61,9 @@ class ServiceState:
             run_write=self.write,
         )
 
-    async def write(self, work: Callable[..., T], *args: Any) -> T:
-        """Run `work(*args)` on the writer thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.writer, work, *args)
+    async def write(self, work: Callable[..., T], *args: Any, deadline: float | None = None) -> T:
+        """Run `work(*args)` on the writer thread, waiting at most `deadline` seconds."""
+        return await self.writer.call(work, *args, deadline=deadline)
 
     async def assign(
         self, record: ExperimentRecord, unit: str, headers: Mapping[str, str] | None
@@ -65,17 +74,27 @@ class ServiceState:
         self, record: ExperimentRecord, units: Sequence[str], headers: Mapping[str, str] | None
     ) -> list[Assignment]:
         """Assign, count, and buffer the exposures.  Only sticky specs touch the store (in a
-        thread); if it is down they fall back to the plain hash rather than fail."""
+        thread); if it is down, or slower than `sticky_timeout`, they fall back to the plain
+        hash rather than fail or wait."""
         spec, active = record.effective_spec, record.state is State.RUNNING
         if spec.sticky and active:
             try:
-                results = await asyncio.to_thread(
-                    assign_many, spec, units, headers=headers, sticky=self.store, active=active
+                results = await self.lookups.call(
+                    partial(assign_many, headers=headers, sticky=self.store, active=active),
+                    spec,
+                    units,
+                    deadline=self.settings.sticky_timeout,
                 )
             except StoreError as exc:
                 self.telemetry.store_errors.labels("sticky").inc()
-                log.warning("sticky records unavailable, assigning by hash: %s", exc)
+                if not self.sticky_failing:  # once per outage: it fails at request rate
+                    log.warning("sticky records unavailable, assigning by hash: %s", exc)
+                self.sticky_failing = True
                 results = assign_many(spec, units, headers=headers, active=active)
+            else:
+                if self.sticky_failing:
+                    log.warning("sticky records available again")
+                self.sticky_failing = False
         elif len(units) == 1:
             results = [assign(spec, units[0], headers=headers, active=active)]
         else:

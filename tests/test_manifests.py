@@ -89,7 +89,7 @@ def test_containers_run_locked_down() -> None:
 def test_probes_and_controller_rights() -> None:
     docs = {(d["kind"], d["metadata"]["name"]): d for d in kustomize("overlays/production")}
     svc = docs[("Deployment", "abmesh")]["spec"]["template"]["spec"]["containers"][0]
-    assert svc["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert svc["readinessProbe"]["httpGet"]["path"] == "/readyz"  # not ?strict=true: see the yaml
     assert svc["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert docs[("Deployment", "abmesh")]["spec"]["replicas"] == 3
     role = docs[("Role", "abmesh-controller")]

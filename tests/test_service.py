@@ -15,7 +15,7 @@ from assignment.auth import Role
 from controlplane.lifecycle import Action, change_state
 from experiments import EXAMPLES_DIR, load_spec
 from experiments.store import open_store
-from tests.servers import Service, auth, start_service
+from tests.servers import Service, auth, start_service, wait_until
 
 TOKEN = "s3cret-token"
 EXAMPLE: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text())
@@ -240,6 +240,8 @@ def test_put_with_a_different_name_is_refused(http: httpx.Client) -> None:
 
 def test_health_readiness_and_metrics(http: httpx.Client) -> None:
     assert http.get("/healthz").json() == {"status": "ok"}
+    # Ready once the configs are loaded and the analysis stack is warmed up (in the background).
+    wait_until(lambda: http.get("/readyz").status_code == 200, "readyz")
     ready = http.get("/readyz")
     assert (ready.status_code, ready.json()["status"], ready.json()["experiments"]) == (
         200,

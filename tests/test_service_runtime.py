@@ -38,12 +38,18 @@ def test_cache_keeps_answering_through_a_store_outage(tmp_path: Path) -> None:
     try:
         with httpx.Client(base_url=svc.url, timeout=10) as http:
             before = http.get("/v1/assign/ranker-v2", params={"unit": "user-7"}).json()
+            wait_until(lambda: http.get("/readyz").status_code == 200, "readyz")  # warmed up
             redis_server.stop()
-            wait_until(lambda: http.get("/readyz").status_code == 503, "readyz to see the outage")
-            ready = http.get("/readyz").json()
-            assert ready["status"] == "degraded"
-            assert any(r.startswith("configs not refreshed: Redis store") for r in ready["reasons"])
-            assert http.get("/readyz", params={"allow_cached": "true"}).status_code == 200
+            strict = {"strict": "true"}
+            wait_until(
+                lambda: http.get("/readyz", params=strict).status_code == 503,
+                "strict readyz to see the outage",
+            )
+            ready = http.get("/readyz")  # the probe's: it serves from the cache, so it is ready
+            assert ready.status_code == 200
+            assert ready.json()["status"] == "degraded"
+            reasons = ready.json()["reasons"]
+            assert any(r.startswith("configs not refreshed: Redis store") for r in reasons)
             assert 'abmesh_store_errors_total{operation="config"}' in http.get("/metrics").text
             during = http.get("/v1/assign/ranker-v2", params={"unit": "user-7"})
             assert during.status_code == 200
@@ -53,7 +59,10 @@ def test_cache_keeps_answering_through_a_store_outage(tmp_path: Path) -> None:
             assert down.status_code == 401  # a wrong token is refused before the store is asked
             restarted = start_redis(tmp_path / "redis", port=redis_server.port, persist=True)
             try:
-                wait_until(lambda: http.get("/readyz").status_code == 200, "readyz to recover")
+                wait_until(
+                    lambda: http.get("/readyz", params=strict).status_code == 200,
+                    "strict readyz to recover",
+                )
                 assert http.get("/readyz").json()["reasons"] == []
             finally:
                 restarted.stop()
@@ -259,7 +268,7 @@ def test_extauthz_forcing_header_and_unenrolled_units(authz: Any) -> None:
 def test_serve_runs_on_the_embedded_default_store(tmp_path: Path) -> None:
     svc = start_service(None, tmp_path)  # no store configured, nothing else running
     try:
-        assert httpx.get(f"{svc.url}/readyz").json()["status"] == "ready"
+        wait_until(lambda: httpx.get(f"{svc.url}/readyz").json()["status"] == "ready", "readyz")
         assert (tmp_path / "abmesh.db").exists()
         r = httpx.get(f"{svc.url}/v1/assign/none", params={"unit": "u"})
         assert r.status_code == 404
@@ -340,11 +349,15 @@ def test_a_config_this_version_cannot_read_degrades_but_keeps_serving(tmp_path: 
     try:
         with httpx.Client(base_url=svc.url, timeout=10) as http:
             before = http.get("/v1/assign/ranker-v2", params={"unit": "user-3"}).json()
+            wait_until(lambda: http.get("/readyz").status_code == 200, "readyz")  # warmed up
             db = sqlite3.connect(tmp_path / "abmesh.db")
             db.execute("UPDATE experiment_revisions SET spec = json_set(spec, '$.future', 1)")
             db.execute("UPDATE counters SET value = value + 1 WHERE name = 'epoch'")
             db.commit()
-            wait_until(lambda: http.get("/readyz").status_code == 503, "readyz to degrade")
+            strict = {"strict": "true"}
+            wait_until(
+                lambda: http.get("/readyz", params=strict).status_code == 503, "readyz to degrade"
+            )
             reason = http.get("/readyz").json()["reasons"][0]
             assert reason.startswith("configs not refreshed")
             assert "future" in reason
@@ -353,7 +366,9 @@ def test_a_config_this_version_cannot_read_degrades_but_keeps_serving(tmp_path: 
             db.execute("UPDATE counters SET value = value + 1 WHERE name = 'epoch'")
             db.commit()
             db.close()
-            wait_until(lambda: http.get("/readyz").status_code == 200, "readyz to recover")
+            wait_until(
+                lambda: http.get("/readyz", params=strict).status_code == 200, "readyz to recover"
+            )
     finally:
         svc.stop()
     store = open_store(url)

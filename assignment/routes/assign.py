@@ -20,7 +20,9 @@ from assignment.service import ServiceState
 from experiments.errors import InvalidUnitError
 
 router = APIRouter(prefix="/v1", tags=["assign"])
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 404, 422)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (401, 404, 422, 503)
+}
 
 
 @router.get(
@@ -66,7 +68,7 @@ async def assign_unit(request: Request) -> Response:
 async def assign_batch(body: BatchAssignIn, state: StateDep) -> Response:
     """Many units in one or more experiments (default: every running experiment)."""
     if body.experiments is None:
-        records = list(state.cache.running)
+        records = list(state.cache.current().running)
     else:
         records = [state.cache.get(name) for name in dict.fromkeys(body.experiments)]
     size = len(body.units) * max(len(records), 1)

@@ -20,18 +20,18 @@ router = APIRouter(prefix="/v1", tags=["assign"], dependencies=ReaderDeps)
 @router.get(
     "/configs",
     response_model=ConfigsOut,
-    responses={code: {"model": ErrorOut} for code in (401, 403)},
+    responses={code: {"model": ErrorOut} for code in (401, 403, 503)},
 )
 def get_configs(request: Request, state: StateDep) -> Response:
     """Every experiment with its status and spec.  Send the ETag back as If-None-Match: the
     answer is 304 with no body while nothing changed."""
-    cache = state.cache
-    etag = f'"{cache.epoch or 0}"'
+    configs = state.cache.current()  # before the first load: 503, not "no experiments"
+    etag = f'"{configs.epoch}"'
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"ETag": etag})
     body = {
-        "epoch": cache.epoch or 0,
-        "experiments": [record_data(r) for r in cache.experiments.values()],
+        "epoch": configs.epoch,
+        "experiments": [record_data(r) for r in configs.experiments.values()],
     }
     return Response(
         json.dumps(body).encode(), media_type="application/json", headers={"ETag": etag}

@@ -3,7 +3,7 @@ it (the reader token)."""
 
 from __future__ import annotations
 
-import asyncio
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
@@ -11,7 +11,6 @@ from fastapi import APIRouter, HTTPException, Query
 from assignment import collector
 from assignment.deps import ReaderDeps, StateDep, WriterDeps
 from assignment.models import ErrorOut, EventsIn, EventsOut
-from experiments.errors import StoreError
 from experiments.reporting import phase_report
 
 router = APIRouter(prefix="/v1")
@@ -25,23 +24,27 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 )
 async def post_events(body: EventsIn, state: StateDep) -> dict[str, Any]:
     """Ingest a batch idempotently (by event_id).  A bad item is rejected alone; the rest is
-    applied.  503 with Retry-After when the store is down: resend the whole batch, events
-    already applied come back as duplicates."""
+    applied.  503 with Retry-After when the store is down or has not answered within
+    `events_timeout`: resend the whole batch, events already applied come back as duplicates."""
     limit = state.settings.max_events
     if len(body.events) > limit:
         raise HTTPException(413, f"batch of {len(body.events)} events exceeds the limit of {limit}")
-    if not state.cache.loaded:
-        raise StoreError("experiment configs are not loaded yet: the store is unreachable")
-    configs = state.cache.configs
+    until = time.monotonic() + state.settings.events_timeout  # one deadline for the request
+    configs = state.cache.current()
     parsed = collector.parse_events(body.events, configs.experiments, configs.plans)
     if any(r.reason == "experiment" for _, r in parsed.rejected):
         # Perhaps created a moment ago on another replica: look again before refusing.
-        await asyncio.to_thread(state.cache.refresh)
+        await state.lookups.call(state.cache.refresh, deadline=until - time.monotonic())
         configs = state.cache.configs
         parsed = collector.parse_events(body.events, configs.experiments, configs.plans)
     # Validation runs here, folding on the writer thread: the two overlap across requests.
     outcome = await state.write(
-        collector.ingest, state.store, parsed, configs.experiments, configs.plans
+        collector.ingest,
+        state.store,
+        parsed,
+        configs.experiments,
+        configs.plans,
+        deadline=until - time.monotonic(),
     )
     counter = state.telemetry.events
     counter.labels("accepted", "").inc(outcome.accepted)

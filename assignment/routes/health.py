@@ -1,11 +1,13 @@
 """Liveness, readiness and Prometheus metrics.
 
-/readyz is 503 until the configs are loaded, and while they cannot be refreshed (store
-unreachable, or a config this version cannot read), with the reasons in the body.  During a
-store outage every replica is in that state, and taking them all out of a Service would turn a
-store outage into a full one, although they still answer from the cache; so
-`?allow_cached=true` (for Kubernetes readiness probes) answers 200 while cached configs are
-served, still listing the reasons.
+/readyz (the readiness probe) is 503 until the configs have been loaded once and the analysis
+stack is warmed up (assignment.warmup), then 200: a replica answers from its cached configs
+through a store outage (sticky lookups fall back to the hash, exposures are buffered), and
+taking every replica out of the Service because the store is down would turn a store outage
+into a full one.  The body still says "degraded", with the reasons, while the configs cannot be
+refreshed (store unreachable, or a config this version cannot read) or are stale.
+`/readyz?strict=true` answers 503 in that state too: for operators and alerts that want to know
+whether the store is reachable, not for a probe.
 """
 
 from __future__ import annotations
@@ -28,24 +30,27 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(state: StateDep, allow_cached: bool = False) -> JSONResponse:
-    """Ready when the store is reachable and the configs are loaded."""
+async def readyz(state: StateDep, strict: bool = False) -> JSONResponse:
+    """Ready once configs are loaded and the warm-up is done; `strict`: and currently fresh."""
     cache = state.cache
-    reasons = []
+    starting = []
     if not cache.loaded:
-        reasons.append("configs not loaded yet")
+        starting.append("configs not loaded yet")
+    if not state.warmed_up:
+        starting.append("warming up")
+    reasons = []
     if cache.error is not None:
         reasons.append(f"configs not refreshed: {cache.error}")
     elif cache.loaded and cache.age() > 5 * state.settings.refresh_interval + 10:
         reasons.append(f"configs not refreshed for {cache.age():.0f} s")
     body: dict[str, Any] = {
-        "status": "degraded" if reasons else "ready",
+        "status": "starting" if starting else "degraded" if reasons else "ready",
         "experiments": len(cache.experiments),
         "config_age_seconds": round(cache.age(), 3) if cache.loaded else None,
-        "reasons": reasons,
+        "reasons": starting + reasons,
     }
-    serving = cache.loaded and allow_cached
-    return JSONResponse(body, status_code=200 if not reasons or serving else 503)
+    ready = not starting and not (strict and reasons)
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics")

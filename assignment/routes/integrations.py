@@ -25,8 +25,6 @@ from assignment.auth import Role
 from assignment.deps import BEARER, ReaderDeps, StateDep, authorise, bearer_token
 from assignment.models import ErrorOut
 from assignment.service import ServiceState
-from controlplane.metrics import ProviderConfig, Providers
-from experiments.verdict import current_verdict
 
 router = APIRouter(tags=["integrations"])
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -49,6 +47,11 @@ class FlaggerPayload(BaseModel):
 
 
 def _verdict(state: ServiceState, name: str) -> dict[str, Any]:
+    # Imported here: they pull in scipy and statsmodels, which assignment.warmup loads in the
+    # background so that start-up serves assignments at once.
+    from controlplane.metrics import ProviderConfig, Providers
+    from experiments.verdict import current_verdict
+
     url = state.settings.prometheus_url
     # Short query timeouts: Flagger's webhook timeout is often 5 s for the whole answer.
     config = ProviderConfig(prometheus_url=url, mesh=state.settings.metrics_mesh, timeout=1.5)
