@@ -22,7 +22,7 @@ from assignment.config import Settings, SettingsError
 from controlplane.lifecycle import Action, change_state
 from experiments import EXAMPLES_DIR, load_spec
 from experiments.store import open_store
-from tests.servers import TOKENS, Service, auth, start_service
+from tests.servers import TOKENS, Service, auth, start_service, wait_until
 
 OPEN, API_KEY = "open", "api key"  # no credential; the API key when ABMESH_API_KEY is set
 # (method, path) -> what it needs.  "*": every method (the ext_authz check, which must never
@@ -91,6 +91,14 @@ def request(
     )
 
 
+def warmed(svc: Service) -> Service:
+    """The service once /readyz is 200 (it is 503 while the analysis stack warms up), so every
+    route answers for itself."""
+    wait_until(lambda: httpx.get(f"{svc.url}/readyz", timeout=5).status_code == 200,
+               "the service warmed up", timeout=120)  # fmt: skip
+    return svc
+
+
 def passed(r: httpx.Response) -> bool:
     """Past the role check: what the route itself answers to a good or a bad request."""
     return r.status_code in (200, 201, 404, 422)
@@ -109,7 +117,7 @@ def seeded_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def svc(seeded_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """As deployed: a token for every role."""
-    service = start_service(seeded_url, tmp_path_factory.mktemp("roles"))
+    service = warmed(start_service(seeded_url, tmp_path_factory.mktemp("roles")))
     yield service
     service.stop()
 
@@ -210,7 +218,7 @@ def test_flagger_sends_the_admin_token_in_its_payload(svc: Service) -> None:
 
 
 def test_closed_by_default_naming_the_variable_to_set(seeded_url: str, tmp_path: Path) -> None:
-    svc = start_service(seeded_url, tmp_path, tokens=False)
+    svc = warmed(start_service(seeded_url, tmp_path, tokens=False))
     try:
         for route in PROTECTED:
             for headers in (None, auth(Role.ADMIN)):
@@ -230,7 +238,7 @@ def test_closed_by_default_naming_the_variable_to_set(seeded_url: str, tmp_path:
 
 
 def test_insecure_opens_everything_and_says_so(seeded_url: str, tmp_path: Path) -> None:
-    svc = start_service(seeded_url, tmp_path, tokens=False, insecure=True)
+    svc = warmed(start_service(seeded_url, tmp_path, tokens=False, insecure=True))
     try:
         for route in ROUTES:
             r = request(svc, route)
