@@ -40,7 +40,7 @@ from experiments.errors import (
     SpecError,
     StoreError,
 )
-from experiments.store import open_store
+from experiments.store import open_store, redact
 
 log = logging.getLogger("abmesh.app")
 
@@ -127,7 +127,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         problems = exc.problems if isinstance(exc, SpecError) else None
         # A store outage is temporary: tell clients when to retry (the batch, whole).
         retry = {"Retry-After": "1"} if status == 503 else None
-        return _error(status, str(exc), problems, headers=retry)
+        return _error(status, redact(str(exc)), problems, headers=retry)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from assignment.background import stopped
 from experiments.errors import NotFoundError
 from experiments.folding import FoldPlan
-from experiments.store import ExperimentRecord, State, Store
+from experiments.store import ExperimentRecord, State, Store, redact
 
 log = logging.getLogger("abmesh.cache")
 
@@ -89,7 +89,8 @@ class ConfigCache:
                 self.on_error()
                 if self.error is None:
                     log.warning("configs not refreshed, serving the cached ones: %s", exc)
-                self.error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+                # Shown by the unauthenticated /readyz: never a store password.
+                self.error = redact(str(exc) or type(exc).__name__)
                 return False
             if self.error is not None:
                 log.info("configs refreshed again")

@@ -13,7 +13,7 @@ import yaml
 from rich.console import Console
 
 from experiments.errors import AbmeshError
-from experiments.store import Store, open_store
+from experiments.store import Store, open_store, redact
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -39,7 +39,7 @@ OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format
 
 
 def fail(message: str) -> NoReturn:
-    err.print("error: " + " ".join(message.split()), markup=False)
+    err.print("error: " + " ".join(redact(message).split()), markup=False)
     raise typer.Exit(1)
 
 
