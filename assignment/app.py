@@ -20,6 +20,7 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from assignment.config import Settings
+from assignment.request_context import RequestIdMiddleware
 from assignment.routes import (
     assign,
     configs,
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _add_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(LatencyMiddleware, histogram=state.telemetry.latency)
+    app.add_middleware(RequestIdMiddleware)
     return app
 
 

@@ -74,7 +74,11 @@ class ServiceState:
                 )
             except StoreError as exc:
                 self.telemetry.store_errors.labels("sticky").inc()
-                log.warning("sticky records unavailable, assigning by hash: %s", exc)
+                log.warning(
+                    "sticky records unavailable, assigning by hash: %s",
+                    exc,
+                    extra={"experiment": spec.name},
+                )
                 results = assign_many(spec, units, headers=headers, active=active)
         elif len(units) == 1:
             results = [assign(spec, units[0], headers=headers, active=active)]

@@ -13,6 +13,7 @@ import yaml
 from rich.console import Console
 
 from experiments.errors import AbmeshError
+from experiments.logs import LogFormat, LogLevel
 from experiments.store import Store, open_store, redact
 
 out = Console(highlight=False, soft_wrap=True)
@@ -36,6 +37,16 @@ class Output(StrEnum):
 
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format.")]
+LogLevelOpt = Annotated[
+    LogLevel,
+    typer.Option(envvar="ABMESH_LOG_LEVEL", show_envvar=True, case_sensitive=False,
+                 help="Lowest level logged."),
+]  # fmt: skip
+LogFormatOpt = Annotated[
+    LogFormat | None,
+    typer.Option(envvar="ABMESH_LOG_FORMAT", show_envvar=True, case_sensitive=False,
+                 help="Log lines as json or text (default: json unless stderr is a terminal)."),
+]  # fmt: skip
 
 
 def fail(message: str) -> NoReturn:
