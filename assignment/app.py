@@ -1,7 +1,8 @@
 """The assignment service: `create_app()` builds the FastAPI app from `Settings`.
 
 Errors: every error a client can cause is a JSON body `{"error": "...", "problems": [...]}`
-naming the field, with 401, 404, 409, 413 or 422; a store outage on an admin call is 503.
+naming the field, with 401, 404, 405 (with `Allow`), 409, 413 or 422; a store outage on an admin
+call is 503.
 """
 
 from __future__ import annotations
