@@ -1,8 +1,8 @@
 """The assignment service: `create_app()` builds the FastAPI app from `Settings`.
 
 Errors: every error a client can cause is a JSON body `{"error": "...", "problems": [...]}`
-naming the field, with 401, 403, 404, 409, 413 or 422; a store that is down or too slow (an
-admin call, an event batch), or configs not loaded yet, is a 503 with Retry-After.
+naming the field, with 401, 403, 404, 405 (with `Allow`), 409, 413 or 422; a store that is down or
+too slow (an admin call, an event batch), or configs not loaded yet, is a 503 with Retry-After.
 Who may call which route: assignment/auth.py and assignment/deps.py.
 """
 
@@ -11,18 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from assignment.auth import Role
 from assignment.config import Settings
+from assignment.request_context import RequestIdMiddleware
 from assignment.routes import (
     assign,
     configs,
@@ -44,7 +46,7 @@ from experiments.errors import (
     SpecError,
     StoreError,
 )
-from experiments.store import open_store
+from experiments.store import open_store, redact
 
 log = logging.getLogger("abmesh.app")
 FIRST_LOAD_WAIT = 2.0  # seconds start-up waits for the first config load
@@ -56,6 +58,7 @@ STATUS = {
     InvalidInputError: 422,
     StoreError: 503,
 }
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")  # what a 405 may allow
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -114,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _add_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(LatencyMiddleware, histogram=state.telemetry.latency)
+    app.add_middleware(RequestIdMiddleware)
     return app
 
 
@@ -168,24 +172,52 @@ def _add_error_handlers(app: FastAPI) -> None:
         problems = exc.problems if isinstance(exc, SpecError) else None
         # A store outage is temporary: tell clients when to retry (the batch, whole).
         retry = {"Retry-After": "1"} if status == 503 else None
-        return _error(status, str(exc), problems, headers=retry)
+        return _error(status, redact(str(exc)), problems, headers=retry)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(part) for part in err.get("loc", ()))
-            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        problems = [_problem(err) for err in exc.errors()]
         return _error(422, "invalid request: " + "; ".join(problems), problems)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI's answer to a body it could not decode (not UTF-8): a 422 like any
+            # other body that is not JSON, as documented.
+            problem = f"body: not valid JSON: {exc.__cause__}"
+            return _error(422, f"invalid request: {problem}", [problem])
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}"
         elif exc.status_code == 405:
+            allowed = _allowed_methods(request)
             message = f"method {request.method} is not allowed on {request.url.path}"
-        return _error(exc.status_code, message, headers=getattr(exc, "headers", None))
+            message += f" (allowed: {allowed})"
+            headers = {**(headers or {}), "Allow": allowed}
+        return _error(exc.status_code, message, headers=headers)
+
+
+def _problem(err: Mapping[str, Any]) -> str:
+    loc = tuple(err.get("loc", ()))
+    if err.get("type") == "json_invalid":  # loc is ("body", character offset)
+        where = f" at character {loc[1]}" if len(loc) > 1 else ""
+        return f"body: not valid JSON{where}: {err.get('ctx', {}).get('error', 'invalid')}"
+    return f"{'.'.join(str(part) for part in loc)}: {err.get('msg', 'invalid')}"
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes on this path.  Starlette's own 405 names only the first
+    matching route's, so POST on /v1/experiments/NAME would be told only GET."""
+    allowed = [
+        method
+        for method in METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
 
 
 class BodyLimitMiddleware:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from assignment.background import stopped
 from experiments.errors import NotFoundError, StoreError
 from experiments.folding import FoldPlan
-from experiments.store import ExperimentRecord, State, Store
+from experiments.store import ExperimentRecord, State, Store, redact
 
 log = logging.getLogger("abmesh.cache")
 
@@ -94,7 +94,8 @@ class ConfigCache:
                 self.on_error()
                 if self.error is None:
                     log.warning("configs not refreshed, serving the cached ones: %s", exc)
-                self.error = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+                # Shown by the unauthenticated /readyz: never a store password.
+                self.error = redact(str(exc) or type(exc).__name__)
                 return False
             if self.error is not None:
                 log.info("configs refreshed again")

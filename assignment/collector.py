@@ -21,6 +21,10 @@ from experiments.store import ExperimentRecord, StatsStore
 
 MAX_ID_CHARS = 128
 MAX_ABS_VALUE = 1e15  # sums of squares of such values stay far from float overflow
+# A timestamp this far ahead of the server's clock is a mistake, not clock skew: most often
+# milliseconds sent as seconds.  A day still lets through a client whose clock is wrong by a
+# time zone.
+MAX_FUTURE_S = 86_400.0
 FIELDS = frozenset({"event_id", "experiment", "unit", "metric", "value", "timestamp", "pre_period"})
 
 
@@ -67,6 +71,9 @@ def _parse(
 ) -> tuple[str, Event]:
     if not isinstance(item, Mapping):
         raise RejectedEventError("type", f"event: must be an object, got {type(item).__name__}")
+    if item.get("value", 0) is None:
+        # Counting it as the default 1 would turn a missing revenue into one cent.
+        raise RejectedEventError("value", "value: null; send a number, or leave it out to count 1")
     if None in item.values():
         item = {k: v for k, v in item.items() if v is not None}  # null: absent (default)
     if not item.keys() <= FIELDS:
@@ -144,12 +151,17 @@ def _timestamp(item: Mapping[str, Any], now: float) -> float:
             ) from None
         if parsed.tzinfo is None:
             raise RejectedEventError("timestamp", "timestamp: an ISO 8601 time needs a UTC offset")
-        if parsed.timestamp() < 0:
-            raise RejectedEventError("timestamp", "timestamp: must not be before 1970")
-        return parsed.timestamp()
-    value = _number(item, "timestamp", now)
+        value = parsed.timestamp()
+    else:
+        value = _number(item, "timestamp", now)
     if value < 0:
         raise RejectedEventError("timestamp", "timestamp: must not be before 1970")
+    if value > now + MAX_FUTURE_S:
+        ahead = f"{(value - now) / 86_400:.3g} days ahead of the server's clock"
+        hint = "" if isinstance(raw, str) else "; milliseconds instead of seconds?"
+        raise RejectedEventError(
+            "timestamp", f"timestamp: {ahead} (at most {MAX_FUTURE_S / 86_400:g}){hint}"
+        )
     return value
 
 

@@ -88,7 +88,11 @@ class ServiceState:
             except StoreError as exc:
                 self.telemetry.store_errors.labels("sticky").inc()
                 if not self.sticky_failing:  # once per outage: it fails at request rate
-                    log.warning("sticky records unavailable, assigning by hash: %s", exc)
+                    log.warning(
+                        "sticky records unavailable, assigning by hash: %s",
+                        exc,
+                        extra={"experiment": spec.name},
+                    )
                 self.sticky_failing = True
                 results = assign_many(spec, units, headers=headers, active=active)
             else:

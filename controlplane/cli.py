@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -23,8 +24,19 @@ import typer
 from controlplane.lifecycle import RETRIES
 from controlplane.rollout import Request, RolloutState
 from controlplane.routing.routers import ROUTERS
-from experiments.cli_common import Output, OutputOpt, StoreOpt, fail, out, print_data, store_for
+from experiments.cli_common import (
+    LogFormatOpt,
+    LogLevelOpt,
+    Output,
+    OutputOpt,
+    StoreOpt,
+    fail,
+    out,
+    print_data,
+    store_for,
+)
 from experiments.errors import AbmeshError, ConflictError
+from experiments.logs import LogLevel, configure, resolve_format
 
 ClusterOpt = Annotated[
     list[str] | None,
@@ -88,10 +100,13 @@ def controller(
     ] = 9102,
     once: Annotated[bool, typer.Option(help="One tick, then exit.")] = False,
     store: StoreOpt = None,
+    log_level: LogLevelOpt = LogLevel.INFO,
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Walk every running experiment's rollout plan: canary steps, A/B, promotion or rollback.
     Each experiment's routes go to its own target (spec rollout.target; these options are the
     defaults); several controllers share the experiments through per-experiment leases."""
+    configure(log_level, resolve_format(log_format, sys.stderr))
     from controlplane.controller import Controller
     from controlplane.metrics import ProviderConfig, Providers, make_provider
     from controlplane.observability import ControllerTelemetry, HealthServer, liveness

@@ -37,6 +37,7 @@ from controlplane.rollout import RolloutState
 from controlplane.routing.plan import RoutePlan, plan_routes
 from controlplane.targets import Resolved, Routers, blocker, claimant, claims
 from experiments.errors import AbmeshError, ConflictError, NotFoundError
+from experiments.logs import log_context
 from experiments.spec import ExperimentSpec
 from experiments.status import State, Status
 from experiments.store import ExperimentRecord, Store
@@ -146,11 +147,13 @@ class Controller:
             if beyond:  # nobody else took it: keep it, or it would bounce every lease period
                 self._adopted.add(record.uid)
             held.add(record.uid)
-            try:
-                self.step(record, targets[record.uid], holders)
-            except Exception:  # one broken experiment must not hold up the others' rollbacks
-                ok = False
-                log.exception("rollout of %s: this tick failed; the next one retries", record.name)
+            with log_context(experiment_name=record.name):
+                try:
+                    self.step(record, targets[record.uid], holders)
+                except Exception:  # one broken experiment must not hold up the others' rollbacks
+                    ok = False
+                    log.exception("rollout of %s: this tick failed; the next one retries",
+                                  record.name)  # fmt: skip
         for uid in self.held - held:  # concluded and settled, or deleted
             self.store.release_lease(lease_name(uid), self.owner)
         self.held = held

@@ -30,6 +30,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from experiments.store.credentials import redact
+
 log = logging.getLogger("abmesh.controller.observability")
 
 # A tick is one store round trip when idle, and Prometheus and router calls (with their
@@ -185,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a broken check is a failing check, not a dead server
             log.warning("%s check raised: %r", path, exc)
             ok, message = False, f"{type(exc).__name__}: {exc}"
-        text = message or ("ok" if ok else "unavailable")
+        text = redact(message) if message else ("ok" if ok else "unavailable")
         self._send(200 if ok else 503, f"{text}\n".encode(), TEXT, body)
 
     def _send(self, status: int, payload: bytes, kind: str, body: bool, **headers: str) -> None:

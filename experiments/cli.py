@@ -6,7 +6,9 @@ stderr and exit 1; usage errors exit 2 (typer's convention).  No tracebacks for 
 
 from __future__ import annotations
 
+import logging.config
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +21,8 @@ from controlplane import cli as cli_rollout
 from controlplane.lifecycle import Action, apply_spec, change_state
 from experiments import cli_analysis, cli_data
 from experiments.cli_common import (
+    LogFormatOpt,
+    LogLevelOpt,
     Output,
     OutputOpt,
     StoreOpt,
@@ -29,6 +33,7 @@ from experiments.cli_common import (
 )
 from experiments.errors import AbmeshError
 from experiments.loader import load_spec
+from experiments.logs import LogLevel, logging_config, resolve_format
 from experiments.reporting import position, record_data
 from experiments.store import DEFAULT_PHASE, open_store
 
@@ -205,7 +210,8 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
     store: StoreOpt = None,
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1, max=64)] = 1,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    log_level: LogLevelOpt = LogLevel.INFO,
+    log_format: LogFormatOpt = None,
     insecure: Annotated[
         bool,
         typer.Option(
@@ -222,7 +228,8 @@ def serve(
 
     from assignment.config import Settings
 
-    # Worker processes read their settings from the environment.
+    log_config = logging_config(log_level, resolve_format(log_format, sys.stderr))
+    logging.config.dictConfig(log_config)  # this process; uvicorn applies it in each worker
     if store:
         os.environ["ABMESH_STORE"] = store
     if insecure:
@@ -244,7 +251,8 @@ def serve(
             loop="uvloop",
             http="httptools",
             access_log=False,
-            log_level=log_level,
+            log_config=log_config,
+            log_level=log_level.value,
             timeout_graceful_shutdown=10,
         )
 

@@ -13,7 +13,8 @@ import yaml
 from rich.console import Console
 
 from experiments.errors import AbmeshError
-from experiments.store import Store, open_store
+from experiments.logs import LogFormat, LogLevel
+from experiments.store import Store, open_store, redact
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -36,10 +37,20 @@ class Output(StrEnum):
 
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format.")]
+LogLevelOpt = Annotated[
+    LogLevel,
+    typer.Option(envvar="ABMESH_LOG_LEVEL", show_envvar=True, case_sensitive=False,
+                 help="Lowest level logged."),
+]  # fmt: skip
+LogFormatOpt = Annotated[
+    LogFormat | None,
+    typer.Option(envvar="ABMESH_LOG_FORMAT", show_envvar=True, case_sensitive=False,
+                 help="Log lines as json or text (default: json unless stderr is a terminal)."),
+]  # fmt: skip
 
 
 def fail(message: str) -> NoReturn:
-    err.print("error: " + " ".join(message.split()), markup=False)
+    err.print("error: " + " ".join(redact(message).split()), markup=False)
     raise typer.Exit(1)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from experiments import strict_yaml
 from experiments.errors import SpecError
 from experiments.spec import ExperimentSpec
 
@@ -55,9 +56,11 @@ def _read_spec_file(path: Path) -> str:
 
 
 def parse_spec(text: str) -> ExperimentSpec:
-    """Validate a spec from YAML (a superset of JSON) text."""
+    """Validate a spec from YAML (a superset of JSON) text; a key given twice is an error."""
     try:
-        data = yaml.safe_load(text)
+        data = strict_yaml.load(text)
+    except strict_yaml.DuplicateKeyError as exc:
+        raise SpecError([str(exc.problem)]) from None
     except yaml.YAMLError as exc:
         raise SpecError([f"not valid YAML or JSON: {exc}".replace("\n", " ")]) from None
     except RecursionError:

@@ -94,6 +94,7 @@ def start_service(
     if store_url is not None:
         env["ABMESH_STORE"] = store_url
     env.update({f"ABMESH_{k.upper()}": str(v) for k, v in settings.items()})
+    env.setdefault("ABMESH_LOG_LEVEL", "warning")  # quiet unless a caller asks for more
     log = workdir / f"abmesh-serve-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -104,8 +105,6 @@ def start_service(
                 "serve",
                 "--port",
                 str(port),
-                "--log-level",
-                "warning",
                 "--workers",
                 str(workers),
                 *(["--insecure"] if insecure else []),

@@ -61,7 +61,9 @@ def wait_until(check: Callable[[], object], what: str, timeout: float = 20.0) ->
     localstack.wait_until(check, what, timeout, (OSError, httpx.HTTPError, redis.RedisError))
 
 
-def start_redis(workdir: Path, port: int | None = None, persist: bool = False) -> Process:
+def start_redis(
+    workdir: Path, port: int | None = None, persist: bool = False, password: str | None = None
+) -> Process:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (Debian package redis-server)")
@@ -82,9 +84,10 @@ def start_redis(workdir: Path, port: int | None = None, persist: bool = False) -
         "yes" if persist else "no",
         "--logfile",
         str(log),
+        *(["--requirepass", password] if password else []),
     ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+    client = redis.Redis(port=port, password=password, socket_connect_timeout=0.5)
     try:
         wait_until(client.ping, f"redis-server on port {port}", timeout=10)
     finally:

@@ -194,7 +194,7 @@ def test_admin_create_update_and_lifecycle(http: httpx.Client) -> None:
     refused = http.post("/v1/experiments/new-exp/start", headers=ADMIN)
     assert refused.status_code == 409
     assert "cannot start an experiment that is concluded" in refused.json()["error"]
-    assert http.post("/v1/experiments/new-exp/explode", headers=ADMIN).status_code == 422
+    assert http.post("/v1/experiments/new-exp/explode", headers=ADMIN).status_code == 404
     assert (
         http.get("/v1/experiments/new-exp", params={"revision": 1}, headers=ADMIN).json()["spec"][
             "variants"
@@ -286,7 +286,7 @@ def test_openapi_documents_the_endpoints(http: httpx.Client) -> None:
         "/v1/assign",
         "/v1/extauthz/{path}",
         "/v1/experiments",
-        "/v1/experiments/{name}/{action}",
+        "/v1/experiments/{name}/start",
         "/readyz",
     ):
         assert path in paths

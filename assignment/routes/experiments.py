@@ -7,12 +7,14 @@ every write refreshes this replica's config cache at once, others follow within 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, Response
 
 from assignment.deps import AdminDeps, ReaderDeps, StateDep
 from assignment.models import ErrorOut, ExperimentOut, PhaseIn
+from assignment.service import ServiceState
 from controlplane import lifecycle
 from controlplane.lifecycle import Action, apply_spec, change_state
 from experiments.errors import NotFoundError
@@ -83,15 +85,29 @@ def start_phase(name: str, state: StateDep, body: PhaseIn) -> dict[str, Any]:
     return record_data(record)
 
 
-@router.post(
-    "/{name}/{action}", response_model=ExperimentOut, responses=ERRORS, dependencies=AdminDeps
-)
-def change_status(name: str, action: Action, state: StateDep) -> dict[str, Any]:
-    """start (draft or paused → running), pause (running → paused), stop (→ concluded with
-    outcome stopped: final; a running rollout is rolled back)."""
-    record = change_state(state.store, name, action, by="admin api")
-    state.cache.refresh()
-    return record_data(record)
+def _changer(action: Action) -> Callable[[str, ServiceState], dict[str, Any]]:
+    def change(name: str, state: StateDep) -> dict[str, Any]:
+        record = change_state(state.store, name, action, by="admin api")
+        state.cache.refresh()
+        return record_data(record)
+
+    change.__name__ = f"{action.value}_experiment"  # the OpenAPI operation id
+    change.__doc__ = ACTIONS[action]
+    return change
+
+
+ACTIONS = {
+    Action.START: "draft or paused → running.",
+    Action.PAUSE: "running → paused: everyone but the overrides gets the control variant.",
+    Action.STOP: "→ concluded with outcome stopped: final; a running rollout is rolled back.",
+}
+# One route per action, not `/{name}/{action}`: that would also catch POST on the read-only
+# sub-routes (stats, report, ...) and answer 422 instead of 405.
+for _action in Action:
+    router.post(
+        f"/{{name}}/{_action.value}", response_model=ExperimentOut, responses=ERRORS,
+        dependencies=AdminDeps,
+    )(_changer(_action))  # fmt: skip
 
 
 @router.delete("/{name}", status_code=204, responses=ERRORS, dependencies=AdminDeps)

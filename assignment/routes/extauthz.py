@@ -28,10 +28,39 @@ PATH_PREFIX = "/v1/extauthz"
 _FORCED = (Reason.OVERRIDE_HEADER, Reason.OVERRIDE_UNIT)
 
 
-@router.get("/extauthz/{path:path}")
-async def extauthz_check(path: str, request: Request) -> Response:
-    """Always 200; carries `<experiment header>: <group>` for Envoy's allowed_upstream_headers.
-    Envoy forwards the original method, so every method is answered alike (OpenAPI shows GET)."""
+@router.get(
+    "/extauthz/{path:path}",
+    response_class=Response,  # no body: OpenAPI shows no content type
+    responses={
+        200: {
+            "description": "Always, with an empty body; the group headers carry the answer.",
+            "headers": {
+                "x-user-group": {
+                    "description": "One header per experiment, named by its spec's `header`"
+                    " (x-user-group by default), valued with the unit's group; absent when the"
+                    " request has no usable unit and ABMESH_EXTAUTHZ_UNASSIGNED is none.",
+                    "schema": {"type": "string"},
+                }
+            },
+        }
+    },
+    # Declared here rather than as an argument: a path is never invalid, so no 422 is listed.
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "path",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string"},
+                "description": "The original request's path, as Envoy appends it.",
+            }
+        ]
+    },
+)
+async def extauthz_check(request: Request) -> Response:
+    """Carries `<experiment header>: <group>` for Envoy's allowed_upstream_headers.  Envoy
+    forwards the original method, so every method is answered alike (OpenAPI shows GET)."""
+    path = request.path_params.get("path", "")
     state: ServiceState = request.app.state.abmesh  # no dependency injection on the hot path
     try:
         headers = await group_headers(request, state)
@@ -48,8 +77,7 @@ class AnyMethod:
     mounts it ahead of the routers; the GET route above documents the check in OpenAPI."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        response = await extauthz_check(request.path_params.get("path", ""), request)
+        response = await extauthz_check(Request(scope, receive))
         await response(scope, receive, send)
 
 

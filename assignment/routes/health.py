@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from assignment.deps import StateDep
@@ -53,6 +53,10 @@ async def readyz(state: StateDep, strict: bool = False) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,  # what OpenAPI shows: text, not the default JSON
+    responses={200: {"description": "Prometheus text exposition format."}},
+)
 async def metrics(state: StateDep) -> Response:
     return Response(state.telemetry.exposition(), media_type=CONTENT_TYPE_LATEST)

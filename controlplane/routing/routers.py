@@ -25,6 +25,7 @@ from controlplane.routing.render import (
     istio_destination_rules,
     istio_virtual_service,
 )
+from experiments import strict_yaml
 from experiments.errors import InvalidInputError, StoreError
 
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -225,7 +226,7 @@ class ManifestsRouter:
     def get_routes(self) -> Any:
         if not self.path.exists():
             return None
-        return list(yaml.safe_load_all(self.path.read_text()))
+        return strict_yaml.load_all(self.path.read_text())
 
 
 ROUTERS = ("envoy", "gateway-api", "istio", "manifests")

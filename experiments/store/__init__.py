@@ -2,6 +2,8 @@
 
 `open_store(url)` picks the backend from the URL scheme and refuses unknown ones:
 `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, `redis://host:port/db[?prefix=p:]`.
+A Redis password may be in the URL or in ABMESH_STORE_PASSWORD[_FILE]; no message ever shows
+it (`credentials.redact`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from experiments.errors import StoreError
 from experiments.status import DEFAULT_PHASE, State, Status
+from experiments.store.credentials import redact, store_password
 from experiments.store.protocol import (
     ExperimentRecord,
     ExperimentStore,
@@ -40,10 +43,12 @@ def _open_sqlite(url: str) -> Store:
 
     path = url.removeprefix("sqlite://")
     if not path.startswith("/") or path == "/":
-        raise StoreError(f"store URL {url!r}: use sqlite:///relative.db or sqlite:////abs/path.db")
+        raise StoreError(
+            f"store URL {redact(url)!r}: use sqlite:///relative.db or sqlite:////abs/path.db"
+        )
     if path[1:] == ":memory:" or "?" in path:
         raise StoreError(
-            f"store URL {url!r}: an in-memory or URI database keeps nothing; name a file"
+            f"store URL {redact(url)!r}: an in-memory or URI database keeps nothing; name a file"
         )
     return SQLiteStore(path[1:], url=url)
 
@@ -51,7 +56,7 @@ def _open_sqlite(url: str) -> Store:
 def _open_redis(url: str) -> Store:
     from experiments.store.redis import RedisStore
 
-    return RedisStore.from_url(url)
+    return RedisStore.from_url(url, password=store_password())
 
 
 _BACKENDS: dict[str, Callable[[str], Store]] = {
@@ -68,7 +73,9 @@ def open_store(url: str | None = None) -> Store:
     backend = _BACKENDS.get(scheme) if sep else None
     if backend is None:
         known = ", ".join(f"{s}://" for s in _BACKENDS)
-        raise StoreError(f"store URL {url!r} has an unknown scheme; expected one of {known}")
+        raise StoreError(
+            f"store URL {redact(url)!r} has an unknown scheme; expected one of {known}"
+        )
     return backend(url)
 
 
@@ -86,4 +93,5 @@ __all__ = [
     "Store",
     "default_store_url",
     "open_store",
+    "redact",
 ]

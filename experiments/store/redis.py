@@ -39,8 +39,15 @@ from experiments.store.redis_stats import RedisStats
 
 
 class RedisStore(RedisStats, RedisControl):
-    def __init__(self, client: redis.Redis, *, prefix: str = DEFAULT_PREFIX, url: str = "") -> None:
-        super().__init__(client, prefix=prefix, url=url)
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        url: str = "",
+        password: str | None = None,
+    ) -> None:
+        super().__init__(client, prefix=prefix, url=url, password=password)
         self._sticky_script = self.client.register_script(_PUT_STICKY)
 
     def _revisions(self, name: str) -> str:
