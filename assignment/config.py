@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -28,12 +28,12 @@ class SettingsError(AbmeshError):
 class Settings:
     store_url: str
     # The roles' bearer tokens (assignment/auth.py): a role without one is closed to all but
-    # the admin token.
-    admin_token: str | None = None
-    reader_token: str | None = None
-    writer_token: str | None = None
+    # the admin token.  Secrets stay out of repr, so a logged Settings shows none.
+    admin_token: str | None = field(default=None, repr=False)
+    reader_token: str | None = field(default=None, repr=False)
+    writer_token: str | None = field(default=None, repr=False)
     insecure: bool = False  # every role's routes open without a token: local use only
-    api_key: str | None = None  # if set, /v1/assign needs `x-api-key`
+    api_key: str | None = field(default=None, repr=False)  # if set, /v1/assign needs `x-api-key`
     refresh_interval: float = 2.0  # seconds between config-change polls
     exposure_flush_interval: float = 1.0  # seconds: the most exposures a crash can lose
     exposure_buffer_limit: int = 200_000  # pending exposures kept while the store is down

@@ -20,10 +20,12 @@ from typing import Any
 import httpx
 import yaml
 
+from assignment.auth import Role
 from controlplane.lifecycle import Action, change_state
 from experiments import EXAMPLES_DIR, load_spec
 from experiments.localstack import Process
 from experiments.store import open_store
+from tests.servers import auth
 
 PLAIN, STICKY = "ranker-v2", "sticky-ranker"
 STICKY_HEADER = "x-sticky-group"
@@ -70,7 +72,8 @@ def sample(base_url: str, rounds: int, clients: int = 1, tag: str = "u") -> Samp
     lock = threading.Lock()
 
     def client(c: int) -> None:
-        with httpx.Client(base_url=base_url, timeout=60) as http:
+        # The writer's token for the events (the assignment routes need none).
+        with httpx.Client(base_url=base_url, timeout=60, headers=auth(Role.WRITER)) as http:
             for i in range(rounds):
                 for name, send in ROUTES.items():
                     start = time.perf_counter()

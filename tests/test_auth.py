@@ -53,7 +53,9 @@ ROUTES: dict[tuple[str, str], str | Role] = {
     ("PUT", "/v1/experiments/{name}"): Role.ADMIN,
     ("DELETE", "/v1/experiments/{name}"): Role.ADMIN,
     ("POST", "/v1/experiments/{name}/phase"): Role.ADMIN,
-    ("POST", "/v1/experiments/{name}/{action}"): Role.ADMIN,
+    ("POST", "/v1/experiments/{name}/start"): Role.ADMIN,
+    ("POST", "/v1/experiments/{name}/pause"): Role.ADMIN,
+    ("POST", "/v1/experiments/{name}/stop"): Role.ADMIN,
     ("POST", "/v1/flagger/{hook}"): Role.ADMIN,
 }
 DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}  # not in the schema
@@ -78,7 +80,7 @@ def request(
 ) -> httpx.Response:
     method, path = route
     method = "POST" if method == "*" else method
-    params = {**PARAMS, "name": "ranker-v2" if method == "GET" else "ghost", "action": "start"}
+    params = {**PARAMS, "name": "ranker-v2" if method == "GET" else "ghost"}
     url = re.sub(r"{(\w+)(:path)?}", lambda m: params[m.group(1)], path)
     query = {"unit": "user-1"} if path.startswith("/v1/assign/") else None
     return httpx.request(
@@ -306,3 +308,9 @@ def test_bad_token_settings_name_the_variable(
     env = {k: str(empty) if v == "EMPTY" else v for k, v in env.items()}
     with pytest.raises(SettingsError, match=re.escape(message)):
         settings(tmp_path, **env)
+
+
+def test_settings_never_show_a_token() -> None:
+    settings = Settings(store_url="sqlite://", admin_token="adm1n", reader_token="r3ad",
+                        writer_token="wr1te", api_key="k3y")  # fmt: skip
+    assert not {"adm1n", "r3ad", "wr1te", "k3y"} & set(re.findall(r"\w+", repr(settings)))

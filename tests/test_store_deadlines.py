@@ -12,11 +12,19 @@ from pathlib import Path
 import httpx
 import pytest
 
+from assignment.auth import Role
 from assignment.deadline import DeadlinePool, StoreDeadlineError
 from tests.hung_store import PLAIN, STICKY, STICKY_HEADER, hung, prepare, sample, table
-from tests.servers import start_redis, start_service, wait_until
+from tests.servers import auth, start_redis, start_service, wait_until
 
 GENEROUS = 5.0  # seconds: far above the deadlines (50 ms, 500 ms), far below the old stalls
+
+
+WRITER = auth(Role.WRITER)
+
+
+def post_events(url: str, body: dict[str, object]) -> int:
+    return httpx.post(f"{url}/v1/events", json=body, timeout=30, headers=WRITER).status_code
 
 
 def test_a_hung_store_gets_fallbacks_and_503s_not_stalls(tmp_path: Path) -> None:
@@ -50,7 +58,7 @@ def test_a_hung_store_gets_fallbacks_and_503s_not_stalls(tmp_path: Path) -> None
         resend = {"events": [{"event_id": "again", "experiment": PLAIN, "unit": "during-0-0",
                               "metric": "click"}]}  # fmt: skip
         wait_until(
-            lambda: httpx.post(f"{svc.url}/v1/events", json=resend, timeout=10).status_code == 200,
+            lambda: post_events(svc.url, resend) == 200,
             "events accepted again",
         )
         unit = "during-0-0"
@@ -83,7 +91,7 @@ def test_a_locked_sqlite_store_gets_the_same_fallbacks(tmp_path: Path) -> None:
             assert {status for status, _, _, _ in rows} == {expected}, name
         batch = {"events": [{"event_id": "e", "experiment": PLAIN, "unit": "u", "metric": "click"}]}
         wait_until(
-            lambda: httpx.post(f"{svc.url}/v1/events", json=batch, timeout=30).status_code == 200,
+            lambda: post_events(svc.url, batch) == 200,
             "events accepted again",
         )
     finally:
@@ -98,7 +106,7 @@ def test_a_cold_start_without_the_store_answers_503_until_configs_load(tmp_path:
     with hung(redis_server):
         svc = start_service(url, tmp_path)  # the port opens although no config can load
         try:
-            with httpx.Client(base_url=svc.url, timeout=GENEROUS) as http:
+            with httpx.Client(base_url=svc.url, timeout=GENEROUS, headers=auth(Role.ADMIN)) as http:
                 for r in (
                     http.get(f"/v1/assign/{PLAIN}", params={"unit": "u1"}),
                     http.post("/v1/assign", json={"units": ["u1"]}),
@@ -116,7 +124,7 @@ def test_a_cold_start_without_the_store_answers_503_until_configs_load(tmp_path:
             svc.stop()
             raise
     try:
-        with httpx.Client(base_url=svc.url, timeout=GENEROUS) as http:
+        with httpx.Client(base_url=svc.url, timeout=GENEROUS, headers=auth(Role.ADMIN)) as http:
             wait_until(lambda: http.get("/readyz").status_code == 200, "configs to load")
             assert http.get(f"/v1/assign/{PLAIN}", params={"unit": "u1"}).status_code == 200
             unknown = http.get("/v1/assign/no-such-exp", params={"unit": "u1"})
