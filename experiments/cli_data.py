@@ -45,9 +45,9 @@ def _rows(path: Path, fmt: FileFormat) -> Iterator[Any]:
                 if times.dt.tz is None:
                     times = times.dt.tz_localize("UTC")
                 frame[column] = times.map(lambda t: None if pd.isna(t) else t.timestamp())
-        # An empty cell is a field left out (a column exists for every row), not a null sent.
-        for row in frame.astype(object).where(frame.notna(), None).to_dict(orient="records"):
-            yield {k: v for k, v in row.items() if v is not None}
+        # A null cell is a value not given, like an empty CSV cell: a column holds every row.
+        for record in frame.astype(object).where(frame.notna(), None).to_dict(orient="records"):
+            yield {k: v for k, v in record.items() if v is not None}
     elif fmt is FileFormat.JSONL:
         with path.open(encoding="utf-8-sig") as handle:  # -sig: tolerate a byte-order mark
             for number, line in enumerate(handle, 1):

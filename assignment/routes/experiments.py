@@ -85,6 +85,13 @@ def start_phase(name: str, state: StateDep, body: PhaseIn) -> dict[str, Any]:
     return record_data(record)
 
 
+ACTIONS = {
+    Action.START: "draft or paused → running.",
+    Action.PAUSE: "running → paused: everyone but the overrides gets the control variant.",
+    Action.STOP: "→ concluded with outcome stopped: final; a running rollout is rolled back.",
+}
+
+
 def _changer(action: Action) -> Callable[[str, ServiceState], dict[str, Any]]:
     def change(name: str, state: StateDep) -> dict[str, Any]:
         record = change_state(state.store, name, action, by="admin api")
@@ -96,11 +103,6 @@ def _changer(action: Action) -> Callable[[str, ServiceState], dict[str, Any]]:
     return change
 
 
-ACTIONS = {
-    Action.START: "draft or paused → running.",
-    Action.PAUSE: "running → paused: everyone but the overrides gets the control variant.",
-    Action.STOP: "→ concluded with outcome stopped: final; a running rollout is rolled back.",
-}
 # One route per action, not `/{name}/{action}`: that would also catch POST on the read-only
 # sub-routes (stats, report, ...) and answer 422 instead of 405.
 for _action in Action:
