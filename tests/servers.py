@@ -52,9 +52,11 @@ def start_service(
     """`abmesh serve` (the package's own, which the demo uses too) with the test tokens of
     every role, unless `tokens=False`; a token given as a setting (admin_token="t") wins."""
     roles = {f"{role.value}_token": token for role, token in TOKENS.items()} if tokens else {}
-    return localstack.start_service(
-        store_url, workdir, port, workers, insecure=insecure, **(roles | settings)
-    )
+    # The events deadline (0.5 s by default) sheds load on a busy machine: a test that is not
+    # about it gets a generous one, so a loaded CI host cannot turn an ingest into a 503.
+    generous = {"events_timeout": 30} | roles | settings
+    return localstack.start_service(store_url, workdir, port, workers, insecure=insecure,
+                                    **generous)  # fmt: skip
 
 
 def wait_until(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:

@@ -31,7 +31,7 @@ def test_a_hung_store_gets_fallbacks_and_503s_not_stalls(tmp_path: Path) -> None
     redis_server = start_redis(tmp_path / "redis")
     url = f"redis://127.0.0.1:{redis_server.port}/0"
     prepare(url)
-    svc = start_service(url, tmp_path)
+    svc = start_service(url, tmp_path, events_timeout=0.5)
     try:
         healthy = sample(svc.url, rounds=5, tag="before")
         print("\n" + table(healthy, "Redis answering"))
@@ -76,7 +76,7 @@ def test_a_hung_store_gets_fallbacks_and_503s_not_stalls(tmp_path: Path) -> None
 def test_a_locked_sqlite_store_gets_the_same_fallbacks(tmp_path: Path) -> None:
     path = tmp_path / "abmesh.db"
     prepare(f"sqlite:///{path}")
-    svc = start_service(f"sqlite:///{path}", tmp_path)
+    svc = start_service(f"sqlite:///{path}", tmp_path, events_timeout=0.5)
     other = sqlite3.connect(path, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")  # another process holds the write lock (busy wait: 10 s)
@@ -104,7 +104,8 @@ def test_a_cold_start_without_the_store_answers_503_until_configs_load(tmp_path:
     url = f"redis://127.0.0.1:{redis_server.port}/0"
     prepare(url)
     with hung(redis_server):
-        svc = start_service(url, tmp_path)  # the port opens although no config can load
+        # The port opens although no config can load.
+        svc = start_service(url, tmp_path, events_timeout=0.5)
         try:
             with httpx.Client(base_url=svc.url, timeout=GENEROUS, headers=auth(Role.ADMIN)) as http:
                 for r in (
