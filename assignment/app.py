@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if state.exposures.size:
                 log.error("%d exposures not written: the store is down", state.exposures.size)
             state.lookups.shutdown(wait=False)
+            state.api.shutdown(wait=False)
             state.writer.shutdown(wait=True)
             state.store.close()
 

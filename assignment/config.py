@@ -43,6 +43,9 @@ class Settings:
     # the unit is assigned by hash; an event batch (queue included), then 503 + Retry-After.
     sticky_timeout: float = 0.05
     events_timeout: float = 0.5
+    # Seconds the admin, data, report and verdict routes wait (store, queue and analysis), then
+    # 503 + Retry-After: under the 5 s webhook timeout Flagger users often set.
+    api_timeout: float = 4.0
     snapshot_interval: float = 300.0  # seconds between automatic snapshots; 0: none
     event_retention_days: float = 30.0  # raw events (and their ids) kept this long
     max_body_bytes: int = 1_048_576
@@ -112,6 +115,7 @@ class Settings:
             max_events=int(number("MAX_EVENTS", d.max_events, 1)),
             sticky_timeout=number("STICKY_TIMEOUT", d.sticky_timeout, 0.001),
             events_timeout=number("EVENTS_TIMEOUT", d.events_timeout, 0.001),
+            api_timeout=number("API_TIMEOUT", d.api_timeout, 0.001),
             snapshot_interval=number("SNAPSHOT_INTERVAL", d.snapshot_interval, 0),
             event_retention_days=number("EVENT_RETENTION_DAYS", d.event_retention_days, 0.001),
             max_body_bytes=int(number("MAX_BODY_BYTES", d.max_body_bytes, 1024)),

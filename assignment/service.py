@@ -28,6 +28,7 @@ T = TypeVar("T")
 # Sticky lookups are short I/O waits; more threads than this would only be blocked ones when
 # the store hangs (see assignment.deadline).
 LOOKUP_THREADS = 8
+API_THREADS = 8
 
 
 @dataclass
@@ -45,6 +46,9 @@ class ServiceState:
         self.writer = DeadlinePool(1, "abmesh-writer")
         # Sticky lookups and the configs an event batch needs, each under its deadline.
         self.lookups = DeadlinePool(LOOKUP_THREADS, "abmesh-lookup")
+        # The admin, data, report and verdict routes (assignment.routes.bounded): their own
+        # threads, so a hung store holds none of the sticky lookups' or the event loop's.
+        self.api = DeadlinePool(API_THREADS, "abmesh-api")
         self.warmed_up = False  # the analysis stack is imported and has run once
         self.sticky_failing = False  # the last sticky lookup fell back to the hash
         self.cache = ConfigCache(self.store)

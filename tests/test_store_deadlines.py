@@ -7,20 +7,43 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from assignment.auth import Role
 from assignment.deadline import DeadlinePool, StoreDeadlineError
+from experiments import EXAMPLES_DIR
 from tests.hung_store import PLAIN, STICKY, STICKY_HEADER, hung, prepare, sample, table
-from tests.servers import auth, start_redis, start_service, wait_until
+from tests.servers import TOKENS, auth, start_redis, start_service, wait_until
 
 GENEROUS = 5.0  # seconds: far above the deadlines (50 ms, 500 ms), far below the old stalls
 
 
 WRITER = auth(Role.WRITER)
+# Every route that reads or writes the store outside the assignment path (assignment.routes.
+# bounded): with the store hung they answer 503 within `api_timeout`, not the client's retries.
+EXAMPLE = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text())
+FLAGGER = {"name": PLAIN, "metadata": {"token": TOKENS[Role.ADMIN]}}
+BOUNDED_ROUTES = [
+    ("GET", "/v1/experiments", None),
+    ("GET", f"/v1/experiments/{PLAIN}", None),
+    ("GET", f"/v1/experiments/{PLAIN}/stats", None),
+    ("GET", f"/v1/experiments/{PLAIN}/snapshots", None),
+    ("GET", f"/v1/experiments/{PLAIN}/events", None),
+    ("GET", f"/v1/experiments/{PLAIN}/report", None),
+    ("GET", f"/v1/experiments/{PLAIN}/report.html", None),
+    ("GET", f"/v1/experiments/{PLAIN}/decision", None),
+    ("POST", "/v1/flagger/confirm-promotion", FLAGGER),
+    ("POST", "/v1/flagger/event", FLAGGER),
+    ("POST", f"/v1/experiments/{PLAIN}/pause", None),
+    ("POST", f"/v1/experiments/{PLAIN}/phase", {"phase": "p2"}),
+    ("PUT", f"/v1/experiments/{PLAIN}", {**EXAMPLE, "coverage": 0.5}),
+    ("DELETE", f"/v1/experiments/{PLAIN}", None),
+]
 
 
 def post_events(url: str, body: dict[str, object]) -> int:
@@ -31,7 +54,7 @@ def test_a_hung_store_gets_fallbacks_and_503s_not_stalls(tmp_path: Path) -> None
     redis_server = start_redis(tmp_path / "redis")
     url = f"redis://127.0.0.1:{redis_server.port}/0"
     prepare(url)
-    svc = start_service(url, tmp_path, events_timeout=0.5)
+    svc = start_service(url, tmp_path, events_timeout=0.5, api_timeout=1.0)
     try:
         healthy = sample(svc.url, rounds=5, tag="before")
         print("\n" + table(healthy, "Redis answering"))
@@ -40,6 +63,10 @@ def test_a_hung_store_gets_fallbacks_and_503s_not_stalls(tmp_path: Path) -> None
         with hung(redis_server):
             during = sample(svc.url, rounds=10, clients=2, tag="during")
             print(table(during, "Redis stopped (SIGSTOP)"))
+            bounded = send_bounded(svc.url)
+        for (method, path, _), (status, retry, took) in zip(BOUNDED_ROUTES, bounded, strict=True):
+            assert (status, retry) == (503, "1"), (method, path)
+            assert took < GENEROUS, (method, path, took)
         for name, rows in during.items():
             assert all(took < GENEROUS for _, took, _, _ in rows), name
         for route in ("GET /v1/assign (hash)", "GET /v1/assign (sticky)"):
@@ -71,6 +98,18 @@ def test_a_hung_store_gets_fallbacks_and_503s_not_stalls(tmp_path: Path) -> None
     finally:
         svc.stop()
         redis_server.stop()
+
+
+def send_bounded(url: str) -> list[tuple[int, str | None, float]]:
+    """(status, Retry-After, seconds) of each of BOUNDED_ROUTES, sent with the admin token."""
+    out = []
+    with httpx.Client(base_url=url, timeout=60, headers=auth(Role.ADMIN)) as http:
+        for method, path, body in BOUNDED_ROUTES:
+            start = time.perf_counter()
+            r = http.request(method, path, json=body)
+            out.append((r.status_code, r.headers.get("Retry-After"), time.perf_counter() - start))
+    print("bounded routes, seconds:", " ".join(f"{took:.2f}" for _, _, took in out))
+    return out
 
 
 def test_a_locked_sqlite_store_gets_the_same_fallbacks(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from fastapi import APIRouter, HTTPException, Query
 from assignment import collector
 from assignment.deps import ReaderDeps, StateDep, WriterDeps
 from assignment.models import ErrorOut, EventsIn, EventsOut
+from assignment.routes.bounded import bounded
 from experiments.reporting import phase_report
 
 router = APIRouter(prefix="/v1")
@@ -61,6 +62,7 @@ async def post_events(body: EventsIn, state: StateDep) -> dict[str, Any]:
 
 
 @router.get("/experiments/{name}/stats", tags=["stats"], responses=ERRORS, dependencies=ReaderDeps)
+@bounded
 def get_stats(name: str, state: StateDep, phase: str | None = None) -> dict[str, Any]:
     """Per-arm sufficient statistics of a phase (default: the current one)."""
     return phase_report(state.store, state.store.get_experiment(name), phase)
@@ -69,6 +71,7 @@ def get_stats(name: str, state: StateDep, phase: str | None = None) -> dict[str,
 @router.get(
     "/experiments/{name}/snapshots", tags=["stats"], responses=ERRORS, dependencies=ReaderDeps
 )
+@bounded
 def get_snapshots(name: str, state: StateDep, phase: str | None = None) -> dict[str, Any]:
     """The statistics as they were at each snapshot, oldest first."""
     state.store.get_experiment(name)  # 404 for an unknown experiment
@@ -82,6 +85,7 @@ def get_snapshots(name: str, state: StateDep, phase: str | None = None) -> dict[
 
 
 @router.get("/experiments/{name}/events", tags=["stats"], responses=ERRORS, dependencies=ReaderDeps)
+@bounded
 def get_events(
     name: str,
     state: StateDep,

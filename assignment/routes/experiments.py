@@ -1,19 +1,21 @@
 """Admin API for experiments: changes need the admin token; reading a spec and its status
 needs the reader token (/v1/configs gives readers the same records).
 
-Store calls block, so these are plain `def` routes (FastAPI runs them in its thread pool);
-every write refreshes this replica's config cache at once, others follow within one poll.
+Store calls block, so these are plain `def` routes run on the API pool under `api_timeout`
+(assignment.routes.bounded); every write refreshes this replica's config cache at once, others
+follow within one poll.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, Response
 
 from assignment.deps import AdminDeps, ReaderDeps, StateDep
 from assignment.models import ErrorOut, ExperimentOut, PhaseIn
+from assignment.routes.bounded import bounded
 from assignment.service import ServiceState
 from controlplane import lifecycle
 from controlplane.lifecycle import Action, apply_spec, change_state
@@ -29,11 +31,13 @@ SpecBody = Body(description="An experiment spec (the JSON form of the YAML spec)
 
 
 @router.get("", response_model=list[ExperimentOut], responses=ERRORS, dependencies=ReaderDeps)
+@bounded
 def list_experiments(state: StateDep) -> list[dict[str, Any]]:
     return [record_data(r) for r in state.store.list_experiments()]
 
 
 @router.get("/{name}", response_model=ExperimentOut, responses=ERRORS, dependencies=ReaderDeps)
+@bounded
 def get_experiment(
     name: str,
     state: StateDep,
@@ -45,6 +49,7 @@ def get_experiment(
 @router.post(
     "", status_code=201, response_model=ExperimentOut, responses=ERRORS, dependencies=AdminDeps
 )
+@bounded
 def create_experiment(state: StateDep, spec: dict[str, Any] = SpecBody) -> dict[str, Any]:
     """Create an experiment (409 if one of that name exists: use PUT to change it)."""
     parsed = spec_from_mapping(spec)
@@ -60,6 +65,7 @@ def create_experiment(state: StateDep, spec: dict[str, Any] = SpecBody) -> dict[
 
 
 @router.put("/{name}", response_model=ExperimentOut, responses=ERRORS, dependencies=AdminDeps)
+@bounded
 def put_experiment(
     name: str, response: Response, state: StateDep, spec: dict[str, Any] = SpecBody
 ) -> dict[str, Any]:
@@ -77,6 +83,7 @@ def put_experiment(
 @router.post(
     "/{name}/phase", response_model=ExperimentOut, responses=ERRORS, dependencies=AdminDeps
 )
+@bounded
 def start_phase(name: str, state: StateDep, body: PhaseIn) -> dict[str, Any]:
     """Start a new analysis phase: exposures and statistics start from zero in it (the old
     phase's stay readable)."""
@@ -92,7 +99,7 @@ ACTIONS = {
 }
 
 
-def _changer(action: Action) -> Callable[[str, ServiceState], dict[str, Any]]:
+def _changer(action: Action) -> Callable[[str, ServiceState], Awaitable[dict[str, Any]]]:
     def change(name: str, state: StateDep) -> dict[str, Any]:
         record = change_state(state.store, name, action, by="admin api")
         state.cache.refresh()
@@ -100,7 +107,7 @@ def _changer(action: Action) -> Callable[[str, ServiceState], dict[str, Any]]:
 
     change.__name__ = f"{action.value}_experiment"  # the OpenAPI operation id
     change.__doc__ = ACTIONS[action]
-    return change
+    return bounded(change)
 
 
 # One route per action, not `/{name}/{action}`: that would also catch POST on the read-only
@@ -113,6 +120,7 @@ for _action in Action:
 
 
 @router.delete("/{name}", status_code=204, responses=ERRORS, dependencies=AdminDeps)
+@bounded
 def delete_experiment(
     name: str,
     state: StateDep,

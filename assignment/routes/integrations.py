@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from assignment.auth import Role
 from assignment.deps import BEARER, ReaderDeps, StateDep, authorise, bearer_token
 from assignment.models import ErrorOut
+from assignment.routes.bounded import bounded, bounded_call
 from assignment.service import ServiceState
 
 router = APIRouter(tags=["integrations"])
@@ -61,6 +62,7 @@ def _verdict(state: ServiceState, name: str) -> dict[str, Any]:
 
 
 @router.get("/v1/experiments/{name}/decision", dependencies=ReaderDeps, responses=ERRORS)
+@bounded
 def decision(name: str, state: StateDep) -> dict[str, Any]:
     """The current verdict of the sequential test and the guardrails (one always-valid look)."""
     return _verdict(state, name)
@@ -73,11 +75,14 @@ async def flagger(
     hook: Hook, request: Request, state: StateDep, payload: Annotated[FlaggerPayload, Body()]
 ) -> JSONResponse:
     """200 means pass (advance, promote, or for `rollback`: roll back now); 412 means not."""
-    from starlette.concurrency import run_in_threadpool
-
     authorise(state.settings, Role.ADMIN, payload.metadata.get("token") or bearer_token(request))
+    # One deadline for the whole answer: Flagger's webhook timeout covers it all.
+    return await bounded_call(state, _answer, state, hook, payload)
+
+
+def _answer(state: ServiceState, hook: Hook, payload: FlaggerPayload) -> JSONResponse:
     name = payload.metadata.get("experiment") or payload.name
-    record = await run_in_threadpool(state.store.get_experiment, name)  # 404 if unknown
+    record = state.store.get_experiment(name)  # 404 if unknown
     if hook in RECORDED:
         entry = {
             "at": time.time(),
@@ -91,9 +96,9 @@ async def flagger(
             "phase": payload.phase,
             "checksum": payload.checksum,
         }
-        await run_in_threadpool(state.store.append_audit, record.uid, entry)
+        state.store.append_audit(record.uid, entry)
         return JSONResponse({"recorded": True})
-    verdict = await run_in_threadpool(_verdict, state, name)
+    verdict = _verdict(state, name)
     passed = {
         "confirm-rollout": verdict["decision"] not in ("rollback", "pause"),
         # Before the canary gets traffic: the experiment must be running, or its users would

@@ -1,5 +1,5 @@
 """`GET /v1/experiments/{name}/report` (JSON) and `/report.html` (a self-contained page),
-behind the reader token.  Building a report reads the store, so these are plain `def` routes."""
+behind the reader token.  Building a report reads the store, so these are `@bounded` routes."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse
 
 from assignment.deps import ReaderDeps, StateDep
 from assignment.models import ErrorOut
+from assignment.routes.bounded import bounded
 from experiments.report import build_report
 from experiments.report_html import render_html
 
@@ -18,11 +19,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in
 
 
 @router.get("/{name}/report", responses=ERRORS)
+@bounded
 def report(name: str, state: StateDep) -> dict[str, Any]:
     """The decision, metrics per arm, effects over time, traffic, guardrails and audit log."""
     return build_report(state.store, name)
 
 
 @router.get("/{name}/report.html", response_class=HTMLResponse, responses=ERRORS)
+@bounded
 def report_html(name: str, state: StateDep) -> HTMLResponse:
     return HTMLResponse(render_html(build_report(state.store, name)))
