@@ -3,6 +3,7 @@ that names what is wrong (never a 500, never a silent default)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
+from assignment.routes.strict_json import loads_unique
 from controlplane.lifecycle import Action, change_state
 from controlplane.routing.routers import ManifestsRouter
 from experiments import EXAMPLES_DIR, load_spec, strict_yaml
@@ -144,6 +147,43 @@ def test_an_undecodable_body_is_422(
     assert r.status_code == 422
     assert r.json()["problems"][0].startswith(problem)
     assert r.json()["error"].startswith(f"invalid request: {problem}")
+
+
+SPEC_JSON = json.dumps(yaml.safe_load(EXAMPLE_TEXT))
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "key"),
+    [
+        # A small coverage, then a second one further down that would enrol everyone.
+        (
+            "PUT",
+            "/v1/experiments/ranker-v2",
+            '{"coverage": 0.05, ' + SPEC_JSON[1:-1] + ', "coverage": 1}',
+            "coverage",
+        ),
+        ("POST", "/v1/experiments", '{"name": "a", "name": "b"}', "name"),
+        ("POST", "/v1/events", '{"events": [{"event_id": "d", "value": 1, "value": 9}]}', "value"),
+        ("POST", "/v1/assign", '{"units": ["u"], "units": ["v"]}', "units"),
+        ("POST", "/v1/flagger/rollout", '{"name": "x", "metadata": {"a": "1", "a": "2"}}', "a"),
+    ],
+)
+def test_a_json_body_repeating_a_key_is_422_and_changes_nothing(
+    http: httpx.Client, method: str, path: str, body: str, key: str
+) -> None:
+    before = http.get("/v1/experiments/ranker-v2").json()
+    r = http.request(method, path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    where = body.rfind(f'"{key}"')
+    problem = f"body: not valid JSON at character {where}: duplicate key {key!r}"
+    assert r.json()["problems"] == [problem]
+    assert http.get("/v1/experiments/ranker-v2").json() == before
+
+
+def test_strict_json_decodes_what_json_does() -> None:
+    doc = '{"a": [1, {"b": null, "c": "\u00e9"}], "d": {"a": 2}}'  # one key per object
+    assert loads_unique(doc) == json.loads(doc)
+    assert loads_unique(doc.encode()) == json.loads(doc)
 
 
 def _event(event_id: str, **fields: object) -> dict[str, object]:

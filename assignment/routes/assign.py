@@ -16,10 +16,11 @@ from assignment.models import (
     ErrorOut,
     assignment_body,
 )
+from assignment.routes.strict_json import StrictJSONRoute
 from assignment.service import ServiceState
 from experiments.errors import InvalidUnitError
 
-router = APIRouter(prefix="/v1", tags=["assign"])
+router = APIRouter(prefix="/v1", tags=["assign"], route_class=StrictJSONRoute)
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (401, 404, 422, 503)
 }

@@ -12,9 +12,10 @@ from assignment import collector
 from assignment.deps import ReaderDeps, StateDep, WriterDeps
 from assignment.models import ErrorOut, EventsIn, EventsOut
 from assignment.routes.bounded import bounded
+from assignment.routes.strict_json import StrictJSONRoute
 from experiments.reporting import phase_report
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", route_class=StrictJSONRoute)
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (401, 403, 404, 413, 422, 503)
 }

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Response
 from assignment.deps import AdminDeps, ReaderDeps, StateDep
 from assignment.models import ErrorOut, ExperimentOut, PhaseIn
 from assignment.routes.bounded import bounded
+from assignment.routes.strict_json import StrictJSONRoute
 from assignment.service import ServiceState
 from controlplane import lifecycle
 from controlplane.lifecycle import Action, apply_spec, change_state
@@ -23,7 +24,9 @@ from experiments.errors import NotFoundError
 from experiments.loader import spec_from_mapping
 from experiments.reporting import record_data
 
-router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
+router = APIRouter(
+    prefix="/v1/experiments", tags=["experiments"], route_class=StrictJSONRoute
+)
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (401, 403, 404, 409, 422, 503)
 }

@@ -25,9 +25,10 @@ from assignment.auth import Role
 from assignment.deps import BEARER, ReaderDeps, StateDep, authorise, bearer_token
 from assignment.models import ErrorOut
 from assignment.routes.bounded import bounded, bounded_call
+from assignment.routes.strict_json import StrictJSONRoute
 from assignment.service import ServiceState
 
-router = APIRouter(tags=["integrations"])
+router = APIRouter(tags=["integrations"], route_class=StrictJSONRoute)
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (401, 403, 404, 412, 422)
 }
