@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from assignment.auth import Role
 from assignment.config import Settings
+from assignment.openapi import describe
 from assignment.request_context import RequestIdMiddleware
 from assignment.routes import (
     assign,
@@ -102,7 +103,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.abmesh = state
     app.router.routes.append(
-        Route(extauthz.PATH_PREFIX + "/{path:path}", extauthz.AnyMethod(), include_in_schema=False)
+        Route(
+            extauthz.PATH_PREFIX + "/{path:anything}", extauthz.AnyMethod(), include_in_schema=False
+        )
     )
     for router in (
         assign.router,
@@ -115,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reports.router,
     ):
         app.include_router(router)
+    app.openapi = describe(app, settings)  # type: ignore[method-assign]
     _add_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(LatencyMiddleware, histogram=state.telemetry.latency)

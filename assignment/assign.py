@@ -160,6 +160,13 @@ def _check_unit(unit: str) -> None:
         raise InvalidUnitError(problem)
 
 
+def check_units(units: Sequence[str]) -> None:
+    for i, unit in enumerate(units):
+        problem = unit_problem(unit)
+        if problem is not None:
+            raise InvalidUnitError(f"units[{i}]: {problem}")
+
+
 def _lowered(c: _Compiled, headers: Mapping[str, str] | None) -> dict[str, str] | None:
     """Headers by lowercase name, or None when no header override could match."""
     if not headers or not c.header_overrides:
@@ -223,10 +230,7 @@ def assign_many(
     if isinstance(units, str):
         raise TypeError("units must be a sequence of unit ids, not one string")
     c = _compiled(spec)
-    for i, unit in enumerate(units):
-        problem = unit_problem(unit)
-        if problem is not None:
-            raise InvalidUnitError(f"units[{i}]: {problem}")
+    check_units(units)
     lowered = _lowered(c, headers)
     if not active:
         return [_forced(c, u, lowered) or c.inactive for u in units]

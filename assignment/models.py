@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from assignment.assign import Assignment
+from experiments.names import NAME_RE, UNIT_SCHEMA
 
 
 class HeaderOut(BaseModel):
@@ -38,7 +39,10 @@ def assignment_body(unit: str, a: Assignment) -> dict[str, Any]:
 class BatchAssignIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    units: list[str] = Field(min_length=1, description="Unit ids to assign.")
+    # The unit rules are documented, not enforced here: assign() names the broken rule.
+    units: list[Annotated[str, Field(json_schema_extra=UNIT_SCHEMA)]] = Field(
+        min_length=1, description="Unit ids to assign."
+    )
     experiments: list[str] | None = Field(
         default=None, min_length=1, description="Experiments to assign in; default: all running."
     )
@@ -64,7 +68,11 @@ class ExperimentOut(BaseModel):
 
 
 class PhaseIn(BaseModel):
-    phase: str = Field(description="The new phase's name, e.g. canary-2 or ab.")
+    # The pattern is documented, not enforced by pydantic: the store's check names the rule.
+    phase: str = Field(
+        description="The new phase's name, e.g. canary-2 or ab.",
+        json_schema_extra={"pattern": f"^{NAME_RE.pattern}$"},
+    )
 
 
 class ConfigsOut(BaseModel):

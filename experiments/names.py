@@ -50,6 +50,14 @@ RESERVED_HEADERS = frozenset(
 
 MAX_UNIT_BYTES = 256
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# What unit_problem accepts, for OpenAPI; a length in bytes has no JSON Schema keyword.
+UNIT_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_UNIT_BYTES,
+    "pattern": r"^[^\x00-\x1f\x7f-\x9f]+$",
+    "description": f"A unit id: at most {MAX_UNIT_BYTES} bytes of UTF-8, no control characters.",
+}
 
 
 def check_name(value: str, what: str = "name") -> str:

@@ -35,8 +35,8 @@ ROUTES: dict[tuple[str, str], str | Role] = {
     ("GET", "/docs"): OPEN,
     ("GET", "/docs/oauth2-redirect"): OPEN,
     ("GET", "/redoc"): OPEN,
-    ("*", "/v1/extauthz/{path:path}"): OPEN,
-    ("GET", "/v1/extauthz/{path:path}"): OPEN,
+    ("*", "/v1/extauthz/{path:anything}"): OPEN,
+    ("GET", "/v1/extauthz/{path:anything}"): OPEN,
     ("GET", "/v1/assign/{experiment}"): API_KEY,
     ("POST", "/v1/assign"): API_KEY,
     ("GET", "/v1/configs"): Role.READER,
@@ -139,30 +139,57 @@ def test_every_route_has_a_role(tmp_path: Path) -> None:
 
 
 def test_openapi_declares_the_schemes_and_what_each_route_needs(svc: Service) -> None:
-    schema = httpx.get(f"{svc.url}/openapi.json").json()
+    # As deployed: tokens for every role, no ABMESH_API_KEY, so assignment needs nothing.
+    assert_security(httpx.get(f"{svc.url}/openapi.json").json(), api_key=False)
+
+
+def test_openapi_requires_the_api_key_only_when_one_is_set(tmp_path: Path) -> None:
+    from assignment.app import create_app
+
+    store = f"sqlite:///{tmp_path / 'a.db'}"
+    keyed = create_app(Settings(store_url=store, api_key="k", **TOKEN_SETTINGS)).openapi()
+    assert_security(keyed, api_key=True)
+    open_ = create_app(Settings(store_url=store, insecure=True)).openapi()
+    assert "securitySchemes" not in open_["components"]
+    for operations in open_["paths"].values():
+        for operation in operations.values():
+            assert "security" not in operation
+            assert not {"401", "403"} & set(operation["responses"])
+
+
+TOKEN_SETTINGS = {f"{role.value}_token": token for role, token in TOKENS.items()}
+
+
+def assert_security(schema: dict[str, Any], *, api_key: bool) -> None:
     schemes = schema["components"]["securitySchemes"]
-    assert {name: (s["type"], s.get("scheme")) for name, s in schemes.items()} == {
+    expected_schemes = {
         "reader": ("http", "bearer"),
         "writer": ("http", "bearer"),
         "admin": ("http", "bearer"),
-        "apiKey": ("apiKey", None),
-    }
-    assert (schemes["apiKey"]["in"], schemes["apiKey"]["name"]) == ("header", "x-api-key")
+    } | ({"apiKey": ("apiKey", None)} if api_key else {})
+    assert {name: (s["type"], s.get("scheme")) for name, s in schemes.items()} == expected_schemes
+    if api_key:
+        assert (schemes["apiKey"]["in"], schemes["apiKey"]["name"]) == ("header", "x-api-key")
     documented = set()
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
-            route = (method.upper(), path.replace("{path}", "{path:path}"))
+            route = (method.upper(), path.replace("{path}", "{path:anything}"))
             documented.add(route)
-            need = ROUTES[route]
+            # The ext_authz check is documented under every method OpenAPI can name.
+            need = ROUTES[route] if route in ROUTES else ROUTES[("*", route[1])]
             expected = (
                 [{role.value: []} for role in need.holders]
                 if isinstance(need, Role)
                 else [{"apiKey": []}]
-                if need == API_KEY
+                if need == API_KEY and api_key
                 else None
             )
             assert operation.get("security") == expected, route
-    assert documented == {(m, p) for m, p in ROUTES if m != "*" and p not in DOCS}
+            assert ("401" in operation["responses"]) == (expected is not None), route
+    expected_routes = {(m, p) for m, p in ROUTES if m != "*" and p not in DOCS}
+    extauthz = "/v1/extauthz/{path:anything}"
+    methods = ("GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE")
+    assert documented == expected_routes | {(m, extauthz) for m in methods}
 
 
 def test_without_a_token_every_data_and_ingest_route_is_401(svc: Service) -> None:

@@ -224,3 +224,19 @@ def test_openapi_shows_what_ext_authz_and_metrics_really_answer(http: httpx.Clie
     metrics = paths["/metrics"]["get"]["responses"]["200"]
     assert list(metrics["content"]) == ["text/plain"]
     assert http.get("/metrics").headers["content-type"].startswith("text/plain")
+
+
+def test_ext_authz_answers_any_path_and_method(http: httpx.Client) -> None:
+    # A newline in the path (%0A) once missed the route: a 404, which Envoy turns into a denial.
+    for method, path in (("GET", "/v1/extauthz/a%0Ab"), ("QUERY", "/v1/extauthz/x"),
+                         ("PROPFIND", "/v1/extauthz/"), ("TRACE", "/v1/extauthz/%00")):  # fmt: skip
+        answer = http.request(method, path, headers={"x-user-id": "u-1"})
+        assert (answer.status_code, answer.content) == (200, b""), (method, path)
+        assert answer.headers["x-user-group"] in ("group-a", "group-b")
+
+
+def test_a_bad_unit_in_a_batch_is_422_naming_it(http: httpx.Client) -> None:
+    for experiments in (None, ["ranker-v2"]):
+        r = http.post("/v1/assign", json={"units": ["ok", "bad\u0000"], "experiments": experiments})
+        assert r.status_code == 422
+        assert r.json()["error"] == "units[1]: unit must not contain control characters"

@@ -8,6 +8,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
+from assignment.assign import check_units
 from assignment.deps import API_KEY_SECURITY, ApiKeyDeps, StateDep, check_api_key
 from assignment.models import (
     AssignmentOut,
@@ -19,6 +20,7 @@ from assignment.models import (
 from assignment.routes.strict_json import StrictJSONRoute
 from assignment.service import ServiceState
 from experiments.errors import InvalidUnitError
+from experiments.names import UNIT_SCHEMA
 
 router = APIRouter(prefix="/v1", tags=["assign"], route_class=StrictJSONRoute)
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -38,7 +40,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
                 "name": "unit",
                 "in": "query",
                 "required": True,
-                "schema": {"type": "string"},
+                "schema": UNIT_SCHEMA,
                 "description": "The unit id (user, session, device).",
             },
         ],
@@ -68,6 +70,7 @@ async def assign_unit(request: Request) -> Response:
 )
 async def assign_batch(body: BatchAssignIn, state: StateDep) -> Response:
     """Many units in one or more experiments (default: every running experiment)."""
+    check_units(body.units)  # a bad unit is a 422 even while no experiment runs
     if body.experiments is None:
         records = list(state.cache.current().running)
     else:

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 
 from fastapi import APIRouter, Request, Response
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.types import Receive, Scope, Send
 
 from assignment.assign import Assignment, Reason, forced_by_headers
@@ -23,13 +24,23 @@ from experiments.names import unit_problem
 from experiments.store import ExperimentRecord
 
 log = logging.getLogger("abmesh.extauthz")
+
+
+class AnythingConvertor(PathConvertor):
+    """Starlette's `path` stops at a newline (`.*`): a request for `/a%0Ab` would miss the
+    check and get a 404, which Envoy turns into a denial."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor("anything", AnythingConvertor())
 router = APIRouter(prefix="/v1", tags=["ext_authz"])
 PATH_PREFIX = "/v1/extauthz"
 _FORCED = (Reason.OVERRIDE_HEADER, Reason.OVERRIDE_UNIT)
 
 
 @router.get(
-    "/extauthz/{path:path}",
+    "/extauthz/{path:anything}",
     response_class=Response,  # no body: OpenAPI shows no content type
     responses={
         200: {

@@ -12,11 +12,12 @@ whether the store is reachable, not for a probe.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 
 from assignment.deps import StateDep
 
@@ -29,7 +30,20 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+class ReadyOut(BaseModel):
+    status: Literal["starting", "degraded", "ready"]
+    experiments: int
+    config_age_seconds: float | None
+    reasons: list[str]
+
+
+@router.get(
+    "/readyz",
+    responses={
+        200: {"model": ReadyOut, "description": "Ready (perhaps degraded: see reasons)."},
+        503: {"model": ReadyOut, "description": "Starting; or, when strict, degraded."},
+    },
+)
 async def readyz(state: StateDep, strict: bool = False) -> JSONResponse:
     """Ready once configs are loaded and the warm-up is done; `strict`: and currently fresh."""
     cache = state.cache

@@ -30,7 +30,7 @@ from assignment.service import ServiceState
 
 router = APIRouter(tags=["integrations"], route_class=StrictJSONRoute)
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (401, 403, 404, 412, 422)
+    code: {"model": ErrorOut} for code in (401, 403, 404, 412, 422, 503)
 }
 # Every webhook type Flagger has (pkg/apis/flagger/v1beta1: HookType).
 Hook = Literal["confirm-rollout", "pre-rollout", "rollout", "confirm-traffic-increase",

@@ -15,7 +15,9 @@ from experiments.report import build_report
 from experiments.report_html import render_html
 
 router = APIRouter(prefix="/v1/experiments", tags=["reports"], dependencies=ReaderDeps)
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 403, 404)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (401, 403, 404, 503)
+}
 
 
 @router.get("/{name}/report", responses=ERRORS)
