@@ -4,9 +4,11 @@ SIGSTOP (it accepts connections and never answers), against the same routes with
     python benchmarks/hung_store.py [--rounds 200] [--clients 4]
 
 Routes: GET /v1/assign of a hash-assigned and of a sticky experiment, the ext_authz check (both
-experiments), and POST /v1/events (one event).  Each client thread sends every route in turn
+experiments), POST /v1/events (one event) and GET /v1/experiments/NAME/stats (standing for the
+admin, data, report and verdict routes).  Each client thread sends every route in turn
 with a new unit each time.  One uvicorn worker with the default settings (sticky lookups wait
-50 ms, event batches 500 ms); clients share this machine's cores with the server and Redis.
+50 ms, event batches 500 ms, the other routes 4 s); clients share this machine's cores with
+the server and Redis.
 Times are printed, never asserted (tests/test_store_deadlines.py checks the answers).
 """
 

@@ -52,6 +52,8 @@ ROUTES: dict[str, Callable[[httpx.Client, str], httpx.Response]] = {
     "GET /v1/assign (sticky)": lambda http, unit: http.get(f"/v1/assign/{STICKY}?unit={unit}"),
     "ext_authz check": lambda http, unit: http.get("/v1/extauthz/p", headers={"x-user-id": unit}),
     "POST /v1/events": lambda http, unit: http.post("/v1/events", json={"events": [_event(unit)]}),
+    # One of the admin, data and report routes, which wait ABMESH_API_TIMEOUT (4 s) at most.
+    "GET /v1/experiments/…/stats": lambda http, unit: http.get(f"/v1/experiments/{PLAIN}/stats"),
 }
 
 
@@ -72,8 +74,8 @@ def sample(base_url: str, rounds: int, clients: int = 1, tag: str = "u") -> Samp
     lock = threading.Lock()
 
     def client(c: int) -> None:
-        # The writer's token for the events (the assignment routes need none).
-        with httpx.Client(base_url=base_url, timeout=60, headers=auth(Role.WRITER)) as http:
+        # The admin's token, which opens the events and the statistics (assignment needs none).
+        with httpx.Client(base_url=base_url, timeout=60, headers=auth(Role.ADMIN)) as http:
             for i in range(rounds):
                 for name, send in ROUTES.items():
                     start = time.perf_counter()
@@ -98,12 +100,12 @@ def quantile(values: list[float], q: float) -> float:
 
 
 def table(samples: Sample, title: str) -> str:
-    lines = [title, f"{'route':26} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  statuses"]
+    lines = [title, f"{'route':28} {'n':>5} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  statuses"]
     for name, rows in samples.items():
         ms = [1000 * took for _, took, _, _ in rows]
         statuses = sorted({status for status, _, _, _ in rows})
         lines.append(
-            f"{name:26} {len(ms):>5} {quantile(ms, 0.5):>8.1f} {quantile(ms, 0.99):>8.1f}"
+            f"{name:28} {len(ms):>5} {quantile(ms, 0.5):>8.1f} {quantile(ms, 0.99):>8.1f}"
             f" {max(ms):>8.1f}  {','.join(map(str, statuses))}"
         )
     return "\n".join(lines)

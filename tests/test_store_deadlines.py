@@ -78,9 +78,10 @@ def test_a_hung_store_gets_fallbacks_and_503s_not_stalls(tmp_path: Path) -> None
             assert status == 200
             assert "x-user-group" in headers  # both experiments still route their units
             assert STICKY_HEADER in headers
-        for status, _, headers, body in during["POST /v1/events"]:
-            assert (status, headers["Retry-After"]) == (503, "1")
-            assert "store" in body["error"]
+        for route in ("POST /v1/events", "GET /v1/experiments/…/stats"):
+            for status, _, headers, body in during[route]:
+                assert (status, headers["Retry-After"]) == (503, "1"), route
+                assert "store" in body["error"]
         # Continued: the store is used again, the refused batch goes in on a resend.
         resend = {"events": [{"event_id": "again", "experiment": PLAIN, "unit": "during-0-0",
                               "metric": "click"}]}  # fmt: skip
