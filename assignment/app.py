@@ -147,6 +147,9 @@ def _warn_about_access(settings: Settings) -> None:
 
 
 async def _warm_up(state: ServiceState) -> None:
+    if not state.settings.warmup:
+        state.warmed_up = True
+        return
     try:
         seconds = await asyncio.to_thread(warm_up)
     except Exception:  # a bug: the routes that need the stack will show it; assignment works

@@ -46,6 +46,9 @@ class Settings:
     # Seconds the admin, data, report and verdict routes wait (store, queue and analysis), then
     # 503 + Retry-After: under the 5 s webhook timeout Flagger users often set.
     api_timeout: float = 4.0
+    # Import and exercise the analysis stack before /readyz turns ready (assignment.warmup);
+    # off: ready at once, the first verdict or report pays for it (tests, one-off local runs).
+    warmup: bool = True
     snapshot_interval: float = 300.0  # seconds between automatic snapshots; 0: none
     event_retention_days: float = 30.0  # raw events (and their ids) kept this long
     max_body_bytes: int = 1_048_576
@@ -105,6 +108,7 @@ class Settings:
             reader_token=tokens[Role.READER],
             writer_token=tokens[Role.WRITER],
             insecure=_flag("ABMESH_INSECURE", text("INSECURE")),
+            warmup=text("WARMUP") is None or _flag("ABMESH_WARMUP", text("WARMUP")),
             api_key=text("API_KEY"),
             refresh_interval=number("REFRESH_INTERVAL", d.refresh_interval, 0.05),
             exposure_flush_interval=number(

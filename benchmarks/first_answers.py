@@ -64,7 +64,7 @@ def prepare(url: str) -> None:
 def one_start(url: str, workdir: Path) -> list[tuple[str, float, int]]:
     rows: list[tuple[str, float, int]] = []
     began = time.perf_counter()
-    service = start_service(url, workdir, admin_token=TOKEN)
+    service = start_service(url, workdir, admin_token=TOKEN, warmup=1)  # what is measured
     rows.append(("start -> /healthz 200", time.perf_counter() - began, 200))
     worst = {"before ready": 0.0, "after ready": 0.0}
     phase, stop = ["before ready"], threading.Event()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture
-def redis_store_url(redis_url: str) -> Iterator[str]:
+@contextmanager
+def _prefixed(redis_url: str) -> Iterator[str]:
+    """A store URL on the Redis at `redis_url` with a key prefix of its own, deleted after."""
     prefix = f"abmesh-test-{uuid.uuid4().hex[:12]}:"
     yield f"{redis_url}?prefix={prefix}"
     client = redis.Redis.from_url(redis_url)
@@ -57,6 +59,12 @@ def redis_store_url(redis_url: str) -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture
+def redis_store_url(redis_url: str) -> Iterator[str]:
+    with _prefixed(redis_url) as url:
+        yield url
 
 
 @pytest.fixture
@@ -68,6 +76,19 @@ def sqlite_store_url(tmp_path: Path) -> str:
 def store_url(request: pytest.FixtureRequest) -> str:
     url: str = request.getfixturevalue(f"{request.param}_store_url")
     return url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def module_store_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """One store of each backend for a whole module: for tests that share a service because
+    none of them needs a fresh one (each would otherwise start its own, seconds apiece)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('module-store') / 'abmesh.db'}"
+        return
+    with _prefixed(request.getfixturevalue("redis_url")) as url:
+        yield url
 
 
 @pytest.fixture

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,9 +86,11 @@ def setup(store_url: str) -> Iterator[tuple[str, Store, dict[str, str]]]:
     store.close()
 
 
-@pytest.fixture
-def svc(setup: tuple[str, Store, dict[str, str]], tmp_path: Path) -> Iterator[Service]:
-    service = start_service(setup[0], tmp_path)
+@pytest.fixture(scope="module")
+def svc(module_store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """One service per backend for the validation tests: none needs a fresh store."""
+    prepare(module_store_url)
+    service = start_service(module_store_url, tmp_path_factory.mktemp("events"))
     yield service
     service.stop()
 
@@ -266,7 +270,7 @@ BAD = [
 @pytest.mark.parametrize(("item", "message"), BAD, ids=[m for _, m in BAD])
 def test_bad_items_are_rejected_alone(svc: Service, item: Any, message: str) -> None:
     good = {
-        "event_id": f"good-{abs(hash(message))}",
+        "event_id": f"good-{uuid.uuid4().hex}",  # the service is shared: new every time
         "experiment": "ranker-v2",
         "unit": "user-1",
         "metric": "click",
@@ -294,7 +298,18 @@ def test_bad_batches(svc: Service, body: Any, status: int, message: str) -> None
     assert message in r.json()["error"]
 
 
+REJECTED_VALUES = re.compile(
+    r'^abmesh_events_total\{outcome="rejected",reason="value"\} (\S+)$', re.MULTILINE
+)
+
+
+def rejected_values(svc: Service) -> float:
+    found = REJECTED_VALUES.search(httpx.get(f"{svc.url}/metrics").text)
+    return float(found.group(1)) if found else 0.0
+
+
 def test_nan_and_infinity_are_rejected(svc: Service) -> None:
+    before = rejected_values(svc)  # the service is shared: other tests' rejections count too
     raw = (
         '{"events": [{"event_id": "n1", "experiment": "ranker-v2", "unit": "u", '
         '"metric": "revenue", "value": NaN}, {"event_id": "n2", "experiment": "ranker-v2",'
@@ -310,8 +325,7 @@ def test_nan_and_infinity_are_rejected(svc: Service) -> None:
         "events[0].value: must be finite, got nan",
         "events[1].value: must be finite, got -inf",
     ]
-    metrics = httpx.get(f"{svc.url}/metrics").text
-    assert 'abmesh_events_total{outcome="rejected",reason="value"} 2.0' in metrics
+    assert rejected_values(svc) == before + 2
 
 
 def test_raw_events_and_snapshots_for_notebooks(

@@ -21,22 +21,32 @@ TOKEN = "s3cret-token"
 EXAMPLE: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text())
 
 
-@pytest.fixture
-def service(tmp_path: Path, store_url: str) -> Iterator[Service]:
+def serve(store_url: str, workdir: Path) -> Service:
+    """ranker-v2 running and draft-exp a draft, on a service of their own."""
     store = open_store(store_url)
     store.put_experiment(load_spec(EXAMPLE))
     change_state(store, "ranker-v2", Action.START)
     store.put_experiment(load_spec({**EXAMPLE, "name": "draft-exp"}))
     store.close()
-    svc = start_service(store_url, tmp_path, admin_token=TOKEN, refresh_interval=0.2)
-    yield svc
-    svc.stop()
+    return start_service(store_url, workdir, admin_token=TOKEN, refresh_interval=0.2)
+
+
+@pytest.fixture(scope="module")
+def http(module_store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """Shared by the tests that change no experiment (each would otherwise start a service)."""
+    service = serve(module_store_url, tmp_path_factory.mktemp("service"))
+    with httpx.Client(base_url=service.url, timeout=10) as client:
+        yield client
+    service.stop()
 
 
 @pytest.fixture
-def http(service: Service) -> Iterator[httpx.Client]:
+def fresh_http(store_url: str, tmp_path: Path) -> Iterator[httpx.Client]:
+    """For the tests that change experiments."""
+    service = serve(store_url, tmp_path)
     with httpx.Client(base_url=service.url, timeout=10) as client:
         yield client
+    service.stop()
 
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -164,20 +174,20 @@ def test_admin_needs_the_bearer_token(http: httpx.Client) -> None:
     assert [e["name"] for e in listing.json()] == ["draft-exp", "ranker-v2"]
 
 
-def test_admin_create_update_and_lifecycle(http: httpx.Client) -> None:
+def test_admin_create_update_and_lifecycle(fresh_http: httpx.Client) -> None:
     spec = {**EXAMPLE, "name": "new-exp"}
-    created = http.post("/v1/experiments", json=spec, headers=ADMIN)
+    created = fresh_http.post("/v1/experiments", json=spec, headers=ADMIN)
     assert created.status_code == 201
     assert (created.json()["generation"], created.json()["status"]["state"]) == (1, "draft")
-    assert http.post("/v1/experiments", json=spec, headers=ADMIN).status_code == 409
+    assert fresh_http.post("/v1/experiments", json=spec, headers=ADMIN).status_code == 409
     changed = {
         **spec,
         "variants": [{**v, "weight": w} for v, w in zip(spec["variants"], (90, 10), strict=True)],
     }
-    updated = http.put("/v1/experiments/new-exp", json=changed, headers=ADMIN)
+    updated = fresh_http.put("/v1/experiments/new-exp", json=changed, headers=ADMIN)
     assert (updated.status_code, updated.json()["generation"]) == (200, 2)
     assert (
-        http.put(
+        fresh_http.put(
             "/v1/experiments/brand-new", json={**spec, "name": "brand-new"}, headers=ADMIN
         ).status_code
         == 201
@@ -188,26 +198,22 @@ def test_admin_create_update_and_lifecycle(http: httpx.Client) -> None:
         ("start", "running"),
         ("stop", "concluded"),
     ):
-        r = http.post(f"/v1/experiments/new-exp/{action}", headers=ADMIN)
+        r = fresh_http.post(f"/v1/experiments/new-exp/{action}", headers=ADMIN)
         assert (r.status_code, r.json()["status"]["state"]) == (200, state)
     assert r.json()["status"]["outcome"] == "stopped"
-    refused = http.post("/v1/experiments/new-exp/start", headers=ADMIN)
+    refused = fresh_http.post("/v1/experiments/new-exp/start", headers=ADMIN)
     assert refused.status_code == 409
     assert "cannot start an experiment that is concluded" in refused.json()["error"]
-    assert http.post("/v1/experiments/new-exp/explode", headers=ADMIN).status_code == 404
-    assert (
-        http.get("/v1/experiments/new-exp", params={"revision": 1}, headers=ADMIN).json()["spec"][
-            "variants"
-        ][1]["weight"]
-        == 50
-    )
-    assert http.delete("/v1/experiments/brand-new", headers=ADMIN).status_code == 204
-    assert http.get("/v1/experiments/brand-new", headers=ADMIN).status_code == 404
+    assert fresh_http.post("/v1/experiments/new-exp/explode", headers=ADMIN).status_code == 404
+    first = fresh_http.get("/v1/experiments/new-exp", params={"revision": 1}, headers=ADMIN)
+    assert first.json()["spec"]["variants"][1]["weight"] == 50
+    assert fresh_http.delete("/v1/experiments/brand-new", headers=ADMIN).status_code == 204
+    assert fresh_http.get("/v1/experiments/brand-new", headers=ADMIN).status_code == 404
 
 
-def test_admin_changes_reach_the_assign_endpoint_at_once(http: httpx.Client) -> None:
-    assert http.post("/v1/experiments/draft-exp/start", headers=ADMIN).status_code == 200
-    body = http.get("/v1/assign/draft-exp", params={"unit": "user-1"}).json()
+def test_admin_changes_reach_the_assign_endpoint_at_once(fresh_http: httpx.Client) -> None:
+    assert fresh_http.post("/v1/experiments/draft-exp/start", headers=ADMIN).status_code == 200
+    body = fresh_http.get("/v1/assign/draft-exp", params={"unit": "user-1"}).json()
     assert body["reason"] == "hash"
 
 
@@ -248,14 +254,21 @@ def test_health_readiness_and_metrics(http: httpx.Client) -> None:
         "ready",
         2,
     )
+    variant = assign(load_spec(EXAMPLE), "user-42").variant
+    counter = f'abmesh_assignments_total{{experiment="ranker-v2",variant="{variant}"}} '
+    before = _metric(http, counter)  # the service is shared: other tests assign too
     http.get("/v1/assign/ranker-v2", params={"unit": "user-42"})
     metrics = http.get("/metrics").text
-    variant = assign(load_spec(EXAMPLE), "user-42").variant
-    assert f'abmesh_assignments_total{{experiment="ranker-v2",variant="{variant}"}} 1.0' in metrics
+    assert _metric(http, counter) == before + 1
     assert 'route="/v1/assign/{experiment}"' in metrics
     assert "abmesh_config_age_seconds" in metrics
     assert "abmesh_config_age_seconds " in metrics
     assert "# TYPE abmesh_store_errors_total counter" in metrics
+
+
+def _metric(http: httpx.Client, line_start: str) -> float:
+    lines = [x for x in http.get("/metrics").text.splitlines() if x.startswith(line_start)]
+    return float(lines[0].removeprefix(line_start)) if lines else 0.0
 
 
 def test_odd_requests_get_json_errors(http: httpx.Client) -> None:

@@ -266,9 +266,13 @@ def test_extauthz_forcing_header_and_unenrolled_units(authz: Any) -> None:
 
 
 def test_serve_runs_on_the_embedded_default_store(tmp_path: Path) -> None:
-    svc = start_service(None, tmp_path)  # no store configured, nothing else running
+    # As deployed: no store configured, nothing else running, and the warm-up (the other tests'
+    # services skip it) done before /readyz turns ready.
+    svc = start_service(None, tmp_path, warmup=1, log_level="info")
     try:
-        wait_until(lambda: httpx.get(f"{svc.url}/readyz").json()["status"] == "ready", "readyz")
+        wait_until(lambda: httpx.get(f"{svc.url}/readyz").json()["status"] == "ready", "readyz",
+                   timeout=120)  # fmt: skip
+        assert "analysis stack warmed up in" in svc.output()
         assert (tmp_path / "abmesh.db").exists()
         r = httpx.get(f"{svc.url}/v1/assign/none", params={"unit": "u"})
         assert r.status_code == 404
