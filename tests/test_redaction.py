@@ -158,8 +158,10 @@ def test_the_cli_with_a_wrong_or_missing_password(locked: Process, password: str
 
 
 def _bodies(service: Service) -> list[str]:
-    """What anyone may read (/readyz, unauthenticated) and what an admin call answers."""
-    ready = httpx.get(f"{service.url}/readyz", timeout=10)
+    """What anyone may read (/readyz, unauthenticated: strict, which answers 503 with the
+    store's error while the plain probe stays ready on cached configs) and what an admin
+    call answers."""
+    ready = httpx.get(f"{service.url}/readyz", params={"strict": "true"}, timeout=10)
     admin = httpx.get(f"{service.url}/v1/experiments", headers=ADMIN, timeout=10)
     assert (ready.status_code, admin.status_code) == (503, 503)
     return [ready.text, admin.text]
@@ -190,7 +192,9 @@ def test_the_service_with_the_store_down(tmp_path: Path, where: str) -> None:
         up = httpx.get(f"{service.url}/v1/experiments", headers=ADMIN, timeout=10)
         assert up.status_code == 200, up.text
         server.stop()
-        wait_until(lambda: httpx.get(f"{service.url}/readyz").status_code == 503, "not ready")
+        strict = {"strict": "true"}
+        wait_until(lambda: httpx.get(f"{service.url}/readyz", params=strict).status_code == 503,
+                   "strict readiness to see the outage")  # fmt: skip
         bodies = _bodies(service)
         assert "Redis store 'redis://" in bodies[1]
     finally:
