@@ -1,6 +1,7 @@
-"""The control plane's part of the store contract, on SQLite and a real Redis server: the
-status (compare-and-set with its audit entries in one write, keyed by uid), versioned state
-documents, the audit log, leases under contention, delete and re-create, old stores."""
+"""The control plane's part of the store contract, on SQLite, a real Redis server and a real
+Redis Cluster: the status (compare-and-set with its audit entries in one write, keyed by uid),
+versioned state documents, the audit log, leases under contention, delete and re-create, old
+stores."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import redis
 
 from experiments.errors import ConflictError, NotFoundError
 from experiments.loader import dump_spec, load_spec
 from experiments.status import Outcome, State
 from experiments.store import Store, open_store
+from experiments.store.redis import RedisStore
 
 SPEC = load_spec(
     {
@@ -126,17 +127,15 @@ def test_an_sqlite_store_of_schema_2_is_migrated(tmp_path: Path) -> None:
 
 def test_a_redis_store_written_before_status_documents_still_reads(redis_store_url: str) -> None:
     store = open_store(redis_store_url)
+    assert isinstance(store, RedisStore)
     store.put_experiment(SPEC)
-    prefix = redis_store_url.split("prefix=")[1]
-    client = redis.Redis.from_url(redis_store_url.split("?")[0], decode_responses=True)
     meta = {"revision": 1, "status": "running", "phase": "ab-2", "created_at": 1.0,
             "updated_at": 2.0}  # fmt: skip
-    client.hset(f"{prefix}experiments", "exp", json.dumps(meta))
+    store.client.hset(store.catalog_key("experiments"), "exp", json.dumps(meta))
     record = store.get_experiment("exp")
     assert (record.uid, record.state, record.phase) == ("exp", State.RUNNING, "ab-2")
     new = store.commit_status("exp", replace(record.status, state=State.PAUSED), expected_version=0)
     assert new.state is State.PAUSED
-    client.close()
     store.close()
 
 
@@ -239,11 +238,9 @@ def test_a_spec_stored_before_a_field_existed_is_the_same_spec(store: Store) -> 
         db.commit()
         db.close()
     else:
-        prefix = store.url.split("prefix=")[1]
-        client = redis.Redis.from_url(store.url.split("?")[0], decode_responses=True)
-        key = f"{prefix}exp:exp:revisions"
-        client.hset(key, "1", json.dumps({"spec": json.dumps(old), "created_at": 1.0}))
-        client.close()
+        assert isinstance(store, RedisStore)
+        key = store.catalog_key("exp:exp:revisions")
+        store.client.hset(key, "1", json.dumps({"spec": json.dumps(old), "created_at": 1.0}))
     again = store.put_experiment(with_rollout)
     assert not again.changed
     assert again.record.generation == 1

@@ -1,7 +1,8 @@
 """Stores: where experiments, sticky records (and later events, stats and state) live.
 
 `open_store(url)` picks the backend from the URL scheme and refuses unknown ones:
-`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, `redis://host:port/db[?prefix=p:]`.
+`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, `redis://host:port/db[?prefix=p:]`,
+`redis+cluster://host:port[,host:port...][/?prefix=p:]` (a Redis Cluster; see `redis_base`).
 A Redis password may be in the URL or in ABMESH_STORE_PASSWORD[_FILE]; no message ever shows
 it (`credentials.redact`).
 """
@@ -63,6 +64,7 @@ _BACKENDS: dict[str, Callable[[str], Store]] = {
     "sqlite": _open_sqlite,
     "redis": _open_redis,
     "rediss": _open_redis,
+    "redis+cluster": _open_redis,
 }
 
 

@@ -1,15 +1,30 @@
-"""Redis store: for production and several service replicas.
+"""Redis store: for production and several service replicas, on one server or a Redis Cluster.
 
 This part holds experiments and sticky records; `redis_stats` the exposures, events and
-statistics; `redis_base` the connection.  Key layout under a prefix (default `abmesh:`;
-`?prefix=` in the URL):
-  {p}experiments                  hash  name -> JSON {revision, created_at, updated_at, status}
-  {p}exp:{name}:revisions         hash  revision -> JSON {spec, created_at}
-  {p}epoch                        counter bumped on every experiment write
-  {p}sticky:{experiment}:{salt}   hash  unit -> variant
-Experiment writes are optimistic transactions (WATCH the index, re-read, MULTI), so the layer
-overlap check, the revision bump and a status's compare-and-set (with its audit entries) are
-atomic against other replicas and controllers.
+statistics; `redis_control` the controller's state, leases and audit logs; `redis_base` the
+connection.  Key layout under a prefix p (default `abmesh:`; `?prefix=` in the URL):
+  {p}experiments                 hash  name -> JSON {revision, created_at, updated_at, status}
+  {p}exp:{name}:revisions        hash  revision -> JSON {spec, created_at}
+  {p}epoch                       counter bumped on every experiment write
+  {p<experiment>}:sticky:{salt}  hash  unit -> variant
+The braces are Redis hash tags: on a cluster a key's slot depends on the tagged part only.
+
+Why two tags.  A spec write reads every experiment (the layer overlap check) and writes the
+index, a revision and the epoch; a status commit writes the index, an audit log and the
+epoch; a delete drops the index entry, the revisions, the state documents, leases and audit
+logs.  Each is one optimistic transaction (WATCH the index, re-read, MULTI), so the overlap
+check, the revision bump and a status's compare-and-set (with its audit entries) are atomic
+against other replicas and controllers — and a cluster runs a transaction only on keys of one
+slot.  So all of those, the catalog, share the tag {p}: one slot per prefix, written only when
+an experiment or its status changes.  The high-volume keys (sticky records, exposures,
+events, statistics) take the experiment's tag, so experiments spread over the cluster and
+every fold is a transaction within one slot.  The one operation that spans both is a delete:
+it removes the experiment's data keys first and then, in one catalog transaction, the
+experiment itself.  Interrupted, the experiment is still listed and the delete can be run
+again; nothing of a listed experiment is left half written.
+
+This layout replaced one without hash tags (issue 15): keys written by the old layout are not
+read, and no migration is provided.
 """
 
 from __future__ import annotations
@@ -51,16 +66,16 @@ class RedisStore(RedisStats, RedisControl):
         self._sticky_script = self.client.register_script(_PUT_STICKY)
 
     def _revisions(self, name: str) -> str:
-        return f"{self.prefix}exp:{name}:revisions"
+        return self.catalog_key(f"exp:{name}:revisions")
 
     def _sticky(self, experiment: str, salt: str) -> str:
-        return f"{self.prefix}sticky:{experiment}:{salt}"
+        return self.experiment_key(experiment, f"sticky:{salt}")
 
     # experiments
 
     def put_experiment(self, spec: ExperimentSpec, *, react: Reaction | None = None) -> PutResult:
         text = dump_spec(spec)
-        with self._guard(), self.client.pipeline() as pipe:
+        with self._guard(), self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     pipe.watch(self._index)
@@ -145,7 +160,7 @@ class RedisStore(RedisStats, RedisControl):
     ) -> ExperimentRecord:
         new = replace(status, version=expected_version + 1)
         entries = [_audit_item(e) for e in audit]
-        with self._guard(), self.client.pipeline() as pipe:
+        with self._guard(), self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:
                     pipe.watch(self._index)
@@ -169,25 +184,30 @@ class RedisStore(RedisStats, RedisControl):
         return self.get_experiment(name)
 
     def delete_experiment(self, name: str, *, keep_history: bool = False) -> str:
-        with self._guard(), self.client.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(self._index)
-                    raw = pipe.hget(self._index, name)
-                    if raw is None:
-                        raise NotFoundError(f"experiment {name!r} does not exist")
-                    uid = _status(name, json.loads(raw)).uid
-                    sticky = list(pipe.scan_iter(match=self._sticky(name, "*"), count=500))
-                    stats = self.stats_keys(pipe, name)
-                    derived = self.uid_keys(pipe, uid, keep_history=keep_history)
-                    pipe.multi()
-                    pipe.hdel(self._index, name)
-                    pipe.delete(self._revisions(name), *sticky, *stats, *derived)
-                    pipe.incr(self._epoch)
-                    pipe.execute()
-                    return uid
-                except redis.WatchError:
-                    continue
+        with self._guard():
+            self._meta(name)
+            # The data first, the catalog last (see the module docstring): a cluster cannot
+            # delete both in one transaction.
+            data = list(self.client.scan_iter(match=self.experiment_key(name, "*"), count=500))
+            if data:
+                self.client.delete(*data)
+            with self.client.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        pipe.watch(self._index)
+                        raw = pipe.hget(self._index, name)
+                        if raw is None:
+                            raise NotFoundError(f"experiment {name!r} does not exist")
+                        uid = _status(name, json.loads(raw)).uid
+                        derived = self.uid_keys(uid, keep_history=keep_history)
+                        pipe.multi()
+                        pipe.hdel(self._index, name)
+                        pipe.delete(self._revisions(name), *derived)
+                        pipe.incr(self._epoch)
+                        pipe.execute()
+                        return uid
+                    except redis.WatchError:
+                        continue
 
     def config_epoch(self) -> int:
         with self._guard():

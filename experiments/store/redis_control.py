@@ -1,6 +1,8 @@
 """Redis part of the store for the rollout controller.  Each write is one Lua script, so the
 compare-and-set of a state document and the check-and-take of a lease are atomic on the server
-whatever the number of controllers."""
+whatever the number of controllers.  Its keys (`{p}control:K`, `{p}lease:N`, `{p}audit:UID`)
+are in the catalog's slot (see `redis`): a status commit appends to an audit log and a delete
+drops an experiment's documents in the same transaction as the experiment index."""
 
 from __future__ import annotations
 
@@ -32,15 +34,13 @@ return 1
 class RedisControl(RedisBase):
     def get_control(self, key: str) -> tuple[dict[str, Any] | None, int]:
         with self._guard():
-            doc, version = self.client.hmget(f"{self.prefix}control:{key}", "doc", "version")
+            doc, version = self.client.hmget(self._control(key), "doc", "version")
         return (json.loads(doc), int(version)) if doc is not None else (None, 0)
 
     def put_control(self, key: str, doc: dict[str, Any], expected_version: int) -> int:
         text = json.dumps(doc, allow_nan=False)
         with self._guard():
-            result = int(
-                self.client.eval(_PUT, 1, f"{self.prefix}control:{key}", expected_version, text)
-            )
+            result = int(self.client.eval(_PUT, 1, self._control(key), expected_version, text))
         if result < 0:
             raise ConflictError(
                 f"state {key!r} is at version {-1 - result}, not {expected_version}:"
@@ -48,8 +48,11 @@ class RedisControl(RedisBase):
             )
         return result
 
+    def _control(self, key: str) -> str:
+        return self.catalog_key(f"control:{key}")
+
     def audit_key(self, uid: str) -> str:
-        return f"{self.prefix}audit:{uid}"
+        return self.catalog_key(f"audit:{uid}")
 
     def append_audit(self, uid: str, entry: dict[str, Any]) -> None:
         text = json.dumps({"at": time.time(), "entry": entry}, allow_nan=False)
@@ -62,32 +65,32 @@ class RedisControl(RedisBase):
         return [json.loads(r)["entry"] for r in rows]
 
     def lease_holders(self, prefix: str) -> dict[str, str]:
-        head = f"{self.prefix}lease:"
+        head = self.catalog_key("lease:")
         with self._guard():
             keys = list(self.client.scan_iter(match=f"{head}{_glob_escape(prefix)}*", count=500))
             owners = self.client.mget(keys) if keys else []
         # A lease that expired between the scan and the read reads as None: not held.
         return {k[len(head) :]: o for k, o in zip(keys, owners, strict=True) if o is not None}
 
-    def uid_keys(self, conn: Any, uid: str, *, keep_history: bool) -> list[str]:
+    def uid_keys(self, uid: str, *, keep_history: bool) -> list[str]:
         """The keys kept under an experiment's uid: its state documents and leases (keys
         equal to the uid or starting with `uid#`) and, unless kept, its audit log."""
-        found = [f"{self.prefix}control:{uid}"]
+        found = [self._control(uid)]
         for kind in ("control", "lease"):
-            pattern = f"{self.prefix}{kind}:{_glob_escape(uid)}#*"
-            found += conn.scan_iter(match=pattern, count=500)
+            pattern = _glob_escape(self.catalog_key(f"{kind}:{uid}")) + "#*"
+            found += self.client.scan_iter(match=pattern, count=500)
         return found if keep_history else [*found, self.audit_key(uid)]
 
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         with self._guard():
             taken = self.client.eval(
-                _ACQUIRE, 1, f"{self.prefix}lease:{name}", owner, max(int(ttl_s * 1000), 1)
+                _ACQUIRE, 1, self.catalog_key(f"lease:{name}"), owner, max(int(ttl_s * 1000), 1)
             )
         return bool(int(taken))
 
     def release_lease(self, name: str, owner: str) -> None:
         with self._guard():
-            self.client.eval(_RELEASE, 1, f"{self.prefix}lease:{name}", owner)
+            self.client.eval(_RELEASE, 1, self.catalog_key(f"lease:{name}"), owner)
 
 
 def _glob_escape(text: str) -> str:

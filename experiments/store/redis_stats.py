@@ -1,14 +1,16 @@
 """Redis part of the store for exposures, events, folded statistics and snapshots.
 
-Keys, per experiment E and phase P (under the store's prefix):
-  ph:E:P:units    hash  unit -> "variant<RS>series=total<RS>..." (variant of its first exposure
+Keys, per experiment E and phase P, all with the experiment's hash tag {pE} (p the store's
+prefix; see `redis`), so that a batch is a transaction within one slot of a cluster:
+  ph:P:units      hash  unit -> "variant<RS>series=total<RS>..." (variant of its first exposure
                         in the phase, or empty; RS is \\x1e, which no unit or name holds)
-  ph:E:P:stats    hash  folded statistics (see experiments.folding)
-  ph:E:P:shifts   hash  series -> shift
-  phases:E        zset  phase -> first seen
-  ev:E:ids        zset  event_id -> received at (idempotency; trimmed with the raw events)
-  ev:E:raw        hash  event_id -> "phase<RS>unit<RS>metric<RS>value<RS>timestamp<RS>received"
-  snap:E          hash  "phase|time" -> JSON snapshot
+  ph:P:stats      hash  folded statistics (see experiments.folding)
+  ph:P:shifts     hash  series -> shift
+  phases          zset  phase -> first seen
+  plans           hash  phase -> JSON fold plan
+  ev:ids          zset  event_id -> received at (idempotency; trimmed with the raw events)
+  ev:raw          hash  event_id -> "phase<RS>unit<RS>metric<RS>value<RS>timestamp<RS>received"
+  snap            hash  "phase|time" -> JSON snapshot
 A batch is an optimistic transaction: WATCH the keys it reads, read, fold in Python
 (`experiments.folding`, the same code as SQLite), MULTI the writes, retry if another writer
 got in between.  A batch is applied whole or not at all.  Within one process batches take a
@@ -39,22 +41,10 @@ class RedisStats(RedisBase):
     _batch_lock = threading.Lock()  # per process: a batch at a time (see the module docstring)
 
     def _ph(self, experiment: str, phase: str, part: str) -> str:
-        return f"{self.prefix}ph:{experiment}:{phase}:{part}"
+        return self.experiment_key(experiment, f"ph:{phase}:{part}")
 
     def _ev(self, experiment: str, part: str) -> str:
-        return f"{self.prefix}ev:{experiment}:{part}"
-
-    def stats_keys(self, conn: Any, experiment: str) -> list[str]:
-        """Every key of the experiment's exposures, events and statistics."""
-        found = list(conn.scan_iter(match=f"{self.prefix}ph:{experiment}:*", count=500))
-        return [
-            *found,
-            self._ev(experiment, "ids"),
-            self._ev(experiment, "raw"),
-            f"{self.prefix}phases:{experiment}",
-            f"{self.prefix}plans:{experiment}",
-            f"{self.prefix}snap:{experiment}",
-        ]
+        return self.experiment_key(experiment, f"ev:{part}")
 
     def record_exposures(
         self,
@@ -109,26 +99,26 @@ class RedisStats(RedisBase):
 
     def phases(self, experiment: str) -> list[str]:
         with self._guard():
-            found: list[str] = self.client.zrange(f"{self.prefix}phases:{experiment}", 0, -1)
+            found: list[str] = self.client.zrange(self.experiment_key(experiment, "phases"), 0, -1)
         return found
 
     def phase_plan(self, experiment: str, phase: str) -> FoldPlan | None:
         with self._guard():
-            text = self.client.hget(f"{self.prefix}plans:{experiment}", phase)
+            text = self.client.hget(self.experiment_key(experiment, "plans"), phase)
         return None if text is None else FoldPlan.from_json(text)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         data = {"phase": snapshot.phase, "at": snapshot.at, "stats": snapshot.stats}
         with self._guard():  # one per phase and time: a replica's copy replaces the other's
             self.client.hset(
-                f"{self.prefix}snap:{snapshot.experiment}",
+                self.experiment_key(snapshot.experiment, "snap"),
                 f"{snapshot.phase}|{snapshot.at!r}",
                 json.dumps(data),
             )
 
     def snapshots(self, experiment: str, phase: str | None = None) -> list[Snapshot]:
         with self._guard():
-            raw = self.client.hvals(f"{self.prefix}snap:{experiment}")
+            raw = self.client.hvals(self.experiment_key(experiment, "snap"))
         items = [json.loads(r) for r in raw]
         out = [
             Snapshot(experiment, d["phase"], d["at"], d["stats"])
@@ -201,7 +191,7 @@ class RedisStats(RedisBase):
         keys = {part: self._ph(experiment, phase, part) for part in ("units", "stats", "shifts")}
         ids_key = self._ev(experiment, "ids")
         watched = [ids_key, *keys.values()] if event_ids else list(keys.values())
-        with self._batch_lock, self._guard(), self.client.pipeline() as pipe:
+        with self._batch_lock, self._guard(), self.client.pipeline(transaction=True) as pipe:
             for attempt in range(MAX_ATTEMPTS):
                 if attempt:  # another process wrote first: back off, randomised, and redo
                     time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
@@ -214,10 +204,10 @@ class RedisStats(RedisBase):
                     keep(pipe, folder, result)
                     if folder.changed_totals or folder.new_exposures:
                         pipe.zadd(
-                            f"{self.prefix}phases:{experiment}", {phase: time.time()}, nx=True
+                            self.experiment_key(experiment, "phases"), {phase: time.time()}, nx=True
                         )
                         pipe.hsetnx(
-                            f"{self.prefix}plans:{experiment}", phase, folder.plan.to_json()
+                            self.experiment_key(experiment, "plans"), phase, folder.plan.to_json()
                         )
                     pipe.execute()
                     return result
