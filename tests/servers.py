@@ -8,6 +8,7 @@ tests send with `auth(role)`; a test about a closed role starts it with `tokens=
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
@@ -129,7 +130,7 @@ class Cluster:
             node.stop()
 
 
-def start_redis_cluster(workdir: Path, masters: int = 3) -> Cluster:
+def start_redis_cluster(workdir: Path, masters: int = 3, password: str | None = None) -> Cluster:
     """`masters` cluster-enabled redis-servers, each in its own dir under `workdir`, joined by
     `redis-cli --cluster create` (no replicas); returns once every node reports
     cluster_state:ok, so the first command of a test finds every slot served."""
@@ -142,6 +143,7 @@ def start_redis_cluster(workdir: Path, masters: int = 3) -> Cluster:
             nodes.append(
                 start_redis(
                     workdir / f"node-{i}",
+                    password=password,
                     # The bus port on a free port of its own: the default, port + 10000,
                     # may be taken or above 65535.
                     extra=[
@@ -156,12 +158,13 @@ def start_redis_cluster(workdir: Path, masters: int = 3) -> Cluster:
             )
         addresses = [f"127.0.0.1:{n.port}" for n in nodes]
         create = [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0"]
+        env = {**os.environ, **({"REDISCLI_AUTH": password} if password else {})}
         done = subprocess.run([*create, "--cluster-yes"], capture_output=True, text=True,
-                              timeout=60, check=False)  # fmt: skip
+                              timeout=60, check=False, env=env)  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout}{done.stderr}")
         for node in nodes:
-            client = redis.Redis(port=node.port, decode_responses=True)
+            client = redis.Redis(port=node.port, password=password, decode_responses=True)
             try:
                 wait_until(lambda c=client: c.cluster("info")["cluster_state"] == "ok" or None,
                            f"cluster_state:ok on port {node.port}", timeout=30)  # fmt: skip

@@ -33,6 +33,7 @@ import json
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
+from functools import cached_property
 from typing import Any
 
 import redis
@@ -48,22 +49,14 @@ from experiments.store.protocol import (
     check_commit,
     check_layer_conflicts,
 )
-from experiments.store.redis_base import DEFAULT_PREFIX
 from experiments.store.redis_control import RedisControl
 from experiments.store.redis_stats import RedisStats
 
 
 class RedisStore(RedisStats, RedisControl):
-    def __init__(
-        self,
-        client: redis.Redis,
-        *,
-        prefix: str = DEFAULT_PREFIX,
-        url: str = "",
-        password: str | None = None,
-    ) -> None:
-        super().__init__(client, prefix=prefix, url=url, password=password)
-        self._sticky_script = self.client.register_script(_PUT_STICKY)
+    @cached_property
+    def _sticky_script(self) -> Any:
+        return self.client.register_script(_PUT_STICKY)
 
     def _revisions(self, name: str) -> str:
         return self.catalog_key(f"exp:{name}:revisions")

@@ -16,7 +16,8 @@ transaction or script touches (see `redis` for the reasoning):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Self
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit, urlunsplit
@@ -42,20 +43,34 @@ _TIMEOUTS: dict[str, Any] = {
 class RedisBase:
     def __init__(
         self,
-        client: redis.Redis | RedisCluster,
+        connect: Callable[[], redis.Redis | RedisCluster],
         *,
         prefix: str = DEFAULT_PREFIX,
         url: str = "",
         password: str | None = None,
     ) -> None:
-        # Typed Any: with decode_responses=True every reply is str, which redis-py's
-        # annotations (bytes | str) cannot express.
-        self.client: Any = client
+        """`connect` makes the client, on first use: a cluster client connects as it is made
+        (to learn the slots), and a store must open while its server is down (the service
+        then answers 503 until it is back)."""
+        self._connect = connect
+        self._client: Any = None
+        self._connecting = threading.Lock()
         self.prefix = prefix
         self.url = redact(url)  # for messages: never the password
         self._password = password  # masked in redis-py's messages too, whatever they quote
         self._index = self.catalog_key("experiments")
         self._epoch = self.catalog_key("epoch")
+
+    @property
+    def client(self) -> Any:
+        """The client, typed Any: with decode_responses=True every reply is str, which
+        redis-py's annotations (bytes | str) cannot express.  Use it inside `_guard`: a
+        cluster that cannot be reached raises there."""
+        if self._client is None:
+            with self._connecting:
+                if self._client is None:
+                    self._client = self._connect()
+        return self._client
 
     def catalog_key(self, part: str) -> str:
         return f"{{{self.prefix}}}{part}"
@@ -90,11 +105,13 @@ class RedisBase:
                 " give it once"
             )
         secret = password or given
+        connect: Callable[[], redis.Redis | RedisCluster]
         if cluster:
-            client: redis.Redis | RedisCluster = _cluster(shown, parts.path, hosts, user, secret)
+            connect = _cluster(shown, parts.path, hosts, user, secret)
         else:
             client = _single(shown, parts, password, given)
-        return cls(client, prefix=prefix, url=url, password=secret)
+            connect = lambda: client  # noqa: E731 -- made already: redis.Redis connects lazily
+        return cls(connect, prefix=prefix, url=url, password=secret)
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -109,7 +126,8 @@ class RedisBase:
             self.client.ping()
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
 
 
 def _single(shown: str, parts: SplitResult, password: str | None, given: str | None) -> redis.Redis:
@@ -127,7 +145,9 @@ def _single(shown: str, parts: SplitResult, password: str | None, given: str | N
         raise StoreError(f"store URL {shown!r} is not a valid Redis URL: {why}") from None
 
 
-def _cluster(shown: str, path: str, hosts: str, user: str, password: str | None) -> RedisCluster:
+def _cluster(
+    shown: str, path: str, hosts: str, user: str, password: str | None
+) -> Callable[[], RedisCluster]:
     if path.strip("/"):
         raise StoreError(
             f"store URL {shown!r}: a Redis Cluster has no database numbers; drop the path"
@@ -142,11 +162,7 @@ def _cluster(shown: str, path: str, hosts: str, user: str, password: str | None)
                 f" (e.g. {CLUSTER_SCHEME}://127.0.0.1:7000,127.0.0.1:7001)"
             )
         nodes.append(ClusterNode(host.strip("[]"), int(port)))  # type: ignore[no-untyped-call]
-    try:
-        # It connects now, to learn which node serves which slot.
-        return RedisCluster(
-            startup_nodes=nodes, username=unquote(user) or None, password=password, **_TIMEOUTS
-        )
-    except (redis.RedisError, redis.RedisClusterException) as exc:
-        why = redact(str(exc), password)
-        raise StoreError(f"Redis Cluster store {shown!r}: {why}") from None
+    username = unquote(user) or None
+    return lambda: RedisCluster(
+        startup_nodes=nodes, username=username, password=password, **_TIMEOUTS
+    )
