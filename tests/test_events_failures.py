@@ -19,13 +19,15 @@ from tests.test_events import METRICS, RATIOS, make_events, prepare, stats_of
 WRITER = auth(Role.WRITER)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis-aof"])
+@pytest.mark.parametrize("backend", ["sqlite", "redis-aof", "redis-cluster"])
 def test_kill_9_mid_stream_then_resend_counts_every_event_once(
-    tmp_path: Path, backend: str
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
     redis_server = None
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'abmesh.db'}"
+    elif backend == "redis-cluster":  # the service is killed, not the store: no AOF needed
+        url = request.getfixturevalue("redis_cluster_store_url")
     else:
         redis_server = start_redis(tmp_path / "redis", persist=True)  # AOF on
         url = f"redis://127.0.0.1:{redis_server.port}/0"
