@@ -20,8 +20,8 @@ an experiment or its status changes.  The high-volume keys (sticky records, expo
 events, statistics) take the experiment's tag, so experiments spread over the cluster and
 every fold is a transaction within one slot.  The one operation that spans both is a delete:
 it removes the experiment's data keys first and then, in one catalog transaction, the
-experiment itself.  Interrupted, the experiment is still listed and the delete can be run
-again; nothing of a listed experiment is left half written.
+experiment itself.  Interrupted, the experiment is still listed (its data may be gone
+already) and the delete can be run again.
 
 This layout replaced one without hash tags (issue 15): keys written by the old layout are not
 read, and no migration is provided.
