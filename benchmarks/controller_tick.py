@@ -113,7 +113,8 @@ def main() -> None:
                     times = run(url, n, args.ticks, controllers, Path(tmp) / "manifests")
                     if backend == "redis":
                         client = redis.Redis.from_url(args.redis)
-                        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+                        # Every key of a Redis store opens with a hash tag: {prefix...}
+                        keys = list(client.scan_iter(match=f"{{{prefix}*", count=1000))
                         if keys:
                             client.delete(*keys)
                         client.close()
