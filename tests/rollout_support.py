@@ -3,6 +3,7 @@ Envoy, the controller as its own process, the experiment's moves from its audit 
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -14,8 +15,9 @@ import httpx
 
 from controlplane.lifecycle import Action, apply_spec, change_state
 from experiments import load_spec
+from experiments.errors import AbmeshError
 from experiments.localstack import RolloutStack
-from experiments.store import Store
+from experiments.store import Store, open_store
 from tests.servers import Process, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +69,35 @@ class Traffic:
         return sum(m == model for m in window), len(window)
 
 
+class RouteWatch:
+    """Every time the controller confirmed routes live (status.routes.applied_at), polled from
+    a store of its own: a step's traffic is judged from then on, not from a guessed delay."""
+
+    def __init__(self, store_url: str, name: str = "ranker-v2") -> None:
+        self.applied: list[float] = []
+        self._store, self._name = open_store(store_url), name
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            with contextlib.suppress(AbmeshError):
+                routes = self._store.get_experiment(self._name).status.routes or {}
+                at = routes.get("applied_at")
+                if at is not None and at not in self.applied:
+                    self.applied.append(at)
+
+    def live_after(self, decided: float) -> float:
+        """When the first routes confirmed after a decision taken at `decided` went live."""
+        return min(at for at in self.applied if at >= decided)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._store.close()
+
+
 def controller(
     url: str, stack: RolloutStack, workdir: Path, name: str = "ctl", *extra: str
 ) -> Process:
@@ -107,6 +138,20 @@ def wait_for(
 
     wait_until(seen, f"audit entry {action!r} of {name}", timeout=timeout)
     return found[0]
+
+
+def routes_live(store: Store, since: float, name: str = "ranker-v2") -> float:
+    """When the controller confirmed the routes it applied at or after `since` live in Envoy.
+    Requests sent from then on follow them; earlier ones, on a busy machine, may not yet."""
+    applied: list[float] = []
+
+    def confirmed() -> bool:
+        at = (store.get_experiment(name).status.routes or {}).get("applied_at", 0.0)
+        applied[:] = [at]
+        return bool(at >= since)
+
+    wait_until(confirmed, f"routes of {name} confirmed live after {since}", timeout=60)
+    return applied[0]
 
 
 def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:

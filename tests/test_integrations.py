@@ -95,14 +95,15 @@ def test_argo_web_provider_and_flagger_hooks_follow_the_evidence(
     assert decision(service, None).status_code == 401
     assert decision(service, "wrong").status_code == 401
     assert hook(service, "rollout", token="wrong").status_code == 401
+    # No traffic yet, so no data for v2 (traffic starts only after these checks, or its data
+    # could reach Prometheus between two of them): guardrails are not a pass.
+    first = decision(service).json()
+    assert first["decision"] == "continue"
+    assert (first["guardrails_ok"], first["guardrails_failed"]) == (False, False)
+    assert hook(service, "rollout").status_code == 200  # no data yet is not a failed check
+    assert hook(service, "confirm-traffic-increase").status_code == 412  # nor a reason to go on
     traffic = Traffic(stack.front)
     try:
-        # no traffic data yet for v2: guardrails are not a pass
-        first = decision(service).json()
-        assert first["decision"] == "continue"
-        assert (first["guardrails_ok"], first["guardrails_failed"]) == (False, False)
-        assert hook(service, "rollout").status_code == 200  # no data yet is not a failed check
-        assert hook(service, "confirm-traffic-increase").status_code == 412  # nor a reason to go on
         wait_until(lambda: decision(service).json()["guardrails_ok"], "guardrail data", timeout=30)
         body: dict[str, Any] = decision(service).json()
         assert [g["name"] for g in body["guardrails"]] == DEFAULTS

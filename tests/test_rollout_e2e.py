@@ -23,7 +23,17 @@ from experiments.folding import Event, FoldPlan
 from experiments.localstack import RolloutStack, start_rollout_stack
 from experiments.spec_rollout import default_guardrails
 from experiments.store import Store, open_store
-from tests.rollout_support import Traffic, cli, controller, moves, spec_doc, start, wait_for
+from tests.rollout_support import (
+    RouteWatch,
+    Traffic,
+    cli,
+    controller,
+    moves,
+    routes_live,
+    spec_doc,
+    start,
+    wait_for,
+)
 from tests.servers import wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -57,14 +67,16 @@ def test_a_healthy_candidate_walks_the_canary_and_is_promoted(
 ) -> None:
     url, store = db
     start(store, spec_doc(CANARY))
-    traffic = Traffic(stack.front)
+    traffic, watch = Traffic(stack.front), RouteWatch(url)
     ctl = controller(url, stack, tmp_path)
     try:
         done = wait_for(store, "promote")
+        routes_live(store, done["at"])
         time.sleep(1.5)
     finally:
         ctl.stop()
         traffic.stop()
+        watch.stop()
     entries = moves(store)
     assert [(e["action"], e["weights"].get("treatment")) for e in entries] == [
         ("start", 5),
@@ -74,7 +86,7 @@ def test_a_healthy_candidate_walks_the_canary_and_is_promoted(
     ]
     ends = [e["at"] for e in entries[1:]] + [time.time()]
     for entry, end in zip(entries, ends, strict=True):
-        k, n = traffic.share("v2", entry["at"] + 0.3, end)
+        k, n = traffic.share("v2", watch.live_after(entry["at"]), end)
         planned = entry["weights"].get("treatment", 0)
         print(
             f"{entry['action']:>8}: planned {planned:>3} %, observed {k}/{n} = {k / max(n, 1):.1%}"
@@ -115,7 +127,7 @@ def test_a_regressing_candidate_is_rolled_back_to_stable(
         broke = time.time()
         back = wait_for(store, "rollback", timeout=60)
         wait_until(lambda: traffic.share("v1", time.time() - 0.5, time.time())[0] > 20, "v1 only")
-        wait_until(lambda: store.get_experiment("ranker-v2").status.routes, "routes confirmed")
+        live_at = routes_live(store, back["at"])
         time.sleep(1)
     finally:
         ctl.stop()
@@ -129,7 +141,7 @@ def test_a_regressing_candidate_is_rolled_back_to_stable(
         f" {live * 1000:.0f} ms after the decision"
     )
     assert live >= 0  # the rollback's routes were confirmed live, after the decision
-    k, n = traffic.share("v2", back["at"] + 0.2, time.time())
+    k, n = traffic.share("v2", live_at, time.time())
     assert k == 0
     assert n > 20
     assert back["weights"] == {"control": 100}
@@ -300,12 +312,13 @@ def test_manual_pause_resume_promote_and_the_history(
         wait_for(store, "resume")
         cli(url, "promote", "ranker-v2")
         done = wait_for(store, "promote")
+        live_at = routes_live(store, done["at"])
         time.sleep(1)
     finally:
         ctl.stop()
         traffic.stop()
     assert done["weights"] == {"treatment": 100}
-    k, n = traffic.share("v2", done["at"] + 0.2, time.time())
+    k, n = traffic.share("v2", live_at, time.time())
     assert k == n > 10
     history = cli(url, "history", "ranker-v2").stdout
     assert [line.split()[1] for line in history.splitlines()] == [
