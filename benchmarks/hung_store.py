@@ -41,7 +41,8 @@ def main() -> None:
         try:
             url = f"redis://127.0.0.1:{redis_server.port}/0"
             prepare(url)
-            service = start_service(url, workdir, events_timeout=0.5)  # the default deadline
+            # The default deadlines (tests.servers gives services generous ones).
+            service = start_service(url, workdir, events_timeout=0.5, api_timeout=4.0)
             sample(service.url, rounds=5, tag="warm")  # connections, compiled specs
             print(f"{args.clients} clients x {args.rounds} rounds of each route\n")
             print(table(sample(service.url, args.rounds, args.clients, "up"), "Redis answering"))

@@ -56,11 +56,12 @@ def start_service(
     """`abmesh serve` (the package's own, which the demo uses too) with the test tokens of
     every role, unless `tokens=False`; a token given as a setting (admin_token="t") wins."""
     roles = {f"{role.value}_token": token for role, token in TOKENS.items()} if tokens else {}
-    # The events deadline (0.5 s by default) sheds load on a busy machine: a test that is not
-    # about it gets a generous one, so a loaded CI host cannot turn an ingest into a 503.  No
-    # warm-up unless asked for: importing the analysis stack in every service the suite starts
-    # cost minutes of CPU, and a test's first report may take its time.
-    generous = {"events_timeout": 30, "warmup": 0} | roles | settings
+    # The deadlines (0.5 s for events, 4 s for the other API routes) shed load on a busy
+    # machine: a test that is not about them gets generous ones, so a loaded CI host cannot turn
+    # an ingest or a report into a 503.  No warm-up unless asked for: importing the analysis
+    # stack in every service the suite starts cost minutes of CPU; without it a test's first
+    # report imports it, which on a loaded host takes longer than the 4 s API deadline.
+    generous = {"events_timeout": 30, "api_timeout": 60, "warmup": 0} | roles | settings
     return localstack.start_service(store_url, workdir, port, workers, insecure=insecure,
                                     **generous)  # fmt: skip
 
