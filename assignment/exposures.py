@@ -30,7 +30,7 @@ from experiments.store import StatsStore
 log = logging.getLogger("abmesh.exposures")
 
 CHUNK = 2000  # units per store write: some 50 ms of the writer thread
-Units = dict[str, tuple[str, float]]  # unit -> (variant, time)
+Units = dict[str, tuple[str, float, int]]  # unit -> (variant served, time, spec generation)
 Batch = dict[tuple[str, str], tuple[FoldPlan, Units]]  # (experiment, phase) -> (plan, units)
 
 
@@ -55,8 +55,19 @@ class ExposureBuffer:
         self._on_dropped = on_dropped
         self._on_error = on_error
 
-    def add(self, experiment: str, phase: str, plan: FoldPlan, unit: str, variant: str) -> None:
-        """Note an exposure (called on the event loop; no I/O)."""
+    def add(
+        self,
+        experiment: str,
+        phase: str,
+        plan: FoldPlan,
+        unit: str,
+        variant: str,
+        *,
+        at: float | None = None,
+        generation: int = 0,
+    ) -> None:
+        """Note an exposure: the variant served, when (default now), and the generation of the
+        spec that chose it (0: not known).  Called on the event loop; no I/O."""
         entry = self.pending.get((experiment, phase))
         if entry is None:
             entry = self.pending[experiment, phase] = (plan, {})
@@ -66,7 +77,7 @@ class ExposureBuffer:
         if self.size >= self.limit:
             self._on_dropped(1)
             return
-        units[unit] = (variant, time.time())
+        units[unit] = (variant, time.time() if at is None else at, generation)
         self.size += 1
 
     def take(self) -> Batch:
@@ -77,11 +88,11 @@ class ExposureBuffer:
         """Return an unwritten batch; its earlier exposure times win over newer duplicates."""
         for key, (plan, units) in batch.items():
             current = self.pending.setdefault(key, (plan, {}))[1]
-            for unit, (variant, at) in units.items():
+            for unit, exposure in units.items():
                 if unit in current:
-                    current[unit] = (variant, at)
+                    current[unit] = exposure
                 elif self.size < self.limit:
-                    current[unit] = (variant, at)
+                    current[unit] = exposure
                     self.size += 1
                 else:
                     self._on_dropped(1)

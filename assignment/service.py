@@ -112,7 +112,9 @@ class ServiceState:
         for unit, a in zip(units, results, strict=True):
             counter.labels(a.experiment, a.variant).inc()
             if a.in_experiment:
-                buffer.add(a.experiment, record.phase, plan, unit, a.variant)
+                buffer.add(
+                    a.experiment, record.phase, plan, unit, a.variant, generation=record.generation
+                )
         return results
 
     async def housekeeping(self, stop: asyncio.Event) -> None:
