@@ -18,18 +18,14 @@ for the delta method) the same is kept over the units where both values are non-
 (`P`, `A`, `B`, `C` = count, Σ(a − Ka), Σ(b − Kb), Σ(a − Ka)(b − Kb)), from which `export`
 merges the stable co-moment `Σ(a − ā)(b − b̄)` over all units.
 
-Events may arrive before the unit's exposure (exposures are buffered, events are not): the unit's
-totals are kept, and fold into the arm at the moment the unit is exposed.  A unit never exposed
-in the phase never counts.
-
-`Folder` works on plain dicts that a store loads for one batch and writes back in one
-transaction, so the arithmetic exists once for every backend.
+How a batch of the log changes these sums, per partition of the units, and how partitions'
+sums are added, is in `foldbatch`; a unit never exposed in the phase never counts.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
@@ -121,169 +117,6 @@ def stat_key(variant: str, name: str) -> str:
 def pair_key(a: str, b: str, part: str) -> str:
     """`P|a|b` (units with both non-zero), `A|a|b`, `B|a|b` (their shifted sums), `C|a|b`."""
     return f"{part}|{a}|{b}"
-
-
-class Folder:
-    """Applies exposures and events to loaded state.  `totals` holds the raw per-unit totals
-    of the units in the batch (every series of the plan), `exposed` their arm if exposed,
-    `stats` and `shifts` the phase's statistics; changed keys are recorded for writing back."""
-
-    def __init__(
-        self,
-        plan: FoldPlan,
-        *,
-        stats: dict[str, float],
-        shifts: dict[str, float],
-        totals: dict[tuple[str, str], float],
-        exposed: dict[str, str],
-    ) -> None:
-        self.plan = plan
-        self.stats, self.shifts, self.totals, self.exposed = stats, shifts, totals, exposed
-        self.changed_stats: set[str] = set()
-        self.changed_totals: set[tuple[str, str]] = set()
-        self.changed_shifts: set[str] = set()
-        self.new_exposures: dict[str, str] = {}
-        self._nonzero: dict[str, float] = {}  # series -> non-zero units over all arms
-
-    def _nonzero_total(self, series: str) -> float:
-        total = self._nonzero.get(series)
-        if total is None:
-            suffix = f"|N|{series}"
-            total = self._nonzero[series] = sum(
-                v for k, v in self.stats.items() if k.endswith(suffix)
-            )
-        return total
-
-    def _value(self, series: str, total: float) -> float:
-        return min(1.0, total) if series in self.plan.conversion else total
-
-    def _unit_value(self, unit: str, series: str) -> float:
-        return self._value(series, self.totals.get((unit, series), 0.0))
-
-    def _bump(self, key: str, delta: float) -> None:
-        if delta:
-            self.stats[key] = self.stats.get(key, 0.0) + delta
-            self.changed_stats.add(key)
-
-    def _set(self, key: str, value: float) -> None:
-        if self.stats.get(key, 0.0) != value:
-            self.stats[key] = value
-            self.changed_stats.add(key)
-
-    def _shift(self, series: str, v: float) -> float:
-        """The series' shift; chosen anew (with its sums cleared) while no unit is non-zero."""
-        k = self.shifts.get(series)
-        if k is None or self._nonzero_total(series) == 0:
-            k = self.shifts[series] = v
-            self.changed_shifts.add(series)
-            for variant in variants_of(self.stats):  # exactly empty, not rounding residue
-                for name in (f"S|{series}", f"Q|{series}"):
-                    self._set(stat_key(variant, name), 0.0)
-                for a, b in self.plan.pairs_of(series):
-                    for part in "PABC":
-                        self._set(stat_key(variant, pair_key(a, b, part)), 0.0)
-        return k
-
-    def _series(self, variant: str, series: str, v: float, sign: float) -> None:
-        """Count a unit's value of a series in (sign 1) or out (sign −1) of the arm."""
-        if v == 0.0:
-            return
-        k = self._shift(series, v) if sign > 0 else self.shifts[series]
-        self._nonzero[series] = self._nonzero_total(series) + sign
-        self._bump(stat_key(variant, f"N|{series}"), sign)
-        self._bump(stat_key(variant, f"S|{series}"), sign * (v - k))
-        self._bump(stat_key(variant, f"Q|{series}"), sign * (v - k) ** 2)
-
-    def _pair(self, variant: str, a: str, b: str, va: float, vb: float, sign: float) -> None:
-        if va == 0.0 or vb == 0.0:
-            return
-        da, db = va - self.shifts[a], vb - self.shifts[b]
-        self._bump(stat_key(variant, pair_key(a, b, "P")), sign)
-        self._bump(stat_key(variant, pair_key(a, b, "A")), sign * da)
-        self._bump(stat_key(variant, pair_key(a, b, "B")), sign * db)
-        self._bump(stat_key(variant, pair_key(a, b, "C")), sign * da * db)
-
-    def expose(self, unit: str, variant: str) -> bool:
-        """Record the unit's first exposure in the phase and fold its totals into the arm."""
-        if unit in self.exposed:
-            return False
-        self.exposed[unit] = self.new_exposures[unit] = variant
-        self._bump(stat_key(variant, "n"), 1.0)
-        values = {s: self._unit_value(unit, s) for s in self.plan.series}
-        for s, v in values.items():
-            self._series(variant, s, v, 1.0)
-        for a, b in self.plan.pairs:
-            self._pair(variant, a, b, values[a], values[b], 1.0)
-        return True
-
-    def add(self, unit: str, series: str, value: float) -> None:
-        """Add one event's value (conversions count the event) to the unit's series total."""
-        old = self.totals.get((unit, series), 0.0)
-        new = old + (1.0 if series in self.plan.conversion else value)
-        self.totals[unit, series] = new
-        self.changed_totals.add((unit, series))
-        old_v, new_v = self._value(series, old), self._value(series, new)
-        variant = self.exposed.get(unit)
-        if new_v == old_v or variant is None:
-            return  # an unexposed unit's totals fold in when it is exposed
-        # Take the unit's old value out of the arm, then put the new one in.
-        pairs = self.plan.pairs_of(series)
-        other = {(a, b): self._unit_value(unit, b if a == series else a) for a, b in pairs}
-        for a, b in pairs:
-            self._pair(variant, a, b, *self._ordered(a, series, old_v, other[a, b]), -1.0)
-        self._series(variant, series, old_v, -1.0)
-        self._series(variant, series, new_v, 1.0)
-        for a, b in pairs:
-            self._pair(variant, a, b, *self._ordered(a, series, new_v, other[a, b]), 1.0)
-
-    @staticmethod
-    def _ordered(a: str, series: str, mine: float, theirs: float) -> tuple[float, float]:
-        return (mine, theirs) if a == series else (theirs, mine)
-
-
-@dataclass
-class Loaded:
-    """What a store reads for one batch: the event ids already seen among the batch's, and the
-    state of the batch's units and of the phase."""
-
-    seen_ids: set[str]
-    totals: dict[tuple[str, str], float]
-    exposed: dict[str, str]
-    stats: dict[str, float]
-    shifts: dict[str, float]
-
-    def folder(self, plan: FoldPlan) -> Folder:
-        return Folder(
-            plan, stats=self.stats, shifts=self.shifts, totals=self.totals, exposed=self.exposed
-        )
-
-
-def fold_events(
-    plan: FoldPlan, loaded: Loaded, events: Sequence[Event]
-) -> tuple[Folder, list[Event], list[int]]:
-    """Fold the events not seen before; returns the folder, the new events, the duplicates'
-    positions (seen before, or earlier in the same batch)."""
-    folder = loaded.folder(plan)
-    seen = set(loaded.seen_ids)
-    new: list[Event] = []
-    duplicates: list[int] = []
-    for i, event in enumerate(events):
-        if event.event_id in seen:
-            duplicates.append(i)
-            continue
-        seen.add(event.event_id)
-        new.append(event)
-        folder.add(event.unit, event.series, event.value)
-    return folder, new, duplicates
-
-
-def fold_exposures(
-    plan: FoldPlan, loaded: Loaded, exposures: Mapping[str, tuple[str, float]]
-) -> Folder:
-    folder = loaded.folder(plan)
-    for unit, (variant, _) in exposures.items():
-        folder.expose(unit, variant)
-    return folder
 
 
 class _ArmView:

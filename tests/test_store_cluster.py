@@ -67,7 +67,7 @@ def test_the_test_cluster_has_three_masters_sharing_every_slot(redis_cluster_url
         assert len(masters) == 3
 
 
-def test_each_experiment_is_one_slot_and_two_spread_over_two_nodes(
+def test_an_experiment_is_one_slot_its_log_partitions_one_each_spread_over_nodes(
     redis_cluster_store_url: str,
 ) -> None:
     store = open_store(redis_cluster_store_url)
@@ -83,20 +83,36 @@ def test_each_experiment_is_one_slot_and_two_spread_over_two_nodes(
     for name in (first, second):
         store.put_experiment(spec(name))
         store.put_sticky(name, name, {"u1": "a"})
-        store.record_exposures(name, "main", plan, {"u1": ("a", 1.0)})
+        units = {f"u{i}": ("a", 1.0) for i in range(64)}  # spread over the log's partitions
+        store.record_exposures(name, "main", plan, units)
     by_node = keys_by_node(redis_cluster_store_url, store.prefix)
     every = set().union(*by_node.values())
     slots = {}
     for name in (first, second):
         mine = {k for k in every if k.startswith(store.experiment_key(name, ""))}
-        assert len(mine) >= 4  # sticky records, units, stats, phases, plans
+        assert len(mine) >= 3  # sticky records, phases, plans
         slots[name] = {slot(redis_cluster_store_url, k) for k in mine}
         assert len(slots[name]) == 1
         assert [port for port, keys in by_node.items() if mine <= keys] == [
             _owner(redis_cluster_store_url, *slots[name])
         ]
+        # Each partition of the log, with the statistics folded from it, is one slot; the
+        # partitions spread over the masters.
+        partition_slots = set()
+        for k in range(store.partitions):
+            keys = {key for key in every if key.startswith(store.partition_key(name, k, ""))}
+            assert len(keys) >= 6  # log, appended, pos, xp, u, st, sh
+            assert len({slot(redis_cluster_store_url, key) for key in keys}) == 1
+            partition_slots |= {slot(redis_cluster_store_url, key) for key in keys}
+        assert len({_owner(redis_cluster_store_url, s) for s in partition_slots}) >= 2
+    assert store.record_exposures(first, "main", plan, units) == 0
+    assert sum(store.phase_stats(first, "main")[0].get(f"{v}|n", 0) for v in "ab") == 64
     assert slots[first] != slots[second]
-    data = (store.experiment_key(first, ""), store.experiment_key(second, ""))
+    data = tuple(
+        start
+        for name in (first, second)
+        for start in (store.experiment_key(name, ""), store.partition_key(name, "", "")[:-2])
+    )  # "{p<name>}:" starts its experiment keys, "{p<name>#" its partitions' keys
     catalog = {k for k in every if not k.startswith(data)}
     assert catalog  # the index, the revisions, the epoch
     assert len({slot(redis_cluster_store_url, k) for k in catalog}) == 1
@@ -104,7 +120,7 @@ def test_each_experiment_is_one_slot_and_two_spread_over_two_nodes(
     # delete takes both away.
     store.delete_experiment(first)
     left = set().union(*keys_by_node(redis_cluster_store_url, store.prefix).values())
-    assert not {k for k in left if k.startswith(store.experiment_key(first, ""))}
+    assert not {k for k in left if k.startswith(data[:2])}
     assert [r.name for r in store.list_experiments()] == [second]
     store.close()
 

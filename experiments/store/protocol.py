@@ -7,12 +7,14 @@ inheritance, without touching the ones here.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol, runtime_checkable
 
 from experiments.errors import ConflictError, InvalidInputError
+from experiments.foldbatch import Exposure
 from experiments.folding import Event, FoldPlan
 from experiments.names import check_name
 from experiments.spec import ExperimentSpec
@@ -153,6 +155,26 @@ class IngestResult:
 
 
 @dataclass(frozen=True, slots=True)
+class FoldState:
+    """How far the statistics are behind the log: entries appended but not folded yet, and the
+    append time of the oldest of them (None when none is pending)."""
+
+    pending: int
+    oldest_pending: float | None
+
+    def lag_s(self, now: float | None = None) -> float:
+        if self.oldest_pending is None:
+            return 0.0
+        return max((time.time() if now is None else now) - self.oldest_pending, 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """For answers: everything appended before `folded_through` (unix s) is counted."""
+        now = time.time()
+        through = now if self.oldest_pending is None else self.oldest_pending
+        return {"pending": self.pending, "lag_s": self.lag_s(now), "folded_through": through}
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     experiment: str
     phase: str
@@ -162,28 +184,49 @@ class Snapshot:
 
 @runtime_checkable
 class StatsStore(Protocol):
-    """Exposures, events and the per-arm statistics folded from them, per experiment and
-    phase (a new phase starts from zero).  Every call is one atomic, idempotent step."""
+    """Exposures and events, appended to a durable log, and the per-arm statistics folded from
+    it behind, per experiment and phase (a new phase starts from zero); see `logfold`.  Every
+    call is one atomic, idempotent step."""
+
+    def append_exposures(
+        self, experiment: str, phase: str, plan: FoldPlan, exposures: Sequence[Exposure]
+    ) -> int:
+        """Log each unit's first exposure in the phase (the variant served, when, by which spec
+        generation); a unit exposed before keeps its first.  Returns how many units were new.
+        Durable when it returns; folded later."""
+
+    def append_events(
+        self, experiment: str, phase: str, plan: FoldPlan, events: Sequence[Event]
+    ) -> IngestResult:
+        """Log the events whose event_id the experiment has not seen (the others are
+        duplicates); durable when it returns, folded later, kept raw for the retention."""
+
+    def fold(self, experiment: str, *, limit: int = ...) -> int:
+        """Fold up to `limit` log entries per partition that no other folder holds; returns
+        how many were folded."""
+
+    def fold_state(self, experiment: str) -> FoldState: ...
+
+    def settle(self, experiment: str, *, timeout: float = ...) -> FoldState:
+        """Fold until what was appended before the call is folded, or `timeout` passes."""
 
     def record_exposures(
         self,
         experiment: str,
         phase: str,
         plan: FoldPlan,
-        exposures: Mapping[str, tuple[str, float]],
+        exposures: Mapping[str, Sequence[Any]],
     ) -> int:
-        """Record each unit's first exposure in the phase, given as (variant, unix time), and
-        fold the unit's totals into its arm; a unit exposed before keeps its first exposure.
-        Returns how many units were new."""
+        """`append_exposures` of `unit -> (variant, time[, generation])`, then `settle`."""
 
     def ingest_events(
         self, experiment: str, phase: str, plan: FoldPlan, events: Sequence[Event]
     ) -> IngestResult:
-        """Fold new events into the unit totals and arm statistics and keep them (raw) for the
-        retention period; an event whose event_id the experiment has seen is a duplicate."""
+        """`append_events`, then `settle`."""
 
     def phase_stats(self, experiment: str, phase: str) -> tuple[dict[str, float], dict[str, float]]:
-        """The folded statistics and series shifts of a phase (see `folding`)."""
+        """The folded statistics and series shifts of a phase (see `folding`), after settling:
+        the partitions' partial sums added (`foldbatch.merge_partials`)."""
 
     def phases(self, experiment: str) -> list[str]:
         """Phases with any exposure or event, oldest first."""
@@ -209,7 +252,8 @@ class StatsStore(Protocol):
         batch shares one receive time."""
 
     def purge_events(self, received_before: float) -> int:
-        """Forget raw events (and their ids: a retry older than this counts again)."""
+        """Forget folded raw events received before the time (and their ids: a retry older
+        than this counts again); events not folded yet are kept."""
 
 
 @runtime_checkable

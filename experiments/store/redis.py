@@ -181,9 +181,10 @@ class RedisStore(RedisStats, RedisControl):
             self._meta(name)
             # The data first, the catalog last (see the module docstring): a cluster cannot
             # delete both in one transaction.
-            data = list(self.client.scan_iter(match=self.experiment_key(name, "*"), count=500))
-            if data:
-                self.client.delete(*data)
+            for pattern in (self.experiment_key(name, "*"), self.partition_key(name, "*", "*")):
+                data = list(self.client.scan_iter(match=pattern, count=500))
+                for key in data:  # one by one: on a cluster, the keys lie in many slots
+                    self.client.delete(key)
             with self.client.pipeline(transaction=True) as pipe:
                 while True:
                     try:

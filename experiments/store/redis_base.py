@@ -10,8 +10,10 @@ Key layout: every key starts with a hash tag, so that a cluster puts together th
 transaction or script touches (see `redis` for the reasoning):
   {p}<part>            the catalog: experiment index, revisions, config epoch, controller
                        state documents, leases and audit logs: one slot per prefix
-  {p<experiment>}:<part>  one experiment's sticky records, exposures, events, statistics and
-                       snapshots: one slot per experiment
+  {p<experiment>}:<part>  one experiment's sticky records, phases and snapshots: one slot
+                       per experiment
+  {p<experiment>#<k>}:<part>  partition k of its event log and of the statistics folded from
+                       it (see `redis_stats`): one slot per experiment and partition
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ class RedisBase:
 
     def experiment_key(self, experiment: str, part: str) -> str:
         return f"{{{self.prefix}{experiment}}}:{part}"
+
+    def partition_key(self, experiment: str, partition: int | str, part: str) -> str:
+        return f"{{{self.prefix}{experiment}#{partition}}}:{part}"
 
     @classmethod
     def from_url(cls, url: str, *, password: str | None = None) -> Self:

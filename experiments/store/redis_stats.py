@@ -1,273 +1,276 @@
-"""Redis part of the store for exposures, events, folded statistics and snapshots.
+"""Redis part of the store for exposures, events and the statistics folded from them.
 
-Keys, per experiment E and phase P, all with the experiment's hash tag {pE} (p the store's
-prefix; see `redis`), so that a batch is a transaction within one slot of a cluster:
-  ph:P:units      hash  unit -> "variant<RS>series=total<RS>..." (variant of its first exposure
-                        in the phase, or empty; RS is \\x1e, which no unit or name holds)
-  ph:P:stats      hash  folded statistics (see experiments.folding)
-  ph:P:shifts     hash  series -> shift
-  phases          zset  phase -> first seen
-  plans           hash  phase -> JSON fold plan
-  ev:ids          zset  event_id -> received at (idempotency; trimmed with the raw events)
-  ev:raw          hash  event_id -> "phase<RS>unit<RS>metric<RS>value<RS>timestamp<RS>received"
-  snap            hash  "phase|time" -> JSON snapshot
-A batch is an optimistic transaction: WATCH the keys it reads, read, fold in Python
-(`experiments.folding`, the same code as SQLite), MULTI the writes, retry if another writer
-got in between.  A batch is applied whole or not at all.  Within one process batches take a
-lock, so its threads do not make each other retry.
+The log is a Redis Stream per experiment and partition (a hash of the unit, `PARTITIONS` of
+them), and everything a fold reads or writes for that partition shares its hash tag
+{pE#k} (p the store's prefix, E the experiment, k the partition), so each append and each
+fold is a script or transaction within one slot of a cluster:
+  log            stream  x=<exposure> and e=<event> entries, in append order
+  appended       counter entries appended
+  pos            "<last folded entry id><RS><entries folded>": the fold position
+  lock           the folder working on the partition (a lease, SET NX PX)
+  ids            zset    event_id -> received at (idempotency, for the retention)
+  xp:P           hash    unit -> "variant<RS>at<RS>generation": its first exposure in phase P
+  u:P            hash    unit -> its state (foldbatch.UnitState)
+  st:P, sh:P     hash    the partition's statistics and shifts (see experiments.folding)
+An append is one script per partition: it adds to `log` only events whose id is new in `ids`
+and exposures of units new in `xp:P`, so a retried request appends nothing twice.  A fold takes
+the lock, WATCHes `pos`, reads the entries past it, folds them (`foldbatch`) and writes the
+units, the statistics and the new position in one MULTI: applied whole or not at all, and a
+folder killed mid-batch leaves the position where it was.  Readers add the partitions'
+statistics (`foldbatch.merge_partials`).  Per experiment, with its tag {pE}: `phases` (zset,
+phase -> first seen), `plans` (hash, phase -> the fold plan) and `snap` (snapshots).
 """
 
 from __future__ import annotations
 
-import json
-import random
-import threading
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import redis
 
 from experiments.errors import StoreError
-from experiments.folding import Event, Folder, FoldPlan, Loaded, fold_events, fold_exposures
-from experiments.store.protocol import IngestResult, Snapshot
-from experiments.store.redis_base import RedisBase
+from experiments.foldbatch import Exposure, UnitState, fold_batch, merge_partials
+from experiments.folding import Event, FoldPlan
+from experiments.store.logfold import FOLD_BATCH, Settling, partition_of
+from experiments.store.protocol import FoldState, IngestResult
+from experiments.store.redis_events import RS, RedisEvents
 
-RS = "\x1e"  # separates a unit's fields; unit ids and names cannot hold control characters
-MAX_ATTEMPTS = 50  # optimistic retries of one batch before giving up with a StoreError (503)
+PARTITIONS = 16
+LOCK_MS = 30_000  # a folder that dies holds its partition this long
+
+_APPEND_EVENTS = """
+local dups = {}
+local added = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('ZADD', KEYS[2], 'NX', ARGV[1], ARGV[i]) == 1 then
+    redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 1])
+    added = added + 1
+  else
+    dups[#dups + 1] = (i - 2) / 2
+  end
+end
+if added > 0 then redis.call('INCRBY', KEYS[3], added) end
+return dups
+"""
+_APPEND_EXPOSURES = """
+local added = 0
+for i = 1, #ARGV, 3 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('XADD', KEYS[1], '*', 'x', ARGV[i + 2])
+    added = added + 1
+  end
+end
+if added > 0 then redis.call('INCRBY', KEYS[3], added) end
+return added
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
-class RedisStats(RedisBase):
-    _batch_lock = threading.Lock()  # per process: a batch at a time (see the module docstring)
+class RedisStats(Settling, RedisEvents):
+    partitions = PARTITIONS
 
-    def _ph(self, experiment: str, phase: str, part: str) -> str:
-        return self.experiment_key(experiment, f"ph:{phase}:{part}")
+    def _script(self, name: str, text: str) -> Any:
+        scripts: dict[str, Any] = self.__dict__.setdefault("_scripts", {})
+        if name not in scripts:
+            scripts[name] = self.client.register_script(text)
+        return scripts[name]
 
-    def _ev(self, experiment: str, part: str) -> str:
-        return self.experiment_key(experiment, f"ev:{part}")
+    def _register(self, experiment: str, phase: str, plan: FoldPlan) -> None:
+        """The phase and the plan its statistics are folded with (the first plan stays)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(self.experiment_key(experiment, "phases"), {phase: time.time()}, nx=True)
+        pipe.hsetnx(self.experiment_key(experiment, "plans"), phase, plan.to_json())
+        pipe.execute()
 
-    def record_exposures(
-        self,
-        experiment: str,
-        phase: str,
-        plan: FoldPlan,
-        exposures: Mapping[str, tuple[str, float]],
+    def append_exposures(
+        self, experiment: str, phase: str, plan: FoldPlan, exposures: Sequence[Exposure]
     ) -> int:
-        def fold(loaded: Loaded) -> tuple[Folder, int]:
-            folder = fold_exposures(plan, loaded, exposures)
-            return folder, len(folder.new_exposures)
+        by_partition: dict[int, list[str]] = {}
+        for x in exposures:
+            args = by_partition.setdefault(partition_of(x.unit, self.partitions), [])
+            args += (
+                x.unit,
+                f"{x.variant}{RS}{x.at!r}{RS}{x.generation}",
+                f"{phase}{RS}{x.unit}{RS}{x.variant}{RS}{x.at!r}{RS}{x.generation}",
+            )
+        script = self._script("exposures", _APPEND_EXPOSURES)
+        with self._guard():
+            self._register(experiment, phase, plan)
+            added = 0
+            for k, args in by_partition.items():
+                keys = [self.partition_key(experiment, k, p) for p in ("log", f"xp:{phase}")]
+                keys.append(self.partition_key(experiment, k, "appended"))
+                added += int(script(keys=keys, args=args))
+        return added
 
-        new: int = self._apply(
-            experiment, phase, plan, list(exposures), [], fold, lambda pipe, folder, result: None
-        )
-        return new
-
-    def ingest_events(
+    def append_events(
         self, experiment: str, phase: str, plan: FoldPlan, events: Sequence[Event]
     ) -> IngestResult:
-        ids_key, raw_key = self._ev(experiment, "ids"), self._ev(experiment, "raw")
-
-        def fold(loaded: Loaded) -> tuple[Folder, tuple[list[Event], list[int]]]:
-            folder, new, duplicates = fold_events(plan, loaded, events)
-            return folder, (new, duplicates)
-
-        def keep(pipe: Any, folder: Folder, result: tuple[list[Event], list[int]]) -> None:
-            new, received = result[0], time.time()
-            if new:  # one command each for the whole batch: ids by time, and the events
-                pipe.zadd(ids_key, dict.fromkeys((e.event_id for e in new), received))
-                tail = f"{RS}{received!r}"
-                pipe.hset(
-                    raw_key,
-                    mapping={
-                        e.event_id: f"{phase}{RS}{e.unit}{RS}{e.series}{RS}{e.value!r}{RS}"
-                        f"{e.timestamp!r}{tail}"
-                        for e in new
-                    },
-                )
-
-        units = list(dict.fromkeys(e.unit for e in events))
-        new, duplicates = self._apply(
-            experiment, phase, plan, units, [e.event_id for e in events], fold, keep
-        )
-        return IngestResult(len(new), duplicates)
-
-    def phase_stats(self, experiment: str, phase: str) -> tuple[dict[str, float], dict[str, float]]:
+        received = time.time()
+        by_partition: dict[int, list[int]] = {}
+        for i, e in enumerate(events):
+            by_partition.setdefault(partition_of(e.unit, self.partitions), []).append(i)
+        script = self._script("events", _APPEND_EVENTS)
+        duplicates: list[int] = []
         with self._guard():
-            stats = self.client.hgetall(self._ph(experiment, phase, "stats"))
-            shifts = self.client.hgetall(self._ph(experiment, phase, "shifts"))
-        return ({k: float(v) for k, v in stats.items()}, {k: float(v) for k, v in shifts.items()})
+            self._register(experiment, phase, plan)
+            for k, positions in by_partition.items():
+                args: list[Any] = [repr(received)]
+                for i in positions:
+                    e = events[i]
+                    args += (
+                        e.event_id,
+                        f"{phase}{RS}{e.unit}{RS}{e.series}{RS}{e.value!r}{RS}{e.timestamp!r}"
+                        f"{RS}{e.event_id}{RS}{received!r}",
+                    )
+                keys = [self.partition_key(experiment, k, p) for p in ("log", "ids", "appended")]
+                duplicates += (positions[int(j)] for j in script(keys=keys, args=args))
+        return IngestResult(len(events) - len(duplicates), sorted(duplicates))
 
-    def phases(self, experiment: str) -> list[str]:
+    def fold(self, experiment: str, *, limit: int = FOLD_BATCH) -> int:
+        pending = self._pending(experiment)
         with self._guard():
-            found: list[str] = self.client.zrange(self.experiment_key(experiment, "phases"), 0, -1)
-        return found
+            return sum(self._fold_partition(experiment, k, limit) for k in pending)
 
-    def phase_plan(self, experiment: str, phase: str) -> FoldPlan | None:
+    def _pending(self, experiment: str) -> dict[int, tuple[str, int]]:
+        """Partitions with entries not folded: k -> (the last folded entry id, how many)."""
         with self._guard():
-            text = self.client.hget(self.experiment_key(experiment, "plans"), phase)
-        return None if text is None else FoldPlan.from_json(text)
-
-    def save_snapshot(self, snapshot: Snapshot) -> None:
-        data = {"phase": snapshot.phase, "at": snapshot.at, "stats": snapshot.stats}
-        with self._guard():  # one per phase and time: a replica's copy replaces the other's
-            self.client.hset(
-                self.experiment_key(snapshot.experiment, "snap"),
-                f"{snapshot.phase}|{snapshot.at!r}",
-                json.dumps(data),
-            )
-
-    def snapshots(self, experiment: str, phase: str | None = None) -> list[Snapshot]:
-        with self._guard():
-            raw = self.client.hvals(self.experiment_key(experiment, "snap"))
-        items = [json.loads(r) for r in raw]
-        out = [
-            Snapshot(experiment, d["phase"], d["at"], d["stats"])
-            for d in items
-            if phase is None or d["phase"] == phase
-        ]
-        return sorted(out, key=lambda snap: snap.at)
-
-    def raw_events(
-        self,
-        experiment: str,
-        *,
-        since: float = 0.0,
-        after: str | None = None,
-        limit: int = 100_000,
-    ) -> list[dict[str, Any]]:
-        ids_key = self._ev(experiment, "ids")
-        with self._guard():
-            # The zset orders by (score = received at, member = event id): page by rank.
-            rank = self.client.zrank(ids_key, after) if after is not None else None
-            if rank is None:
-                first = self.client.zrangebyscore(ids_key, since, "+inf", start=0, num=1)
-                rank = self.client.zrank(ids_key, first[0]) - 1 if first else None
-            ids = [] if rank is None else self.client.zrange(ids_key, rank + 1, rank + limit)
-            raw = self.client.hmget(self._ev(experiment, "raw"), ids) if ids else []
-        out = []
-        for event_id, item in zip(ids, raw, strict=True):
-            if item is None:
-                continue
-            phase, unit, metric, value, timestamp, received = item.split(RS)
-            out.append(
-                {
-                    "event_id": event_id,
-                    "phase": phase,
-                    "unit": unit,
-                    "metric": metric,
-                    "value": float(value),
-                    "timestamp": float(timestamp),
-                    "received_at": float(received),
-                }
-            )
+            pipe = self.client.pipeline(transaction=False)
+            for k in range(self.partitions):
+                pipe.get(self.partition_key(experiment, k, "appended"))
+                pipe.get(self.partition_key(experiment, k, "pos"))
+            replies = pipe.execute()
+        out: dict[int, tuple[str, int]] = {}
+        for k in range(self.partitions):
+            appended, (last, folded) = int(replies[2 * k] or 0), _position(replies[2 * k + 1])
+            if appended > folded:
+                out[k] = (last, appended - folded)
         return out
 
-    def purge_events(self, received_before: float) -> int:
-        purged = 0
-        with self._guard():
-            for name in self.client.hkeys(self._index):
-                ids_key = self._ev(name, "ids")
-                old = self.client.zrangebyscore(ids_key, "-inf", f"({received_before!r}")
-                for start in range(0, len(old), 10_000):
-                    chunk = old[start : start + 10_000]
-                    pipe = self.client.pipeline(transaction=True)
-                    pipe.hdel(self._ev(name, "raw"), *chunk)
-                    pipe.zrem(ids_key, *chunk)
-                    pipe.execute()
-                purged += len(old)
-        return purged
+    def _fold_partition(self, experiment: str, k: int, limit: int) -> int:
+        key = partial(self.partition_key, experiment, k)
+        token = uuid.uuid4().hex
+        if not self.client.set(key("lock"), token, nx=True, px=LOCK_MS):
+            return 0  # another folder works on it
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.watch(key("pos"))
+                last, folded = _position(pipe.get(key("pos")))
+                entries = self.client.xrange(key("log"), min=f"({last}", max="+", count=limit)
+                if not entries:
+                    pipe.unwatch()
+                    return 0
+                by_phase: dict[str, tuple[list[Exposure], list[Event]]] = {}
+                for _, fields in entries:
+                    kind, payload = next(iter(fields.items()))
+                    phase, unit, *rest = payload.split(RS)
+                    todo = by_phase.setdefault(phase, ([], []))
+                    if kind == "x":
+                        todo[0].append(Exposure(unit, rest[0], float(rest[1]), int(rest[2])))
+                    else:
+                        todo[1].append(
+                            Event(rest[3], unit, rest[0], float(rest[1]), float(rest[2]))
+                        )
+                writes = [self._fold_phase(experiment, k, p, *todo) for p, todo in by_phase.items()]
+                pipe.multi()
+                for write in writes:
+                    write(pipe)
+                pipe.set(key("pos"), f"{entries[-1][0]}{RS}{folded + len(entries)}")
+                pipe.execute()
+                return len(entries)
+        except redis.WatchError:
+            return 0  # folded meanwhile by a folder whose lock had expired
+        finally:
+            self._script("release", _RELEASE)(keys=[key("lock")], args=[token])
 
-    def _apply(
-        self,
-        experiment: str,
-        phase: str,
-        plan: FoldPlan,
-        units: Sequence[str],
-        event_ids: Sequence[str],
-        fold: Any,
-        keep: Any,
+    def _fold_phase(
+        self, experiment: str, k: int, phase: str, exposures: list[Exposure], events: list[Event]
     ) -> Any:
-        """Read the batch's state under WATCH, fold, write in MULTI; retry on a conflict."""
-        keys = {part: self._ph(experiment, phase, part) for part in ("units", "stats", "shifts")}
-        ids_key = self._ev(experiment, "ids")
-        watched = [ids_key, *keys.values()] if event_ids else list(keys.values())
-        with self._batch_lock, self._guard(), self.client.pipeline(transaction=True) as pipe:
-            for attempt in range(MAX_ATTEMPTS):
-                if attempt:  # another process wrote first: back off, randomised, and redo
-                    time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
-                try:
-                    pipe.watch(*watched)
-                    loaded = self._load(keys, ids_key, units, event_ids)
-                    folder, result = fold(loaded)
-                    pipe.multi()
-                    self._write_back(pipe, keys, folder)
-                    keep(pipe, folder, result)
-                    if folder.changed_totals or folder.new_exposures:
-                        pipe.zadd(
-                            self.experiment_key(experiment, "phases"), {phase: time.time()}, nx=True
-                        )
-                        pipe.hsetnx(
-                            self.experiment_key(experiment, "plans"), phase, folder.plan.to_json()
-                        )
-                    pipe.execute()
-                    return result
-                except redis.WatchError:
-                    continue
-        raise StoreError(
-            f"Redis store: {MAX_ATTEMPTS} conflicting writes in a row on {experiment!r};"
-            " too many writers at once, retry later"
-        )
-
-    def _load(
-        self,
-        keys: Mapping[str, str],
-        ids_key: str,
-        units: Sequence[str],
-        event_ids: Sequence[str],
-    ) -> Loaded:
-        """Every read of a batch in one round trip.  They go over another connection than the
-        WATCH: a write to a watched key after the WATCH still fails the EXEC, wherever the
-        reads were made."""
+        """Fold one phase's entries of a partition; returns what writes the result."""
+        plan = self.phase_plan(experiment, phase)
+        if plan is None:
+            raise StoreError(f"Redis store: no fold plan for {experiment!r} phase {phase!r}")
+        units = list(dict.fromkeys([x.unit for x in exposures] + [e.unit for e in events]))
+        keys = {p: self.partition_key(experiment, k, f"{p}:{phase}") for p in ("u", "st", "sh")}
         reads = self.client.pipeline(transaction=False)
-        reads.zmscore(ids_key, list(event_ids) or [""])
-        reads.hmget(keys["units"], list(units) or [""])
-        reads.hgetall(keys["stats"])
-        reads.hgetall(keys["shifts"])
-        scores, records, stats, shifts = reads.execute()
-        totals: dict[tuple[str, str], float] = {}
-        exposed: dict[str, str] = {}
-        for unit, record in zip(units, records, strict=False):
-            if record is None:
-                continue
-            variant, *entries = record.split(RS)
-            if variant:
-                exposed[unit] = variant
-            for entry in entries:
-                series, _, total = entry.partition("=")
-                totals[unit, series] = float(total)
-        return Loaded(
-            {e for e, score in zip(event_ids, scores, strict=False) if score is not None},
-            totals,
-            exposed,
-            {k: float(v) for k, v in stats.items()},
-            {k: float(v) for k, v in shifts.items()},
-        )
+        reads.hmget(keys["u"], units)
+        reads.hgetall(keys["st"])
+        reads.hgetall(keys["sh"])
+        records, raw_stats, raw_shifts = reads.execute()
+        states = {u: UnitState.decode(r) for u, r in zip(units, records, strict=True)}
+        stats = {key: float(v) for key, v in raw_stats.items()}
+        shifts = {s: float(v) for s, v in raw_shifts.items()}
+        result = fold_batch(plan, states, exposures, events, stats, shifts)
 
-    def _write_back(self, pipe: Any, keys: Mapping[str, str], folder: Folder) -> None:
-        changed = {u for u, _ in folder.changed_totals} | folder.new_exposures.keys()
-        if changed:
-            # One field per unit holds its arm and every total: a batch reads and writes
-            # each unit once, whatever the number of series.
-            per_unit: dict[str, list[str]] = {u: [folder.exposed.get(u, "")] for u in changed}
-            for (unit, series), total in folder.totals.items():
-                if unit in per_unit:
-                    per_unit[unit].append(f"{series}={total!r}")
-            pipe.hset(keys["units"], mapping={u: RS.join(parts) for u, parts in per_unit.items()})
-        if folder.changed_stats:
-            pipe.hset(
-                keys["stats"], mapping={k: repr(folder.stats[k]) for k in folder.changed_stats}
+        def write(pipe: Any) -> None:
+            pipe.hset(keys["u"], mapping={u: s.encode() for u, s in states.items()})
+            if result.changed_stats:
+                pipe.hset(keys["st"], mapping={s: repr(stats[s]) for s in result.changed_stats})
+            if result.changed_shifts:
+                pipe.hset(keys["sh"], mapping={s: repr(shifts[s]) for s in result.changed_shifts})
+
+        return write
+
+    def log_time(self) -> float:
+        with self._guard():
+            seconds, micros = self.client.time()
+        return float(seconds) + float(micros) / 1e6
+
+    def fold_state(self, experiment: str) -> FoldState:
+        pending = self._pending(experiment)
+        if not pending:
+            return FoldState(0, None)
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            for k, (last, _) in pending.items():
+                pipe.xrange(self.partition_key(experiment, k, "log"), min=f"({last}", count=1)
+            firsts = pipe.execute()
+        # An entry's id is the millisecond it was appended at.
+        times = [int(first[0][0].split("-")[0]) / 1000 for first in firsts if first]
+        return FoldState(sum(n for _, n in pending.values()), min(times) if times else None)
+
+    def phase_stats(self, experiment: str, phase: str) -> tuple[dict[str, float], dict[str, float]]:
+        self.settle(experiment)
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            for k in range(self.partitions):
+                pipe.hgetall(self.partition_key(experiment, k, f"st:{phase}"))
+                pipe.hgetall(self.partition_key(experiment, k, f"sh:{phase}"))
+            replies = pipe.execute()
+        parts = [
+            (
+                {key: float(v) for key, v in replies[2 * k].items()},
+                {s: float(v) for s, v in replies[2 * k + 1].items()},
             )
-        if folder.changed_shifts:
-            pipe.hset(
-                keys["shifts"], mapping={s: repr(folder.shifts[s]) for s in folder.changed_shifts}
-            )
+            for k in range(self.partitions)
+            if replies[2 * k]
+        ]
+        return merge_partials(parts) if parts else ({}, {})
+
+    def unit_exposures(self, experiment: str, phase: str, units: Sequence[str]) -> dict[str, Any]:
+        """The logged first exposure of each unit that has one: variant, time, generation."""
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            for unit in units:
+                k = partition_of(unit, self.partitions)
+                pipe.hget(self.partition_key(experiment, k, f"xp:{phase}"), unit)
+            replies = pipe.execute()
+        out: dict[str, Any] = {}
+        for unit, raw in zip(units, replies, strict=True):
+            if raw is not None:
+                variant, at, generation = raw.split(RS)
+                out[unit] = {"variant": variant, "at": float(at), "generation": int(generation)}
+        return out
+
+
+def _position(raw: str | None) -> tuple[str, int]:
+    if raw is None:
+        return "0-0", 0
+    last, folded = raw.split(RS)
+    return last, int(folded)

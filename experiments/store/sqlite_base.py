@@ -15,10 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from experiments.errors import StoreError
+from experiments.foldbatch import UnitState
 from experiments.status import Status
 
-# 2: control, audit, leases; 3: the status document (with the uid) replaces status and phase
-SCHEMA_VERSION = 3
+# 2: control, audit, leases; 3: the status document (with the uid) replaces status and phase;
+# 4: exposures and events become a log folded behind (exposure_log, event_log, unit_state)
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
     name TEXT PRIMARY KEY, uid TEXT NOT NULL, revision INTEGER NOT NULL,
@@ -30,12 +32,16 @@ CREATE TABLE IF NOT EXISTS sticky (
     experiment TEXT NOT NULL, salt TEXT NOT NULL, unit TEXT NOT NULL, variant TEXT NOT NULL,
     PRIMARY KEY (experiment, salt, unit)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS exposures (
-    experiment TEXT NOT NULL, phase TEXT NOT NULL, unit TEXT NOT NULL, variant TEXT NOT NULL,
-    at REAL NOT NULL, PRIMARY KEY (experiment, phase, unit)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS unit_totals (
-    experiment TEXT NOT NULL, phase TEXT NOT NULL, unit TEXT NOT NULL, series TEXT NOT NULL,
-    total REAL NOT NULL, PRIMARY KEY (experiment, phase, unit, series)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS exposure_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, experiment TEXT NOT NULL, phase TEXT NOT NULL,
+    unit TEXT NOT NULL, variant TEXT NOT NULL, at REAL NOT NULL, generation INTEGER NOT NULL,
+    UNIQUE (experiment, phase, unit));
+CREATE INDEX IF NOT EXISTS exposure_log_fold ON exposure_log (experiment, seq);
+CREATE TABLE IF NOT EXISTS unit_state (
+    experiment TEXT NOT NULL, phase TEXT NOT NULL, unit TEXT NOT NULL, state TEXT NOT NULL,
+    PRIMARY KEY (experiment, phase, unit)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fold_position (
+    experiment TEXT PRIMARY KEY, exposures INTEGER NOT NULL, events INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS stats (
     experiment TEXT NOT NULL, phase TEXT NOT NULL, key TEXT NOT NULL, value REAL NOT NULL,
     PRIMARY KEY (experiment, phase, key)) WITHOUT ROWID;
@@ -45,11 +51,12 @@ CREATE TABLE IF NOT EXISTS shifts (
 CREATE TABLE IF NOT EXISTS phases (
     experiment TEXT NOT NULL, phase TEXT NOT NULL, first_seen REAL NOT NULL, plan TEXT NOT NULL,
     PRIMARY KEY (experiment, phase));
-CREATE TABLE IF NOT EXISTS events (
-    experiment TEXT NOT NULL, event_id TEXT NOT NULL, phase TEXT NOT NULL, unit TEXT NOT NULL,
-    metric TEXT NOT NULL, value REAL NOT NULL, timestamp REAL NOT NULL, received_at REAL NOT NULL,
-    PRIMARY KEY (experiment, event_id));
-CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+CREATE TABLE IF NOT EXISTS event_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, experiment TEXT NOT NULL, event_id TEXT NOT NULL,
+    phase TEXT NOT NULL, unit TEXT NOT NULL, metric TEXT NOT NULL, value REAL NOT NULL,
+    timestamp REAL NOT NULL, received_at REAL NOT NULL, UNIQUE (experiment, event_id));
+CREATE INDEX IF NOT EXISTS event_log_fold ON event_log (experiment, seq);
+CREATE INDEX IF NOT EXISTS event_log_received ON event_log (received_at);
 CREATE TABLE IF NOT EXISTS control (
     experiment TEXT PRIMARY KEY, doc TEXT NOT NULL, version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
@@ -125,6 +132,8 @@ class SQLiteBase:
                     (name, name, revision, created, updated, json.dumps(doc)),
                 )
             db.execute("DROP TABLE experiments_v2")
+        if "unit_totals" in {r[0] for r in db.execute("SELECT name FROM sqlite_master")}:
+            _to_log(db)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
@@ -161,6 +170,36 @@ class SQLiteBase:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _to_log(db: sqlite3.Connection) -> None:
+    """Version 3 to 4: the exposures and events become the logs, every row of them already
+    folded; the per-unit totals become unit states.  The statistics stay as they are."""
+    db.execute(
+        "INSERT INTO exposure_log (experiment, phase, unit, variant, at, generation)"
+        " SELECT experiment, phase, unit, variant, at, 0 FROM exposures ORDER BY at"
+    )
+    db.execute(
+        "INSERT INTO event_log (experiment, event_id, phase, unit, metric, value, timestamp,"
+        " received_at) SELECT experiment, event_id, phase, unit, metric, value, timestamp,"
+        " received_at FROM events ORDER BY received_at"
+    )
+    db.execute(
+        "INSERT INTO fold_position SELECT experiment, max(x), max(e) FROM ("
+        " SELECT experiment, seq AS x, 0 AS e FROM exposure_log"
+        " UNION ALL SELECT experiment, 0, seq FROM event_log) GROUP BY experiment"
+    )
+    states: dict[tuple[str, str, str], UnitState] = {}
+    for experiment, phase, unit, variant, at in db.execute("SELECT * FROM exposures"):
+        states[experiment, phase, unit] = UnitState(variant, at)
+    for experiment, phase, unit, series, total in db.execute("SELECT * FROM unit_totals"):
+        states.setdefault((experiment, phase, unit), UnitState()).totals[series] = total
+    db.executemany(
+        "INSERT INTO unit_state VALUES (?, ?, ?, ?)",
+        [(*key, state.encode()) for key, state in states.items()],
+    )
+    for table in ("exposures", "events", "unit_totals"):
+        db.execute(f"DROP TABLE {table}")
 
 
 def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:

@@ -1,8 +1,12 @@
 """SQLite part of the store for exposures, events, folded statistics and snapshots.
 
-Every batch is one BEGIN IMMEDIATE transaction: read the state of the batch's units and of the
-phase, fold in Python (`experiments.folding`), write back what changed.  A batch is therefore
-applied whole or not at all, and a retried batch finds its event ids and changes nothing.
+The log is two append tables in WAL mode, `exposure_log` (one row per unit and phase: the first
+exposure) and `event_log` (one row per event id), each numbered by an AUTOINCREMENT `seq` that
+is never reused.  An append is one short BEGIN IMMEDIATE transaction; a fold reads the rows past
+the experiment's `fold_position`, folds them (`foldbatch`), and writes the units' states, the
+statistics and the new position in one transaction, so it is applied whole or not at all and a
+fold that dies is redone from the same position.  SQLite has one writer at a time: its log is a
+single partition.
 """
 
 from __future__ import annotations
@@ -10,47 +14,59 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from experiments.folding import Event, Folder, FoldPlan, Loaded, fold_events, fold_exposures
-from experiments.store.protocol import IngestResult, Snapshot
+from experiments.foldbatch import Exposure, UnitState, fold_batch
+from experiments.folding import Event, FoldPlan
+from experiments.store.logfold import FOLD_BATCH, Settling
+from experiments.store.protocol import FoldState, IngestResult, Snapshot
 from experiments.store.sqlite_base import SQLiteBase, chunks
 
-STATS_TABLES = ("exposures", "unit_totals", "stats", "shifts", "phases", "events", "snapshots")
+STATS_TABLES = (
+    "exposure_log",
+    "event_log",
+    "unit_state",
+    "fold_position",
+    "stats",
+    "shifts",
+    "phases",
+    "snapshots",
+)
 
 
-class SQLiteStats(SQLiteBase):
-    def record_exposures(
-        self,
-        experiment: str,
-        phase: str,
-        plan: FoldPlan,
-        exposures: Mapping[str, tuple[str, float]],
+class SQLiteStats(Settling, SQLiteBase):
+    def append_exposures(
+        self, experiment: str, phase: str, plan: FoldPlan, exposures: Sequence[Exposure]
     ) -> int:
         with self._write() as db:
-            loaded = _load(db, experiment, phase, list(exposures), [])
-            folder = fold_exposures(plan, loaded, exposures)
+            _register(db, experiment, phase, plan)
+            before = db.total_changes
             db.executemany(
-                "INSERT INTO exposures VALUES (?, ?, ?, ?, ?)",
-                [
-                    (experiment, phase, u, v, exposures[u][1])
-                    for u, v in folder.new_exposures.items()
-                ],
+                "INSERT OR IGNORE INTO exposure_log (experiment, phase, unit, variant, at,"
+                " generation) VALUES (?, ?, ?, ?, ?, ?)",
+                [(experiment, phase, x.unit, x.variant, x.at, x.generation) for x in exposures],
             )
-            _write_back(db, experiment, phase, folder)
-        return len(folder.new_exposures)
+            return db.total_changes - before
 
-    def ingest_events(
+    def append_events(
         self, experiment: str, phase: str, plan: FoldPlan, events: Sequence[Event]
     ) -> IngestResult:
         received = time.time()
-        units = list(dict.fromkeys(e.unit for e in events))
         with self._write() as db:
-            loaded = _load(db, experiment, phase, units, [e.event_id for e in events])
-            folder, new, duplicates = fold_events(plan, loaded, events)
+            _register(db, experiment, phase, plan)
+            seen = _seen(db, experiment, [e.event_id for e in events])
+            new: list[Event] = []
+            duplicates: list[int] = []
+            for i, e in enumerate(events):
+                if e.event_id in seen:
+                    duplicates.append(i)
+                else:
+                    seen.add(e.event_id)
+                    new.append(e)
             db.executemany(
-                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO event_log (experiment, event_id, phase, unit, metric, value,"
+                " timestamp, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         experiment,
@@ -65,10 +81,60 @@ class SQLiteStats(SQLiteBase):
                     for e in new
                 ],
             )
-            _write_back(db, experiment, phase, folder)
         return IngestResult(len(new), duplicates)
 
+    def fold(self, experiment: str, *, limit: int = FOLD_BATCH) -> int:
+        with self._write() as db:
+            x_pos, e_pos = _position(db, experiment)
+            x_rows = db.execute(
+                "SELECT seq, phase, unit, variant, at, generation FROM exposure_log"
+                " WHERE experiment = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (experiment, x_pos, limit),
+            ).fetchall()
+            e_rows = db.execute(
+                "SELECT seq, phase, unit, metric, value, timestamp, event_id FROM event_log"
+                " WHERE experiment = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (experiment, e_pos, limit),
+            ).fetchall()
+            if not x_rows and not e_rows:
+                return 0
+            by_phase: dict[str, tuple[list[Exposure], list[Event]]] = {}
+            for _, phase, unit, variant, at, generation in x_rows:
+                by_phase.setdefault(phase, ([], []))[0].append(
+                    Exposure(unit, variant, at, generation)
+                )
+            for _, phase, unit, series, value, at, event_id in e_rows:
+                by_phase.setdefault(phase, ([], []))[1].append(
+                    Event(event_id, unit, series, value, at)
+                )
+            for phase, (exposures, events) in by_phase.items():
+                _fold_phase(db, experiment, phase, exposures, events)
+            db.execute(
+                "INSERT OR REPLACE INTO fold_position VALUES (?, ?, ?)",
+                (
+                    experiment,
+                    x_rows[-1][0] if x_rows else x_pos,
+                    e_rows[-1][0] if e_rows else e_pos,
+                ),
+            )
+        return len(x_rows) + len(e_rows)
+
+    def fold_state(self, experiment: str) -> FoldState:
+        with self._read() as db:
+            x_pos, e_pos = _position(db, experiment)
+            x_count, x_oldest = db.execute(
+                "SELECT count(*), min(at) FROM exposure_log WHERE experiment = ? AND seq > ?",
+                (experiment, x_pos),
+            ).fetchone()
+            e_count, e_oldest = db.execute(
+                "SELECT count(*), min(received_at) FROM event_log WHERE experiment = ? AND seq > ?",
+                (experiment, e_pos),
+            ).fetchone()
+        times = [t for t in (x_oldest, e_oldest) if t is not None]
+        return FoldState(x_count + e_count, min(times) if times else None)
+
     def phase_stats(self, experiment: str, phase: str) -> tuple[dict[str, float], dict[str, float]]:
+        self.settle(experiment)
         with self._read() as db:
             return _phase_state(db, experiment, phase)
 
@@ -81,10 +147,21 @@ class SQLiteStats(SQLiteBase):
 
     def phase_plan(self, experiment: str, phase: str) -> FoldPlan | None:
         with self._read() as db:
-            row = db.execute(
-                "SELECT plan FROM phases WHERE experiment = ? AND phase = ?", (experiment, phase)
-            ).fetchone()
-        return None if row is None else FoldPlan.from_json(row[0])
+            return _plan(db, experiment, phase)
+
+    def unit_exposures(self, experiment: str, phase: str, units: Sequence[str]) -> dict[str, Any]:
+        """The logged first exposure of each unit that has one: variant, time, generation."""
+        out: dict[str, Any] = {}
+        with self._read() as db:
+            for chunk in chunks(units):
+                marks = ",".join("?" * len(chunk))
+                for unit, variant, at, generation in db.execute(
+                    "SELECT unit, variant, at, generation FROM exposure_log"
+                    f" WHERE experiment = ? AND phase = ? AND unit IN ({marks})",
+                    (experiment, phase, *chunk),
+                ):
+                    out[unit] = {"variant": variant, "at": at, "generation": generation}
+        return out
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         with self._write() as db:
@@ -112,8 +189,9 @@ class SQLiteStats(SQLiteBase):
     ) -> list[dict[str, Any]]:
         with self._read() as db:
             rows = db.execute(
-                "SELECT event_id, phase, unit, metric, value, timestamp, received_at FROM events"
-                " WHERE experiment = ? AND (received_at > ? OR (received_at = ? AND event_id > ?))"
+                "SELECT event_id, phase, unit, metric, value, timestamp, received_at"
+                " FROM event_log WHERE experiment = ?"
+                " AND (received_at > ? OR (received_at = ? AND event_id > ?))"
                 " ORDER BY received_at, event_id LIMIT ?",
                 (experiment, since, since, "" if after is None else after, limit),
             ).fetchall()
@@ -123,46 +201,84 @@ class SQLiteStats(SQLiteBase):
     def purge_events(self, received_before: float) -> int:
         with self._write() as db:
             return db.execute(
-                "DELETE FROM events WHERE received_at < ?", (received_before,)
+                "DELETE FROM event_log WHERE received_at < ? AND seq <= coalesce("
+                " (SELECT events FROM fold_position f WHERE f.experiment = event_log.experiment),"
+                " 0)",
+                (received_before,),
             ).rowcount
 
 
-def _load(
-    db: sqlite3.Connection,
-    experiment: str,
-    phase: str,
-    units: Sequence[str],
-    event_ids: Sequence[str],
-) -> Loaded:
+def _register(db: sqlite3.Connection, experiment: str, phase: str, plan: FoldPlan) -> None:
+    """The phase and the plan its statistics are folded with (the first plan stays)."""
+    db.execute(
+        "INSERT OR IGNORE INTO phases VALUES (?, ?, ?, ?)",
+        (experiment, phase, time.time(), plan.to_json()),
+    )
+
+
+def _seen(db: sqlite3.Connection, experiment: str, event_ids: Sequence[str]) -> set[str]:
     seen: set[str] = set()
     for chunk in chunks(list(dict.fromkeys(event_ids))):
         marks = ",".join("?" * len(chunk))
         seen.update(
             row[0]
             for row in db.execute(
-                f"SELECT event_id FROM events WHERE experiment = ? AND event_id IN ({marks})",
+                f"SELECT event_id FROM event_log WHERE experiment = ? AND event_id IN ({marks})",
                 (experiment, *chunk),
             )
         )
-    totals: dict[tuple[str, str], float] = {}
-    exposed: dict[str, str] = {}
+    return seen
+
+
+def _position(db: sqlite3.Connection, experiment: str) -> tuple[int, int]:
+    row = db.execute(
+        "SELECT exposures, events FROM fold_position WHERE experiment = ?", (experiment,)
+    ).fetchone()
+    return (0, 0) if row is None else (row[0], row[1])
+
+
+def _plan(db: sqlite3.Connection, experiment: str, phase: str) -> FoldPlan | None:
+    row = db.execute(
+        "SELECT plan FROM phases WHERE experiment = ? AND phase = ?", (experiment, phase)
+    ).fetchone()
+    return None if row is None else FoldPlan.from_json(row[0])
+
+
+def _fold_phase(
+    db: sqlite3.Connection,
+    experiment: str,
+    phase: str,
+    exposures: list[Exposure],
+    events: list[Event],
+) -> None:
+    plan = _plan(db, experiment, phase)
+    assert plan is not None  # registered with the first append of the phase
+    units = list(dict.fromkeys([x.unit for x in exposures] + [e.unit for e in events]))
+    states = dict.fromkeys(units, "")
     for chunk in chunks(units):
         marks = ",".join("?" * len(chunk))
-        for unit, series, total in db.execute(
-            "SELECT unit, series, total FROM unit_totals WHERE experiment = ? AND phase = ?"
-            f" AND unit IN ({marks})",
-            (experiment, phase, *chunk),
-        ):
-            totals[unit, series] = total
-        exposed.update(
+        states.update(
             db.execute(
-                "SELECT unit, variant FROM exposures WHERE experiment = ? AND phase = ?"
+                "SELECT unit, state FROM unit_state WHERE experiment = ? AND phase = ?"
                 f" AND unit IN ({marks})",
                 (experiment, phase, *chunk),
             ).fetchall()
         )
+    decoded = {u: UnitState.decode(text or None) for u, text in states.items()}
     stats, shifts = _phase_state(db, experiment, phase)
-    return Loaded(seen, totals, exposed, stats, shifts)
+    result = fold_batch(plan, decoded, exposures, events, stats, shifts)
+    db.executemany(
+        "INSERT OR REPLACE INTO unit_state VALUES (?, ?, ?, ?)",
+        [(experiment, phase, u, s.encode()) for u, s in decoded.items()],
+    )
+    db.executemany(
+        "INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?)",
+        [(experiment, phase, k, stats[k]) for k in result.changed_stats],
+    )
+    db.executemany(
+        "INSERT OR REPLACE INTO shifts VALUES (?, ?, ?, ?)",
+        [(experiment, phase, s, shifts[s]) for s in result.changed_shifts],
+    )
 
 
 def _phase_state(
@@ -180,24 +296,3 @@ def _phase_state(
         ).fetchall()
     )
     return stats, shifts
-
-
-def _write_back(db: sqlite3.Connection, experiment: str, phase: str, folder: Folder) -> None:
-    db.executemany(
-        "INSERT INTO unit_totals VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE"
-        " SET total = excluded.total",
-        [(experiment, phase, u, s, folder.totals[u, s]) for u, s in folder.changed_totals],
-    )
-    db.executemany(
-        "INSERT INTO stats VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET value = excluded.value",
-        [(experiment, phase, k, folder.stats[k]) for k in folder.changed_stats],
-    )
-    db.executemany(
-        "INSERT INTO shifts VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET k = excluded.k",
-        [(experiment, phase, s, folder.shifts[s]) for s in folder.changed_shifts],
-    )
-    if folder.changed_totals or folder.new_exposures:
-        db.execute(
-            "INSERT OR IGNORE INTO phases VALUES (?, ?, ?, ?)",
-            (experiment, phase, time.time(), folder.plan.to_json()),
-        )
