@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(state.cache.poll(settings.refresh_interval, stop)),
             asyncio.create_task(state.exposures.run(settings.exposure_flush_interval, stop)),
             asyncio.create_task(state.housekeeping(stop)),
+            asyncio.create_task(state.folding.run(stop)),
         ]
         warming = asyncio.create_task(_warm_up(state))
         # Start serving once the configs are loaded, or after FIRST_LOAD_WAIT on a store that
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.lookups.shutdown(wait=False)
             state.api.shutdown(wait=False)
             state.writer.shutdown(wait=True)
+            state.folding.shutdown()
             state.store.close()
 
     app = FastAPI(

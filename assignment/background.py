@@ -13,3 +13,15 @@ async def stopped(stop: asyncio.Event, timeout: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def stopped_or_woken(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> bool:
+    """Like `stopped`, but also return early (False) when `wake` is set; clears `wake`."""
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+    wake.clear()
+    return stop.is_set()

@@ -188,13 +188,13 @@ def ingest(
     experiments: Mapping[str, ExperimentRecord],
     plans: Mapping[str, FoldPlan],
 ) -> Outcome:
-    """Fold each experiment's events in one store transaction (blocking: run it in a thread).
-    A StoreError leaves the experiments before it applied and the rest not: a retry of the
-    whole batch is safe, the applied events are then duplicates."""
+    """Append each experiment's events to the store's log (blocking: run it in a thread); they
+    are folded behind.  A StoreError leaves the experiments before it appended and the rest
+    not: a retry of the whole batch is safe, the appended events are then duplicates."""
     outcome = Outcome(rejected=list(parsed.rejected))
     for name, indexed in parsed.by_experiment.items():
         record = experiments[name]
-        result = store.ingest_events(name, record.phase, plans[name], [e for _, e in indexed])
+        result = store.append_events(name, record.phase, plans[name], [e for _, e in indexed])
         outcome.accepted += result.accepted
         outcome.duplicates += len(result.duplicates)
     return outcome

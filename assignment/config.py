@@ -36,7 +36,8 @@ class Settings:
     api_key: str | None = field(default=None, repr=False)  # if set, /v1/assign needs `x-api-key`
     refresh_interval: float = 2.0  # seconds between config-change polls
     exposure_flush_interval: float = 1.0  # seconds: the most exposures a crash can lose
-    exposure_buffer_limit: int = 200_000  # pending exposures kept while the store is down
+    # Bytes of exposures kept waiting while the store does not take them (some 250 bytes each)
+    exposure_buffer_bytes: int = 64 * 1024 * 1024
     max_batch: int = 1000  # units x experiments in one POST /v1/assign
     max_events: int = 5000  # events in one POST /v1/events
     # Seconds a request waits for the store (see assignment.deadline): a sticky lookup, then
@@ -50,7 +51,9 @@ class Settings:
     # off: ready at once, the first verdict or report pays for it (tests, one-off local runs).
     warmup: bool = True
     snapshot_interval: float = 300.0  # seconds between automatic snapshots; 0: none
-    event_retention_days: float = 30.0  # raw events (and their ids) kept this long
+    # Raw events (and their ids, against duplicates) kept this long once folded; export them
+    # (`abmesh events export`) to keep them longer
+    event_retention_days: float = 1.0
     max_body_bytes: int = 1_048_576
     extauthz_unit_header: str = "x-user-id"
     extauthz_unit_cookie: str | None = None
@@ -114,7 +117,9 @@ class Settings:
             exposure_flush_interval=number(
                 "EXPOSURE_FLUSH_INTERVAL", d.exposure_flush_interval, 0.01
             ),
-            exposure_buffer_limit=int(number("EXPOSURE_BUFFER_LIMIT", d.exposure_buffer_limit, 1)),
+            exposure_buffer_bytes=int(
+                number("EXPOSURE_BUFFER_BYTES", d.exposure_buffer_bytes, 1024)
+            ),
             max_batch=int(number("MAX_BATCH", d.max_batch, 1)),
             max_events=int(number("MAX_EVENTS", d.max_events, 1)),
             sticky_timeout=number("STICKY_TIMEOUT", d.sticky_timeout, 0.001),

@@ -1,17 +1,21 @@
-"""Exposure logging off the request path: buffer in memory, flush to the store in batches.
+"""Exposure logging off the request path: buffer in memory, append to the store's log in batches.
 
 Each unit's first assignment into an experiment is its exposure.  A request only adds the unit
-to an in-memory buffer (a dict insert); a background task writes the buffer to the store every
-`flush_interval` seconds in chunks per experiment (see `flush`), and the service flushes once
-more on a graceful shutdown.  The store keeps the first exposure of a unit, so a unit sent
-twice (two replicas, a retried flush) is still counted once.
+to an in-memory buffer (a dict insert); a background task appends the buffer to the store's log
+every `flush_interval` seconds, or at once when `CHUNK` units wait, in chunks per experiment
+(see `flush`), and the service flushes once more on a graceful shutdown.  An append is cheap
+(the log is folded behind, see experiments.store.logfold), so while the store answers the buffer
+drains faster than assignment fills it.  The store keeps the first exposure of a unit, so a
+unit sent twice (two replicas, a retried flush) is still counted once; units this process has
+appended are remembered (up to `KNOWN_CAP`) and not sent again.
 
 Loss window: a crash (SIGKILL, OOM, power loss) loses what was buffered since the last
-successful flush: normally at most `flush_interval` seconds of new units, but while the store is
-down everything buffered since it went down (failed batches go back to the buffer, which holds
-at most `limit` units; beyond that new units are dropped and counted in
-`abmesh_exposures_dropped_total`).  Lost units are exposed again, and counted, the next time
-they are assigned.
+successful append: normally at most `flush_interval` seconds of new units, but while the store
+is down everything buffered since it went down (failed batches go back to the buffer, which
+holds at most `limit_bytes`; beyond that new units are dropped, counted in
+`abmesh_exposures_dropped_total` and logged).  Lost units are exposed again, and counted, the
+next time they are assigned.  Senders that can wait (`POST /v1/exposures`) check `full` and are
+told to retry instead.
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from assignment.background import stopped
+from assignment.background import stopped_or_woken
 from experiments.folding import FoldPlan
 from experiments.store import StatsStore
+from experiments.store.logfold import as_exposures
 
 log = logging.getLogger("abmesh.exposures")
 
-CHUNK = 2000  # units per store write: some 50 ms of the writer thread
+CHUNK = 2000  # units per append; also how many waiting units start a flush at once
+KNOWN_CAP = 1_000_000  # units remembered as appended, over all experiments (some 100 MB)
+ENTRY_BYTES = 200  # what a buffered unit costs besides its id: dict slot, tuple, floats
 Units = dict[str, tuple[str, float, int]]  # unit -> (variant served, time, spec generation)
 Batch = dict[tuple[str, str], tuple[FoldPlan, Units]]  # (experiment, phase) -> (plan, units)
 
@@ -39,7 +46,8 @@ class ExposureBuffer:
         self,
         store: StatsStore,
         *,
-        limit: int,
+        limit_bytes: int,
+        on_appended: Callable[[str], None] = lambda experiment: None,
         on_flushed: Callable[[int], None] = lambda n: None,
         on_dropped: Callable[[int], None] = lambda n: None,
         on_error: Callable[[], None] = lambda: None,
@@ -48,12 +56,25 @@ class ExposureBuffer:
         self.store = store
         # Where the blocking write runs: the service's writer thread, or any thread.
         self.run_write = run_write or asyncio.to_thread
-        self.limit = limit
+        self.limit_bytes = limit_bytes
         self.pending: Batch = {}
-        self.size = 0
+        self.bytes = 0
+        self.known: dict[tuple[str, str], set[str]] = {}
+        self._known_count = 0
+        self._wake = asyncio.Event()
+        self._dropping = False
+        self._on_appended = on_appended
         self._on_flushed = on_flushed
         self._on_dropped = on_dropped
         self._on_error = on_error
+
+    @property
+    def size(self) -> int:
+        return sum(len(units) for _, units in self.pending.values())
+
+    @property
+    def full(self) -> bool:
+        return self.bytes >= self.limit_bytes
 
     def add(
         self,
@@ -68,20 +89,35 @@ class ExposureBuffer:
     ) -> None:
         """Note an exposure: the variant served, when (default now), and the generation of the
         spec that chose it (0: not known).  Called on the event loop; no I/O."""
-        entry = self.pending.get((experiment, phase))
+        key = (experiment, phase)
+        if unit in self.known.get(key, ()):
+            return
+        entry = self.pending.get(key)
         if entry is None:
-            entry = self.pending[experiment, phase] = (plan, {})
+            entry = self.pending[key] = (plan, {})
         units = entry[1]
         if unit in units:
             return
-        if self.size >= self.limit:
-            self._on_dropped(1)
+        if self.full:
+            self._drop(1)
             return
         units[unit] = (variant, time.time() if at is None else at, generation)
-        self.size += 1
+        self.bytes += len(unit) + ENTRY_BYTES
+        if len(units) >= CHUNK:
+            self._wake.set()
+
+    def _drop(self, count: int) -> None:
+        self._on_dropped(count)
+        if not self._dropping:  # once per episode: it happens at request rate
+            log.warning(
+                "exposure buffer full (%d bytes): dropping new exposures until the store"
+                " takes the backlog",
+                self.bytes,
+            )
+        self._dropping = True
 
     def take(self) -> Batch:
-        batch, self.pending, self.size = self.pending, {}, 0
+        batch, self.pending, self.bytes = self.pending, {}, 0
         return batch
 
     def put_back(self, batch: Batch) -> None:
@@ -91,14 +127,20 @@ class ExposureBuffer:
             for unit, exposure in units.items():
                 if unit in current:
                     current[unit] = exposure
-                elif self.size < self.limit:
+                elif not self.full:
                     current[unit] = exposure
-                    self.size += 1
+                    self.bytes += len(unit) + ENTRY_BYTES
                 else:
-                    self._on_dropped(1)
+                    self._drop(1)
+
+    def _remember(self, key: tuple[str, str], units: Units) -> None:
+        if self._known_count + len(units) > KNOWN_CAP:
+            self.known, self._known_count = {}, 0  # forgetting only costs a re-send
+        self.known.setdefault(key, set()).update(units)
+        self._known_count += len(units)
 
     async def flush(self) -> None:
-        """Write what is buffered, in chunks of at most CHUNK units: the writer thread is
+        """Append what is buffered, in chunks of at most CHUNK units: the writer thread is
         shared with event batches, which then wait behind one chunk, not behind the backlog of
         a whole outage."""
         batch = self.take()
@@ -108,8 +150,10 @@ class ExposureBuffer:
                 while units:
                     chunk = dict(itertools.islice(units.items(), CHUNK))
                     await self.run_write(
-                        self.store.record_exposures, experiment, phase, plan, chunk
+                        self.store.append_exposures, experiment, phase, plan, as_exposures(chunk)
                     )
+                    self._remember((experiment, phase), chunk)
+                    self._on_appended(experiment)
                     for unit in chunk:
                         del units[unit]
                     written += len(chunk)
@@ -117,10 +161,14 @@ class ExposureBuffer:
             self._on_error()
             log.warning("exposure flush failed, will retry: %s", exc)
             self.put_back(batch)
+        else:
+            if self._dropping and not self.full:
+                log.warning("exposure buffer has room again")
+                self._dropping = False
         if written:
             self._on_flushed(written)
 
     async def run(self, interval: float, stop: asyncio.Event) -> None:
-        """Flush every `interval` seconds until `stop` is set."""
-        while not await stopped(stop, interval):
+        """Flush every `interval` seconds, or as soon as a chunk waits, until `stop` is set."""
+        while not await stopped_or_woken(stop, self._wake, interval):
             await self.flush()

@@ -17,6 +17,7 @@ from assignment.cache import ConfigCache
 from assignment.config import Settings
 from assignment.deadline import DeadlinePool
 from assignment.exposures import ExposureBuffer
+from assignment.folding import Folding
 from assignment.telemetry import Telemetry
 from experiments.errors import StoreError
 from experiments.folding import FoldPlan
@@ -56,9 +57,16 @@ class ServiceState:
         store_errors = self.telemetry.store_errors
         self.cache.on_error = store_errors.labels("config").inc
         self.cache.on_refresh = self.telemetry.config_refreshed.set
+        self.folding = Folding(
+            self.store,
+            self.telemetry.registry,
+            store_errors.labels("fold").inc,
+            lambda: list(self.cache.configs.experiments),
+        )
         self.exposures = ExposureBuffer(
             self.store,
-            limit=self.settings.exposure_buffer_limit,
+            on_appended=self.folding.appended,
+            limit_bytes=self.settings.exposure_buffer_bytes,
             on_flushed=self.telemetry.exposures_flushed.inc,
             on_dropped=self.telemetry.exposures_dropped.inc,
             on_error=store_errors.labels("exposures").inc,

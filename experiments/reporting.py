@@ -58,8 +58,12 @@ def analysed_spec(
 def phase_report(
     store: StatsStore, record: ExperimentRecord, phase: str | None = None
 ) -> dict[str, Any]:
-    """`{"experiment", "phase", "phases", "arms": {variant: {"exposures", "metrics": {...}}}}`."""
+    """`{"experiment", "phase", "phases", "arms": {variant: {"exposures", "metrics": {...}}},
+    "fold": {"pending", "lag_s", "folded_through"}}`: the statistics after settling the log
+    (`logfold`), and how far they are behind it still (everything appended before
+    `folded_through`, unix s, is in them)."""
     phase = phase or record.phase
+    fold = store.settle(record.name)  # before the read: what it says is pending may be in it
     stats, shifts = store.phase_stats(record.name, phase)
     # A phase's statistics are read with the plan they were built with.
     plan = store.phase_plan(record.name, phase) or FoldPlan.from_spec(record.spec)
@@ -68,6 +72,7 @@ def phase_report(
         "phase": phase,
         "phases": store.phases(record.name),
         "arms": export(plan, stats, shifts),
+        "fold": fold.to_dict(),
     }
 
 

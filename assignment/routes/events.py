@@ -48,6 +48,8 @@ async def post_events(body: EventsIn, state: StateDep) -> dict[str, Any]:
         configs.plans,
         deadline=until - time.monotonic(),
     )
+    for name in parsed.by_experiment:
+        state.folding.appended(name)
     counter = state.telemetry.events
     counter.labels("accepted", "").inc(outcome.accepted)
     counter.labels("duplicate", "").inc(outcome.duplicates)

@@ -56,6 +56,10 @@ class Settling(ABC):
     @abstractmethod
     def fold_state(self, experiment: str) -> FoldState: ...
 
+    @abstractmethod
+    def log_length(self, experiment: str) -> int:
+        """Entries kept in the experiment's log, folded or not."""
+
     def log_time(self) -> float:
         """Now, on the clock that stamps the log's entries."""
         return time.time()

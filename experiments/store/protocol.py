@@ -207,6 +207,9 @@ class StatsStore(Protocol):
 
     def fold_state(self, experiment: str) -> FoldState: ...
 
+    def log_length(self, experiment: str) -> int:
+        """Entries kept in the experiment's log, folded or not."""
+
     def settle(self, experiment: str, *, timeout: float = ...) -> FoldState:
         """Fold until what was appended before the call is folded, or `timeout` passes."""
 

@@ -39,7 +39,7 @@ from experiments.store.protocol import FoldState, IngestResult
 from experiments.store.redis_events import RS, RedisEvents
 
 PARTITIONS = 16
-LOCK_MS = 30_000  # a folder that dies holds its partition this long
+LOCK_MS = 2_000  # a folder that dies holds its partition this long (a fold takes well under)
 
 _APPEND_EVENTS = """
 local dups = {}
@@ -234,6 +234,13 @@ class RedisStats(Settling, RedisEvents):
         # An entry's id is the millisecond it was appended at.
         times = [int(first[0][0].split("-")[0]) / 1000 for first in firsts if first]
         return FoldState(sum(n for _, n in pending.values()), min(times) if times else None)
+
+    def log_length(self, experiment: str) -> int:
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)
+            for k in range(self.partitions):
+                pipe.xlen(self.partition_key(experiment, k, "log"))
+            return sum(int(n) for n in pipe.execute())
 
     def phase_stats(self, experiment: str, phase: str) -> tuple[dict[str, float], dict[str, float]]:
         self.settle(experiment)

@@ -133,6 +133,15 @@ class SQLiteStats(Settling, SQLiteBase):
         times = [t for t in (x_oldest, e_oldest) if t is not None]
         return FoldState(x_count + e_count, min(times) if times else None)
 
+    def log_length(self, experiment: str) -> int:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT (SELECT count(*) FROM exposure_log WHERE experiment = ?)"
+                " + (SELECT count(*) FROM event_log WHERE experiment = ?)",
+                (experiment, experiment),
+            ).fetchone()
+        return int(row[0])
+
     def phase_stats(self, experiment: str, phase: str) -> tuple[dict[str, float], dict[str, float]]:
         self.settle(experiment)
         with self._read() as db:

@@ -1,0 +1,96 @@
+"""The service's folder: turns what this process appended to the store's log into statistics
+at once, and sweeps every experiment's log now and then (entries a replica appended before it
+died).  Several replicas fold side by side: each partition of the log is folded by whichever
+takes its lease first (experiments.store.logfold).  It also keeps the lag gauges current."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from prometheus_client import Gauge
+
+from assignment.background import stopped_or_woken
+from experiments.store import Store
+
+log = logging.getLogger("abmesh.folding")
+
+SWEEP_S = 2.0  # how often every experiment's log is looked at, and the gauges set
+PASSES = 10  # fold passes over one experiment's partitions before the next experiment's turn
+
+
+class Folding:
+    def __init__(
+        self, store: Store, registry: Any, on_error: Any, names: Any, *, sweep_s: float = SWEEP_S
+    ) -> None:
+        self.store = store
+        self.names = names  # () -> the experiments to sweep
+        self.on_error = on_error
+        self.sweep_s = sweep_s
+        self.due: set[str] = set()
+        self._wake = asyncio.Event()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="abmesh-folder")
+        self.pending = Gauge(
+            "abmesh_fold_pending_entries",
+            "Log entries appended and not folded yet, by experiment.",
+            ["experiment"],
+            multiprocess_mode="max",
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "abmesh_fold_lag_seconds",
+            "Age of the oldest log entry not folded yet (0: none), by experiment.",
+            ["experiment"],
+            multiprocess_mode="max",
+            registry=registry,
+        )
+        self.length = Gauge(
+            "abmesh_log_entries",
+            "Entries kept in the log (folded ones until the retention), by experiment.",
+            ["experiment"],
+            multiprocess_mode="max",
+            registry=registry,
+        )
+
+    def appended(self, experiment: str) -> None:
+        """Note that `experiment` has new entries (called on the event loop)."""
+        self.due.add(experiment)
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        swept = 0.0
+        while not await stopped_or_woken(stop, self._wake, self.sweep_s):
+            names, self.due = self.due, set()
+            sweep = time.monotonic() - swept >= self.sweep_s
+            if sweep:
+                names |= set(self.names())
+                swept = time.monotonic()
+            for name in names:
+                try:
+                    more = await loop.run_in_executor(self._thread, self._fold, name, sweep)
+                except Exception as exc:  # the store is down: the next sweep retries
+                    self.on_error()
+                    log.warning("log of %s not folded: %s", name, exc)
+                    break
+                if more:  # the others' turn first
+                    self.appended(name)
+
+    def _fold(self, name: str, measure: bool) -> bool:
+        """Fold some batches of the experiment's log; True if there may be more."""
+        passes = 0
+        while passes < PASSES and self.store.fold(name):
+            passes += 1
+        more = passes == PASSES
+        if measure:
+            state = self.store.fold_state(name)
+            self.pending.labels(name).set(state.pending)
+            self.lag.labels(name).set(state.lag_s())
+            self.length.labels(name).set(self.store.log_length(name))
+        return more
+
+    def shutdown(self) -> None:
+        self._thread.shutdown(wait=True)
