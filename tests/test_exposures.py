@@ -1,5 +1,5 @@
 """POST /v1/exposures against `abmesh serve` on SQLite: the variant a client served is the arm
-recorded, item by item."""
+recorded, item by item, also when the split changed after the client assigned."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ import httpx
 import pytest
 import yaml
 
+from assignment.assign import assign
 from assignment.auth import Role
-from assignment.client import EXPOSURE_BATCH
+from assignment.client import EXPOSURE_BATCH, AssignmentClient
 from experiments import EXAMPLES_DIR
-from tests.servers import Service, auth, start_service, wait_until
+from experiments.loader import spec_from_mapping
+from tests.servers import TOKENS, Service, auth, start_service, wait_until
 
 EXAMPLE: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text())
 MAX_EVENTS = EXPOSURE_BATCH  # the smallest limit the local client's batches fit in
@@ -148,3 +150,44 @@ def test_a_batch_over_max_events_is_413(served: tuple[Service, Path]) -> None:
     assert r.status_code == 413
     limit = f"batch of {MAX_EVENTS + 1} exposures exceeds the limit of {MAX_EVENTS}"
     assert r.json()["error"] == limit
+
+
+def test_local_client_records_what_it_served_across_a_split_change(
+    served: tuple[Service, Path],
+) -> None:
+    svc, db = served
+    spec = {**EXAMPLE, "name": "split"}
+    with httpx.Client(base_url=svc.url, headers=auth(Role.ADMIN), timeout=30) as admin:
+        assert admin.post("/v1/experiments", json=spec).status_code == 201
+        assert admin.post("/v1/experiments/split/start").status_code == 200
+        with AssignmentClient(
+            svc.url,
+            timeout=30,
+            local=True,
+            token=TOKENS[Role.READER],
+            writer_token=TOKENS[Role.WRITER],
+            refresh_interval=3600,  # refreshed below, when the test says
+            exposure_interval=3600,  # reported by the flush below, all at once
+        ) as client:
+            before = [client.assign("split", f"s-{i}") for i in range(200)]
+            variants = [dict(v, weight=w) for v, w in zip(spec["variants"], (90, 10), strict=True)]
+            changed = {**spec, "variants": variants}
+            # Nothing is stored for it yet, so the change keeps the phase (apply_spec): both
+            # halves count in one.
+            assert admin.put("/v1/experiments/split", json=changed).status_code == 200
+            client.refresh()
+            after = [client.assign("split", f"s-{i}") for i in range(200, 400)]
+            pending = client._exposed["split"]
+            assert [s.generation for s in pending] == [1] * 200 + [2] * 200
+            client.flush()
+    served_arms = {a.unit: a.variant for a in before + after if a.in_experiment}
+    assert len(served_arms) == 400
+    # The change matters: deriving the arm again now would record another one for some units.
+    now = spec_from_mapping(changed)
+    assert any(assign(now, a.unit).variant != a.variant for a in before)
+    controls = [sum(a.variant == "control" for a in part) for part in (before, after)]
+    assert controls[1] > controls[0]  # the client did assign with the new split
+    wait_until(
+        lambda: arms(svc, "split") == dict(Counter(served_arms.values())), "exposures per arm"
+    )
+    assert recorded(db, "split") == served_arms
