@@ -7,11 +7,14 @@ Two modes:
 - local (`local=True`): the client pulls the experiment configs (`GET /v1/configs`, revalidated
   with ETag every `refresh_interval` seconds; it needs the reader `token`, since specs hold
   their overrides) and hashes in-process with the same code as the server, so answers cost
-  microseconds and survive a service outage.  Exposures are reported through `POST /v1/assign`
-  (the server re-derives and records them) in batches, at the latest `exposure_interval` seconds
-  after the first of a batch (checked on each call: no thread); a failed report is kept for the
-  next one (up to EXPOSURE_BACKLOG units).  Call `flush()` or `close()` before exiting.  Sticky
-  specs are always asked of the server, which holds the records.
+  microseconds and survive a service outage.  Exposures are reported through
+  `POST /v1/exposures` as what was served (unit, variant, and the generation of the spec that
+  chose it), so a split changed since on the server does not change the arm recorded; that
+  needs the `writer_token` (default: `token`, enough if it is the admin one).  They go in
+  batches, at the latest `exposure_interval` seconds after the first of a batch (checked on each
+  call: no thread); a failed report is kept for the next one (up to EXPOSURE_BACKLOG exposures
+  per experiment).  Call `flush()` or `close()` before exiting.  Sticky specs are always asked
+  of the server, which holds the records.
 
 The fallback variant is the spec's control when the client knows the spec (local mode, or after
 `refresh()`), else `fallback_variant` with no header.
@@ -22,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -37,6 +40,25 @@ from experiments.spec import ExperimentSpec
 log = logging.getLogger("abmesh.client")
 EXPOSURE_BATCH = 500
 EXPOSURE_BACKLOG = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class Local:
+    """A spec as local evaluation uses it: with the served weights, its state, its generation."""
+
+    spec: ExperimentSpec
+    running: bool
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """An exposure to report: what the unit was served, by which generation, when."""
+
+    unit: str
+    variant: str
+    generation: int
+    at: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +82,7 @@ class AssignmentClient:
         timeout: float = 0.25,
         api_key: str | None = None,
         token: str | None = None,
+        writer_token: str | None = None,
         local: bool = False,
         refresh_interval: float = 30.0,
         exposure_interval: float = 5.0,
@@ -83,10 +106,12 @@ class AssignmentClient:
             },
             transport=transport,
         )
-        self._specs: dict[str, tuple[ExperimentSpec, bool]] = {}  # name -> (spec, running)
+        writer = writer_token or token
+        self._writer_headers = {"Authorization": f"Bearer {writer}"} if writer else {}
+        self._specs: dict[str, Local] = {}
         self._etag: str | None = None
         self._checked_at = float("-inf")
-        self._exposed: dict[str, list[str]] = {}
+        self._exposed: dict[str, list[Served]] = {}
         self._first_pending: float | None = None
 
     # remote
@@ -96,7 +121,7 @@ class AssignmentClient:
     ) -> ClientAssignment:
         if self.local:
             found = self._local_spec(experiment)
-            if found is not None and not found[0].sticky:
+            if found is not None and not found.spec.sticky:
                 return self._assign_here(found, unit, headers)
         try:
             response = self._http.get(
@@ -114,7 +139,7 @@ class AssignmentClient:
     ) -> list[ClientAssignment]:
         if self.local:
             found = self._local_spec(experiment)
-            if found is not None and not found[0].sticky:
+            if found is not None and not found.spec.sticky:
                 return [self._assign_here(found, u, headers) for u in units]
         try:
             response = self._http.post(
@@ -145,13 +170,13 @@ class AssignmentClient:
                 fallback=True,
                 error=error,
             )
-        control = known[0].control_variant
+        control = known.spec.control_variant
         return ClientAssignment(
             experiment,
             unit,
             control.key,
             False,
-            known[0].header,
+            known.spec.header,
             control.header_value,
             "fallback",
             fallback=True,
@@ -172,10 +197,10 @@ class AssignmentClient:
         for item in response.json()["experiments"]:
             status = item["status"]
             spec = spec_from_mapping(item["spec"]).with_weights(status["weights"])
-            specs[item["name"]] = (spec, status["state"] == "running")
+            specs[item["name"]] = Local(spec, status["state"] == "running", item["generation"])
         self._specs, self._etag = specs, response.headers.get("ETag")
 
-    def _local_spec(self, experiment: str) -> tuple[ExperimentSpec, bool] | None:
+    def _local_spec(self, experiment: str) -> Local | None:
         if time.monotonic() - self._checked_at >= self.refresh_interval:
             try:
                 self.refresh()
@@ -185,17 +210,17 @@ class AssignmentClient:
         return self._specs.get(experiment)
 
     def _assign_here(
-        self, found: tuple[ExperimentSpec, bool], unit: str, headers: Mapping[str, str] | None
+        self, found: Local, unit: str, headers: Mapping[str, str] | None
     ) -> ClientAssignment:
-        spec, running = found
+        spec = found.spec
         try:
-            a = assign_local(spec, unit, headers=headers, active=running)
+            a = assign_local(spec, unit, headers=headers, active=found.running)
         except AbmeshError as exc:
             return self._fallback(spec.name, unit, str(exc))
         full = False
         if a.in_experiment:
             pending = self._exposed.setdefault(spec.name, [])
-            pending.append(unit)
+            pending.append(Served(unit, a.variant, found.generation))
             full = len(pending) >= EXPOSURE_BATCH
             if self._first_pending is None:
                 self._first_pending = time.monotonic()
@@ -218,21 +243,30 @@ class AssignmentClient:
         """Report the exposures of local assignments to the service; keep what fails."""
         pending, self._exposed, self._first_pending = self._exposed, {}, None
         for experiment, exposed in pending.items():
-            units = list(dict.fromkeys(exposed))
-            for start in range(0, len(units), EXPOSURE_BATCH):
-                batch = units[start : start + EXPOSURE_BATCH]
+            first: dict[str, Served] = {}  # the service keeps a unit's first exposure
+            for s in exposed:
+                first.setdefault(s.unit, s)
+            served = list(first.values())
+            for start in range(0, len(served), EXPOSURE_BATCH):
+                batch = [
+                    {"experiment": experiment, "unit": s.unit, "variant": s.variant,
+                     "generation": s.generation, "timestamp": s.at}
+                    for s in served[start : start + EXPOSURE_BATCH]
+                ]  # fmt: skip
                 try:
-                    self._http.post(
-                        "/v1/assign", json={"units": batch, "experiments": [experiment]}
-                    ).raise_for_status()
+                    response = self._http.post(
+                        "/v1/exposures", json={"exposures": batch}, headers=self._writer_headers
+                    )
+                    response.raise_for_status()
                 except httpx.HTTPError as exc:
                     log.warning("abmesh exposures not reported for %s: %s", experiment, exc)
-                    self._keep(experiment, units[start:])
+                    self._keep(experiment, served[start:])
                     break
+                _warn_rejected(experiment, response)
 
-    def _keep(self, experiment: str, units: list[str]) -> None:
+    def _keep(self, experiment: str, served: list[Served]) -> None:
         backlog = self._exposed.setdefault(experiment, [])
-        backlog.extend(units[: max(EXPOSURE_BACKLOG - len(backlog), 0)])
+        backlog.extend(served[: max(EXPOSURE_BACKLOG - len(backlog), 0)])
         if self._first_pending is None:
             self._first_pending = time.monotonic()
 
@@ -263,6 +297,18 @@ def _from_body(body: Mapping[str, Any]) -> ClientAssignment:
         header["value"],
         body["reason"],
     )
+
+
+def _warn_rejected(experiment: str, response: httpx.Response) -> None:
+    """Log exposures the service refused (the experiment stopped, say): not kept, since sending
+    them again would not help."""
+    try:
+        rejected = response.json()["rejected"]
+        if rejected:
+            log.warning("abmesh refused %d exposures of %s, the first: %s",
+                        len(rejected), experiment, rejected[0]["error"])  # fmt: skip
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        log.warning("abmesh exposures of %s: unexpected answer: %s", experiment, exc)
 
 
 def _describe(exc: Exception) -> str:

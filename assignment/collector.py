@@ -1,4 +1,5 @@
-"""Event collection: validate each event on its own, then fold the valid ones per experiment.
+"""What clients report: events, validated each on its own and then folded per experiment, and
+the exposures of local evaluation (the variant a client served), validated the same way.
 
 A bad item is rejected alone, with a message naming its position and field; the rest of the
 batch is applied.  Validation is hand-written rather than a pydantic model per item: a batch of
@@ -9,10 +10,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from experiments.folding import PRE, Event, FoldPlan
 from experiments.names import unit_problem
@@ -26,10 +27,13 @@ MAX_ABS_VALUE = 1e15  # sums of squares of such values stay far from float overf
 # time zone.
 MAX_FUTURE_S = 86_400.0
 FIELDS = frozenset({"event_id", "experiment", "unit", "metric", "value", "timestamp", "pre_period"})
+EXPOSURE_FIELDS = frozenset({"experiment", "unit", "variant", "generation", "timestamp"})
+T = TypeVar("T")
 
 
 class RejectedEventError(ValueError):
-    """Why one event is not acceptable; `reason` is a short label for metrics."""
+    """Why one item (an event, an exposure) is not acceptable; `reason` is a short label for
+    metrics."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -51,16 +55,25 @@ def parse_events(
     *,
     now: float | None = None,
 ) -> Parsed:
-    parsed = Parsed()
-    now = time.time() if now is None else now
-    for i, item in enumerate(items):
-        try:
-            name, event = _parse(item, experiments, plans, now)
-        except RejectedEventError as exc:
-            parsed.rejected.append((i, RejectedEventError(exc.reason, f"events[{i}].{exc}")))
-            continue
+    at = time.time() if now is None else now
+    valid, rejected = _each(items, "events", lambda item: _parse(item, experiments, plans, at))
+    parsed = Parsed(rejected=rejected)
+    for i, (name, event) in valid:
         parsed.by_experiment.setdefault(name, []).append((i, event))
     return parsed
+
+
+def _each(
+    items: Sequence[Any], key: str, parse: Callable[[Any], T]
+) -> tuple[list[tuple[int, T]], list[tuple[int, RejectedEventError]]]:
+    """Parse each item alone: the valid ones, and the rejections named `key[i].field`."""
+    valid, rejected = [], []
+    for i, item in enumerate(items):
+        try:
+            valid.append((i, parse(item)))
+        except RejectedEventError as exc:
+            rejected.append((i, RejectedEventError(exc.reason, f"{key}[{i}].{exc}")))
+    return valid, rejected
 
 
 def _parse(
@@ -69,27 +82,17 @@ def _parse(
     plans: Mapping[str, FoldPlan],
     now: float,
 ) -> tuple[str, Event]:
-    if not isinstance(item, Mapping):
-        raise RejectedEventError("type", f"event: must be an object, got {type(item).__name__}")
-    if item.get("value", 0) is None:
+    if isinstance(item, Mapping) and item.get("value", 0) is None:
         # Counting it as the default 1 would turn a missing revenue into one cent.
         raise RejectedEventError("value", "value: null; send a number, or leave it out to count 1")
-    if None in item.values():
-        item = {k: v for k, v in item.items() if v is not None}  # null: absent (default)
-    if not item.keys() <= FIELDS:
-        unknown = item.keys() - FIELDS
-        raise RejectedEventError(
-            "field", f"{sorted(unknown)[0]}: unknown field (known: {', '.join(sorted(FIELDS))})"
-        )
+    item = _known(item, FIELDS, "event")
     event_id = _text(item, "event_id")
     if len(event_id) > MAX_ID_CHARS or unit_problem(event_id) is not None:
         raise RejectedEventError(
             "event_id", f"event_id: must be 1-{MAX_ID_CHARS} characters without control characters"
         )
-    name = _text(item, "experiment")
-    if name not in experiments:
-        raise RejectedEventError("experiment", f"experiment: {name[:100]!r} does not exist")
-    record = experiments[name]
+    record = _record(item, experiments)
+    name = record.name
     if record.state is State.CONCLUDED:
         # Its analysis is final: a later event would change the verdict it ended with.
         outcome = record.status.outcome.value if record.status.outcome else "concluded"
@@ -97,10 +100,7 @@ def _parse(
             "concluded",
             f"experiment: {name!r} concluded ({outcome}); its events are no longer counted",
         )
-    unit = _text(item, "unit")
-    problem = unit_problem(unit)
-    if problem is not None:
-        raise RejectedEventError("unit", f"unit: {problem}")
+    unit = _unit(item)
     metric = _text(item, "metric")
     plan = plans[name]
     if not plan.accepts(metric):
@@ -114,6 +114,38 @@ def _parse(
     return name, Event(
         event_id, unit, metric + PRE if pre else metric, value, _timestamp(item, now)
     )
+
+
+def _known(item: Any, fields: frozenset[str], what: str) -> Mapping[str, Any]:
+    """The item's fields without nulls (null: absent, the default), all of them known."""
+    if not isinstance(item, Mapping):
+        raise RejectedEventError("type", f"{what}: must be an object, got {type(item).__name__}")
+    given: Mapping[str, Any] = item
+    if None in given.values():
+        given = {k: v for k, v in given.items() if v is not None}
+    if not given.keys() <= fields:
+        unknown = given.keys() - fields
+        raise RejectedEventError(
+            "field", f"{sorted(unknown)[0]}: unknown field (known: {', '.join(sorted(fields))})"
+        )
+    return given
+
+
+def _record(
+    item: Mapping[str, Any], experiments: Mapping[str, ExperimentRecord]
+) -> ExperimentRecord:
+    name = _text(item, "experiment")
+    if name not in experiments:
+        raise RejectedEventError("experiment", f"experiment: {name[:100]!r} does not exist")
+    return experiments[name]
+
+
+def _unit(item: Mapping[str, Any]) -> str:
+    unit = _text(item, "unit")
+    problem = unit_problem(unit)
+    if problem is not None:
+        raise RejectedEventError("unit", f"unit: {problem}")
+    return unit
 
 
 def _text(item: Mapping[str, Any], key: str) -> str:
@@ -198,3 +230,56 @@ def ingest(
         outcome.accepted += result.accepted
         outcome.duplicates += len(result.duplicates)
     return outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    """A variant a client served (local evaluation), recorded as it is: the server does not
+    derive it again, since the split may have changed since."""
+
+    record: ExperimentRecord  # the experiment as this replica knows it
+    unit: str
+    variant: str
+    at: float
+    generation: int  # of the spec the client assigned with; 0: not given
+
+
+def parse_exposures(
+    items: Sequence[Any],
+    experiments: Mapping[str, ExperimentRecord],
+    *,
+    now: float | None = None,
+) -> tuple[list[tuple[int, Exposure]], list[tuple[int, RejectedEventError]]]:
+    """The valid exposures and the rejections, each by position."""
+    at = time.time() if now is None else now
+    return _each(items, "exposures", lambda item: _parse_exposure(item, experiments, at))
+
+
+def _parse_exposure(item: Any, experiments: Mapping[str, ExperimentRecord], now: float) -> Exposure:
+    item = _known(item, EXPOSURE_FIELDS, "exposure")
+    record = _record(item, experiments)
+    if record.state is not State.RUNNING:
+        # As on the assign path: only a running experiment exposes anyone.
+        raise RejectedEventError(
+            "state", f"experiment: {record.name!r} is {record.state.value}, not running"
+        )
+    unit = _unit(item)
+    variant = _text(item, "variant")
+    keys = [v.key for v in record.spec.variants]
+    if variant not in keys:
+        raise RejectedEventError(
+            "variant",
+            f"variant: {variant[:100]!r} is not a variant of {record.name!r}"
+            f" (known: {', '.join(keys)})",
+        )
+    generation = item.get("generation", 0)
+    if "generation" in item:
+        if isinstance(generation, bool) or not isinstance(generation, int) or generation < 1:
+            raise RejectedEventError("generation", "generation: must be an integer of at least 1")
+        if generation > record.generation:
+            raise RejectedEventError(
+                "generation",
+                f"generation: ahead of {record.name!r}, whose spec is at generation"
+                f" {record.generation}",
+            )
+    return Exposure(record, unit, variant, _timestamp(item, now), generation)

@@ -102,3 +102,16 @@ class EventsOut(BaseModel):
     accepted: int
     duplicates: int
     rejected: list[RejectedOut]
+
+
+class ExposuresIn(BaseModel):
+    exposures: list[Any] = Field(
+        description="Variants served by local evaluation {experiment, unit, variant, generation "
+        "(of the spec that chose it, optional), timestamp (unix s or ISO 8601 with offset; "
+        "default now)}; each is validated on its own."
+    )
+
+
+class ExposuresOut(BaseModel):
+    accepted: int = Field(description="Exposures buffered; the first of each unit counts.")
+    rejected: list[RejectedOut]

@@ -58,6 +58,13 @@ class Telemetry:
             ["outcome", "reason"],
             registry=r,
         )
+        self.exposures_reported = Counter(
+            "abmesh_exposures_reported",
+            "Exposures reported by local evaluation (POST /v1/exposures), by outcome (accepted,"
+            " rejected) and rejection reason.",
+            ["outcome", "reason"],
+            registry=r,
+        )
         self.extauthz_errors = Counter(
             "abmesh_extauthz_errors",
             "ext_authz checks answered without a header after an internal error.",

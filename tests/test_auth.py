@@ -49,6 +49,7 @@ ROUTES: dict[tuple[str, str], str | Role] = {
     ("GET", "/v1/experiments/{name}/report.html"): Role.READER,
     ("GET", "/v1/experiments/{name}/decision"): Role.READER,
     ("POST", "/v1/events"): Role.WRITER,
+    ("POST", "/v1/exposures"): Role.WRITER,
     ("POST", "/v1/experiments"): Role.ADMIN,
     ("PUT", "/v1/experiments/{name}"): Role.ADMIN,
     ("DELETE", "/v1/experiments/{name}"): Role.ADMIN,
@@ -68,6 +69,9 @@ PARAMS = {"experiment": "ranker-v2", "path": "predict", "hook": "confirm-rollout
 BODIES: dict[str, Any] = {
     "/v1/assign": {"units": ["user-1"]},
     "/v1/events": {"events": [EVENT]},
+    "/v1/exposures": {
+        "exposures": [{"experiment": "ranker-v2", "unit": "user-1", "variant": "control"}]
+    },
     "/v1/experiments": {},
     "/v1/experiments/{name}": {},
     "/v1/experiments/{name}/phase": {"phase": "ab"},

@@ -21,6 +21,7 @@ from tests.servers import TOKENS, Service, free_port, start_service, wait_until
 EXAMPLE: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text())
 UNITS = [f"user-{i}" for i in range(3000)] + ["qa-1", "é-unit", "用户-9"]
 READER = TOKENS[Role.READER]  # local evaluation reads the specs
+WRITER = TOKENS[Role.WRITER]  # and reports the exposures
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,9 @@ def test_local_evaluation_matches_the_server(served: tuple[Service, str], experi
     svc, _ = served
     with (
         AssignmentClient(svc.url, timeout=5) as remote,
-        AssignmentClient(svc.url, timeout=5, local=True, token=READER) as local,
+        AssignmentClient(
+            svc.url, timeout=5, local=True, token=READER, writer_token=WRITER
+        ) as local,
     ):
         from_server = []
         for start in range(0, len(UNITS), 500):
@@ -99,7 +102,7 @@ def test_local_mode_reports_exposures(served: tuple[Service, str]) -> None:
     svc, url = served
     units = [f"local-{i}" for i in range(120)]
     before = _exposed(url, "ranker-v2")
-    with AssignmentClient(svc.url, local=True, token=READER) as client:
+    with AssignmentClient(svc.url, local=True, token=READER, writer_token=WRITER) as client:
         exposed = sum(client.assign("ranker-v2", u).in_experiment for u in units)
     assert exposed == 120
     # These units are new to the service: the count grows by exactly what this client reported.
@@ -111,7 +114,9 @@ def test_local_mode_reports_after_the_interval_and_keeps_failed_reports(
 ) -> None:
     _, url = served
     own = start_service(url, tmp_path)  # a replica of its own, to take down mid-test
-    client = AssignmentClient(own.url, local=True, token=READER, exposure_interval=0.3)
+    client = AssignmentClient(
+        own.url, local=True, token=READER, writer_token=WRITER, exposure_interval=0.3
+    )
     try:
         before = _exposed(url, "three")
         exposed = [
@@ -127,7 +132,7 @@ def test_local_mode_reports_after_the_interval_and_keeps_failed_reports(
         ]
         client.flush()
         assert more
-        assert set(more) <= set(client._exposed.get("three", []))
+        assert set(more) <= {s.unit for s in client._exposed.get("three", [])}
     finally:
         client.close()
         own.stop()

@@ -23,8 +23,9 @@ router = APIRouter(prefix="/v1", tags=["assign"], dependencies=ReaderDeps)
     responses={code: {"model": ErrorOut} for code in (401, 403, 503)},
 )
 def get_configs(request: Request, state: StateDep) -> Response:
-    """Every experiment with its status and spec.  Send the ETag back as If-None-Match: the
-    answer is 304 with no body while nothing changed."""
+    """Every experiment with its status, spec and generation (a client assigning locally
+    reports it with the exposures: POST /v1/exposures).  Send the ETag back as If-None-Match:
+    the answer is 304 with no body while nothing changed."""
     configs = state.cache.current()  # before the first load: 503, not "no experiments"
     etag = f'"{configs.epoch}"'
     if request.headers.get("if-none-match") == etag:
