@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import closing
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from assignment.auth import Role
 from assignment.client import EXPOSURE_BATCH, AssignmentClient
 from experiments import EXAMPLES_DIR
 from experiments.loader import spec_from_mapping
+from experiments.store import open_store
 from tests.servers import TOKENS, Service, auth, start_service, wait_until
 
 EXAMPLE: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text())
@@ -68,13 +67,13 @@ def arms(svc: Service, experiment: str) -> dict[str, int]:
     return {variant: arm["exposures"] for variant, arm in r.json()["arms"].items()}
 
 
-def recorded(db: Path, experiment: str) -> dict[str, str]:
-    """unit -> the arm the store holds (SQLite's exposures table: the first exposure)."""
-    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-        rows = conn.execute(
-            "SELECT unit, variant FROM exposures WHERE experiment = ?", (experiment,)
-        ).fetchall()
-    return dict(rows)
+def recorded(db: Path, experiment: str, units: Collection[str]) -> dict[str, dict[str, Any]]:
+    """unit -> the first exposure the store logged (variant, time, generation)."""
+    store = open_store(f"sqlite:///{db}")
+    try:
+        return store.unit_exposures(experiment, "main", list(units))
+    finally:
+        store.close()
 
 
 def test_served_variants_are_counted_per_arm(served: tuple[Service, Path]) -> None:
@@ -92,7 +91,9 @@ def test_served_variants_are_counted_per_arm(served: tuple[Service, Path]) -> No
     again = post(svc, {"exposures": [{**exposures[0], "variant": "treatment"}]})
     assert again.json() == {"accepted": 1, "rejected": []}
     wait_until(lambda: arms(svc, "counted") == dict(Counter(sent.values())), "exposures per arm")
-    assert recorded(db, "counted") == sent
+    logged = recorded(db, "counted", sent)
+    assert {u: x["variant"] for u, x in logged.items()} == sent
+    assert {x["generation"] for x in logged.values()} == {1}
     assert reported(svc) == counted_before + 41
 
 
@@ -190,4 +191,7 @@ def test_local_client_records_what_it_served_across_a_split_change(
     wait_until(
         lambda: arms(svc, "split") == dict(Counter(served_arms.values())), "exposures per arm"
     )
-    assert recorded(db, "split") == served_arms
+    logged = recorded(db, "split", served_arms)
+    assert {u: x["variant"] for u, x in logged.items()} == served_arms
+    generation = {a.unit: 1 if i < 200 else 2 for i, a in enumerate(before + after)}
+    assert {u: x["generation"] for u, x in logged.items()} == generation

@@ -38,6 +38,12 @@ async def post_exposures(body: ExposuresIn, state: StateDep) -> dict[str, Any]:
         raise HTTPException(
             413, f"batch of {len(body.exposures)} exposures exceeds the limit of {limit}"
         )
+    if state.exposures.full:  # the store is not taking the backlog: wait, do not drop
+        raise HTTPException(
+            503,
+            "the exposure buffer is full (the store is not taking exposures): retry",
+            headers={"Retry-After": "1"},
+        )
     configs = state.cache.current()
     valid, rejected = collector.parse_exposures(body.exposures, configs.experiments)
     if any(r.reason in STALE for _, r in rejected):

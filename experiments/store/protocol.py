@@ -231,6 +231,10 @@ class StatsStore(Protocol):
         """The folded statistics and series shifts of a phase (see `folding`), after settling:
         the partitions' partial sums added (`foldbatch.merge_partials`)."""
 
+    def unit_exposures(self, experiment: str, phase: str, units: Sequence[str]) -> dict[str, Any]:
+        """The logged first exposure of each unit that has one: `{"variant", "at",
+        "generation"}`."""
+
     def phases(self, experiment: str) -> list[str]:
         """Phases with any exposure or event, oldest first."""
 
