@@ -1,11 +1,14 @@
-"""Event ingest throughput: POST /v1/events (batches of 500) into SQLite and Redis, the same
-batches folded in-process by the store, and the raw Redis operations of a batch done directly
-with redis-py pipelines (the ceiling), all in one run.
+"""Event pipeline throughput: POST /v1/events (batches of 500) into SQLite, Redis and a 3-master
+Redis Cluster, with 1 and 2 service workers, into experiments of 1e3 and 1e6 exposed units;
+the same appends and folds in-process; and redis-benchmark's pipelined SET rate on the same
+Redis, all in one run.
 
-    python benchmarks/events_ingest.py [--events 100000] [--clients 2]
+    python benchmarks/events_ingest.py [--events 200000] [--clients 4] [--big 1000000]
 
-One uvicorn worker; the load comes from --clients threads posting pre-encoded batches over
-loopback on the same 2 cores.  Times are printed, never asserted.
+`ack/s` is events acknowledged per second (appended to the log); `folded/s` counts until the
+statistics hold every one of them (the service folds behind; the clock stops when the log has
+nothing pending).  The load comes from --clients threads posting pre-encoded batches over
+loopback on the same 2 cores as the workers and the stores.  Times are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -13,24 +16,29 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from assignment.auth import Role
 from controlplane.lifecycle import Action, change_state
 from experiments import load_spec
+from experiments.foldbatch import Exposure
 from experiments.folding import Event, FoldPlan
-from experiments.store import open_store
-from tests.servers import auth, start_redis, start_service
+from experiments.store import Store, open_store
+from tests.servers import auth, start_redis, start_redis_cluster, start_service
 
 BATCH = 500
 SPEC = {
@@ -44,48 +52,58 @@ SPEC = {
         "secondary": [{"name": "revenue", "kind": "sum"}],
     },
 }
+PLAN = FoldPlan.from_spec(load_spec(SPEC))
 
 
-def make_events(count: int, units: int) -> list[dict[str, Any]]:
+def make_events(count: int, units: int, tag: str) -> list[dict[str, Any]]:
     rng = random.Random(5)
+    now = time.time()
     return [
         {
-            "event_id": f"e{i}",
+            "event_id": f"{tag}-{i}",
             "experiment": "bench",
             "unit": f"u{rng.randrange(units)}",
             "metric": rng.choice(("click", "revenue")),
             "value": round(rng.uniform(1, 100), 2),
-            "timestamp": 1_790_000_000 + i,
+            "timestamp": now,
         }
         for i in range(count)
     ]
 
 
-def prepare(url: str, units: int) -> None:
+def prepare(url: str, units: int) -> float:
+    """A running experiment with `units` exposed units, folded; returns exposures folded/s."""
     store = open_store(url)
     spec = load_spec(SPEC)
     store.put_experiment(spec)
     change_state(store, "bench", Action.START)
-    plan = FoldPlan.from_spec(spec)
-    exposures = {f"u{i}": ("control" if i % 2 else "treatment", 1.0) for i in range(units)}
-    store.record_exposures("bench", "main", plan, exposures)
+    start = time.perf_counter()
+    for low in range(0, units, 10_000):
+        chunk = [
+            Exposure(f"u{i}", "control" if i % 2 else "treatment", 1.0)
+            for i in range(low, min(low + 10_000, units))
+        ]
+        store.append_exposures("bench", "main", PLAN, chunk)
+    store.settle("bench", timeout=3600)
+    rate = units / (time.perf_counter() - start)
     store.close()
+    return rate
 
 
-def http_rate(url: str, bodies: list[bytes], clients: int) -> float:
-    queue = list(enumerate(bodies))
+def http_rate(url: str, store: Store, bodies: list[bytes], clients: int) -> tuple[float, float]:
+    """(acknowledged events/s, folded events/s) for posting `bodies`."""
+    queue = list(bodies)
     lock = threading.Lock()
 
     def work() -> None:
         headers = {"content-type": "application/json", **auth(Role.WRITER)}
-        with httpx.Client(base_url=url, timeout=60, headers=headers) as http:
+        with httpx.Client(base_url=url, timeout=120, headers=headers) as http:
             while True:
                 with lock:
                     if not queue:
                         return
-                    _, body = queue.pop()
-                r = http.post("/v1/events", content=body)
-                r.raise_for_status()
+                    body = queue.pop()
+                http.post("/v1/events", content=body).raise_for_status()
 
     threads = [threading.Thread(target=work) for _ in range(clients)]
     start = time.perf_counter()
@@ -93,100 +111,119 @@ def http_rate(url: str, bodies: list[bytes], clients: int) -> float:
         t.start()
     for t in threads:
         t.join()
-    return len(bodies) * BATCH / (time.perf_counter() - start)
+    acked = time.perf_counter() - start
+    while store.fold_state("bench").pending:  # the service's folders finish the backlog
+        time.sleep(0.01)
+    folded = time.perf_counter() - start
+    count = len(bodies) * BATCH
+    return count / acked, count / folded
 
 
-def direct_rate(url: str, events: list[dict[str, Any]]) -> float:
-    """The store's own ingest_events, in-process: folding without HTTP and JSON."""
+def in_process(url: str, events: list[dict[str, Any]]) -> tuple[float, float]:
+    """(append events/s, fold events/s) of the store itself: no HTTP, no JSON."""
     store = open_store(url)
-    plan = FoldPlan.from_spec(load_spec(SPEC))
     typed = [
-        Event(f"d-{e['event_id']}", e["unit"], e["metric"], e["value"], e["timestamp"])
-        for e in events
+        Event(e["event_id"], e["unit"], e["metric"], e["value"], e["timestamp"]) for e in events
     ]
     start = time.perf_counter()
     for i in range(0, len(typed), BATCH):
-        store.ingest_events("bench", "main", plan, typed[i : i + BATCH])
-    store.close()
-    return len(typed) / (time.perf_counter() - start)
-
-
-def raw_redis_rate(port: int, events: list[dict[str, Any]]) -> float:
-    """The reads and writes of one batch, as redis-py pipelines, with no folding: the ceiling."""
-    client = redis.Redis(port=port, decode_responses=True)
-    p = "raw:"
-    series = ("click", "click~pre", "revenue", "revenue~pre")
+        store.append_events("bench", "main", PLAN, typed[i : i + BATCH])
+    appended = time.perf_counter() - start
     start = time.perf_counter()
-    for i in range(0, len(events), BATCH):
-        batch = events[i : i + BATCH]
-        ids = [f"r-{e['event_id']}" for e in batch]
-        units = list(dict.fromkeys(e["unit"] for e in batch))
-        read = client.pipeline(transaction=False)
-        read.zmscore(f"{p}ids", ids)
-        read.hmget(f"{p}totals", [f"{u}\x1f{s}" for u in units for s in series])
-        read.hmget(f"{p}exposed", units)
-        read.hgetall(f"{p}stats")
-        read.execute()
-        write = client.pipeline(transaction=True)
-        write.zadd(f"{p}ids", dict.fromkeys(ids, 1.0))
-        write.hset(
-            f"{p}totals", mapping={f"{e['unit']}\x1f{e['metric']}": e["value"] for e in batch}
-        )
-        write.hset(f"{p}stats", mapping={f"control|S|{s}": 1.0 for s in series})
-        write.hset(
-            f"{p}raw",
-            mapping={
-                i: json.dumps([e["unit"], e["metric"], e["value"]])
-                for i, e in zip(ids, batch, strict=True)
-            },
-        )
-        write.execute()
-    rate = len(events) / (time.perf_counter() - start)
-    client.delete(*(f"{p}{k}" for k in ("ids", "totals", "exposed", "stats", "raw")))
-    client.close()
-    return rate
+    store.settle("bench", timeout=3600)
+    folded = time.perf_counter() - start
+    store.close()
+    return len(typed) / appended, len(typed) / folded
+
+
+def redis_benchmark(port: int) -> float:
+    """redis-benchmark's SET rate, 16 commands per pipeline, on the same server."""
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        return float("nan")
+    out = subprocess.run(
+        [binary, "-h", "127.0.0.1", "-p", str(port), "-t", "set", "-n", "1000000", "-P", "16",
+         "-q"],
+        capture_output=True, text=True, check=True, timeout=300,
+    ).stdout  # fmt: skip
+    found = re.findall(r"([\d.]+) requests per second", out)
+    return float(found[-1]) if found else float("nan")
+
+
+@contextmanager
+def backends(workdir: Path) -> Iterator[dict[str, Callable[[str], str]]]:
+    """Store URL makers (a fresh store per name) for each backend, and the single Redis's port."""
+    single = start_redis(workdir / "redis")
+    cluster = start_redis_cluster(workdir / "cluster")
+    try:
+        yield {
+            "sqlite": lambda name: f"sqlite:///{workdir / name}.db",
+            "redis": lambda name: f"redis://127.0.0.1:{single.port}/0?prefix={name}:",
+            "redis-cluster": lambda name: f"{cluster.url}/?prefix={name}:",
+            "_port": lambda name: str(single.port),
+        }
+    finally:
+        cluster.stop()
+        single.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--units", type=int, default=20_000)
-    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--big", type=int, default=1_000_000, help="units of the large case")
     args = parser.parse_args()
-    events = make_events(args.events, args.units)
-    bodies = [
-        json.dumps({"events": events[i : i + BATCH]}).encode() for i in range(0, len(events), BATCH)
-    ]
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        redis_server = start_redis(workdir / "redis")
-        try:
-            for name, url in (
-                ("sqlite", f"sqlite:///{workdir / 'bench.db'}"),
-                ("redis", f"redis://127.0.0.1:{redis_server.port}/0"),
-            ):
-                prepare(url, args.units)
-                service = start_service(url, workdir)
-                try:
-                    rows.append(
-                        (f"POST /v1/events -> {name}", http_rate(service.url, bodies, args.clients))
-                    )
-                finally:
-                    service.stop()
-                rows.append((f"store.ingest_events in-process ({name})", direct_rate(url, events)))
-            rows.append(
-                ("raw redis-py pipelines (ceiling)", raw_redis_rate(redis_server.port, events))
-            )
-        finally:
-            redis_server.stop()
+    rows: list[tuple[str, int, str, float, float]] = []
+    with tempfile.TemporaryDirectory() as tmp, backends(Path(tmp)) as urls:
+        port = int(urls["_port"](""))
+        baseline = redis_benchmark(port)
+        for backend in ("sqlite", "redis", "redis-cluster"):
+            for units in (1_000, args.big):
+                name = f"b{units}"
+                url = urls[backend](name)
+                exposure_rate = prepare(url, units)
+                rows.append((backend, units, "exposures, in-process", exposure_rate, exposure_rate))
+                events = make_events(args.events, units, f"p{units}")
+                rows.append((backend, units, "in-process", *in_process(url, events)))
+                store = open_store(url)
+                for workers in (1, 2):
+                    events = make_events(args.events, units, f"w{workers}")
+                    bodies = [
+                        json.dumps({"events": events[i : i + BATCH]}).encode()
+                        for i in range(0, len(events), BATCH)
+                    ]
+                    service = start_service(url, Path(tmp), workers=workers)
+                    try:
+                        rate = http_rate(service.url, store, bodies, args.clients)
+                    finally:
+                        service.stop()
+                    rows.append((backend, units, f"HTTP, {workers} worker(s)", *rate))
+                store.close()
     print(
-        f"{args.events:,} events in batches of {BATCH}, {args.units:,} units, one uvicorn "
-        f"worker, {args.clients} client threads"
+        f"{args.events:,} events per run in batches of {BATCH}, {args.clients} client threads;"
+        f" redis-benchmark SET -P 16 on the same Redis: {baseline:,.0f}/s"
     )
-    print(f"{'path':<44} {'events/s':>10}")
-    for name, rate in rows:
-        print(f"{name:<44} {rate:>10,.0f}")
+    print(f"{'backend':<14} {'units':>9} {'path':<24} {'ack/s':>9} {'folded/s':>9} {'vs SET':>7}")
+    for backend, units, path, ack, folded in rows:
+        print(
+            f"{backend:<14} {units:>9,} {path:<24} {ack:>9,.0f} {folded:>9,.0f}"
+            f" {ack / baseline:>7.3f}"
+        )
+    _ratios(rows)
+
+
+def _ratios(rows: list[tuple[str, int, str, float, float]]) -> None:
+    """2 workers against 1, and the large experiment against the small one (ack/s)."""
+    rate = {(b, u, p): ack for b, u, p, ack, _ in rows}
+    print(f"{'backend':<14} {'units':>9} {'2 workers / 1':>14}")
+    for b, u, p in rate:
+        if p == "HTTP, 1 worker(s)":
+            print(f"{b:<14} {u:>9,} {rate[b, u, 'HTTP, 2 worker(s)'] / rate[b, u, p]:>14.2f}")
+    units = sorted({u for _, u, _ in rate})
+    print(f"{'backend':<14} {'path':<24} {f'{units[-1]:,} / {units[0]:,} units':>18}")
+    for b, u, p in rate:
+        if u == units[0] and (b, units[-1], p) in rate:
+            print(f"{b:<14} {p:<24} {rate[b, units[-1], p] / rate[b, u, p]:>18.2f}")
 
 
 if __name__ == "__main__":
