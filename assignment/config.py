@@ -50,6 +50,9 @@ class Settings:
     # Import and exercise the analysis stack before /readyz turns ready (assignment.warmup);
     # off: ready at once, the first verdict or report pays for it (tests, one-off local runs).
     warmup: bool = True
+    # Fold the event log in this process, behind its own appends (experiments.store.logfold);
+    # off: it only appends, and `abmesh fold` processes fold (ingest workers then do more).
+    fold: bool = True
     snapshot_interval: float = 300.0  # seconds between automatic snapshots; 0: none
     # Raw events (and their ids, against duplicates) kept this long once folded; export them
     # (`abmesh events export`) to keep them longer
@@ -112,6 +115,7 @@ class Settings:
             writer_token=tokens[Role.WRITER],
             insecure=_flag("ABMESH_INSECURE", text("INSECURE")),
             warmup=text("WARMUP") is None or _flag("ABMESH_WARMUP", text("WARMUP")),
+            fold=text("FOLD") is None or _flag("ABMESH_FOLD", text("FOLD")),
             api_key=text("API_KEY"),
             refresh_interval=number("REFRESH_INTERVAL", d.refresh_interval, 0.05),
             exposure_flush_interval=number(

@@ -19,6 +19,7 @@ from experiments.store import Store
 log = logging.getLogger("abmesh.folding")
 
 SWEEP_S = 2.0  # how often every experiment's log is looked at, and the gauges set
+GATHER_S = 0.1  # after an append, wait this long for more before folding
 PASSES = 10  # fold passes over one experiment's partitions before the next experiment's turn
 
 
@@ -64,6 +65,9 @@ class Folding:
         loop = asyncio.get_running_loop()
         swept = 0.0
         while not await stopped_or_woken(stop, self._wake, self.sweep_s):
+            # Let appends gather: a fold costs some round trips per partition whatever its
+            # size, so folding every batch on its own would spend more on them than on folding.
+            await asyncio.sleep(GATHER_S)
             names, self.due = self.due, set()
             sweep = time.monotonic() - swept >= self.sweep_s
             if sweep:

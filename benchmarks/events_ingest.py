@@ -186,27 +186,35 @@ def main() -> None:
                 events = make_events(args.events, units, f"p{units}")
                 rows.append((backend, units, "in-process", *in_process(url, events)))
                 store = open_store(url)
-                for workers in (1, 2):
-                    events = make_events(args.events, units, f"w{workers}")
+                for workers, apart in ((1, False), (2, False), (1, True), (2, True)):
+                    events = make_events(args.events, units, f"w{workers}{apart}")
                     bodies = [
                         json.dumps({"events": events[i : i + BATCH]}).encode()
                         for i in range(0, len(events), BATCH)
                     ]
-                    service = start_service(url, Path(tmp), workers=workers)
+                    service = start_service(url, Path(tmp), workers=workers, fold=int(not apart))
+                    folder = subprocess.Popen(
+                        [sys.executable, "-m", "experiments.cli", "fold", "--store", url],
+                        stdout=subprocess.DEVNULL,
+                    ) if apart else None  # fmt: skip
                     try:
                         rate = http_rate(service.url, store, bodies, args.clients)
                     finally:
                         service.stop()
-                    rows.append((backend, units, f"HTTP, {workers} worker(s)", *rate))
+                        if folder is not None:
+                            folder.terminate()
+                            folder.wait(timeout=60)
+                    how = " + abmesh fold" if apart else ""
+                    rows.append((backend, units, f"HTTP, {workers} worker(s){how}", *rate))
                 store.close()
     print(
         f"{args.events:,} events per run in batches of {BATCH}, {args.clients} client threads;"
         f" redis-benchmark SET -P 16 on the same Redis: {baseline:,.0f}/s"
     )
-    print(f"{'backend':<14} {'units':>9} {'path':<24} {'ack/s':>9} {'folded/s':>9} {'vs SET':>7}")
+    print(f"{'backend':<14} {'units':>9} {'path':<37} {'ack/s':>9} {'folded/s':>9} {'vs SET':>7}")
     for backend, units, path, ack, folded in rows:
         print(
-            f"{backend:<14} {units:>9,} {path:<24} {ack:>9,.0f} {folded:>9,.0f}"
+            f"{backend:<14} {units:>9,} {path:<37} {ack:>9,.0f} {folded:>9,.0f}"
             f" {ack / baseline:>7.3f}"
         )
     _ratios(rows)
@@ -215,15 +223,16 @@ def main() -> None:
 def _ratios(rows: list[tuple[str, int, str, float, float]]) -> None:
     """2 workers against 1, and the large experiment against the small one (ack/s)."""
     rate = {(b, u, p): ack for b, u, p, ack, _ in rows}
-    print(f"{'backend':<14} {'units':>9} {'2 workers / 1':>14}")
+    print(f"{'backend':<14} {'units':>9} {'path':<37} {'2 workers / 1':>14}")
     for b, u, p in rate:
-        if p == "HTTP, 1 worker(s)":
-            print(f"{b:<14} {u:>9,} {rate[b, u, 'HTTP, 2 worker(s)'] / rate[b, u, p]:>14.2f}")
+        if p.startswith("HTTP, 1 worker(s)"):
+            two = rate[b, u, p.replace("1 worker", "2 worker")]
+            print(f"{b:<14} {u:>9,} {p[6:]:<37} {two / rate[b, u, p]:>14.2f}")
     units = sorted({u for _, u, _ in rate})
-    print(f"{'backend':<14} {'path':<24} {f'{units[-1]:,} / {units[0]:,} units':>18}")
+    print(f"{'backend':<14} {'path':<37} {f'{units[-1]:,} / {units[0]:,} units':>18}")
     for b, u, p in rate:
         if u == units[0] and (b, units[-1], p) in rate:
-            print(f"{b:<14} {p:<24} {rate[b, units[-1], p] / rate[b, u, p]:>18.2f}")
+            print(f"{b:<14} {p:<37} {rate[b, units[-1], p] / rate[b, u, p]:>18.2f}")
 
 
 if __name__ == "__main__":

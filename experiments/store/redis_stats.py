@@ -30,6 +30,7 @@ from functools import partial
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from experiments.errors import StoreError
 from experiments.foldbatch import Exposure, UnitState, fold_batch, merge_partials
@@ -81,12 +82,27 @@ class RedisStats(Settling, RedisEvents):
             scripts[name] = self.client.register_script(text)
         return scripts[name]
 
-    def _register(self, experiment: str, phase: str, plan: FoldPlan) -> None:
-        """The phase and the plan its statistics are folded with (the first plan stays)."""
+    def _append(
+        self,
+        experiment: str,
+        phase: str,
+        plan: FoldPlan,
+        script: Any,
+        calls: list[tuple[list[str], list[Any]]],
+    ) -> list[Any]:
+        """Register the phase and its fold plan (the first plan stays), then each (keys, args)
+        call of the script: all in one round trip on a single server; one by one on a
+        cluster, whose client refuses scripts in pipelines."""
+        phases, plans = (self.experiment_key(experiment, p) for p in ("phases", "plans"))
         pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(self.experiment_key(experiment, "phases"), {phase: time.time()}, nx=True)
-        pipe.hsetnx(self.experiment_key(experiment, "plans"), phase, plan.to_json())
-        pipe.execute()
+        pipe.zadd(phases, {phase: time.time()}, nx=True)
+        pipe.hsetnx(plans, phase, plan.to_json())
+        if isinstance(self.client, RedisCluster):
+            pipe.execute()
+            return [script(keys=keys, args=args) for keys, args in calls]
+        for keys, args in calls:
+            script(keys=keys, args=args, client=pipe)
+        return list(pipe.execute())[2:]
 
     def append_exposures(
         self, experiment: str, phase: str, plan: FoldPlan, exposures: Sequence[Exposure]
@@ -100,14 +116,16 @@ class RedisStats(Settling, RedisEvents):
                 f"{phase}{RS}{x.unit}{RS}{x.variant}{RS}{x.at!r}{RS}{x.generation}",
             )
         script = self._script("exposures", _APPEND_EXPOSURES)
+        calls = [
+            (
+                [self.partition_key(experiment, k, p) for p in ("log", f"xp:{phase}", "appended")],
+                args,
+            )
+            for k, args in by_partition.items()
+        ]
         with self._guard():
-            self._register(experiment, phase, plan)
-            added = 0
-            for k, args in by_partition.items():
-                keys = [self.partition_key(experiment, k, p) for p in ("log", f"xp:{phase}")]
-                keys.append(self.partition_key(experiment, k, "appended"))
-                added += int(script(keys=keys, args=args))
-        return added
+            replies = self._append(experiment, phase, plan, script, calls)
+        return sum(int(added) for added in replies)
 
     def append_events(
         self, experiment: str, phase: str, plan: FoldPlan, events: Sequence[Event]
@@ -118,19 +136,22 @@ class RedisStats(Settling, RedisEvents):
             by_partition.setdefault(partition_of(e.unit, self.partitions), []).append(i)
         script = self._script("events", _APPEND_EVENTS)
         duplicates: list[int] = []
+        calls: list[tuple[list[str], list[Any]]] = []
+        for k, positions in by_partition.items():
+            args: list[Any] = [repr(received)]
+            for i in positions:
+                e = events[i]
+                args += (
+                    e.event_id,
+                    f"{phase}{RS}{e.unit}{RS}{e.series}{RS}{e.value!r}{RS}{e.timestamp!r}"
+                    f"{RS}{e.event_id}{RS}{received!r}",
+                )
+            keys = [self.partition_key(experiment, k, p) for p in ("log", "ids", "appended")]
+            calls.append((keys, args))
         with self._guard():
-            self._register(experiment, phase, plan)
-            for k, positions in by_partition.items():
-                args: list[Any] = [repr(received)]
-                for i in positions:
-                    e = events[i]
-                    args += (
-                        e.event_id,
-                        f"{phase}{RS}{e.unit}{RS}{e.series}{RS}{e.value!r}{RS}{e.timestamp!r}"
-                        f"{RS}{e.event_id}{RS}{received!r}",
-                    )
-                keys = [self.partition_key(experiment, k, p) for p in ("log", "ids", "appended")]
-                duplicates += (positions[int(j)] for j in script(keys=keys, args=args))
+            replies = self._append(experiment, phase, plan, script, calls)
+        for positions, dups in zip(by_partition.values(), replies, strict=True):
+            duplicates += (positions[int(j)] for j in dups)
         return IngestResult(len(events) - len(duplicates), sorted(duplicates))
 
     def fold(self, experiment: str, *, limit: int = FOLD_BATCH) -> int:
@@ -165,6 +186,7 @@ class RedisStats(Settling, RedisEvents):
                 entries = self.client.xrange(key("log"), min=f"({last}", max="+", count=limit)
                 if not entries:
                     pipe.unwatch()
+                    self._script("release", _RELEASE)(keys=[key("lock")], args=[token])
                     return 0
                 by_phase: dict[str, tuple[list[Exposure], list[Event]]] = {}
                 for _, fields in entries:
@@ -182,27 +204,32 @@ class RedisStats(Settling, RedisEvents):
                 for write in writes:
                     write(pipe)
                 pipe.set(key("pos"), f"{entries[-1][0]}{RS}{folded + len(entries)}")
+                # Released with the write: the WATCH makes it ours still (had the lock expired
+                # and another folder moved the position, nothing here would be applied).
+                pipe.delete(key("lock"))
                 pipe.execute()
                 return len(entries)
-        except redis.WatchError:
-            return 0  # folded meanwhile by a folder whose lock had expired
-        finally:
+        except BaseException as exc:
             self._script("release", _RELEASE)(keys=[key("lock")], args=[token])
+            if isinstance(exc, redis.WatchError):
+                return 0  # folded meanwhile by a folder whose lock had expired
+            raise
 
     def _fold_phase(
         self, experiment: str, k: int, phase: str, exposures: list[Exposure], events: list[Event]
     ) -> Any:
         """Fold one phase's entries of a partition; returns what writes the result."""
-        plan = self.phase_plan(experiment, phase)
-        if plan is None:
-            raise StoreError(f"Redis store: no fold plan for {experiment!r} phase {phase!r}")
         units = list(dict.fromkeys([x.unit for x in exposures] + [e.unit for e in events]))
         keys = {p: self.partition_key(experiment, k, f"{p}:{phase}") for p in ("u", "st", "sh")}
         reads = self.client.pipeline(transaction=False)
+        reads.hget(self.experiment_key(experiment, "plans"), phase)
         reads.hmget(keys["u"], units)
         reads.hgetall(keys["st"])
         reads.hgetall(keys["sh"])
-        records, raw_stats, raw_shifts = reads.execute()
+        plan_text, records, raw_stats, raw_shifts = reads.execute()
+        if plan_text is None:
+            raise StoreError(f"Redis store: no fold plan for {experiment!r} phase {phase!r}")
+        plan = FoldPlan.from_json(plan_text)
         states = {u: UnitState.decode(r) for u, r in zip(units, records, strict=True)}
         stats = {key: float(v) for key, v in raw_stats.items()}
         shifts = {s: float(v) for s, v in raw_shifts.items()}

@@ -142,6 +142,16 @@ class SQLiteBase:
             yield self._db
 
     @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: its reads see one state of the database (WAL: writers go on)."""
+        with self._lock, self._errors():
+            self._db.execute("BEGIN")
+            try:
+                yield self._db
+            finally:
+                self._db.execute("COMMIT")
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock, self._errors():
             self._db.execute("BEGIN IMMEDIATE")

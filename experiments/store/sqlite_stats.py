@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from experiments.foldbatch import Exposure, UnitState, fold_batch
@@ -84,17 +84,19 @@ class SQLiteStats(Settling, SQLiteBase):
         return IngestResult(len(new), duplicates)
 
     def fold(self, experiment: str, *, limit: int = FOLD_BATCH) -> int:
-        with self._write() as db:
-            x_pos, e_pos = _position(db, experiment)
+        """Read and fold in a read transaction (WAL: appends go on meanwhile), then write in a
+        short write transaction if the position has not moved; else another folder did it."""
+        with self._snapshot() as db:
+            position = _position(db, experiment)
             x_rows = db.execute(
                 "SELECT seq, phase, unit, variant, at, generation FROM exposure_log"
                 " WHERE experiment = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (experiment, x_pos, limit),
+                (experiment, position[0], limit),
             ).fetchall()
             e_rows = db.execute(
                 "SELECT seq, phase, unit, metric, value, timestamp, event_id FROM event_log"
                 " WHERE experiment = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (experiment, e_pos, limit),
+                (experiment, position[1], limit),
             ).fetchall()
             if not x_rows and not e_rows:
                 return 0
@@ -107,15 +109,15 @@ class SQLiteStats(Settling, SQLiteBase):
                 by_phase.setdefault(phase, ([], []))[1].append(
                     Event(event_id, unit, series, value, at)
                 )
-            for phase, (exposures, events) in by_phase.items():
-                _fold_phase(db, experiment, phase, exposures, events)
+            writes = [_fold_phase(db, experiment, p, *todo) for p, todo in by_phase.items()]
+        moved = (x_rows[-1][0] if x_rows else position[0], e_rows[-1][0] if e_rows else position[1])
+        with self._write() as db:
+            if _position(db, experiment) != position:
+                return 0
+            for write in writes:
+                write(db)
             db.execute(
-                "INSERT OR REPLACE INTO fold_position VALUES (?, ?, ?)",
-                (
-                    experiment,
-                    x_rows[-1][0] if x_rows else x_pos,
-                    e_rows[-1][0] if e_rows else e_pos,
-                ),
+                "INSERT OR REPLACE INTO fold_position VALUES (?, ?, ?)", (experiment, *moved)
             )
         return len(x_rows) + len(e_rows)
 
@@ -259,7 +261,8 @@ def _fold_phase(
     phase: str,
     exposures: list[Exposure],
     events: list[Event],
-) -> None:
+) -> Callable[[sqlite3.Connection], None]:
+    """Fold one phase's entries; returns what writes the result."""
     plan = _plan(db, experiment, phase)
     assert plan is not None  # registered with the first append of the phase
     units = list(dict.fromkeys([x.unit for x in exposures] + [e.unit for e in events]))
@@ -276,18 +279,16 @@ def _fold_phase(
     decoded = {u: UnitState.decode(text or None) for u, text in states.items()}
     stats, shifts = _phase_state(db, experiment, phase)
     result = fold_batch(plan, decoded, exposures, events, stats, shifts)
-    db.executemany(
-        "INSERT OR REPLACE INTO unit_state VALUES (?, ?, ?, ?)",
-        [(experiment, phase, u, s.encode()) for u, s in decoded.items()],
-    )
-    db.executemany(
-        "INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?)",
-        [(experiment, phase, k, stats[k]) for k in result.changed_stats],
-    )
-    db.executemany(
-        "INSERT OR REPLACE INTO shifts VALUES (?, ?, ?, ?)",
-        [(experiment, phase, s, shifts[s]) for s in result.changed_shifts],
-    )
+    records = [(experiment, phase, u, s.encode()) for u, s in decoded.items()]
+    changed = [(experiment, phase, k, stats[k]) for k in result.changed_stats]
+    moved = [(experiment, phase, s, shifts[s]) for s in result.changed_shifts]
+
+    def write(db: sqlite3.Connection) -> None:
+        db.executemany("INSERT OR REPLACE INTO unit_state VALUES (?, ?, ?, ?)", records)
+        db.executemany("INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?)", changed)
+        db.executemany("INSERT OR REPLACE INTO shifts VALUES (?, ?, ?, ?)", moved)
+
+    return write
 
 
 def _phase_state(
