@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import signal
 import sys
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -246,33 +244,6 @@ def export(
         out.print(f"{len(frame)} rows written to {output}", markup=False)
 
 
-def fold(
-    store: StoreOpt = None,
-    interval: Annotated[
-        float, typer.Option(help="Seconds between looks at the logs when idle.", min=0.01)
-    ] = 0.2,
-    once: Annotated[bool, typer.Option("--once", help="Fold what is there, then exit.")] = False,
-) -> None:
-    """Fold the event logs into statistics, every experiment's, until stopped (Ctrl-C, SIGTERM).
-
-    The service folds what it appends itself unless started with ABMESH_FOLD=0: then run this
-    beside it, as many as you like (each partition of a log is folded by one at a time)."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    total = 0
-    with store_for(store) as st:
-        while not stop.is_set():
-            folded = 0
-            for record in st.list_experiments():
-                while not stop.is_set() and (n := st.fold(record.name)):
-                    folded += n
-            total += folded
-            if once or stop.wait(0 if folded else interval):
-                break
-    out.print(f"{total} log entries folded", markup=False)
-
-
 def _all_events(st: Store, experiment: str, page: int = 50_000) -> Iterator[dict[str, Any]]:
     since, after = 0.0, None
     while True:
@@ -285,5 +256,5 @@ def _all_events(st: Store, experiment: str, page: int = 50_000) -> Iterator[dict
 
 def register(app: typer.Typer) -> None:
     app.add_typer(events_app, name="events")
-    for command in (stats, snapshot, phase, export, fold):
+    for command in (stats, snapshot, phase, export):
         app.command()(command)

@@ -33,6 +33,10 @@ SKEW_S = 60.0
 PENDING_CAP = 256
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_DECODE = json.JSONDecoder().decode
+
+
 @dataclass(frozen=True, slots=True)
 class Exposure:
     """A unit's exposure as served: the variant, when, and the spec generation that chose it
@@ -56,13 +60,13 @@ class UnitState:
 
     def encode(self) -> str:
         at = None if math.isnan(self.exposed_at) else self.exposed_at
-        return json.dumps([self.arm, at, self.totals, self.pending], separators=(",", ":"))
+        return _ENCODE([self.arm, at, self.totals, self.pending])
 
     @classmethod
     def decode(cls, text: str | None) -> UnitState:
         if text is None:
             return cls()
-        arm, at, totals, pending = json.loads(text)
+        arm, at, totals, pending = _DECODE(text)
         return cls(arm, math.nan if at is None else at, totals, [tuple(p) for p in pending])
 
     def credit(self, plan: FoldPlan, series: str, value: float, at: float) -> None:
@@ -121,9 +125,8 @@ def fold_batch(
         states[e.unit].credit(plan, e.series, e.value, e.timestamp)
     new = _values(plan, [states[u].totals for u in units])
     arm = [states[u].arm for u in units]
-    rows = [
-        i for i, a in enumerate(arm) if a and (not old_arm[i] or not np.array_equal(old[i], new[i]))
-    ]
+    moved = (old != new).any(axis=1)
+    rows = [i for i, a in enumerate(arm) if a and (not old_arm[i] or moved[i])]
     result = FoldResult(set(), set(), new_count)
     if not rows:
         return result

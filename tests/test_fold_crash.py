@@ -11,11 +11,12 @@ from pathlib import Path
 
 from experiments import load_spec
 from experiments.foldbatch import Exposure
-from experiments.folding import Event, FoldPlan
+from experiments.folding import FoldPlan
 from experiments.reporting import phase_report
 from experiments.store import open_store
 from tests.oracle import assert_same_arms, expected_arms
 from tests.servers import wait_until
+from tests.test_event_log import typed
 from tests.test_events import METRICS, RATIOS, SPEC, UNITS, make_events
 
 FOLDER = """
@@ -40,17 +41,7 @@ def test_a_folder_killed_mid_batch_leaves_exact_statistics(store_url: str) -> No
     events = make_events(20_000, seed=21)
     for start in range(0, len(events), 500):
         batch = events[start : start + 500]
-        typed = [
-            Event(
-                e["event_id"],
-                e["unit"],
-                e["metric"] + ("~pre" if e.get("pre_period") else ""),
-                float(e.get("value", 1.0)),
-                float(e["timestamp"]),
-            )
-            for e in batch
-        ]
-        store.append_events("ranker-v2", "main", plan, typed)
+        store.append_events("ranker-v2", "main", plan, typed(batch))
     total = store.fold_state("ranker-v2").pending
     folder = subprocess.Popen(
         [sys.executable, "-c", FOLDER, store_url],

@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -40,6 +41,9 @@ from experiments.store.protocol import FoldState, IngestResult
 from experiments.store.redis_events import RS, RedisEvents
 
 PARTITIONS = 16
+# A cluster client takes no scripts in pipelines: an append's calls to its partitions overlap
+# their round trips on these threads instead.
+_POOL = ThreadPoolExecutor(4, thread_name_prefix="abmesh-partitions")
 LOCK_MS = 2_000  # a folder that dies holds its partition this long (a fold takes well under)
 
 _APPEND_EVENTS = """
@@ -99,7 +103,7 @@ class RedisStats(Settling, RedisEvents):
         pipe.hsetnx(plans, phase, plan.to_json())
         if isinstance(self.client, RedisCluster):
             pipe.execute()
-            return [script(keys=keys, args=args) for keys, args in calls]
+            return list(_POOL.map(lambda call: script(keys=call[0], args=call[1]), calls))
         for keys, args in calls:
             script(keys=keys, args=args, client=pipe)
         return list(pipe.execute())[2:]
