@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,51 +65,51 @@ def create(url: str, layered: bool) -> list[str]:
     return names
 
 
+def drain(
+    url: str, items: list[Any], clients: int, send: Callable[[httpx.Client, Any], int]
+) -> int:
+    """`send` every item from `clients` threads, each with its own connection; returns the sum
+    of what `send` returned."""
+    lock, total = threading.Lock(), [0]
+
+    def work() -> None:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            while True:
+                with lock:
+                    if not items:
+                        return
+                    item = items.pop()
+                count = send(http, item)
+                with lock:
+                    total[0] += count
+
+    threads = [threading.Thread(target=work) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return total[0]
+
+
 def assign_burst(url: str, units: Sequence[str], experiments: Sequence[str], clients: int) -> int:
     """POST /v1/assign of `units` into `experiments`; returns the exposures answered."""
     per = max(PER_REQUEST // len(experiments), 1)
+
+    def send(http: httpx.Client, batch: list[str]) -> int:
+        r = http.post("/v1/assign", json={"units": batch, "experiments": list(experiments)})
+        r.raise_for_status()
+        return sum(a["in_experiment"] for a in r.json()["assignments"])
+
     batches = [list(units[i : i + per]) for i in range(0, len(units), per)]
-    lock, exposed = threading.Lock(), [0]
-
-    def work() -> None:
-        with httpx.Client(base_url=url, timeout=120) as http:
-            while True:
-                with lock:
-                    if not batches:
-                        return
-                    batch = batches.pop()
-                r = http.post("/v1/assign", json={"units": batch, "experiments": list(experiments)})
-                r.raise_for_status()
-                count = sum(a["in_experiment"] for a in r.json()["assignments"])
-                with lock:
-                    exposed[0] += count
-
-    threads = [threading.Thread(target=work) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return exposed[0]
+    return drain(url, batches, clients, send)
 
 
 def extauthz_burst(url: str, units: Sequence[str], clients: int) -> None:
-    queue = list(units)
-    lock = threading.Lock()
+    def send(http: httpx.Client, unit: str) -> int:
+        http.get("/v1/extauthz/predict", headers={"x-user-id": unit}).raise_for_status()
+        return 1
 
-    def work() -> None:
-        with httpx.Client(base_url=url, timeout=120) as http:
-            while True:
-                with lock:
-                    if not queue:
-                        return
-                    unit = queue.pop()
-                http.get("/v1/extauthz/predict", headers={"x-user-id": unit}).raise_for_status()
-
-    threads = [threading.Thread(target=work) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    drain(url, list(units), clients, send)
 
 
 def counted(url: str, names: Sequence[str]) -> int:

@@ -10,6 +10,7 @@ from experiments.folding import FoldPlan, export
 from experiments.spec import ExperimentSpec
 from experiments.status import Status
 from experiments.store import ExperimentRecord, Snapshot, StatsStore
+from experiments.store.logfold import SETTLE_S
 
 
 def record_data(record: ExperimentRecord, *, defaults: bool = True) -> dict[str, Any]:
@@ -56,15 +57,19 @@ def analysed_spec(
 
 
 def phase_report(
-    store: StatsStore, record: ExperimentRecord, phase: str | None = None
+    store: StatsStore,
+    record: ExperimentRecord,
+    phase: str | None = None,
+    *,
+    settle: float = SETTLE_S,
 ) -> dict[str, Any]:
     """`{"experiment", "phase", "phases", "arms": {variant: {"exposures", "metrics": {...}}},
     "fold": {"pending", "lag_s", "folded_through"}}`: the statistics after settling the log
     (`logfold`), and how far they are behind it still (everything appended before
-    `folded_through`, unix s, is in them)."""
+    `folded_through`, unix s, is in them).  `settle` bounds the folding a read does first."""
     phase = phase or record.phase
-    fold = store.settle(record.name)  # before the read: what it says is pending may be in it
-    stats, shifts = store.phase_stats(record.name, phase)
+    fold = store.settle(record.name, timeout=settle)  # first: what it says is pending may be in
+    stats, shifts = store.phase_stats(record.name, phase, settle=0)
     # A phase's statistics are read with the plan they were built with.
     plan = store.phase_plan(record.name, phase) or FoldPlan.from_spec(record.spec)
     return {

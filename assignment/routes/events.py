@@ -67,8 +67,10 @@ async def post_events(body: EventsIn, state: StateDep) -> dict[str, Any]:
 @router.get("/experiments/{name}/stats", tags=["stats"], responses=ERRORS, dependencies=ReaderDeps)
 @bounded
 def get_stats(name: str, state: StateDep, phase: str | None = None) -> dict[str, Any]:
-    """Per-arm sufficient statistics of a phase (default: the current one)."""
-    return phase_report(state.store, state.store.get_experiment(name), phase)
+    """Per-arm sufficient statistics of a phase (default: the current one), after folding what
+    was appended before the request for up to half the API deadline; `fold` says how far."""
+    record = state.store.get_experiment(name)
+    return phase_report(state.store, record, phase, settle=state.settings.api_timeout / 2)
 
 
 @router.get(

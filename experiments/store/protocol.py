@@ -227,9 +227,12 @@ class StatsStore(Protocol):
     ) -> IngestResult:
         """`append_events`, then `settle`."""
 
-    def phase_stats(self, experiment: str, phase: str) -> tuple[dict[str, float], dict[str, float]]:
-        """The folded statistics and series shifts of a phase (see `folding`), after settling:
-        the partitions' partial sums added (`foldbatch.merge_partials`)."""
+    def phase_stats(
+        self, experiment: str, phase: str, *, settle: float = ...
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """The folded statistics and series shifts of a phase (see `folding`), after settling
+        for up to `settle` seconds (0: as folded now): the partitions' partial sums added
+        (`foldbatch.merge_partials`)."""
 
     def unit_exposures(self, experiment: str, phase: str, units: Sequence[str]) -> dict[str, Any]:
         """The logged first exposure of each unit that has one: `{"variant", "at",

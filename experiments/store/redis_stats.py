@@ -36,7 +36,7 @@ from redis.cluster import RedisCluster
 from experiments.errors import StoreError
 from experiments.foldbatch import Exposure, UnitState, fold_batch, merge_partials
 from experiments.folding import Event, FoldPlan
-from experiments.store.logfold import FOLD_BATCH, Settling, partition_of
+from experiments.store.logfold import FOLD_BATCH, SETTLE_S, Settling, partition_of
 from experiments.store.protocol import FoldState, IngestResult
 from experiments.store.redis_events import RS, RedisEvents
 
@@ -273,8 +273,11 @@ class RedisStats(Settling, RedisEvents):
                 pipe.xlen(self.partition_key(experiment, k, "log"))
             return sum(int(n) for n in pipe.execute())
 
-    def phase_stats(self, experiment: str, phase: str) -> tuple[dict[str, float], dict[str, float]]:
-        self.settle(experiment)
+    def phase_stats(
+        self, experiment: str, phase: str, *, settle: float = SETTLE_S
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        if settle > 0:
+            self.settle(experiment, timeout=settle)
         with self._guard():
             pipe = self.client.pipeline(transaction=False)
             for k in range(self.partitions):

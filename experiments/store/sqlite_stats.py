@@ -19,7 +19,7 @@ from typing import Any
 
 from experiments.foldbatch import Exposure, UnitState, fold_batch
 from experiments.folding import Event, FoldPlan
-from experiments.store.logfold import FOLD_BATCH, Settling
+from experiments.store.logfold import FOLD_BATCH, SETTLE_S, Settling
 from experiments.store.protocol import FoldState, IngestResult, Snapshot
 from experiments.store.sqlite_base import SQLiteBase, chunks
 
@@ -144,8 +144,11 @@ class SQLiteStats(Settling, SQLiteBase):
             ).fetchone()
         return int(row[0])
 
-    def phase_stats(self, experiment: str, phase: str) -> tuple[dict[str, float], dict[str, float]]:
-        self.settle(experiment)
+    def phase_stats(
+        self, experiment: str, phase: str, *, settle: float = SETTLE_S
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        if settle > 0:
+            self.settle(experiment, timeout=settle)
         with self._read() as db:
             return _phase_state(db, experiment, phase)
 
