@@ -14,13 +14,15 @@ successful append: normally at most `flush_interval` seconds of new units, but w
 is down everything buffered since it went down (failed batches go back to the buffer, which
 holds at most `limit_bytes`; beyond that new units are dropped, counted in
 `abmesh_exposures_dropped_total` and logged).  Lost units are exposed again, and counted, the
-next time they are assigned.  Senders that can wait (`POST /v1/exposures`) check `full` and are
-told to retry instead.
+next time they are assigned.  Bulk senders wait for `room` first (`POST /v1/assign` of a batch,
+up to the events deadline), so a burst runs at the pace of the store instead of losing units;
+`POST /v1/exposures` answers 503 with Retry-After while the buffer is full.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -62,6 +64,8 @@ class ExposureBuffer:
         self.known: dict[tuple[str, str], set[str]] = {}
         self._known_count = 0
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
         self._dropping = False
         self._on_appended = on_appended
         self._on_flushed = on_flushed
@@ -103,6 +107,9 @@ class ExposureBuffer:
             return
         units[unit] = (variant, time.time() if at is None else at, generation)
         self.bytes += len(unit) + ENTRY_BYTES
+        if self.full:
+            self._room.clear()
+            self._wake.set()
         if len(units) >= CHUNK:
             self._wake.set()
 
@@ -118,7 +125,15 @@ class ExposureBuffer:
 
     def take(self) -> Batch:
         batch, self.pending, self.bytes = self.pending, {}, 0
+        self._room.set()
         return batch
+
+    async def room(self, timeout: float) -> None:
+        """Wait, at most `timeout` seconds, until the buffer has room: bulk senders slow down
+        to what the store takes instead of having their exposures dropped."""
+        if self.full:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), timeout)
 
     def put_back(self, batch: Batch) -> None:
         """Return an unwritten batch; its earlier exposure times win over newer duplicates."""

@@ -23,6 +23,7 @@ from experiments.errors import InvalidUnitError
 from experiments.names import UNIT_SCHEMA
 
 router = APIRouter(prefix="/v1", tags=["assign"], route_class=StrictJSONRoute)
+BULK_WAIT_S = 1.0  # how long a batch waits for room in a full exposure buffer
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (401, 404, 422, 503)
 }
@@ -83,6 +84,9 @@ async def assign_batch(body: BatchAssignIn, state: StateDep) -> Response:
             f"batch of {len(body.units)} units x {len(records)} experiments = {size} assignments"
             f" exceeds the limit of {state.settings.max_batch}",
         )
+    # A bulk caller waits (briefly) for room in a full exposure buffer: a burst then goes at
+    # the pace of the store instead of losing exposures.  Single assignments never wait.
+    await state.exposures.room(BULK_WAIT_S)
     out = []
     for record in records:
         results = await state.assign_many(record, body.units, body.headers)

@@ -109,7 +109,8 @@ class SQLiteStats(Settling, SQLiteBase):
                 by_phase.setdefault(phase, ([], []))[1].append(
                     Event(event_id, unit, series, value, at)
                 )
-            writes = [_fold_phase(db, experiment, p, *todo) for p, todo in by_phase.items()]
+            folds = [_fold_phase(db, experiment, p, *todo) for p, todo in by_phase.items()]
+        writes = [fold() for fold in folds]
         moved = (x_rows[-1][0] if x_rows else position[0], e_rows[-1][0] if e_rows else position[1])
         with self._write() as db:
             if _position(db, experiment) != position:
@@ -264,8 +265,10 @@ def _fold_phase(
     phase: str,
     exposures: list[Exposure],
     events: list[Event],
-) -> Callable[[sqlite3.Connection], None]:
-    """Fold one phase's entries; returns what writes the result."""
+) -> Callable[[], Callable[[sqlite3.Connection], None]]:
+    """Read what folding one phase's entries needs; returns the fold, to run after the read
+    transaction (and the connection's lock: appends go on meanwhile), which returns what
+    writes the result."""
     plan = _plan(db, experiment, phase)
     assert plan is not None  # registered with the first append of the phase
     units = list(dict.fromkeys([x.unit for x in exposures] + [e.unit for e in events]))
@@ -279,19 +282,23 @@ def _fold_phase(
                 (experiment, phase, *chunk),
             ).fetchall()
         )
-    decoded = {u: UnitState.decode(text or None) for u, text in states.items()}
     stats, shifts = _phase_state(db, experiment, phase)
-    result = fold_batch(plan, decoded, exposures, events, stats, shifts)
-    records = [(experiment, phase, u, s.encode()) for u, s in decoded.items()]
-    changed = [(experiment, phase, k, stats[k]) for k in result.changed_stats]
-    moved = [(experiment, phase, s, shifts[s]) for s in result.changed_shifts]
 
-    def write(db: sqlite3.Connection) -> None:
-        db.executemany("INSERT OR REPLACE INTO unit_state VALUES (?, ?, ?, ?)", records)
-        db.executemany("INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?)", changed)
-        db.executemany("INSERT OR REPLACE INTO shifts VALUES (?, ?, ?, ?)", moved)
+    def fold() -> Callable[[sqlite3.Connection], None]:
+        decoded = {u: UnitState.decode(text or None) for u, text in states.items()}
+        result = fold_batch(plan, decoded, exposures, events, stats, shifts)
+        records = [(experiment, phase, u, s.encode()) for u, s in decoded.items()]
+        changed = [(experiment, phase, k, stats[k]) for k in result.changed_stats]
+        moved = [(experiment, phase, s, shifts[s]) for s in result.changed_shifts]
 
-    return write
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT OR REPLACE INTO unit_state VALUES (?, ?, ?, ?)", records)
+            db.executemany("INSERT OR REPLACE INTO stats VALUES (?, ?, ?, ?)", changed)
+            db.executemany("INSERT OR REPLACE INTO shifts VALUES (?, ?, ?, ?)", moved)
+
+        return write
+
+    return fold
 
 
 def _phase_state(
