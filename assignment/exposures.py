@@ -12,7 +12,8 @@ appended are remembered (up to `KNOWN_CAP`) and not sent again.
 Loss window: a crash (SIGKILL, OOM, power loss) loses what was buffered since the last
 successful append: normally at most `flush_interval` seconds of new units, but while the store
 is down everything buffered since it went down (failed batches go back to the buffer, which
-holds at most `limit_bytes`; beyond that new units are dropped, counted in
+holds at most `limit_bytes`, twice that for bulk senders; beyond that new units are dropped,
+counted in
 `abmesh_exposures_dropped_total` and logged).  Lost units are exposed again, and counted, the
 next time they are assigned.  Bulk senders wait for `room` first (`POST /v1/assign` of a batch,
 up to the events deadline), so a burst runs at the pace of the store instead of losing units;
@@ -90,9 +91,11 @@ class ExposureBuffer:
         *,
         at: float | None = None,
         generation: int = 0,
+        bulk: bool = False,
     ) -> None:
         """Note an exposure: the variant served, when (default now), and the generation of the
-        spec that chose it (0: not known).  Called on the event loop; no I/O."""
+        spec that chose it (0: not known).  Called on the event loop; no I/O.  A `bulk` sender
+        has waited for `room` already: its whole batch goes in, up to twice the limit."""
         key = (experiment, phase)
         if unit in self.known.get(key, ()):
             return
@@ -102,7 +105,7 @@ class ExposureBuffer:
         units = entry[1]
         if unit in units:
             return
-        if self.full:
+        if self.bytes >= (2 * self.limit_bytes if bulk else self.limit_bytes):
             self._drop(1)
             return
         units[unit] = (variant, time.time() if at is None else at, generation)

@@ -83,11 +83,17 @@ class ServiceState:
         return (await self.assign_many(record, [unit], headers))[0]
 
     async def assign_many(
-        self, record: ExperimentRecord, units: Sequence[str], headers: Mapping[str, str] | None
+        self,
+        record: ExperimentRecord,
+        units: Sequence[str],
+        headers: Mapping[str, str] | None,
+        *,
+        bulk: bool = False,
     ) -> list[Assignment]:
-        """Assign, count, and buffer the exposures.  Only sticky specs touch the store (in a
-        thread); if it is down, or slower than `sticky_timeout`, they fall back to the plain
-        hash rather than fail or wait."""
+        """Assign, count, and buffer the exposures (`bulk`: a batch whose sender waited for
+        room; see ExposureBuffer.add).  Only sticky specs touch the store (in a thread); if it
+        is down, or slower than `sticky_timeout`, they fall back to the plain hash rather than
+        fail or wait."""
         spec, active = record.effective_spec, record.state is State.RUNNING
         if spec.sticky and active:
             try:
@@ -121,7 +127,13 @@ class ServiceState:
             counter.labels(a.experiment, a.variant).inc()
             if a.in_experiment:
                 buffer.add(
-                    a.experiment, record.phase, plan, unit, a.variant, generation=record.generation
+                    a.experiment,
+                    record.phase,
+                    plan,
+                    unit,
+                    a.variant,
+                    generation=record.generation,
+                    bulk=bulk,
                 )
         return results
 

@@ -89,7 +89,7 @@ async def assign_batch(body: BatchAssignIn, state: StateDep) -> Response:
     await state.exposures.room(BULK_WAIT_S)
     out = []
     for record in records:
-        results = await state.assign_many(record, body.units, body.headers)
+        results = await state.assign_many(record, body.units, body.headers, bulk=True)
         out += [assignment_body(u, a) for u, a in zip(body.units, results, strict=True)]
     return Response(json.dumps({"assignments": out}).encode(), media_type="application/json")
 
