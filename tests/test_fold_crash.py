@@ -57,6 +57,7 @@ def test_a_folder_killed_mid_batch_leaves_exact_statistics(store_url: str) -> No
         folder.send_signal(signal.SIGKILL)
     finally:
         folder.wait(timeout=30)
+        folder.stdout.close()
     assert folder.returncode == -signal.SIGKILL
     assert store.fold_state("ranker-v2").pending > 0  # it was killed before it finished
     started = time.monotonic()
