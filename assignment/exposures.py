@@ -127,9 +127,16 @@ class ExposureBuffer:
         self._dropping = True
 
     def take(self) -> Batch:
-        batch, self.pending, self.bytes = self.pending, {}, 0
-        self._room.set()
+        """Hand the buffered units to a flush.  They stay counted in `bytes` (they are still in
+        memory) until `release`d after their append, so the buffer reads full while a flush to
+        a store that is down is still failing."""
+        batch, self.pending = self.pending, {}
         return batch
+
+    def release(self, units: Units) -> None:
+        self.bytes -= sum(len(unit) + ENTRY_BYTES for unit in units)
+        if not self.full:
+            self._room.set()
 
     async def room(self, timeout: float) -> None:
         """Wait, at most `timeout` seconds, until the buffer has room: bulk senders slow down
@@ -139,17 +146,13 @@ class ExposureBuffer:
                 await asyncio.wait_for(self._room.wait(), timeout)
 
     def put_back(self, batch: Batch) -> None:
-        """Return an unwritten batch; its earlier exposure times win over newer duplicates."""
+        """Return an unwritten batch (still counted in `bytes`); its earlier exposure times win
+        over duplicates added meanwhile, which are then counted once."""
         for key, (plan, units) in batch.items():
             current = self.pending.setdefault(key, (plan, {}))[1]
-            for unit, exposure in units.items():
-                if unit in current:
-                    current[unit] = exposure
-                elif not self.full:
-                    current[unit] = exposure
-                    self.bytes += len(unit) + ENTRY_BYTES
-                else:
-                    self._drop(1)
+            duplicates = {unit: current[unit] for unit in units if unit in current}
+            current.update(units)
+            self.release(duplicates)
 
     def _remember(self, key: tuple[str, str], units: Units) -> None:
         if self._known_count + len(units) > KNOWN_CAP:
@@ -174,6 +177,7 @@ class ExposureBuffer:
                     self._on_appended(experiment)
                     for unit in chunk:
                         del units[unit]
+                    self.release(chunk)
                     written += len(chunk)
         except Exception as exc:  # the store is down (or failing): keep the rest for later
             self._on_error()

@@ -3,6 +3,7 @@ Parquet, the lag made visible, events before an exposure, and a full exposure bu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -16,6 +17,7 @@ import pandas as pd
 import pytest
 
 from assignment.auth import Role
+from assignment.exposures import ENTRY_BYTES, ExposureBuffer
 from experiments.folding import PRE, Event
 from experiments.reporting import phase_report
 from experiments.store import open_store
@@ -251,3 +253,39 @@ def test_unit_exposures_keep_the_served_variant_and_generation(store_url: str) -
     }
     assert json.dumps(store.unit_exposures("ranker-v2", "other", ["a"])) == "{}"
     store.close()
+
+
+def test_units_in_a_failing_flush_still_count_against_the_buffer(tmp_path: Path) -> None:
+    """A flush holds its batch while the store fails: the buffer reads full meanwhile, so
+    reports get their 503 instead of slipping in while the backlog is out of sight."""
+
+    async def scenario() -> None:
+        writing, fail = asyncio.Event(), asyncio.Event()
+
+        async def down_store(*_: Any) -> None:
+            writing.set()
+            await fail.wait()
+            raise ConnectionError("store down")
+
+        limit = 4 * (len("u-0") + ENTRY_BYTES)
+        store = open_store(f"sqlite:///{tmp_path}/s.db")  # never written: run_write stands in
+        buffer = ExposureBuffer(store, limit_bytes=limit, run_write=down_store)
+        for i in range(4):
+            buffer.add("exp", "ab", PLAN, f"u-{i}", "control", at=float(i))
+        assert buffer.full
+        flush = asyncio.ensure_future(buffer.flush())
+        await asyncio.wait_for(writing.wait(), 60)
+        assert buffer.full
+        assert buffer.size == 0
+        buffer.add("exp", "ab", PLAN, "u-9", "control")  # no room: dropped
+        buffer.add("exp", "ab", PLAN, "u-1", "control", at=99.0)  # a duplicate of one in flight
+        fail.set()
+        await asyncio.wait_for(flush, 60)
+        store.close()
+        assert buffer.full
+        assert buffer.bytes == limit
+        units = buffer.pending[("exp", "ab")][1]
+        assert sorted(units) == ["u-0", "u-1", "u-2", "u-3"]
+        assert units["u-1"][1] == 1.0  # the earlier exposure time wins
+
+    asyncio.run(scenario())
