@@ -33,8 +33,8 @@ from typing import Any
 from controlplane.judge import Judge, phase_of, state_of
 from controlplane.metrics import MetricsProvider
 from controlplane.observability import ControllerTelemetry
-from controlplane.rollout import RolloutState
-from controlplane.routing.plan import RoutePlan, plan_routes
+from controlplane.rollout import RolloutState, route_plan
+from controlplane.routing.plan import RoutePlan
 from controlplane.targets import Resolved, Routers, blocker, claimant, claims
 from experiments.errors import AbmeshError, ConflictError, NotFoundError
 from experiments.logs import log_context
@@ -293,7 +293,7 @@ class Controller:
 
 
 def _plan(spec: ExperimentSpec, state: RolloutState) -> RoutePlan:
-    return plan_routes(spec, state.weights, state.mode)
+    return route_plan(spec, state)
 
 
 def _route_hash(record: ExperimentRecord, target: Resolved, state: RolloutState) -> str:

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from controlplane.routing.plan import Mode
+from controlplane.routing.plan import Mirror, Mode, RoutePlan, plan_routes
 from experiments.spec import ExperimentSpec
-from experiments.spec_rollout import ABTest, Canary, Promote
+from experiments.spec_rollout import ABTest, Canary, Promote, Shadow
 from experiments.status import Outcome
 
 
@@ -86,6 +86,17 @@ class RolloutState:
         if self.status in (RolloutStatus.ROLLED_BACK, RolloutStatus.NO_DIFFERENCE):
             return Mode.ROLLED_BACK
         return Mode.EXPERIMENT
+
+
+def route_plan(spec: ExperimentSpec, state: RolloutState) -> RoutePlan:
+    """The routes the rollout's position asks for: its weights, and a running shadow phase's
+    mirror."""
+    phases = spec.rollout.phases if spec.rollout else ()
+    phase = phases[state.phase] if state.phase < len(phases) else None
+    mirror = None
+    if isinstance(phase, Shadow) and state.status is RolloutStatus.RUNNING:
+        mirror = Mirror(spec.candidate_variant.key, phase.percent, phase.methods)
+    return plan_routes(spec, state.weights, state.mode, mirror)
 
 
 def split(spec: ExperimentSpec, candidate_percent: int) -> dict[str, int]:

@@ -73,18 +73,21 @@ def build_report(store: Store, name: str) -> dict[str, Any]:
 
 def _routes(spec: Any, rollout: dict[str, Any] | None) -> dict[str, Any]:
     """The route plan in force: the rollout's, or the spec's weights before any rollout."""
-    from controlplane.rollout import RolloutState
+    from controlplane.rollout import RolloutState, route_plan
     from controlplane.routing.plan import plan_routes
 
     if rollout:
-        state = RolloutState.from_dict(rollout)
-        plan = plan_routes(spec, state.weights, state.mode)
+        plan = route_plan(spec, RolloutState.from_dict(rollout))
     else:
         plan = plan_routes(spec, {v.key: round(v.weight) for v in spec.variants})
+    mirror = plan.mirror
     return {
         "rules": [{"name": r.name, "header": r.header, "value": r.value, "variant": r.variant}
                   for r in plan.rules],
         "weights": dict(plan.weights),
+        "mirror": None if mirror is None else {"variant": mirror.variant,
+                                               "percent": mirror.percent,
+                                               "methods": list(mirror.methods)},
     }  # fmt: skip
 
 

@@ -1,14 +1,16 @@
 """The rollout plan: how the controller moves traffic from the stable model to the candidate.
 
-Phases run in order: `canary` walks its steps (the candidate's share in percent) while the
-operational guardrails hold, a step advancing only on complete evidence (enough passing
-checks in a row, enough time, enough units); `ab` holds a fixed split until the sequential
-test decides; `promote` sends everything to the winner.  A guardrail over its limit, or harm
-from the test, rolls back at once.
+Phases run in order: `shadow` mirrors requests to the candidate and compares its predictions
+with the stable model's before any user sees it; `canary` walks its steps (the candidate's
+share in percent) while the operational guardrails hold, a step advancing only on complete
+evidence (enough passing checks in a row, enough time, enough units); `ab` holds a fixed split
+until the sequential test decides; `promote` sends everything to the winner.  A guardrail over
+its limit, or harm from the test, rolls back at once.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from enum import StrEnum
@@ -221,6 +223,57 @@ class OperationalGuardrail(SpecModel):
 DEFAULT_ABOVE_MS = (50.0, 100.0, 250.0, 500.0, 1000.0)
 
 
+class ShadowTolerance(SpecModel):
+    """How far the candidate may stray from the stable model on the same requests; a limit set
+    to null is shown but not gated.  `disagreement`: share of requests whose labels differ;
+    `score_shift`: |mean(candidate − stable score)|; `distribution`: the largest distance
+    between the two arms' score CDFs (Kolmogorov's statistic); `unpaired`: the largest share
+    of predictions left without a partner (more invalidates the comparison, like SRM)."""
+
+    disagreement: Number | None = Field(default=0.01, gt=0, lt=1, allow_inf_nan=False)
+    score_shift: Number | None = Field(default=0.02, gt=0, allow_inf_nan=False)
+    distribution: Number | None = Field(default=0.1, gt=0, lt=1, allow_inf_nan=False)
+    unpaired: Number = Field(default=0.2, gt=0, le=1, allow_inf_nan=False)
+
+
+class OnTimeout(StrEnum):
+    PROCEED = "proceed"  # the next phase, as if passed
+    ROLLBACK = "rollback"  # stop the rollout; the candidate is never exposed
+
+
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+class Shadow(SpecModel):
+    """Mirror `percent` of the stable model's requests (of `methods`) to the candidate, whose
+    answers never reach clients, and compare the predictions both post for the same request
+    (`POST /v1/predictions`, paired by request id) with anytime-valid tests at level `alpha`.
+    Passes when every tolerance is shown to hold, stops the rollout when one is shown broken,
+    and at `max_duration_s` does what `on_timeout` says.  No weight changes: every user is
+    served by the stable model."""
+
+    kind: Literal["shadow"] = "shadow"
+    percent: Number = Field(default=10, gt=0, le=100, allow_inf_nan=False)
+    methods: tuple[HttpMethod, ...] = Field(default=("GET", "POST"), min_length=1, max_length=7)
+    max_duration_s: Number = Field(default=3600, ge=10, le=7 * 86400, allow_inf_nan=False)
+    on_timeout: OnTimeout = OnTimeout.ROLLBACK
+    tolerance: ShadowTolerance = ShadowTolerance()
+    alpha: Number = Field(default=0.05, gt=0, lt=0.5, allow_inf_nan=False)
+    min_pairs: Count = Field(default=100, ge=1, le=10_000_000)
+    # Scores are bounded (the score-shift sequence needs a range) and binned for the CDFs.
+    score_range: tuple[Number, Number] = (0.0, 1.0)
+    pair_window_s: Number = Field(default=60, ge=1, le=86400, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        no_repeats(list(self.methods), "shadow.methods")
+        low, high = self.score_range
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ValueError(f"shadow.score_range must be two finite numbers, low < high: "
+                             f"{list(self.score_range)}")  # fmt: skip
+        return self
+
+
 class Canary(SpecModel):
     kind: Literal["canary"] = "canary"
     steps: tuple[Count, ...] = Field(default=(5, 20, 50), min_length=1, max_length=20)
@@ -246,7 +299,7 @@ class Promote(SpecModel):
     kind: Literal["promote"] = "promote"
 
 
-Phase = Annotated[Canary | ABTest | Promote, Field(discriminator="kind")]
+Phase = Annotated[Shadow | Canary | ABTest | Promote, Field(discriminator="kind")]
 
 
 def default_guardrails() -> tuple[OperationalGuardrail, ...]:
@@ -331,4 +384,7 @@ class Rollout(SpecModel):
         kinds = [p.kind for p in self.phases]
         if "promote" in kinds and kinds.index("promote") != len(kinds) - 1:
             raise ValueError("rollout.phases: 'promote' can only be the last phase")
+        if "shadow" in kinds and kinds.index("shadow") != kinds.count("shadow") - 1:
+            raise ValueError("rollout.phases: 'shadow' phases come first, before any user is"
+                             " served by the candidate")  # fmt: skip
         return self

@@ -32,12 +32,23 @@ class HeaderRule:
 
 
 @dataclass(frozen=True, slots=True)
+class Mirror:
+    """Copies of `percent` % of the requests (of `methods`) that go to the stable arm are sent,
+    fire-and-forget, to `variant`; its answers are dropped by the mesh (a shadow phase)."""
+
+    variant: str
+    percent: float
+    methods: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RoutePlan:
     experiment: str
     service: str  # the host clients call
     rules: tuple[HeaderRule, ...]
     weights: tuple[tuple[str, int], ...]  # (variant, percent), summing to 100
     destinations: tuple[tuple[str, Destination], ...]
+    mirror: Mirror | None = None
 
     def __post_init__(self) -> None:
         total = sum(w for _, w in self.weights)
@@ -54,9 +65,13 @@ class RoutePlan:
 
 
 def plan_routes(
-    spec: ExperimentSpec, weights: dict[str, int], mode: Mode = Mode.EXPERIMENT
+    spec: ExperimentSpec,
+    weights: dict[str, int],
+    mode: Mode = Mode.EXPERIMENT,
+    mirror: Mirror | None = None,
 ) -> RoutePlan:
-    """The plan for `spec` with the default route at `weights` (variant -> percent)."""
+    """The plan for `spec` with the default route at `weights` (variant -> percent), and the
+    shadow phase's `mirror` (only while the experiment runs)."""
     stable = spec.control_variant.key
     if mode is Mode.PROMOTED:
         rules: tuple[HeaderRule, ...] = ()
@@ -81,4 +96,5 @@ def plan_routes(
         rules,
         tuple((v.key, int(weights.get(v.key, 0))) for v in spec.variants),
         tuple((v.key, v.destination) for v in spec.variants),
+        mirror if mode is Mode.EXPERIMENT else None,
     )
