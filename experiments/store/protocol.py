@@ -17,6 +17,8 @@ from experiments.errors import ConflictError, InvalidInputError
 from experiments.foldbatch import Exposure
 from experiments.folding import Event, FoldPlan
 from experiments.names import check_name
+from experiments.predictions import Prediction, Recorded
+from experiments.shadow_sums import ShadowSums
 from experiments.spec import ExperimentSpec
 from experiments.status import State, Status
 
@@ -297,7 +299,35 @@ class ControlStore(Protocol):
 
 
 @runtime_checkable
-class Store(ExperimentStore, StickyStore, StatsStore, ControlStore, Protocol):
+class PredictionStore(Protocol):
+    """The shadow phase's predictions, paired by request id (experiments.predictions)."""
+
+    def add_predictions(
+        self,
+        experiment: str,
+        phase: str,
+        predictions: Sequence[Prediction],
+        *,
+        score_range: tuple[float, float],
+        window_s: float,
+        now: float | None = None,
+    ) -> Recorded:
+        """Pair, fold and keep the rest waiting; a prediction already paired or already
+        waiting (a retried batch) is a duplicate and changes nothing."""
+
+    def shadow_sums(
+        self,
+        experiment: str,
+        phase: str,
+        *,
+        score_range: tuple[float, float],
+        window_s: float,
+        now: float | None = None,
+    ) -> ShadowSums:
+        """The phase's sums; predictions alone for longer than `window_s` count as unpaired."""
+
+
+class Store(ExperimentStore, StickyStore, StatsStore, PredictionStore, ControlStore, Protocol):
     url: str
 
     def ping(self) -> None:

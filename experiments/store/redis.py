@@ -50,10 +50,11 @@ from experiments.store.protocol import (
     check_layer_conflicts,
 )
 from experiments.store.redis_control import RedisControl
+from experiments.store.redis_predictions import RedisPredictions
 from experiments.store.redis_stats import RedisStats
 
 
-class RedisStore(RedisStats, RedisControl):
+class RedisStore(RedisStats, RedisPredictions, RedisControl):
     @cached_property
     def _sticky_script(self) -> Any:
         return self.client.register_script(_PUT_STICKY)

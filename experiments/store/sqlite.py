@@ -27,10 +27,11 @@ from experiments.store.protocol import (
 )
 from experiments.store.sqlite_base import chunks
 from experiments.store.sqlite_control import SQLiteControl
+from experiments.store.sqlite_predictions import PREDICTION_TABLES, SQLitePredictions
 from experiments.store.sqlite_stats import STATS_TABLES, SQLiteStats
 
 
-class SQLiteStore(SQLiteStats, SQLiteControl):
+class SQLiteStore(SQLiteStats, SQLitePredictions, SQLiteControl):
     # experiments
 
     def put_experiment(self, spec: ExperimentSpec, *, react: Reaction | None = None) -> PutResult:
@@ -132,7 +133,7 @@ class SQLiteStore(SQLiteStats, SQLiteControl):
             uid = self._record(db, name).uid
             db.execute("DELETE FROM experiments WHERE name = ?", (name,))
             db.execute("DELETE FROM experiment_revisions WHERE name = ?", (name,))
-            for table in ("sticky", *STATS_TABLES):
+            for table in ("sticky", *STATS_TABLES, *PREDICTION_TABLES):
                 db.execute(f"DELETE FROM {table} WHERE experiment = ?", (name,))
             self._forget_uid(db, uid, keep_history=keep_history)
             self._bump_epoch(db)

@@ -19,8 +19,9 @@ from experiments.foldbatch import UnitState
 from experiments.status import Status
 
 # 2: control, audit, leases; 3: the status document (with the uid) replaces status and phase;
-# 4: exposures and events become a log folded behind (exposure_log, event_log, unit_state)
-SCHEMA_VERSION = 4
+# 4: exposures and events become a log folded behind (exposure_log, event_log, unit_state);
+# 5: the shadow phase's predictions (prediction_pending, prediction_done, shadow_sums)
+SCHEMA_VERSION = 5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
     name TEXT PRIMARY KEY, uid TEXT NOT NULL, revision INTEGER NOT NULL,
@@ -57,6 +58,16 @@ CREATE TABLE IF NOT EXISTS event_log (
     timestamp REAL NOT NULL, received_at REAL NOT NULL, UNIQUE (experiment, event_id));
 CREATE INDEX IF NOT EXISTS event_log_fold ON event_log (experiment, seq);
 CREATE INDEX IF NOT EXISTS event_log_received ON event_log (received_at);
+CREATE TABLE IF NOT EXISTS prediction_pending (
+    experiment TEXT NOT NULL, phase TEXT NOT NULL, request_id TEXT NOT NULL,
+    body TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (experiment, phase, request_id));
+CREATE INDEX IF NOT EXISTS prediction_pending_at ON prediction_pending (experiment, phase, at);
+CREATE TABLE IF NOT EXISTS prediction_done (
+    experiment TEXT NOT NULL, phase TEXT NOT NULL, request_id TEXT NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (experiment, phase, request_id));
+CREATE TABLE IF NOT EXISTS shadow_sums (
+    experiment TEXT NOT NULL, phase TEXT NOT NULL, field TEXT NOT NULL, value REAL NOT NULL,
+    PRIMARY KEY (experiment, phase, field));
 CREATE TABLE IF NOT EXISTS control (
     experiment TEXT PRIMARY KEY, doc TEXT NOT NULL, version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
