@@ -35,6 +35,7 @@ from assignment.routes import (
     extauthz,
     health,
     integrations,
+    predictions,
     reports,
 )
 from assignment.service import ServiceState
@@ -120,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         experiments.router,
         health.router,
         integrations.router,
+        predictions.router,
         reports.router,
     ):
         app.include_router(router)

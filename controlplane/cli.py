@@ -296,7 +296,11 @@ def demo(
     fast: Annotated[
         bool, typer.Option(help="Under a minute or so: shorter canary checks.")
     ] = False,
-    scenario: Annotated[str, typer.Option(help="promote, or regression (a rollback).")] = "promote",
+    scenario: Annotated[
+        str,
+        typer.Option(help="promote; regression (a rollback); shadow (a candidate stopped by"
+                     " the shadow comparison before serving anyone)."),
+    ] = "promote",
     workdir: Annotated[
         Path | None, typer.Option(help="Where logs, the store and the report go.")
     ] = None,

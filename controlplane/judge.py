@@ -27,11 +27,12 @@ from controlplane.rollout import (
     promote,
     roll_back,
 )
+from controlplane.shadow_gate import shadow_move
 from controlplane.targets import Routers
 from experiments.errors import NotFoundError
 from experiments.folding import exposures_of
 from experiments.spec import ExperimentSpec
-from experiments.spec_rollout import ABTest, Canary, OnNoData
+from experiments.spec_rollout import ABTest, Canary, OnNoData, Shadow
 from experiments.status import State, Status, end_phase, new_phase_name
 from experiments.status import enter_phase as enter_analysis_phase
 from experiments.store import ExperimentRecord, Store
@@ -89,7 +90,7 @@ class Judge:
         what = enter_phase(record.spec, state, 0, now)
         first = phase_of(record.spec, state)
         if isinstance(first, ABTest) or action == "restart":
-            base = "ab" if isinstance(first, ABTest) else "canary"
+            base = first.kind if isinstance(first, ABTest | Shadow) else "canary"
             planned = dict(state.weights) if isinstance(first, ABTest) else None
             status = enter_analysis_phase(status, new_phase_name(status, base), now, planned)
         audit.append(self.entry(record, state, action, f"{why}{what}"))
@@ -134,7 +135,7 @@ class Judge:
         spec = record.spec
         assert spec.rollout is not None
         phase = phase_of(spec, state)
-        if phase is None or not isinstance(phase, Canary | ABTest):
+        if phase is None or not isinstance(phase, Shadow | Canary | ABTest):
             audit.append(self.entry(record, state, "promote",
                                      enter_phase(spec, state, state.phase, now)))  # fmt: skip
             return status
@@ -182,6 +183,10 @@ class Judge:
         status = status.with_condition("Progressing", True, "Progressing", "", now)
         if isinstance(phase, Canary):
             entry = self._canary(record, state, status, phase, bool(failing or missing), now)
+        elif isinstance(phase, Shadow):
+            move = shadow_move(self.store, record, state, status.phase, phase, now,
+                               guardrails_pass=not (failing or missing))  # fmt: skip
+            entry = None if move is None else self.entry(record, state, *move)
         else:
             candidate = spec.candidate_variant.key
             thresholds = [j.reading.threshold(candidate, counted=j.failed) for j in judged]
@@ -194,8 +199,9 @@ class Judge:
         return status
 
     def _late(
-        self, spec: ExperimentSpec, state: RolloutState, phase: Canary | ABTest, now: float
-    ) -> tuple[str, str] | None:
+        self, spec: ExperimentSpec, state: RolloutState, phase: Shadow | Canary | ABTest,
+        now: float,
+    ) -> tuple[str, str] | None:  # fmt: skip
         """Past the progress deadline: no guardrail data, or a canary step that does not end."""
         assert spec.rollout is not None
         deadline = spec.rollout.progress_deadline_s

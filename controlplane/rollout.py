@@ -56,6 +56,7 @@ class RolloutState:
     data_at: float = 0.0  # when every guardrail last had data (for the progress deadline)
     resumed_at: float = 0.0  # when data came back after a hold: the step's clock restarts
     decision: dict[str, Any] | None = None  # analysis.DecisionState of the A/B phase
+    shadow: dict[str, Any] | None = None  # the shadow phase's last comparison (analysis.shadow)
     winner: str | None = None
     reason: str = ""
     request: Request | None = None  # a manual command waiting for the next tick
@@ -119,6 +120,10 @@ def enter_phase(spec: ExperimentSpec, state: RolloutState, index: int, now: floa
         state.weights = split(spec, phase.split)
         state.decision = None
         return f"A/B phase at {100 - phase.split}/{phase.split}"
+    if isinstance(phase, Shadow):
+        state.weights, state.shadow = split(spec, 0), None
+        methods = ", ".join(phase.methods)
+        return f"shadow phase: {phase.percent:g} % of {methods} requests mirrored to the candidate"
     assert isinstance(phase, Promote)
     return promote(spec, state, state.winner or spec.candidate_variant.key, "promote phase")
 

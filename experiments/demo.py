@@ -5,7 +5,10 @@ Prometheus scraping Envoy, the controller (`envoy` router) and simulated users. 
 abmesh for its group, calls the model through Envoy with that header, and converts with a
 probability that depends on the model that answered.  The rollout walks a canary, then an A/B
 phase, to a decision: promotion by default; with `scenario="regression"` the candidate starts
-failing at its second canary step and is rolled back.  A live table shows the progress; the
+failing at its second canary step and is rolled back; with `scenario="shadow"` a shadow phase
+comes first, Envoy mirroring every stable request to the candidate, whose labels differ from
+the stable model's on 3 % of requests: the comparison stops the rollout before any user is
+served by it.  A live table shows the progress; the
 report is written at the end; every process the demo started is stopped by its PID.
 """
 
@@ -45,6 +48,7 @@ from experiments.store import Store, open_store
 NAME = "model-demo"
 # What each model's answers make users do: a large lift in the fast run, a smaller one, which
 # takes the test a few minutes to resolve, in the default run.
+SCENARIOS = ("promote", "regression", "shadow")
 CONVERSION = {True: {"v1": 0.10, "v2": 0.15}, False: {"v1": 0.10, "v2": 0.125}}
 
 
@@ -61,9 +65,10 @@ class DemoResult:
     table: Table
 
 
-def demo_spec(fast: bool) -> ExperimentSpec:
+def demo_spec(fast: bool, shadow: bool = False) -> ExperimentSpec:
     from experiments.loader import load_spec
 
+    first = [{"kind": "shadow", "percent": 100, "max_duration_s": 600}] if shadow else []
     return load_spec(
         {
             "name": NAME,
@@ -72,6 +77,7 @@ def demo_spec(fast: bool) -> ExperimentSpec:
             "analysis": {"min_units_per_arm": 100, "n_star": 2000 if fast else 10_000},
             "rollout": {
                 "phases": [
+                    *first,
                     {"kind": "canary", "steps": [5, 20, 50], "checks": 1 if fast else 5,
                      "min_duration_s": 0 if fast else 30},
                     {"kind": "ab", "split": 50},
@@ -112,7 +118,9 @@ class Users:
                 try:
                     a = http.get(f"{self.service}/v1/assign/{NAME}", params={"unit": unit}).json()
                     header = a["header"]
-                    reply = http.get(self.front, headers={header["name"]: header["value"]})
+                    # The user's own request: a model's answer (and prediction) depends on it.
+                    reply = http.get(self.front, params={"user": unit},
+                                     headers={header["name"]: header["value"]})  # fmt: skip
                     model = reply.headers.get("x-model", "?")
                     self.served[model] = self.served.get(model, 0) + 1
                     if reply.status_code == 200 and rng.random() < self.conversion.get(model, 0.0):
@@ -173,8 +181,8 @@ def _table(store: Store, started: float, served: dict[str, int]) -> Table:
 def run_demo(
     workdir: Path, *, fast: bool = False, scenario: str = "promote", console: Console | None = None
 ) -> DemoResult:
-    if scenario not in ("promote", "regression"):
-        raise DemoError(f"scenario must be 'promote' or 'regression', not {scenario!r}")
+    if scenario not in SCENARIOS:
+        raise DemoError(f"scenario must be one of {', '.join(SCENARIOS)}, not {scenario!r}")
     if prometheus_binary() is None:
         raise DemoError(
             "Prometheus is not installed: `apt-get install -y --no-install-recommends prometheus`"
@@ -195,7 +203,11 @@ def run_demo(
             store_url, workdir, insecure=True, refresh_interval=0.2, exposure_flush_interval=0.2,
             snapshot_interval=2,
         )  # fmt: skip
-        apply_spec(store, demo_spec(fast))
+        apply_spec(store, demo_spec(fast, shadow=scenario == "shadow"))
+        if scenario == "shadow":  # both models post their predictions; the candidate differs
+            for model, variant in (("v1", "stable"), ("v2", "candidate")):
+                stack.set_model(model, report_to=service.url, experiment=NAME,
+                                variant=variant, flip_rate=0.03 if model == "v2" else 0.0)
         change_state(store, NAME, Action.START, by="demo")
         defaults = Defaults(
             envoy_routes=stack.routes_file, envoy_admin=stack.admin,

@@ -226,7 +226,7 @@ class RolloutStack:
     front: str
     prometheus_url: str
 
-    def set_model(self, name: str, **config: float) -> None:
+    def set_model(self, name: str, **config: float | str) -> None:
         port = self.models[name].port
         httpx.post(f"http://127.0.0.1:{port}/admin/config", json=config, timeout=5)
 

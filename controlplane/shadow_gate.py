@@ -1,0 +1,47 @@
+"""The shadow phase's move at a tick: compare the predictions paired so far (analysis.shadow)
+and pass to the next phase, stop the rollout (the candidate never served anyone), hold on an
+invalid comparison, or at the phase's deadline do what it says."""
+
+from __future__ import annotations
+
+from controlplane.rollout import RolloutState, RolloutStatus, enter_phase, roll_back
+from experiments.spec_rollout import OnTimeout, Shadow
+from experiments.store import ExperimentRecord, Store
+
+
+def shadow_move(
+    store: Store,
+    record: ExperimentRecord,
+    state: RolloutState,
+    analysis_phase: str,
+    phase: Shadow,
+    now: float,
+    *,
+    guardrails_pass: bool,
+) -> tuple[str, str] | None:
+    """(audit action, what happened), or None: the phase goes on.  Updates `state`.  The
+    predictions' pass waits for the guardrails (the mirrored requests' latency and errors in
+    the mesh's metrics) to pass too."""
+    from analysis.shadow import judge_shadow  # scipy: loaded when a shadow phase runs
+
+    spec = record.spec
+    sums = store.shadow_sums(record.name, analysis_phase, score_range=phase.score_range,
+                             window_s=phase.pair_window_s, now=now)  # fmt: skip
+    verdict = judge_shadow(sums, phase)
+    state.shadow = verdict.to_dict()
+    why = "; ".join(verdict.reasons)
+    if verdict.status == "fail":
+        return "rollback", roll_back(spec, state, f"shadow: {why}")
+    if verdict.status == "pass" and guardrails_pass:
+        what = enter_phase(spec, state, state.phase + 1, now)
+        action = "promote" if state.status is RolloutStatus.PROMOTED else "phase"
+        return action, f"shadow passed: {why} → {what}"
+    if verdict.status == "invalid":
+        state.status, state.reason = RolloutStatus.PAUSED, f"shadow invalid: {why}"
+        return "pause", state.reason
+    if now - state.step_started < phase.max_duration_s:
+        return None
+    ended = f"shadow phase ended after {phase.max_duration_s:g} s undecided ({why})"
+    if phase.on_timeout is OnTimeout.ROLLBACK:
+        return "rollback", roll_back(spec, state, ended)
+    return "phase", f"{ended}: proceeding → {enter_phase(spec, state, state.phase + 1, now)}"

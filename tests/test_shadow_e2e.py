@@ -1,0 +1,127 @@
+"""The shadow phase end to end with real parts: Envoy mirrors the stable model's requests to the
+candidate (routes written by the controller, a process of its own), both toy models post their
+predictions to abmesh's service, and the controller gates the rollout on the comparison.
+
+(a) a candidate that flips 3 % of labels is stopped against a 1 % tolerance within 5,000
+pairs, never having answered a client; (b) an identical candidate passes the shadow phase and
+goes on to the next one.  Timings are printed, not asserted."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from assignment.auth import Role
+from experiments.localstack import RolloutStack, start_rollout_stack
+from experiments.store import Store, open_store
+from tests.rollout_support import controller, moves, spec_doc, start
+from tests.servers import TOKENS, start_service
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class Requests:
+    """Distinct requests (the toy models score a request by its content) through Envoy without
+    a group header, as fast as one client goes; each answer's model is kept."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.models: list[tuple[float, str]] = []  # (sent at, the model that answered)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            i = 0
+            while not self._stop.is_set():
+                i += 1
+                sent = time.time()
+                try:
+                    reply = client.post(self.url, json={"features": [i, i % 7]})
+                    self.models.append((sent, reply.json().get("model", "?")))
+                except (httpx.HTTPError, ValueError):
+                    self.models.append((sent, "error"))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[RolloutStack]:
+    s = start_rollout_stack(tmp_path)
+    yield s
+    s.stop()
+
+
+def shadow_rollout(stack: RolloutStack, tmp_path: Path, candidate: dict[str, float]) -> Any:
+    """Run a [shadow 100 %, promote] rollout with the candidate model configured as given until
+    the shadow phase ends; (the store, the move that ended it, the clients' models)."""
+    url = f"sqlite:///{tmp_path / 'abmesh.db'}"
+    store = open_store(url)
+    service = start_service(url, tmp_path)
+    shadow = {"kind": "shadow", "percent": 100, "max_duration_s": 600,
+              "tolerance": {"disagreement": 0.01, "score_shift": 0.02, "distribution": 0.1}}
+    start(store, spec_doc([shadow, {"kind": "promote"}]))
+    for model, variant, extra in (("v1", "control", {}), ("v2", "treatment", candidate)):
+        stack.set_model(model, report_to=service.url, experiment="ranker-v2", variant=variant,
+                        token=TOKENS[Role.WRITER], **extra)
+    requests = Requests(stack.front)
+    ctl = controller(url, stack, tmp_path)
+    try:
+        ended = wait_for_either(store, ("rollback", "promote", "phase"), timeout=240)
+    finally:
+        ctl.stop()
+        requests.stop()
+        service.stop()
+    return store, ended, requests.models
+
+
+def wait_for_either(store: Store, actions: tuple[str, ...], timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in moves(store) if e["action"] in actions]
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no {actions} in {timeout} s: {moves(store)}")
+
+
+def test_a_candidate_flipping_3_percent_of_labels_is_stopped(
+    stack: RolloutStack, tmp_path: Path
+) -> None:
+    store, ended, models = shadow_rollout(stack, tmp_path, {"flip_rate": 0.03})
+    try:
+        assert ended["action"] == "rollback", ended
+        assert "disagreement" in ended["what"]
+        shadow = store.get_experiment("ranker-v2").status.rollout["shadow"]
+        print(f"stopped after {shadow['pairs']} pairs: {ended['what']}")
+        assert shadow["pairs"] <= 5000
+        answers = [m for _, m in models]
+        assert set(answers) <= {"v1", "error"}  # no client ever got the candidate's answer
+        assert answers.count("v1") > 0.99 * len(answers)
+    finally:
+        store.close()
+
+
+def test_an_identical_candidate_passes_the_shadow_phase(
+    stack: RolloutStack, tmp_path: Path
+) -> None:
+    store, ended, models = shadow_rollout(stack, tmp_path, {})
+    try:
+        assert ended["action"] == "promote", ended
+        assert ended["what"].startswith("shadow passed")
+        shadow = store.get_experiment("ranker-v2").status.rollout["shadow"]
+        print(f"passed after {shadow['pairs']} pairs: {ended['what']}")
+        before = {m for sent, m in models if sent < ended["at"]}
+        assert before <= {"v1", "error"}  # the candidate answered nobody before it passed
+        assert ended["weights"] == {"treatment": 100}
+    finally:
+        store.close()
