@@ -2,7 +2,7 @@
 method-restricted copies of the routes to the stable arm (and of no other arm's), the objects
 against their schemas (Istio: the CRD models; Gateway API: the HTTPRoute CRD's schema in
 tests/schemas), Gateway API's precedence, and no mirror outside a running shadow phase.  A real
-Envoy mirroring POSTs is in tests/test_mirror_envoy.py."""
+Envoy mirroring POSTs is in tests/test_envoy.py."""
 
 from __future__ import annotations
 
