@@ -22,8 +22,8 @@ from experiments.spec import Destination
 
 ANNOTATION = "abmesh.io/experiment"
 DEFAULT_ROUTE = f"{MANAGED_PREFIX}default"
-# HTTPRoute's CRD (gateway.networking.k8s.io, v1.0 and later): at most 16 rules, 64 matches a
-# rule and 128 in all (a rule without matches counts one: the API server adds PathPrefix /).
+# HTTPRoute's CRD (gateway-api v1.3 and v1.6 read; tests/schemas): at most 16 rules, 64 matches
+# a rule and 128 in all (a rule without matches counts one: the API server adds PathPrefix /).
 HTTP_ROUTE_LIMITS = {"rules": 16, "matches_per_rule": 64, "matches": 128}
 
 
@@ -40,7 +40,9 @@ def _istio_destination(d: Destination) -> dict[str, Any]:
     return out
 
 
-def _istio_mirrored(plan: RoutePlan, variant: str | None, route: dict[str, Any]) -> list[Any]:
+def _istio_mirrored(
+    plan: RoutePlan, variant: str | None, route: dict[str, Any]
+) -> list[dict[str, Any]]:
     mirror = mirror_of(plan, variant)
     if mirror is None:
         return [route]
