@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,9 +235,26 @@ class RolloutStack:
             proc.stop()
 
 
-def _envoy(
-    workdir: Path, models: dict[str, Process], routes_file: Path
+def start_rds_envoy(
+    workdir: Path, ports: Mapping[str, int], routes_file: Path
 ) -> tuple[Process, int, int]:
+    """Envoy with a cluster per name in `ports` (its upstream's port) and its routes from
+    `routes_file` (route configuration `abmesh`); returns it, its admin port and its front port.
+    Envoy needs a route file to start: without one, everything goes to the first cluster until
+    a router writes."""
+    if not routes_file.exists():
+        routes_file.write_text(json.dumps({
+            "version_info": "initial",
+            "resources": [{
+                "@type": ROUTE_TYPE,
+                "name": "abmesh",
+                "virtual_hosts": [{
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": next(iter(ports))}}],
+                }],
+            }],
+        }))  # fmt: skip
     admin, front = free_port(), free_port()
     manager = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
@@ -256,7 +273,7 @@ def _envoy(
         "stats_flush_interval": "1s",
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
-            "clusters": [cluster(name, p.port) for name, p in models.items()],
+            "clusters": [cluster(name, port) for name, port in ports.items()],
             "listeners": [
                 {
                     "name": "front",
@@ -318,28 +335,8 @@ def start_rollout_stack(workdir: Path, models: Sequence[str] = ("v1", "v2")) -> 
     routes from a file, and Prometheus scraping it."""
     servers = {name: start_model(name, workdir) for name in models}
     routes_file = workdir / "routes.json"
-    # Envoy needs a route file to start: everything to the stable model until the router writes.
-    routes_file.write_text(
-        json.dumps(
-            {
-                "version_info": "initial",
-                "resources": [
-                    {
-                        "@type": ROUTE_TYPE,
-                        "name": "abmesh",
-                        "virtual_hosts": [
-                            {
-                                "name": "all",
-                                "domains": ["*"],
-                                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "v1"}}],
-                            }
-                        ],
-                    }
-                ],
-            }
-        )
-    )
-    envoy, admin, front = _envoy(workdir, servers, routes_file)
+    ports = {name: server.port for name, server in servers.items()}
+    envoy, admin, front = start_rds_envoy(workdir, ports, routes_file)
     prom = _prometheus(workdir, admin)
     return RolloutStack(
         servers,

@@ -1,8 +1,13 @@
-"""A real Envoy routes each user to the model of the variant abmesh assigned."""
+"""A real Envoy routes each user to the model of the variant abmesh assigned, and mirrors a
+shadow phase's share of POSTs to the candidate."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +17,16 @@ import yaml
 
 from assignment import assign_many
 from controlplane.lifecycle import Action, change_state
+from controlplane.rollout import RolloutState, route_plan
+from controlplane.routing.routers import EnvoyRouter
 from experiments import EXAMPLES_DIR, load_spec
-from experiments.localstack import envoy_binary
+from experiments.localstack import Process, envoy_binary, free_port, start_rds_envoy, wait_until
 from experiments.store import open_store
 from tests.envoy_stack import EnvoyStack, start_stack
 from tests.servers import Service, start_service
+from tests.test_mirror_routes import shadow_spec
+
+ROOT = Path(__file__).resolve().parent.parent
 
 EXAMPLE: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text())
 MODEL = {"control": "v1", "treatment": "v2"}
@@ -110,3 +120,104 @@ def test_abmesh_down_fails_open_to_the_stable_model(
         # Bring abmesh back on the same port for any test that runs after this one.
         revived = start_service(service.env["ABMESH_STORE"], tmp_path, port=service.port)
         service.proc, service.log = revived.proc, revived.log
+
+
+def start_recorder(name: str, workdir: Path) -> Process:
+    """tests/recording_upstream.py on a free port, once it answers."""
+    port = free_port()
+    log = workdir / f"upstream-{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.recording_upstream", "--port", str(port), "--name", name],
+            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+        )  # fmt: skip
+    upstream = Process(proc, log, port)
+    try:
+        wait_until(lambda: recorded(upstream) == [], f"upstream {name}", timeout=60)
+    except TimeoutError:
+        upstream.stop()
+        raise
+    return upstream
+
+
+def recorded(upstream: Process) -> list[list[str]]:
+    """[method, x-request-id, host, x-user-group] of each request that reached `upstream`."""
+    reply = httpx.get(f"http://127.0.0.1:{upstream.port}/recorded", timeout=30)
+    reply.raise_for_status()
+    rows: list[list[str]] = reply.json()
+    return rows
+
+
+@pytest.fixture
+def mirroring(tmp_path: Path) -> Iterator[tuple[str, str, dict[str, Process]]]:
+    """A stable and a candidate upstream behind an Envoy whose routes the envoy router writes:
+    (front URL, admin URL, upstreams)."""
+    upstreams: dict[str, Process] = {}
+    try:
+        for name in ("stable", "candidate"):
+            upstreams[name] = start_recorder(name, tmp_path)
+        ports = {name: u.port for name, u in upstreams.items()}
+        envoy, admin, front = start_rds_envoy(tmp_path, ports, tmp_path / "routes.json")
+        try:
+            yield f"http://127.0.0.1:{front}", f"http://127.0.0.1:{admin}", upstreams
+        finally:
+            envoy.stop()
+    finally:
+        for upstream in upstreams.values():
+            upstream.stop()
+
+
+def _send(front: str, indices: range) -> Counter[str]:
+    """Every 11th request a GET, the others POSTs; every other one in group-a (a header rule to
+    the stable arm), the rest without a group (the default route)."""
+    answers: Counter[str] = Counter()
+    with httpx.Client(base_url=front, timeout=60) as http:
+        for i in indices:
+            headers = {"x-user-group": "group-a"} if i % 2 else {}
+            if i % 11 == 0:
+                reply = http.get("/predict", headers=headers)
+            else:
+                reply = http.post("/predict", headers=headers, content=b"{}")
+            answers[f"{reply.status_code} {reply.json()['model']}"] += 1
+    return answers
+
+
+def test_envoy_mirrors_a_share_of_posts_to_the_candidate(
+    mirroring: tuple[str, str, dict[str, Process]], tmp_path: Path
+) -> None:
+    front, admin, upstreams = mirroring
+    spec = shadow_spec(percent=10, methods=["POST"])
+    plan = route_plan(spec, RolloutState(weights={"stable": 100, "candidate": 0}))
+    clusters = {"stable": "stable", "candidate": "candidate"}
+    EnvoyRouter(tmp_path / "routes.json", admin, clusters, confirm_timeout_s=60).set_routes(plan)
+    total, workers = 11_000, 4
+    with ThreadPoolExecutor(workers) as pool:
+        shares = [range(k, total, workers) for k in range(workers)]
+        done = pool.map(_send, [front] * workers, shares)
+        answers = sum(done, Counter[str]())
+    assert answers == {"200 stable": total}  # no answer ever from the candidate
+
+    def candidate_idle() -> bool:
+        # Every mirror was sent before its primary answered; none is still in flight.
+        stats = httpx.get(f"{admin}/stats", params={"filter": "cluster.candidate.upstream_rq_"})
+        values = dict(line.split(": ", 1) for line in stats.text.splitlines())
+        return values["cluster.candidate.upstream_rq_active"] == "0"
+
+    wait_until(candidate_idle, "the mirrored requests", timeout=120)
+    stable, candidate = recorded(upstreams["stable"]), recorded(upstreams["candidate"])
+    posts = {rid: group for method, rid, _, group in stable if method == "POST"}
+    assert len(stable) == total
+    assert len(posts) == total - len(range(0, total, 11)) == 10_000  # ids generated, unique
+    assert {method for method, *_ in candidate} == {"POST"}  # GETs are not mirrored
+    ids = [rid for _, rid, _, _ in candidate]
+    assert len(set(ids)) == len(ids)
+    assert set(ids) <= set(posts)  # each mirror carries its primary's x-request-id
+    assert all(group == posts[rid] for _, rid, _, group in candidate)
+    assert {host for _, _, host, _ in candidate} == {host for _, _, host, _ in stable}  # no -shadow
+    share = len(ids) / len(posts)
+    print(f"mirrored {len(ids)} of {len(posts)} POSTs ({share:.2%})")
+    assert 0.09 <= share <= 0.11, share  # ±1 point: 3.3 standard errors at n = 10,000
+    for group in ("", "group-a"):  # the default route and the stable arm's header rule
+        sent = sum(g == group for g in posts.values())
+        copied = sum(g == group for _, _, _, g in candidate)
+        assert 0.08 <= copied / sent <= 0.12, (group, copied, sent)

@@ -4,13 +4,14 @@ and resourceVersion, a retry on 409, no write when nothing changes, other routes
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 from kubernetes import client as k8s
 
 from controlplane.routing.kube import GatewayApiRouter, IstioRouter
-from controlplane.routing.plan import Mode, plan_routes
+from controlplane.routing.plan import Mirror, Mode, plan_routes
 from controlplane.routing.render import istio_http_routes
 from controlplane.routing.routers import RouterError, make_router
 from tests.kube_stub import KubeStub
@@ -135,3 +136,30 @@ def test_istio_router_binds_the_virtual_service_to_the_targets_gateways(stub: Ku
     plain = IstioRouter("model-inference", "models", api(stub))  # no gateways in the target
     plain.set_routes(plan)
     assert stub.objects[path]["spec"]["gateways"] == gateways  # the object's own, left alone
+
+
+def test_both_routers_write_the_shadow_phases_mirror_and_drop_it_after(stub: KubeStub) -> None:
+    vs_path = stub.put(*ISTIO, virtual_service([FOREIGN]))
+    route_path = stub.put(*GATEWAY, {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "model-inference", "namespace": "models"},
+        "spec": {"parentRefs": [], "rules": []},
+    })  # fmt: skip
+    istio = IstioRouter("model-inference", "models", api(stub))
+    gateway = GatewayApiRouter("model-inference", "models", api(stub))
+    shadow = plan_routes(SPEC, {"control": 100}, mirror=Mirror("treatment", 10, ("POST",)))
+    assert (istio.set_routes(shadow), gateway.set_routes(shadow)) == (True, True)
+    http = stub.objects[vs_path]["spec"]["http"]
+    assert [r["name"] for r in http] == [
+        "team-debug", "abmesh-force-internal-testers", "abmesh-mirror-arm-group-a",
+        "abmesh-arm-group-a", "abmesh-arm-group-b", "abmesh-mirror-default", "abmesh-default",
+    ]  # fmt: skip
+    assert http[-2]["mirrorPercentage"] == {"value": 10}
+    rules = stub.objects[route_path]["spec"]["rules"]
+    mirrors = [r["filters"][0]["requestMirror"] for r in rules if "filters" in r]
+    assert [m["percent"] for m in mirrors] == [10, 10]
+    assert (istio.set_routes(shadow), gateway.set_routes(shadow)) == (False, False)
+    after = plan_routes(SPEC, {"control": 95, "treatment": 5})  # the canary that follows
+    assert (istio.set_routes(after), gateway.set_routes(after)) == (True, True)
+    assert "mirror" not in json.dumps(stub.objects[vs_path]["spec"])
+    assert "RequestMirror" not in json.dumps(stub.objects[route_path]["spec"])

@@ -40,6 +40,11 @@ class Mirror:
     percent: float
     methods: tuple[str, ...]
 
+    def __post_init__(self) -> None:
+        # No methods would render as a mirrored route without a method match: a catch-all.
+        if not self.methods or not 0 < self.percent <= 100:
+            raise ValueError(f"a mirror needs methods and a percent in (0, 100], got {self}")
+
 
 @dataclass(frozen=True, slots=True)
 class RoutePlan:
@@ -56,12 +61,29 @@ class RoutePlan:
             raise ValueError(
                 f"route weights must be non-negative and sum to 100, got {self.weights}"
             )
+        mirror = self.mirror
+        if mirror is not None and (
+            mirror.variant not in dict(self.destinations)
+            or self.mirrored_arm in (None, mirror.variant)
+        ):
+            # Mirroring a weighted default route would copy requests the candidate already
+            # serves to it a second time.
+            raise ValueError(
+                f"a mirror to {mirror.variant!r} needs it among the arms and the default route"
+                f" wholly on another arm, got {self.weights}"
+            )
 
     def destination(self, variant: str) -> Destination:
         return dict(self.destinations)[variant]
 
     def weight(self, variant: str) -> int:
         return dict(self.weights).get(variant, 0)
+
+    @property
+    def mirrored_arm(self) -> str | None:
+        """The arm whose requests are mirrored: the one the default route sends everything
+        to (a shadow phase moves no weight)."""
+        return next((v for v, w in self.weights if w == 100), None)
 
 
 def plan_routes(

@@ -4,6 +4,9 @@ RouteConfiguration, and a Gateway API HTTPRoute (Linkerd, Istio, Envoy Gateway).
 Header rules come first, each an exact header match to one destination, then the default
 route with the plan's weights.  Every route abmesh writes is named with MANAGED_PREFIX, and
 the objects carry the `abmesh.io/experiment` annotation, so a router can tell what it owns.
+While the plan has a mirror, the routes to the mirrored arm get mirrored copies
+(controlplane.routing.render_mirror); without one the renderings are as they were before
+mirrors existed.
 """
 
 from __future__ import annotations
@@ -11,11 +14,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from controlplane.routing import render_mirror
 from controlplane.routing.plan import MANAGED_PREFIX, RoutePlan
+from controlplane.routing.render_mirror import mirror_of
+from experiments.errors import InvalidInputError
 from experiments.spec import Destination
 
 ANNOTATION = "abmesh.io/experiment"
 DEFAULT_ROUTE = f"{MANAGED_PREFIX}default"
+# HTTPRoute's CRD (gateway-api v1.3 and v1.6 read; tests/schemas): at most 16 rules, 64 matches
+# a rule and 128 in all (a rule without matches counts one: the API server adds PathPrefix /).
+HTTP_ROUTE_LIMITS = {"rules": 16, "matches_per_rule": 64, "matches": 128}
 
 
 def _metadata(plan: RoutePlan, name: str, namespace: str) -> dict[str, Any]:
@@ -31,23 +40,34 @@ def _istio_destination(d: Destination) -> dict[str, Any]:
     return out
 
 
+def _istio_mirrored(
+    plan: RoutePlan, variant: str | None, route: dict[str, Any]
+) -> list[dict[str, Any]]:
+    mirror = mirror_of(plan, variant)
+    if mirror is None:
+        return [route]
+    to = _istio_destination(plan.destination(mirror.variant))
+    return render_mirror.istio_routes(mirror, route, to)
+
+
 def istio_http_routes(plan: RoutePlan) -> list[dict[str, Any]]:
     """The VirtualService `spec.http` entries abmesh owns, in order."""
     routes = [
-        {
+        r
+        for rule in plan.rules
+        for r in _istio_mirrored(plan, rule.variant, {
             "name": rule.name,
             "match": [{"headers": {rule.header: {"exact": rule.value}}}],
             "route": [{"destination": _istio_destination(plan.destination(rule.variant))}],
-        }
-        for rule in plan.rules
-    ]
+        })
+    ]  # fmt: skip
     weighted = [
         {"destination": _istio_destination(plan.destination(v)), "weight": w}
         for v, w in plan.weights
         if w > 0
     ]
-    routes.append({"name": DEFAULT_ROUTE, "route": weighted})
-    return routes
+    default = {"name": DEFAULT_ROUTE, "route": weighted}
+    return [*routes, *_istio_mirrored(plan, plan.mirrored_arm, default)]
 
 
 def istio_virtual_service(
@@ -97,24 +117,34 @@ def envoy_virtual_host(
     """The experiment's virtual host for an Envoy RouteConfiguration; `clusters` maps each
     variant to its cluster.  Named after the experiment, so a route configuration can hold
     several experiments' hosts side by side."""
-    routes: list[dict[str, Any]] = [
-        {
+
+    def mirrored(variant: str | None, route: dict[str, Any]) -> list[dict[str, Any]]:
+        mirror = mirror_of(plan, variant)
+        if mirror is None:
+            return [route]
+        return render_mirror.envoy_routes(mirror, route, clusters[mirror.variant])
+
+    routes = [
+        r
+        for rule in plan.rules
+        for r in mirrored(rule.variant, {
             "name": rule.name,
             "match": {
                 "prefix": "/",
                 "headers": [{"name": rule.header, "string_match": {"exact": rule.value}}],
             },
             "route": {"cluster": clusters[rule.variant]},
-        }
-        for rule in plan.rules
-    ]
+        })
+    ]  # fmt: skip
     live = [(clusters[v], w) for v, w in plan.weights if w > 0]
     action: dict[str, Any] = (
         {"cluster": live[0][0]}
         if len(live) == 1
         else {"weighted_clusters": {"clusters": [{"name": c, "weight": w} for c, w in live]}}
     )
-    routes.append({"name": DEFAULT_ROUTE, "match": {"prefix": "/"}, "route": action})
+    routes += mirrored(
+        plan.mirrored_arm, {"name": DEFAULT_ROUTE, "match": {"prefix": "/"}, "route": action}
+    )
     return {"name": envoy_host_name(plan.experiment), "domains": list(domains), "routes": routes}
 
 
@@ -158,13 +188,16 @@ def http_route(plan: RoutePlan, namespace: str = "default", port: int = 80) -> d
     for rule in plan.rules:
         match = {"headers": [{"type": "Exact", "name": rule.header, "value": rule.value}]}
         by_destination.setdefault(rule.variant, []).append(match)
-    rules: list[dict[str, Any]] = [
-        {"matches": matches, "backendRefs": [_backend(plan.destination(variant))]}
+    rules = [
+        r
         for variant, matches in by_destination.items()
-    ]
-    rules.append(
-        {"backendRefs": [_backend(plan.destination(v), w) for v, w in plan.weights if w > 0]}
-    )
+        for r in _gateway_mirrored(plan, variant, {
+            "matches": matches, "backendRefs": [_backend(plan.destination(variant))]
+        })
+    ]  # fmt: skip
+    default = {"backendRefs": [_backend(plan.destination(v), w) for v, w in plan.weights if w > 0]}
+    rules += _gateway_mirrored(plan, plan.mirrored_arm, default)
+    _check_limits(plan, rules)
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
@@ -174,3 +207,27 @@ def http_route(plan: RoutePlan, namespace: str = "default", port: int = 80) -> d
             "rules": rules,
         },
     }
+
+
+def _gateway_mirrored(
+    plan: RoutePlan, variant: str | None, rule: dict[str, Any]
+) -> list[dict[str, Any]]:
+    if plan.mirror is None:
+        return [rule]
+    mirror = mirror_of(plan, variant)
+    if mirror is None:
+        return [render_mirror.gateway_kept(plan.mirror, rule)]
+    return render_mirror.gateway_mirrored(mirror, rule, _backend(plan.destination(mirror.variant)))
+
+
+def _check_limits(plan: RoutePlan, rules: list[dict[str, Any]]) -> None:
+    """The API server would refuse the HTTPRoute: say why here, with the numbers."""
+    matches = [len(r.get("matches", [])) or 1 for r in rules]
+    counts = {"rules": len(rules), "matches_per_rule": max(matches), "matches": sum(matches)}
+    over = [f"{k} {counts[k]} > {limit}" for k, limit in HTTP_ROUTE_LIMITS.items()
+            if counts[k] > limit]  # fmt: skip
+    if over:
+        raise InvalidInputError(
+            f"experiment {plan.experiment!r}: its HTTPRoute would exceed Gateway API's limits"
+            f" ({', '.join(over)}): fewer header rules or mirrored methods"
+        )
