@@ -127,7 +127,8 @@ def judge_shadow(sums: ShadowSums, phase: Shadow) -> ShadowVerdict:
         reasons.insert(0, f"{sums.pairs} pairs, fewer than min_pairs {phase.min_pairs}")
     if reasons:
         return verdict("continue", reasons)
-    shown = [f"{m.sentence()} is shown within tolerance" for m in measures if m.tolerance]
+    shown = [f"{m.sentence()} is shown within tolerance" for m in measures
+             if m.tolerance is not None]  # fmt: skip
     return verdict("pass", shown or [f"{sums.pairs} pairs and no tolerance is gated"])
 
 
