@@ -30,6 +30,12 @@ class ShadowSums:
     sum_d: float = 0.0  # Σ (candidate − stable score) over scored pairs
     sum_d2: float = 0.0
     sum_stable: float = 0.0  # Σ stable score over scored pairs (for a relative shift)
+    # Scored pairs with a score outside [low, high] (or not finite): the score-shift sequence
+    # assumes d is bounded by the range, so any such pair voids it.
+    outside: int = 0
+    # Scored pairs whose two scores differ: the two empirical CDFs differ at no point by more
+    # than this share, which bounds the distribution distance where bins cannot (one score).
+    unequal: int = 0
     # Per arm, BINS + 2 counts: below low, the bins of [low, high), at or above high.
     hist: dict[str, list[int]] = field(default_factory=dict)
     # Per arm: [n, Σ latency_ms, Σ latency_ms²] of predictions that reported a latency.
@@ -61,6 +67,8 @@ class ShadowSums:
             self.sum_d += c - s
             self.sum_d2 += (c - s) ** 2
             self.sum_stable += s
+            self.outside += int(not (self.low <= s <= self.high and self.low <= c <= self.high))
+            self.unequal += int(c != s)
             for arm, score in (("stable", s), ("candidate", c)):
                 self.hist.setdefault(arm, [0] * (BINS + 2))[self.bin_of(score)] += 1
         for arm, p in (("stable", stable), ("candidate", candidate)):
@@ -73,7 +81,7 @@ class ShadowSums:
         """The sums of both (same score range): partitions of a store add up."""
         out = ShadowSums(self.low, self.high)
         for name in ("pairs", "labelled", "disagreements", "scored", "sum_d", "sum_d2",
-                     "sum_stable", "pending"):  # fmt: skip
+                     "sum_stable", "outside", "unequal", "pending"):  # fmt: skip
             setattr(out, name, getattr(self, name) + getattr(other, name))
         for arm in {*self.hist, *other.hist}:
             a, b = self.hist.get(arm, [0] * (BINS + 2)), other.hist.get(arm, [0] * (BINS + 2))
@@ -90,4 +98,8 @@ class ShadowSums:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShadowSums:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        """Sums stored before `unequal` existed claim nothing: every scored pair counts as
+        unequal (0 would claim identical scores)."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        known.setdefault("unequal", known.get("scored", 0))
+        return cls(**known)
