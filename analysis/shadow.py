@@ -1,5 +1,5 @@
 """The shadow phase's verdict: is the candidate, on the same requests, within the phase's
-tolerances of the stable model?  A pure function of the phase's sums (analysis.shadow_sums)
+tolerances of the stable model?  A pure function of the phase's sums (experiments.shadow_sums)
 and settings (experiments.spec_rollout.Shadow); the sequences are analysis.shadow_cs.
 
 Gated measures are those whose tolerance is not null: the disagreement rate, the mean score
@@ -36,7 +36,7 @@ from analysis.shadow_cs import (
     shift_log_mixtures,
 )
 from analysis.shadow_display import display_measures
-from analysis.shadow_sums import BINS, ShadowSums
+from experiments.shadow_sums import BINS, ShadowSums
 from experiments.spec_rollout import Shadow
 
 ShadowStatus = Literal["pass", "fail", "continue", "invalid"]

@@ -1,6 +1,6 @@
 """What a person reads next to the shadow phase's verdict, never gated: PSI, the Kolmogorov
 statistic and the Wasserstein-1 distance of the two arms' score histograms, each arm's mean
-and quantiles, and each arm's mean latency.  All come from analysis.shadow_sums, so they carry
+and quantiles, and each arm's mean latency.  All come from experiments.shadow_sums, so they carry
 the binning error of its BINS bins over score_range: the Kolmogorov statistic is exact at the
 edges (off by at most one bin's mass between them), Wasserstein-1 and the quantiles by at most
 a bin's width for scores inside the range.  Scores outside the range sit in the two outer
@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from analysis.shadow_cs import cdf_gaps
-from analysis.shadow_sums import BINS, ShadowSums
+from experiments.shadow_sums import BINS, ShadowSums
 
 Array = NDArray[np.float64]
 PSI_GROUPS = 10

@@ -38,7 +38,7 @@ from scipy import stats
 
 from analysis.shadow import judge_shadow
 from analysis.shadow_cs import cdf_gaps, disagreement_log_mixture, dkw_radius, shift_log_mixtures
-from analysis.shadow_sums import BINS, ShadowSums
+from experiments.shadow_sums import BINS, ShadowSums
 from experiments.spec_rollout import Shadow
 
 PHASE, STEP, HORIZON, CHECKED = Shadow(), 100, 20_000, 3

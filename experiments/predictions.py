@@ -19,7 +19,8 @@ from typing import Any
 from experiments.shadow_sums import BINS, ShadowSums
 
 ROLES = ("stable", "candidate")
-_SCALARS = ("pairs", "labelled", "disagreements", "scored", "sum_d", "sum_d2", "sum_stable")
+_SCALARS = ("pairs", "labelled", "disagreements", "scored", "sum_d", "sum_d2", "sum_stable",
+            "outside", "unequal")
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from analysis.shadow_cs import (
     shift_cs,
     shift_log_mixtures,
 )
-from analysis.shadow_sums import ShadowSums
+from experiments.shadow_sums import ShadowSums
 from experiments.spec_rollout import Shadow, ShadowTolerance
 
 PHASE = Shadow()

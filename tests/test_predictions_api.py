@@ -5,6 +5,7 @@ in GET /v1/experiments/{name}/shadow."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -89,7 +90,7 @@ def test_pairs_are_recorded_and_a_retry_changes_nothing(served: Service) -> None
 def test_a_bad_item_is_rejected_alone_naming_its_field(
     served: Service, bad: Any, error: str
 ) -> None:
-    good = item(f"good-{error[:20]}", "control", score=0.4)
+    good = item(f"good-{uuid.uuid4()}", "control", score=0.4)
     r = post(served, {"experiment": "shadowed", "predictions": [bad, good]})
     assert r.status_code == 200, r.text
     body = r.json()
