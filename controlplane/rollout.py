@@ -57,6 +57,8 @@ class RolloutState:
     resumed_at: float = 0.0  # when data came back after a hold: the step's clock restarts
     decision: dict[str, Any] | None = None  # analysis.DecisionState of the A/B phase
     shadow: dict[str, Any] | None = None  # the shadow phase's last comparison (analysis.shadow)
+    # Its comparison at every look, thinned evenly past controlplane.shadow_gate.LOOKS.
+    shadow_looks: dict[str, Any] = field(default_factory=dict)
     winner: str | None = None
     reason: str = ""
     request: Request | None = None  # a manual command waiting for the next tick
@@ -121,7 +123,7 @@ def enter_phase(spec: ExperimentSpec, state: RolloutState, index: int, now: floa
         state.decision = None
         return f"A/B phase at {100 - phase.split}/{phase.split}"
     if isinstance(phase, Shadow):
-        state.weights, state.shadow = split(spec, 0), None
+        state.weights, state.shadow, state.shadow_looks = split(spec, 0), None, {}
         methods = ", ".join(phase.methods)
         return f"shadow phase: {phase.percent:g} % of {methods} requests mirrored to the candidate"
     assert isinstance(phase, Promote)

@@ -4,9 +4,13 @@ invalid comparison, or at the phase's deadline do what it says."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from controlplane.rollout import RolloutState, RolloutStatus, enter_phase, roll_back
 from experiments.spec_rollout import OnTimeout, Shadow
 from experiments.store import ExperimentRecord, Store
+
+LOOKS = 200  # looks kept in the status for the report: a long phase keeps every 2nd, 4th, …
 
 
 def shadow_move(
@@ -29,6 +33,7 @@ def shadow_move(
                              window_s=phase.pair_window_s, now=now)  # fmt: skip
     verdict = judge_shadow(sums, phase)
     state.shadow = verdict.to_dict()
+    state.shadow_looks = record_look(state.shadow_looks, now, state.shadow)
     why = "; ".join(verdict.reasons)
     if verdict.status == "fail":
         return "rollback", roll_back(spec, state, f"shadow: {why}")
@@ -45,3 +50,21 @@ def shadow_move(
     if phase.on_timeout is OnTimeout.ROLLBACK:
         return "rollback", roll_back(spec, state, ended)
     return "phase", f"{ended}: proceeding → {enter_phase(spec, state, state.phase + 1, now)}"
+
+
+def record_look(looks: dict[str, Any], now: float, verdict: dict[str, Any]) -> dict[str, Any]:
+    """The history with this look: each measure's estimate, interval and tolerance at that
+    many pairs.  One look in `stride` is kept; past LOOKS, every other is dropped and the
+    stride doubles, so the history stays small and evenly spread however long the phase."""
+    items, stride = list(looks.get("items", [])), int(looks.get("stride", 1))
+    tick = int(looks.get("tick", 0))
+    if tick % stride == 0:
+        items.append({
+            "at": now,
+            "pairs": verdict["pairs"],
+            "measures": {name: [m["estimate"], m["low"], m["high"], m["tolerance"]]
+                         for name, m in verdict["measures"].items()},
+        })  # fmt: skip
+        if len(items) > LOOKS:
+            items, stride = items[::2], 2 * stride
+    return {"items": items, "stride": stride, "tick": tick + 1}

@@ -9,6 +9,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from experiments.report_shadow import shadow_section
 from experiments.reporting import analysed_spec, phase_report
 from experiments.store import Store
 
@@ -67,6 +68,7 @@ def build_report(store: Store, name: str) -> dict[str, Any]:
         "rollout": rollout,
         "routes": _routes(record.effective_spec, rollout),
         "group_sequential": _design(spec),
+        "shadow": shadow_section(store, spec, phase, rollout),
         "audit": store.audit(record.uid),
     }  # fmt: skip
 

@@ -121,6 +121,61 @@ def _boundary_chart(report: dict[str, Any]) -> go.Figure:
     return fig
 
 
+def _shadow_charts(shadow: dict[str, Any]) -> list[str]:
+    """Each measure over the looks with its interval and tolerance (its own axis), and the two
+    arms' score ECDFs over the same requests."""
+    charts = []
+    looks = shadow["looks"]
+    for name in sorted({n for look in looks for n in look["measures"]}):
+        rows = [(look["pairs"], look["measures"][name]) for look in looks
+                if name in look["measures"]]  # fmt: skip
+        fig = go.Figure()
+        xs = [pairs for pairs, _ in rows]
+        fig.add_scatter(x=xs, y=[m[2] for _, m in rows], mode="lines", line={"width": 0},
+                        showlegend=False, name="high")  # fmt: skip
+        fig.add_scatter(x=xs, y=[m[1] for _, m in rows], mode="lines", line={"width": 0},
+                        fill="tonexty", name="confidence sequence")  # fmt: skip
+        fig.add_scatter(x=xs, y=[m[0] for _, m in rows], mode="lines+markers", name=name)
+        tolerance = next((m[3] for _, m in rows if m[3] is not None), None)
+        if tolerance is not None:
+            fig.add_hline(y=tolerance, line_dash="dash", annotation_text="tolerance")
+            if name == "score_shift":
+                fig.add_hline(y=-tolerance, line_dash="dash")
+        fig.update_layout(title=f"Shadow: {name} by pairs compared", xaxis_title="pairs")
+        charts.append(_chart(fig, f"chart-shadow-{name}"))
+    ecdf = shadow["ecdf"]
+    fig = go.Figure()
+    for arm in ("stable", "candidate"):
+        fig.add_scatter(x=ecdf["x"], y=ecdf[arm], mode="lines", line_shape="hv", name=arm)
+    fig.update_layout(title="Shadow: score ECDF of each model on the same requests",
+                      xaxis_title="score", yaxis={"range": [0, 1]})  # fmt: skip
+    charts.append(_chart(fig, "chart-shadow-ecdf"))
+    return charts
+
+
+def _shadow_html(shadow: dict[str, Any] | None) -> str:
+    if shadow is None:
+        return ""
+    v = shadow["verdict"]
+    rows = [[m["name"], m["state"], m["estimate"], m["low"], m["high"], m["tolerance"], m["alpha"]]
+            for m in v["measures"].values()]  # fmt: skip
+    shown = v.get("display") or {}
+    arms = shown.get("arms") or {}
+    arm_rows = [[arm, a.get("mean"), *(a.get("quantiles") or {}).values(), a.get("latency_ms_mean")]
+                for arm, a in arms.items()]  # fmt: skip
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in v["reasons"])
+    s = shadow["settings"]
+    return f"""<h2 id="shadow">Shadow comparison</h2>
+<p>{_fmt(s["percent"])} % of {html.escape(", ".join(s["methods"]))} requests mirrored;
+<b>{html.escape(v["status"])}</b> after {v["pairs"]} pairs ({shadow["pending"]} waiting,
+unpaired {html.escape(json.dumps(shadow["unpaired"]))})</p><ul>{reasons}</ul>
+{_table(["measure", "state", "estimate", "low", "high", "tolerance", "α"], rows)}
+<p>PSI {_fmt(shown.get("psi"))}, KS {_fmt(shown.get("ks"))},
+Wasserstein {_fmt(shown.get("wasserstein"))} (shown, not gated)</p>
+{_table(["model", "mean score", "p10", "p50", "p90", "latency ms"], arm_rows)}
+{"".join(_shadow_charts(shadow))}"""
+
+
 def render_html(report: dict[str, Any]) -> str:
     d = report["decision"]
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in d["reasons"])
@@ -167,6 +222,7 @@ weights {html.escape(json.dumps(report["weights"]))}</p>
 <h2>Effects</h2>{_table(["metric", "role", "variant", "verdict", "effect", "relative", "low", "high", "p"], metric_rows)}
 <h2>Arms</h2>{_table(["metric", "variant", "units", "mean"], arm_rows)}
 <h2>Route plan</h2>{_table(["route", "match", "to"], route_rows)}
+{_shadow_html(report.get("shadow"))}
 <h2>Over time</h2>{"".join(charts)}
 <h2>Rollout log</h2>{_table(["at", "action", "weights", "what"], audit_rows)}
 </body></html>"""  # noqa: E501

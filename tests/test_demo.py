@@ -1,6 +1,7 @@
-"""`abmesh demo --fast` end to end, as a newcomer runs it: a promotion, and with
-`--scenario regression` a rollback, each checked from the audit log and the report JSON; and
-no process of the demo is left running."""
+"""`abmesh demo --fast` end to end, as a newcomer runs it: a promotion, with `--scenario
+regression` a rollback, and with `--scenario shadow` a candidate stopped by the shadow
+comparison before serving anyone, each checked from the audit log and the report JSON; and no
+process of the demo is left running."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def running_in(directory: Path) -> list[str]:
 
 @pytest.mark.parametrize(("scenario", "status", "action"), [
     ("promote", "promoted", "promote"), ("regression", "rolled_back", "rollback"),
+    ("shadow", "rolled_back", "rollback"),
 ])  # fmt: skip
 def test_the_demo_runs_to_a_decision(
     tmp_path: Path, scenario: str, status: str, action: str
@@ -54,6 +56,10 @@ def test_the_demo_runs_to_a_decision(
     if status == "promoted":
         assert report["rollout"]["winner"] == "candidate"
         assert any(e["action"] == "phase" for e in audit)  # the canary led to the A/B test
+    elif scenario == "shadow":
+        assert "disagreement" in audit[-1]["what"]
+        assert all(e["weights"].get("candidate", 0) == 0 for e in audit)  # it served nobody
+        assert report["shadow"]["verdict"]["status"] == "fail"
     else:
         assert any(g["status"] == "fail" for g in audit[-1]["guardrails"])
     store.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from experiments.folding import Event, FoldPlan
 from experiments.report import build_report
 from experiments.reporting import take_snapshot
 from experiments.store import Store, open_store
+from tests.browser import BROWSER, chart_drawn, chromium, rendered
 from tests.rollout_support import spec_doc
 from tests.servers import start_service
 
@@ -115,11 +115,7 @@ def test_the_report_json_is_the_analysis(tmp_path: Path) -> None:
     assert [e["weights"]["treatment"] for e in stages] == [5, 20, 50]
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="chromium not installed (Debian package chromium)")
+@pytest.mark.skipif(chromium() is None, reason="chromium not installed (Debian package chromium)")
 def test_the_html_page_renders_in_chromium_with_its_charts(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'a.db'}"
     seeded(url).close()
@@ -132,12 +128,7 @@ def test_the_html_page_renders_in_chromium_with_its_charts(tmp_path: Path) -> No
     assert "winner" in cli.stdout
     text = page.read_text()
     assert "<script src=" not in text  # plotly is embedded: the page opens offline
-    browser = [_chromium() or "", "--headless", "--no-sandbox", "--disable-gpu",
-               "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000"]  # fmt: skip
-    dom = subprocess.run(
-        [*browser, "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
+    dom, errors = rendered(page)
     for chart in (
         "chart-effect",
         "chart-pvalue",
@@ -145,14 +136,13 @@ def test_the_html_page_renders_in_chromium_with_its_charts(tmp_path: Path) -> No
         "chart-stages",
         "chart-guardrails",
     ):
-        start = dom.stdout.index(f'id="{chart}"')
-        assert "main-svg" in dom.stdout[start : start + 20_000], f"{chart} did not render"
-    assert 'id="decision">winner: treatment' in dom.stdout
-    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
-    assert not [line for line in console if "error" in line.lower() or "Uncaught" in line], console
+        assert chart_drawn(dom, chart), f"{chart} did not render"
+    assert 'id="decision">winner: treatment' in dom
+    assert not errors, errors
     shot = tmp_path / "report.png"
     subprocess.run(
-        [*browser, "--window-size=1200,2600", f"--screenshot={shot}", page.as_uri()],
+        [chromium() or "", *BROWSER, "--window-size=1200,2600", f"--screenshot={shot}",
+         page.as_uri()],
         capture_output=True, timeout=120, check=True,
     )  # fmt: skip
     assert shot.stat().st_size > 20_000

@@ -3,7 +3,8 @@ candidate (routes written by the controller, a process of its own), both toy mod
 predictions to abmesh's service, and the controller gates the rollout on the comparison.
 
 (a) a candidate that flips 3 % of labels is stopped against a 1 % tolerance within 5,000
-pairs, never having answered a client; (b) an identical candidate passes the shadow phase and
+pairs, never having answered a client, and the report (drawn in Chromium) shows the
+comparison at every look and the score ECDFs; (b) an identical candidate passes the shadow phase and
 goes on to the next one.  Timings are printed, not asserted."""
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import pytest
 
 from assignment.auth import Role
 from experiments.localstack import RolloutStack, start_rollout_stack
+from experiments.report import build_report
+from experiments.report_html import render_html
 from experiments.store import Store, open_store
+from tests.browser import chart_drawn, chromium, rendered
 from tests.rollout_support import controller, moves, spec_doc, start
 from tests.servers import TOKENS, start_service
 
@@ -107,6 +111,19 @@ def test_a_candidate_flipping_3_percent_of_labels_is_stopped(
         answers = [m for _, m in models]
         assert set(answers) <= {"v1", "error"}  # no client ever got the candidate's answer
         assert answers.count("v1") > 0.99 * len(answers)
+        report = build_report(store, "ranker-v2")
+        section = report["shadow"]
+        assert section["verdict"]["status"] == "fail"
+        assert section["looks"][-1]["pairs"] == section["verdict"]["pairs"]
+        assert section["ecdf"]["stable"] == section["ecdf"]["candidate"]  # flips, not scores
+        if chromium() is not None:
+            page = tmp_path / "report.html"
+            page.write_text(render_html(report))
+            dom, errors = rendered(page)
+            for chart in ("chart-shadow-disagreement", "chart-shadow-score_shift",
+                          "chart-shadow-distribution", "chart-shadow-ecdf"):  # fmt: skip
+                assert chart_drawn(dom, chart), chart
+            assert not errors, errors
     finally:
         store.close()
 
@@ -123,5 +140,8 @@ def test_an_identical_candidate_passes_the_shadow_phase(
         before = {m for sent, m in models if sent < ended["at"]}
         assert before <= {"v1", "error"}  # the candidate answered nobody before it passed
         assert ended["weights"] == {"treatment": 100}
+        looks = build_report(store, "ranker-v2")["shadow"]["looks"]
+        assert len(looks) >= 2  # a look per tick, kept for the report
+        assert [look["pairs"] for look in looks] == sorted(look["pairs"] for look in looks)
     finally:
         store.close()
