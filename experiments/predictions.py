@@ -72,15 +72,14 @@ def pair(
     finished = set(done)
     waiting = dict(pending)
     for p in batch:
-        if p.request_id in finished:
-            out.duplicates += 1
-            continue
         partner = waiting.get(p.request_id)
+        if p.request_id in finished or (partner is not None and partner.role == p.role):
+            out.duplicates += 1  # paired already, or the same prediction again
+            continue
+        if p.score is not None:
+            out.sums.add_score(p.role, p.score)
         if partner is None:
             waiting[p.request_id] = out.wait[p.request_id] = p
-            continue
-        if partner.role == p.role:  # the same prediction again, or a second from this arm
-            out.duplicates += 1
             continue
         stable, candidate = (partner, p) if partner.role == "stable" else (p, partner)
         out.sums.add_pair(_side(stable), _side(candidate))
@@ -108,6 +107,8 @@ def to_fields(sums: ShadowSums) -> dict[str, float]:
     fields: dict[str, float] = {name: getattr(sums, name) for name in _SCALARS}
     for role, counts in sums.hist.items():
         fields.update({f"h:{role}:{i}": c for i, c in enumerate(counts)})
+    for role, counts in sums.traffic.items():
+        fields.update({f"t:{role}:{i}": c for i, c in enumerate(counts)})
     for role, moments in sums.latency.items():
         fields.update({f"l:{role}:{i}": m for i, m in enumerate(moments)})
     fields.update({f"u:{role}": n for role, n in sums.unpaired.items()})
@@ -125,6 +126,9 @@ def from_fields(fields: Mapping[str, float], low: float, high: float) -> ShadowS
         elif kind == "h":
             role, _, index = rest.partition(":")
             sums.hist.setdefault(role, [0] * (BINS + 2))[int(index)] = int(value)
+        elif kind == "t":
+            role, _, index = rest.partition(":")
+            sums.traffic.setdefault(role, [0] * (BINS + 2))[int(index)] = int(value)
         elif kind == "l":
             role, _, index = rest.partition(":")
             sums.latency.setdefault(role, [0.0] * 3)[int(index)] = float(value)

@@ -41,6 +41,9 @@ class ShadowSums:
     # Per arm: [n, Σ latency_ms, Σ latency_ms²] of predictions that reported a latency.
     latency: dict[str, list[float]] = field(default_factory=dict)
     unpaired: dict[str, int] = field(default_factory=dict)  # expired, per arm (stable, candidate)
+    # Per arm, binned like `hist`: the scores of every prediction, paired or not, so the arms'
+    # own traffic can be compared in the phases after the shadow (the score-drift guardrail).
+    traffic: dict[str, list[int]] = field(default_factory=dict)
     pending: int = 0  # predictions waiting for their partner now
 
     def bin_of(self, score: float) -> int:
@@ -77,15 +80,20 @@ class ShadowSums:
                 n, total, squares = self.latency.get(arm, [0.0, 0.0, 0.0])
                 self.latency[arm] = [n + 1, total + ms, squares + ms * ms]
 
+    def add_score(self, arm: str, score: float) -> None:
+        self.traffic.setdefault(arm, [0] * (BINS + 2))[self.bin_of(score)] += 1
+
     def merge(self, other: ShadowSums) -> ShadowSums:
         """The sums of both (same score range): partitions of a store add up."""
         out = ShadowSums(self.low, self.high)
         for name in ("pairs", "labelled", "disagreements", "scored", "sum_d", "sum_d2",
                      "sum_stable", "outside", "unequal", "pending"):  # fmt: skip
             setattr(out, name, getattr(self, name) + getattr(other, name))
-        for arm in {*self.hist, *other.hist}:
-            a, b = self.hist.get(arm, [0] * (BINS + 2)), other.hist.get(arm, [0] * (BINS + 2))
-            out.hist[arm] = [x + y for x, y in zip(a, b, strict=True)]
+        for mine, theirs, merged in ((self.hist, other.hist, out.hist),
+                                     (self.traffic, other.traffic, out.traffic)):  # fmt: skip
+            for arm in {*mine, *theirs}:
+                a, b = mine.get(arm, [0] * (BINS + 2)), theirs.get(arm, [0] * (BINS + 2))
+                merged[arm] = [x + y for x, y in zip(a, b, strict=True)]
         for arm in {*self.latency, *other.latency}:
             a2, b2 = self.latency.get(arm, [0.0] * 3), other.latency.get(arm, [0.0] * 3)
             out.latency[arm] = [x + y for x, y in zip(a2, b2, strict=True)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,6 +80,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     experiment TEXT NOT NULL, phase TEXT NOT NULL, at REAL NOT NULL, stats TEXT NOT NULL,
     PRIMARY KEY (experiment, phase, at));
 """
+OPEN_TIMEOUT_S = 10.0  # how long a statement waits for another connection's lock
 _SQLITE_MAX_VARIABLES = 900  # below SQLite's historical limit of 999 bound parameters
 
 
@@ -91,7 +93,7 @@ class SQLiteBase:
             raise StoreError(f"SQLite store {str(self.path)!r}: its directory does not exist")
         try:
             self._db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+                self.path, isolation_level=None, check_same_thread=False, timeout=OPEN_TIMEOUT_S
             )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {str(self.path)!r}: {exc}") from None
@@ -103,7 +105,7 @@ class SQLiteBase:
             raise StoreError(f"SQLite store {str(self.path)!r}: {message}") from None
 
     def _migrate(self) -> None:
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._wal()
         self._db.execute("PRAGMA synchronous=NORMAL")
         # A fold reads and writes one row per unit of its batch, anywhere in a table of up to
         # millions: 64 MiB of page cache (the default is 2) keeps its B-tree pages at hand.
@@ -123,6 +125,20 @@ class SQLiteBase:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _wal(self) -> None:
+        """WAL mode.  Switching a new file to it needs the file to itself, and SQLite does not
+        wait for that (no busy handler): a process opening a new store while another creates its
+        tables retries here instead of failing with "database is locked"."""
+        deadline = time.monotonic() + OPEN_TIMEOUT_S
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _upgrade(self) -> None:
         db = self._db
