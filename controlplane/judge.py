@@ -27,7 +27,7 @@ from controlplane.rollout import (
     promote,
     roll_back,
 )
-from controlplane.shadow_gate import shadow_move
+from controlplane.shadow_gate import drift_check, shadow_move
 from controlplane.targets import Routers
 from experiments.errors import NotFoundError
 from experiments.folding import exposures_of
@@ -151,6 +151,11 @@ class Judge:
                                                       state.guardrail_counts)  # fmt: skip
         entries = [r.to_dict() for r in readings]
         failed = [j.why for j in judged if j.failed]
+        if spec.rollout.score_drift is not None and isinstance(phase, Canary | ABTest):
+            reading, harm = drift_check(self.store, record, status.phase,
+                                        spec.rollout.score_drift, now)  # fmt: skip
+            entries.append(reading)
+            failed += [harm] if harm else []
         # Not a pass yet: a failing reading the policy does not count yet, or no evidence
         # (no data, not enough data, a provider error).
         failing = [j.why for j in judged if j.reading.status == "fail" and not j.failed]

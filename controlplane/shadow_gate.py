@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from controlplane.rollout import RolloutState, RolloutStatus, enter_phase, roll_back
-from experiments.spec_rollout import OnTimeout, Shadow
+from experiments.spec_rollout import OnTimeout, ScoreDrift, Shadow
 from experiments.store import ExperimentRecord, Store
 
 LOOKS = 200  # looks kept in the status for the report: a long phase keeps every 2nd, 4th, …
@@ -68,3 +68,26 @@ def record_look(looks: dict[str, Any], now: float, verdict: dict[str, Any]) -> d
         if len(items) > LOOKS:
             items, stride = items[::2], 2 * stride
     return {"items": items, "stride": stride, "tick": tick + 1}
+
+
+def drift_check(
+    store: Store, record: ExperimentRecord, analysis_phase: str, drift: ScoreDrift, now: float
+) -> tuple[dict[str, Any], str | None]:
+    """The score-drift guardrail read now: (its entry among the guardrail readings, the reason
+    to roll back or None)."""
+    from analysis.score_drift import score_drift
+    from assignment.predictions_in import shadow_of
+
+    shadow = shadow_of(record.spec)
+    sums = store.shadow_sums(record.name, analysis_phase, score_range=shadow.score_range,
+                             window_s=shadow.pair_window_s, now=now)  # fmt: skip
+    m = score_drift(sums, drift.tolerance, drift.alpha, drift.min_predictions)
+    status = {"violated": "fail", "within": "pass", "undecided": "pass"}.get(m.state,
+                                                                             "not_enough_data")
+    message = m.sentence() if m.estimate is not None else (
+        f"{m.n} scored predictions in the smaller arm, {drift.min_predictions} needed")
+    entry = {"name": "score_drift", "kind": "score_drift", "status": status,
+             "value": m.estimate, "limit": drift.tolerance, "low": m.low, "high": m.high,
+             "alpha": drift.alpha, "message": message}  # fmt: skip
+    harm = f"guardrail score_drift: {m.sentence()} is shown over its tolerance"
+    return entry, harm if m.state == "violated" else None

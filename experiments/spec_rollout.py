@@ -359,6 +359,19 @@ class Target(SpecModel):
     path: Annotated[str, AfterValidator(_manifest_path)] | None = None
 
 
+class ScoreDrift(SpecModel):
+    """The candidate's prediction scores on its own traffic must stay within a Kolmogorov
+    distance `tolerance` of the stable model's (analysis.score_drift), tested at level `alpha`
+    at every tick of the canary and A/B phases; shown over it, the rollout rolls back.  Models
+    post their predictions as in a shadow phase (`POST /v1/predictions`); scores are binned
+    over the shadow phase's `score_range`, [0, 1] without one.  No reading before each arm
+    has `min_predictions` scores."""
+
+    tolerance: Number = Field(default=0.1, gt=0, lt=1, allow_inf_nan=False)
+    alpha: Number = Field(default=0.01, gt=0, lt=0.5, allow_inf_nan=False)
+    min_predictions: Count = Field(default=200, ge=1, le=10_000_000)
+
+
 class OnNoData(StrEnum):
     HOLD = "hold"  # stay at the step, Progressing=False, until data comes back
     ROLLBACK = "rollback"  # send everything back to the stable model
@@ -374,6 +387,7 @@ class Rollout(SpecModel):
     guardrails: tuple[OperationalGuardrail, ...] = Field(
         default_factory=default_guardrails, max_length=20
     )
+    score_drift: ScoreDrift | None = None
     phases: tuple[Phase, ...] = Field(
         default_factory=lambda: (Canary(), ABTest(), Promote()), min_length=1, max_length=10
     )

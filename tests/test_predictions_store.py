@@ -90,6 +90,7 @@ def test_a_resent_batch_changes_nothing(store: Store) -> None:
     got = read(store)
     same(got, expected(batch))
     assert got.pending == 50
+    assert sum(sum(h) for h in got.traffic.values()) == 400 + 50  # each prediction once
 
 
 def test_predictions_alone_past_the_window_count_as_unpaired(store: Store) -> None:
