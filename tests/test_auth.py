@@ -48,8 +48,10 @@ ROUTES: dict[tuple[str, str], str | Role] = {
     ("GET", "/v1/experiments/{name}/report"): Role.READER,
     ("GET", "/v1/experiments/{name}/report.html"): Role.READER,
     ("GET", "/v1/experiments/{name}/decision"): Role.READER,
+    ("GET", "/v1/experiments/{name}/shadow"): Role.READER,
     ("POST", "/v1/events"): Role.WRITER,
     ("POST", "/v1/exposures"): Role.WRITER,
+    ("POST", "/v1/predictions"): Role.WRITER,
     ("POST", "/v1/experiments"): Role.ADMIN,
     ("PUT", "/v1/experiments/{name}"): Role.ADMIN,
     ("DELETE", "/v1/experiments/{name}"): Role.ADMIN,
@@ -71,6 +73,10 @@ BODIES: dict[str, Any] = {
     "/v1/events": {"events": [EVENT]},
     "/v1/exposures": {
         "exposures": [{"experiment": "ranker-v2", "unit": "user-1", "variant": "control"}]
+    },
+    "/v1/predictions": {
+        "experiment": "ranker-v2",
+        "predictions": [{"request_id": "auth-1", "variant": "control", "score": 0.5}],
     },
     "/v1/experiments": {},
     "/v1/experiments/{name}": {},
