@@ -15,7 +15,9 @@ different model: scores moved (clipped to [0, 1)), a fixed share of requests' la
 `{"report_to": "http://abmesh:8000", "experiment": "e", "variant": "candidate", "token": "…"}`
 makes it post its predictions to abmesh's `POST /v1/predictions` in batches, keyed by the
 request's `x-request-id` (what a model needs to do for a shadow phase; a failed post is
-dropped and counted in `GET /admin/stats`).
+dropped and counted in `GET /admin/stats`).  `{"record": true}` starts keeping, from then on,
+each request's method, `x-request-id`, Host and `x-user-group`, which `GET /admin/recorded`
+returns as a JSON list (the mirroring tests count what reached each model with it).
 
 Standard library only.  Nagle is off and the listen backlog is large: without either, a Python
 upstream behind Envoy adds ~40 ms a request or drops connections under load.
@@ -36,6 +38,7 @@ from typing import Any
 
 BATCH = 500  # predictions per post at most
 FLUSH_S = 0.2
+RECORDED = ("x-request-id", "host", "x-user-group")
 
 
 def predict(name: str, config: dict[str, Any], request: bytes) -> tuple[float, str]:
@@ -96,6 +99,7 @@ def serve(port: int, name: str, delay_ms: float = 0.0, error_rate: float = 0.0) 
         "score_shift": 0.0, "flip_rate": 0.0,
     }  # fmt: skip
     reporter = Reporter(config)
+    recorded: list[list[str]] = []
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -108,9 +112,15 @@ def serve(port: int, name: str, delay_ms: float = 0.0, error_rate: float = 0.0) 
             answer: dict[str, Any] = {"model": name}
             if self.path == "/admin/config":
                 config.update(json.loads(data))
+                if config.get("record"):
+                    recorded.clear()
             elif self.path == "/admin/stats":
                 answer.update(reporter.stats)
+            elif self.path == "/admin/recorded":
+                answer["recorded"] = recorded
             else:
+                if config.get("record"):
+                    recorded.append([self.command, *(self.headers.get(h, "") for h in RECORDED)])
                 stall = config["stall_ms"] if random.random() < config["stall_share"] else 0.0
                 if config["delay_ms"] or stall:
                     time.sleep((config["delay_ms"] + stall) / 1000)

@@ -3,8 +3,6 @@ shadow phase's share of POSTs to the candidate."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,13 +18,11 @@ from controlplane.lifecycle import Action, change_state
 from controlplane.rollout import RolloutState, route_plan
 from controlplane.routing.routers import EnvoyRouter
 from experiments import EXAMPLES_DIR, load_spec
-from experiments.localstack import Process, envoy_binary, free_port, start_rds_envoy, wait_until
+from experiments.localstack import Process, envoy_binary, start_model, start_rds_envoy
 from experiments.store import open_store
 from tests.envoy_stack import EnvoyStack, start_stack
-from tests.servers import Service, start_service
+from tests.servers import Service, start_service, wait_until
 from tests.test_mirror_routes import shadow_spec
-
-ROOT = Path(__file__).resolve().parent.parent
 
 EXAMPLE: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text())
 MODEL = {"control": "v1", "treatment": "v2"}
@@ -123,28 +119,17 @@ def test_abmesh_down_fails_open_to_the_stable_model(
 
 
 def start_recorder(name: str, workdir: Path) -> Process:
-    """tests/recording_upstream.py on a free port, once it answers."""
-    port = free_port()
-    log = workdir / f"upstream-{name}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.recording_upstream", "--port", str(port), "--name", name],
-            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-        )  # fmt: skip
-    upstream = Process(proc, log, port)
-    try:
-        wait_until(lambda: recorded(upstream) == [], f"upstream {name}", timeout=60)
-    except TimeoutError:
-        upstream.stop()
-        raise
-    return upstream
+    """A toy model that records what reaches it (experiments.toy_model)."""
+    model = start_model(name, workdir)
+    httpx.post(f"http://127.0.0.1:{model.port}/admin/config", json={"record": True}, timeout=30)
+    return model
 
 
 def recorded(upstream: Process) -> list[list[str]]:
     """[method, x-request-id, host, x-user-group] of each request that reached `upstream`."""
-    reply = httpx.get(f"http://127.0.0.1:{upstream.port}/recorded", timeout=30)
+    reply = httpx.get(f"http://127.0.0.1:{upstream.port}/admin/recorded", timeout=30)
     reply.raise_for_status()
-    rows: list[list[str]] = reply.json()
+    rows: list[list[str]] = reply.json()["recorded"]
     return rows
 
 
