@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+import redis
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -29,7 +30,7 @@ from assignment.models import EventsIn
 from assignment.routes.strict_json import loads_unique
 from controlplane.lifecycle import Action, change_state
 from experiments import EXAMPLES_DIR, load_spec
-from experiments.folding import FoldPlan
+from experiments.folding import Event, FoldPlan
 from experiments.status import Outcome, State, Status
 from experiments.store import ExperimentRecord, open_store
 from tests.servers import auth, start_service
@@ -308,3 +309,19 @@ def test_a_batch_over_the_limit_is_413_either_way(http: httpx.Client) -> None:
     for ascii_only in (True, False):
         r = _post(http, json.dumps({"events": events}, ensure_ascii=ascii_only).encode())
         assert r.status_code == 413
+
+
+@pytest.mark.redis
+def test_an_append_after_redis_forgot_its_scripts_loads_them_again(redis_store_url: str) -> None:
+    store = open_store(redis_store_url)
+    store.put_experiment(load_spec(SPEC))
+    plan = PLANS["ranker-v2"]
+    events = [Event(f"e-{i}", f"u-{i}", "click", 1.0, NOW) for i in range(40)]
+    try:
+        assert store.append_events("ranker-v2", "main", plan, events[:30]).accepted == 30
+        with redis.Redis.from_url(redis_store_url.partition("?")[0]) as server:
+            server.script_flush()  # as a restart of the server would
+        result = store.append_events("ranker-v2", "main", plan, events)
+        assert (result.accepted, result.duplicates) == (10, list(range(30)))
+    finally:
+        store.close()

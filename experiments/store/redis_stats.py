@@ -96,17 +96,31 @@ class RedisStats(Settling, RedisEvents):
     ) -> list[Any]:
         """Register the phase and its fold plan (the first plan stays), then each (keys, args)
         call of the script: all in one round trip on a single server; one by one on a
-        cluster, whose client refuses scripts in pipelines."""
+        cluster, whose client refuses scripts in pipelines.
+
+        The pipeline calls EVALSHA itself: a script called through a pipeline costs another
+        round trip (SCRIPT EXISTS) each time.  A server that does not know the script (new, or
+        restarted) refuses every call of it; it is loaded and the whole pipeline sent again,
+        which appends nothing twice (the scripts skip what their log has)."""
         phases, plans = (self.experiment_key(experiment, p) for p in ("phases", "plans"))
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(phases, {phase: time.time()}, nx=True)
-        pipe.hsetnx(plans, phase, plan.to_json())
-        if isinstance(self.client, RedisCluster):
-            pipe.execute()
-            return list(_POOL.map(lambda call: script(keys=call[0], args=call[1]), calls))
-        for keys, args in calls:
-            script(keys=keys, args=args, client=pipe)
-        return list(pipe.execute())[2:]
+        cluster = isinstance(self.client, RedisCluster)
+
+        def send() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(phases, {phase: time.time()}, nx=True)
+            pipe.hsetnx(plans, phase, plan.to_json())
+            if cluster:
+                pipe.execute()
+                return list(_POOL.map(lambda call: script(keys=call[0], args=call[1]), calls))
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return list(pipe.execute())[2:]
+
+        try:
+            return send()
+        except redis.exceptions.NoScriptError:
+            self.client.script_load(script.script)
+            return send()
 
     def append_exposures(
         self, experiment: str, phase: str, plan: FoldPlan, exposures: Sequence[Exposure]
