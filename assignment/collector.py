@@ -112,7 +112,7 @@ def _parse(
     if abs(value) > MAX_ABS_VALUE:
         raise RejectedEventError("value", f"value: must be at most {MAX_ABS_VALUE:g} in size")
     return name, Event(
-        event_id, unit, metric + PRE if pre else metric, value, _timestamp(item, now)
+        event_id, unit, metric + PRE if pre else metric, value, parse_timestamp(item, now)
     )
 
 
@@ -170,7 +170,8 @@ def _number(item: Mapping[str, Any], key: str, default: float) -> float:
     return value
 
 
-def _timestamp(item: Mapping[str, Any], now: float) -> float:
+def parse_timestamp(item: Mapping[str, Any], now: float) -> float:
+    """The item's `timestamp` in unix seconds (`now` if absent), within the accepted bounds."""
     raw = item.get("timestamp")
     if raw is None:
         return now
@@ -282,4 +283,4 @@ def _parse_exposure(item: Any, experiments: Mapping[str, ExperimentRecord], now:
                 f"generation: ahead of {record.name!r}, whose spec is at generation"
                 f" {record.generation}",
             )
-    return Exposure(record, unit, variant, _timestamp(item, now), generation)
+    return Exposure(record, unit, variant, parse_timestamp(item, now), generation)

@@ -4,6 +4,7 @@ the same appends and folds in-process; and redis-benchmark's pipelined SET rate 
 Redis, all in one run.
 
     python benchmarks/events_ingest.py [--events 200000] [--clients 4] [--big 1000000]
+        [--backends sqlite,redis,redis-cluster]
 
 `ack/s` is events acknowledged per second (appended to the log); `folded/s` counts until the
 statistics hold every one of them (the service folds behind; the clock stops when the log has
@@ -41,6 +42,7 @@ from experiments.store import Store, open_store
 from tests.servers import auth, start_redis, start_redis_cluster, start_service
 
 BATCH = 500
+BACKENDS = ("sqlite", "redis", "redis-cluster")
 SPEC = {
     "name": "bench",
     "variants": [
@@ -172,12 +174,20 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--big", type=int, default=1_000_000, help="units of the large case")
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help=f"comma-separated, of {', '.join(BACKENDS)} (a shorter run while iterating)",
+    )
     args = parser.parse_args()
+    chosen = args.backends.split(",")
+    if not set(chosen) <= set(BACKENDS):
+        parser.error(f"--backends: {args.backends!r}; known: {', '.join(BACKENDS)}")
     rows: list[tuple[str, int, str, float, float]] = []
     with tempfile.TemporaryDirectory() as tmp, backends(Path(tmp)) as urls:
         port = int(urls["_port"](""))
         baseline = redis_benchmark(port)
-        for backend in ("sqlite", "redis", "redis-cluster"):
+        for backend in chosen:
             for units in (1_000, args.big):
                 name = f"b{units}"
                 url = urls[backend](name)

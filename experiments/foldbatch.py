@@ -21,6 +21,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 
 from experiments.folding import PRE, Event, FoldPlan, pair_key, stat_key
@@ -37,10 +38,10 @@ _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _DECODE = json.JSONDecoder().decode
 
 
-@dataclass(frozen=True, slots=True)
-class Exposure:
+class Exposure(msgspec.Struct, frozen=True, gc=False):
     """A unit's exposure as served: the variant, when, and the spec generation that chose it
-    (0 when the sender did not say)."""
+    (0 when the sender did not say).  A Struct for the same reason as `folding.Event`: a fold
+    builds one per log entry."""
 
     unit: str
     variant: str

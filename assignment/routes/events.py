@@ -6,13 +6,15 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 
-from assignment import collector
+from assignment import collector, fast_events
+from assignment.cache import Configs
 from assignment.deps import ReaderDeps, StateDep, WriterDeps
 from assignment.models import ErrorOut, EventsIn, EventsOut
 from assignment.routes.bounded import bounded
-from assignment.routes.strict_json import StrictJSONRoute
+from assignment.routes.events_body import EventsRoute, typed_events
+from assignment.routes.strict_json import StrictJSONRoute, loads_unique
 from experiments.reporting import phase_report
 
 router = APIRouter(prefix="/v1", route_class=StrictJSONRoute)
@@ -21,10 +23,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post(
-    "/events", response_model=EventsOut, responses=ERRORS, tags=["events"], dependencies=WriterDeps
-)
-async def post_events(body: EventsIn, state: StateDep) -> dict[str, Any]:
+async def post_events(body: EventsIn, request: Request, state: StateDep) -> dict[str, Any]:
     """Ingest a batch idempotently (by event_id).  A bad item is rejected alone; the rest is
     applied.  503 with Retry-After when the store is down or has not answered within
     `events_timeout`: resend the whole batch, events already applied come back as duplicates."""
@@ -33,12 +32,12 @@ async def post_events(body: EventsIn, state: StateDep) -> dict[str, Any]:
         raise HTTPException(413, f"batch of {len(body.events)} events exceeds the limit of {limit}")
     until = time.monotonic() + state.settings.events_timeout  # one deadline for the request
     configs = state.cache.current()
-    parsed = collector.parse_events(body.events, configs.experiments, configs.plans)
+    parsed = await _parse(body, request, configs)
     if any(r.reason == "experiment" for _, r in parsed.rejected):
         # Perhaps created a moment ago on another replica: look again before refusing.
         await state.lookups.call(state.cache.refresh, deadline=until - time.monotonic())
         configs = state.cache.configs
-        parsed = collector.parse_events(body.events, configs.experiments, configs.plans)
+        parsed = await _parse(body, request, configs)
     # Validation runs here, folding on the writer thread: the two overlap across requests.
     outcome = await state.write(
         collector.ingest,
@@ -62,6 +61,33 @@ async def post_events(body: EventsIn, state: StateDep) -> dict[str, Any]:
             {"index": i, "error": str(r)} for i, r in sorted(outcome.rejected, key=lambda x: x[0])
         ],
     }
+
+
+# Its own route class: the body is decoded by `fast_events` when it can be (see events_body).
+router.add_api_route(
+    "/events",
+    post_events,
+    methods=["POST"],
+    response_model=EventsOut,
+    responses=ERRORS,
+    tags=["events"],
+    dependencies=WriterDeps,
+    route_class_override=EventsRoute,
+)
+
+
+async def _parse(body: EventsIn, request: Request, configs: Configs) -> collector.Parsed:
+    """The fast path's events when it answers, else each item checked on its own (on the items
+    as `loads_unique` decodes them: the fast path's typed ones lack what the errors quote)."""
+    typed = typed_events(request)
+    if typed is None:
+        items = body.events
+    else:
+        parsed = fast_events.parse_events(typed, configs.experiments, configs.plans)
+        if parsed is not None:
+            return parsed
+        items = loads_unique(await request.body())["events"]
+    return collector.parse_events(items, configs.experiments, configs.plans)
 
 
 @router.get("/experiments/{name}/stats", tags=["stats"], responses=ERRORS, dependencies=ReaderDeps)

@@ -50,10 +50,13 @@ class StrictJSONRequest(Request):
 
 
 class StrictJSONRoute(APIRoute):
+    request_class: type[StrictJSONRequest] = StrictJSONRequest  # a route may decode its own way
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        request_class = self.request_class
 
         async def strict(request: Request) -> Response:
-            return await handler(StrictJSONRequest(request.scope, request.receive))
+            return await handler(request_class(request.scope, request.receive))
 
         return strict

@@ -96,17 +96,31 @@ class RedisStats(Settling, RedisEvents):
     ) -> list[Any]:
         """Register the phase and its fold plan (the first plan stays), then each (keys, args)
         call of the script: all in one round trip on a single server; one by one on a
-        cluster, whose client refuses scripts in pipelines."""
+        cluster, whose client refuses scripts in pipelines.
+
+        The pipeline calls EVALSHA itself: a script called through a pipeline costs another
+        round trip (SCRIPT EXISTS) each time.  A server that does not know the script (new, or
+        restarted) refuses every call of it; it is loaded and the whole pipeline sent again,
+        which appends nothing twice (the scripts skip what their log has)."""
         phases, plans = (self.experiment_key(experiment, p) for p in ("phases", "plans"))
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(phases, {phase: time.time()}, nx=True)
-        pipe.hsetnx(plans, phase, plan.to_json())
-        if isinstance(self.client, RedisCluster):
-            pipe.execute()
-            return list(_POOL.map(lambda call: script(keys=call[0], args=call[1]), calls))
-        for keys, args in calls:
-            script(keys=keys, args=args, client=pipe)
-        return list(pipe.execute())[2:]
+        cluster = isinstance(self.client, RedisCluster)
+
+        def send() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zadd(phases, {phase: time.time()}, nx=True)
+            pipe.hsetnx(plans, phase, plan.to_json())
+            if cluster:
+                pipe.execute()
+                return list(_POOL.map(lambda call: script(keys=call[0], args=call[1]), calls))
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return list(pipe.execute())[2:]
+
+        try:
+            return send()
+        except redis.exceptions.NoScriptError:
+            self.client.script_load(script.script)
+            return send()
 
     def append_exposures(
         self, experiment: str, phase: str, plan: FoldPlan, exposures: Sequence[Exposure]
@@ -134,27 +148,31 @@ class RedisStats(Settling, RedisEvents):
     def append_events(
         self, experiment: str, phase: str, plan: FoldPlan, events: Sequence[Event]
     ) -> IngestResult:
-        received = time.time()
-        by_partition: dict[int, list[int]] = {}
+        # One pass builds each partition's positions and script arguments: the entry's fields
+        # that are the same for the whole batch are formatted once.
+        received = repr(time.time())
+        head, tail, partitions = f"{phase}{RS}", f"{RS}{received}", self.partitions
+        by_partition: dict[int, tuple[list[int], list[str]]] = {}
         for i, e in enumerate(events):
-            by_partition.setdefault(partition_of(e.unit, self.partitions), []).append(i)
+            k = partition_of(e.unit, partitions)
+            if k not in by_partition:
+                by_partition[k] = ([], [received])
+            positions, args = by_partition[k]
+            positions.append(i)
+            args += (
+                e.event_id,
+                f"{head}{e.unit}{RS}{e.series}{RS}{e.value!r}{RS}{e.timestamp!r}{RS}{e.event_id}"
+                f"{tail}",
+            )
         script = self._script("events", _APPEND_EVENTS)
-        duplicates: list[int] = []
-        calls: list[tuple[list[str], list[Any]]] = []
-        for k, positions in by_partition.items():
-            args: list[Any] = [repr(received)]
-            for i in positions:
-                e = events[i]
-                args += (
-                    e.event_id,
-                    f"{phase}{RS}{e.unit}{RS}{e.series}{RS}{e.value!r}{RS}{e.timestamp!r}"
-                    f"{RS}{e.event_id}{RS}{received!r}",
-                )
-            keys = [self.partition_key(experiment, k, p) for p in ("log", "ids", "appended")]
-            calls.append((keys, args))
+        calls: list[tuple[list[str], list[Any]]] = [
+            ([self.partition_key(experiment, k, p) for p in ("log", "ids", "appended")], args)
+            for k, (_, args) in by_partition.items()
+        ]
         with self._guard():
             replies = self._append(experiment, phase, plan, script, calls)
-        for positions, dups in zip(by_partition.values(), replies, strict=True):
+        duplicates: list[int] = []
+        for (positions, _), dups in zip(by_partition.values(), replies, strict=True):
             duplicates += (positions[int(j)] for j in dups)
         return IngestResult(len(events) - len(duplicates), sorted(duplicates))
 

@@ -56,32 +56,24 @@ class SQLiteStats(Settling, SQLiteBase):
         with self._write() as db:
             _register(db, experiment, phase, plan)
             seen = _seen(db, experiment, [e.event_id for e in events])
-            new: list[Event] = []
+            # One pass: each new event's row, ready for executemany, or its position if seen.
+            rows: list[tuple[str, str, str, str, str, float, float, float]] = []
             duplicates: list[int] = []
             for i, e in enumerate(events):
                 if e.event_id in seen:
                     duplicates.append(i)
                 else:
                     seen.add(e.event_id)
-                    new.append(e)
+                    rows.append(
+                        (experiment, e.event_id, phase, e.unit, e.series, e.value, e.timestamp,
+                         received)
+                    )  # fmt: skip
             db.executemany(
                 "INSERT INTO event_log (experiment, event_id, phase, unit, metric, value,"
                 " timestamp, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        experiment,
-                        e.event_id,
-                        phase,
-                        e.unit,
-                        e.series,
-                        e.value,
-                        e.timestamp,
-                        received,
-                    )
-                    for e in new
-                ],
+                rows,
             )
-        return IngestResult(len(new), duplicates)
+        return IngestResult(len(rows), duplicates)
 
     def fold(self, experiment: str, *, limit: int = FOLD_BATCH) -> int:
         """Read and fold in a read transaction (WAL: appends go on meanwhile), then write in a
