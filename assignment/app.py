@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(state.exposures.run(settings.exposure_flush_interval, stop)),
             asyncio.create_task(state.housekeeping(stop)),
         ]
-        if settings.fold:
+        if settings.fold != "off":
             tasks.append(asyncio.create_task(state.folding.run(stop)))
         warming = asyncio.create_task(_warm_up(state))
         # Start serving once the configs are loaded, or after FIRST_LOAD_WAIT on a store that

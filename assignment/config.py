@@ -50,9 +50,10 @@ class Settings:
     # Import and exercise the analysis stack before /readyz turns ready (assignment.warmup);
     # off: ready at once, the first verdict or report pays for it (tests, one-off local runs).
     warmup: bool = True
-    # Fold the event log in this process, behind its own appends (experiments.store.logfold);
-    # off: it only appends, and `abmesh fold` processes fold (ingest workers then do more).
-    fold: bool = True
+    # Who folds the event log (experiments.store.logfold): `process`, a child folder process
+    # of each service process; `thread`, a thread of it, behind its own appends; `off`, none
+    # (then `abmesh fold` processes fold, and ingest workers do more).
+    fold: str = "process"
     snapshot_interval: float = 300.0  # seconds between automatic snapshots; 0: none
     # Raw events (and their ids, against duplicates) kept this long once folded; export them
     # (`abmesh events export`) to keep them longer
@@ -115,7 +116,7 @@ class Settings:
             writer_token=tokens[Role.WRITER],
             insecure=_flag("ABMESH_INSECURE", text("INSECURE")),
             warmup=text("WARMUP") is None or _flag("ABMESH_WARMUP", text("WARMUP")),
-            fold=text("FOLD") is None or _flag("ABMESH_FOLD", text("FOLD")),
+            fold=_fold(text("FOLD")),
             api_key=text("API_KEY"),
             refresh_interval=number("REFRESH_INTERVAL", d.refresh_interval, 0.05),
             exposure_flush_interval=number(
@@ -182,6 +183,17 @@ def _flag(name: str, value: str | None) -> bool:
     if value.lower() in ("1", "true", "yes", "on"):
         return True
     raise SettingsError(f"{name}={value!r} must be 1 or 0 (true or false)")
+
+
+def _fold(value: str | None) -> str:
+    """process, thread or off; the flags of old (1/0, true/false) mean process and off."""
+    if value is None or value.lower() in ("process", "1", "true", "yes", "on"):
+        return "process"
+    if value.lower() in ("thread", "off"):
+        return value.lower()
+    if value.lower() in ("0", "false", "no"):
+        return "off"
+    raise SettingsError(f"ABMESH_FOLD={value!r} must be process, thread or off")
 
 
 def _mesh(value: str) -> str:

@@ -1,12 +1,20 @@
-"""The service's folder: turns what this process appended to the store's log into statistics
-at once, and sweeps every experiment's log now and then (entries a replica appended before it
-died).  Several replicas fold side by side: each partition of the log is folded by whichever
-takes its lease first (experiments.store.logfold).  It also keeps the lag gauges current."""
+"""The service's folder.  By default (ABMESH_FOLD=process) a child process of each service
+process (experiments.folder), restarted if it dies, stopped with the service, and gone by
+itself if the service is killed: folding is CPU-bound Python, which in a thread would take the
+interpreter's lock from the requests (at 1e6 units an ingest worker acknowledged half as many
+events with its folder in a thread; benchmarks/events_ingest.py).  With ABMESH_FOLD=thread a
+thread of this process folds what it appended at once and sweeps every experiment's log now
+and then.  Several folders fold side by side: each partition of a log is folded by whichever
+takes its lease first (experiments.store.logfold).  Either way this keeps the lag gauges
+current."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,13 +29,24 @@ log = logging.getLogger("abmesh.folding")
 SWEEP_S = 2.0  # how often every experiment's log is looked at, and the gauges set
 GATHER_S = 0.1  # after an append, wait this long for more before folding
 PASSES = 10  # fold passes over one experiment's partitions before the next experiment's turn
+STOP_S = 10.0  # how long a stopping folder process may finish its batch before it is killed
 
 
 class Folding:
     def __init__(
-        self, store: Store, registry: Any, on_error: Any, names: Any, *, sweep_s: float = SWEEP_S
+        self,
+        store: Store,
+        registry: Any,
+        on_error: Any,
+        names: Any,
+        *,
+        sweep_s: float = SWEEP_S,
+        child: str | None = None,
     ) -> None:
         self.store = store
+        # The store URL of a child folder process; None: fold in a thread of this process.
+        self.child = child
+        self._process: subprocess.Popen[bytes] | None = None
         self.names = names  # () -> the experiments to sweep
         self.on_error = on_error
         self.sweep_s = sweep_s
@@ -58,10 +77,14 @@ class Folding:
 
     def appended(self, experiment: str) -> None:
         """Note that `experiment` has new entries (called on the event loop)."""
-        self.due.add(experiment)
-        self._wake.set()
+        if not self.child:
+            self.due.add(experiment)
+            self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        if self.child:
+            await self._supervise(stop)
+            return
         loop = asyncio.get_running_loop()
         swept = 0.0
         while not await stopped_or_woken(stop, self._wake, self.sweep_s):
@@ -95,6 +118,51 @@ class Folding:
             self.lag.labels(name).set(state.lag_s())
             self.length.labels(name).set(self.store.log_length(name))
         return more
+
+    async def _supervise(self, stop: asyncio.Event) -> None:
+        """Keep a folder process running until `stop`, and the gauges current."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if self._process is None or self._process.poll() is not None:
+                    if self._process is not None:
+                        self.on_error()
+                        log.warning("folder process exited (%s): starting another",
+                                    self._process.returncode)  # fmt: skip
+                    self._process = self._start()
+                try:
+                    await loop.run_in_executor(self._thread, self._measure)
+                except Exception as exc:  # the store is down: the gauges wait for it
+                    self.on_error()
+                    log.warning("fold lag not measured: %s", exc)
+                if await stopped_or_woken(stop, asyncio.Event(), self.sweep_s):
+                    return
+        finally:
+            if self._process is not None:
+                await loop.run_in_executor(self._thread, self._stop_process, self._process)
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        # The URL goes in the environment: on the command line `ps` would show its password.
+        assert self.child is not None
+        command = [sys.executable, "-m", "experiments.folder", "--parent", str(os.getpid())]
+        env = {**os.environ, "ABMESH_STORE": self.child}
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env)
+
+    @staticmethod
+    def _stop_process(process: subprocess.Popen[bytes]) -> None:
+        process.terminate()
+        try:
+            process.wait(STOP_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def _measure(self) -> None:
+        for name in self.names():
+            state = self.store.fold_state(name)
+            self.pending.labels(name).set(state.pending)
+            self.lag.labels(name).set(state.lag_s())
+            self.length.labels(name).set(self.store.log_length(name))
 
     def shutdown(self) -> None:
         self._thread.shutdown(wait=True)

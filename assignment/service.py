@@ -62,6 +62,7 @@ class ServiceState:
             self.telemetry.registry,
             store_errors.labels("fold").inc,
             lambda: list(self.cache.configs.experiments),
+            child=self.settings.store_url if self.settings.fold == "process" else None,
         )
         self.exposures = ExposureBuffer(
             self.store,

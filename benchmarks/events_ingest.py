@@ -7,9 +7,11 @@ Redis, all in one run.
         [--backends sqlite,redis,redis-cluster]
 
 `ack/s` is events acknowledged per second (appended to the log); `folded/s` counts until the
-statistics hold every one of them (the service folds behind; the clock stops when the log has
-nothing pending).  The load comes from --clients threads posting pre-encoded batches over
-loopback on the same 2 cores as the workers and the stores.  Times are printed, never asserted.
+statistics hold every one of them (the service folds behind, in a child folder process of
+each worker, ABMESH_FOLD=process; "+ abmesh fold": the service only appends, one `abmesh fold`
+process folds; the clock stops when the log has nothing pending).  The load comes from
+--clients threads posting pre-encoded batches over loopback on the same 2 cores as the workers
+and the stores.  Times are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -202,7 +204,8 @@ def main() -> None:
                         json.dumps({"events": events[i : i + BATCH]}).encode()
                         for i in range(0, len(events), BATCH)
                     ]
-                    service = start_service(url, Path(tmp), workers=workers, fold=int(not apart))
+                    mode = "off" if apart else "process"
+                    service = start_service(url, Path(tmp), workers=workers, fold=mode)
                     folder = subprocess.Popen(
                         [sys.executable, "-m", "experiments.cli", "fold", "--store", url],
                         stdout=subprocess.DEVNULL,

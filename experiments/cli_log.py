@@ -28,19 +28,13 @@ def fold(
 
     The service folds what it appends itself unless started with ABMESH_FOLD=0: then run this
     beside it, as many as you like (each partition of a log is folded by one at a time)."""
+    from experiments.folder import fold_logs
+
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    total = 0
     with store_for(store) as st:
-        while not stop.is_set():
-            folded = 0
-            for record in st.list_experiments():
-                while not stop.is_set() and (n := st.fold(record.name)):
-                    folded += n
-            total += folded
-            if once or stop.wait(0 if folded else interval):
-                break
+        total = fold_logs(st, stop, interval=interval, once=once)
     out.print(f"{total} log entries folded", markup=False)
 
 

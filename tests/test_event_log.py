@@ -131,7 +131,12 @@ def test_stats_say_how_far_they_are_folded_and_metrics_show_the_lag(
             found = re.findall(r'^(abmesh_\w+)\{experiment="ranker-v2"\} (\S+)$', text, re.M)
             return {name: float(value) for name, value in found}
 
-        wait_until(lambda: "abmesh_log_entries" in gauges(), "the lag gauges")
+        def caught_up() -> bool:  # the gauges are set every sweep (2 s): the next one
+            shown = gauges()
+            return shown.get("abmesh_log_entries", 0) >= 600 + 800 and not (
+                shown["abmesh_fold_pending_entries"] or shown["abmesh_fold_lag_seconds"])
+
+        wait_until(caught_up, "the lag gauges")
         shown = gauges()
         assert shown["abmesh_fold_pending_entries"] == 0
         assert shown["abmesh_fold_lag_seconds"] == 0
