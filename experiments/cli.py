@@ -228,8 +228,11 @@ def serve(
 
     from assignment.config import Settings
 
-    log_config = logging_config(log_level, resolve_format(log_format, sys.stderr))
+    fmt = resolve_format(log_format, sys.stderr)
+    log_config = logging_config(log_level, fmt)
     logging.config.dictConfig(log_config)  # this process; uvicorn applies it in each worker
+    # The folder processes the workers start (assignment.folding) log the same way.
+    os.environ["ABMESH_LOG_LEVEL"], os.environ["ABMESH_LOG_FORMAT"] = log_level.value, fmt.value
     if store:
         os.environ["ABMESH_STORE"] = store
     if insecure:

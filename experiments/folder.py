@@ -15,9 +15,11 @@ import argparse
 import logging
 import os
 import signal
+import sys
 import threading
 
 from experiments.errors import StoreError
+from experiments.logs import LogFormat, LogLevel, configure, resolve_format
 from experiments.store import Store, open_store
 
 log = logging.getLogger("abmesh.folder")
@@ -66,7 +68,9 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.2)
     parser.add_argument("--parent", type=int, default=None)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    given = os.environ.get("ABMESH_LOG_FORMAT")
+    configure(LogLevel(os.environ.get("ABMESH_LOG_LEVEL", "info").lower()),
+              resolve_format(LogFormat(given.lower()) if given else None, sys.stderr))  # fmt: skip
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
