@@ -94,8 +94,17 @@ def prepare(url: str, units: int) -> float:
     return rate
 
 
-def http_rate(url: str, store: Store, bodies: list[bytes], clients: int) -> tuple[float, float]:
-    """(acknowledged events/s, folded events/s) for posting `bodies`."""
+def cpu_times() -> tuple[int, int]:
+    """(all, idle) jiffies of the machine since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields), fields[3] + fields[4]
+
+
+def http_rate(
+    url: str, store: Store, bodies: list[bytes], clients: int
+) -> tuple[float, float, float]:
+    """(acknowledged events/s, folded events/s, share of the machine's CPU busy meanwhile) for
+    posting `bodies`."""
     queue = list(bodies)
     lock = threading.Lock()
 
@@ -110,17 +119,20 @@ def http_rate(url: str, store: Store, bodies: list[bytes], clients: int) -> tupl
                 http.post("/v1/events", content=body).raise_for_status()
 
     threads = [threading.Thread(target=work) for _ in range(clients)]
+    total, idle = cpu_times()
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     acked = time.perf_counter() - start
+    total_after, idle_after = cpu_times()
+    busy = 1 - (idle_after - idle) / max(total_after - total, 1)
     while store.fold_state("bench").pending:  # the service's folders finish the backlog
         time.sleep(0.01)
     folded = time.perf_counter() - start
     count = len(bodies) * BATCH
-    return count / acked, count / folded
+    return count / acked, count / folded, busy
 
 
 def in_process(url: str, events: list[dict[str, Any]]) -> tuple[float, float]:
@@ -185,7 +197,7 @@ def main() -> None:
     chosen = args.backends.split(",")
     if not set(chosen) <= set(BACKENDS):
         parser.error(f"--backends: {args.backends!r}; known: {', '.join(BACKENDS)}")
-    rows: list[tuple[str, int, str, float, float]] = []
+    rows: list[tuple[str, int, str, float, float, float | None]] = []
     with tempfile.TemporaryDirectory() as tmp, backends(Path(tmp)) as urls:
         port = int(urls["_port"](""))
         baseline = redis_benchmark(port)
@@ -194,9 +206,10 @@ def main() -> None:
                 name = f"b{units}"
                 url = urls[backend](name)
                 exposure_rate = prepare(url, units)
-                rows.append((backend, units, "exposures, in-process", exposure_rate, exposure_rate))
+                rows.append((backend, units, "exposures, in-process", exposure_rate, exposure_rate,
+                             None))  # fmt: skip
                 events = make_events(args.events, units, f"p{units}")
-                rows.append((backend, units, "in-process", *in_process(url, events)))
+                rows.append((backend, units, "in-process", *in_process(url, events), None))
                 store = open_store(url)
                 for workers, apart in ((1, False), (2, False), (1, True), (2, True)):
                     events = make_events(args.events, units, f"w{workers}{apart}")
@@ -224,18 +237,22 @@ def main() -> None:
         f"{args.events:,} events per run in batches of {BATCH}, {args.clients} client threads;"
         f" redis-benchmark SET -P 16 on the same Redis: {baseline:,.0f}/s"
     )
-    print(f"{'backend':<14} {'units':>9} {'path':<37} {'ack/s':>9} {'folded/s':>9} {'vs SET':>7}")
-    for backend, units, path, ack, folded in rows:
+    # `CPU busy`: of both cores, while the events were posted (clients, workers, folders and
+    # stores together): how much room a second worker has.
+    print(f"{'backend':<14} {'units':>9} {'path':<37} {'ack/s':>9} {'folded/s':>9} {'vs SET':>7}"
+          f" {'CPU busy':>8}")  # fmt: skip
+    for backend, units, path, ack, folded, busy in rows:
+        shown = "" if busy is None else f"{busy:.0%}"
         print(
             f"{backend:<14} {units:>9,} {path:<37} {ack:>9,.0f} {folded:>9,.0f}"
-            f" {ack / baseline:>7.3f}"
+            f" {ack / baseline:>7.3f} {shown:>8}"
         )
     _ratios(rows)
 
 
-def _ratios(rows: list[tuple[str, int, str, float, float]]) -> None:
+def _ratios(rows: list[tuple[str, int, str, float, float, float | None]]) -> None:
     """2 workers against 1, and the large experiment against the small one (ack/s)."""
-    rate = {(b, u, p): ack for b, u, p, ack, _ in rows}
+    rate = {(b, u, p): ack for b, u, p, ack, _, _ in rows}
     print(f"{'backend':<14} {'units':>9} {'path':<37} {'2 workers / 1':>14}")
     for b, u, p in rate:
         if p.startswith("HTTP, 1 worker(s)"):
