@@ -20,8 +20,6 @@ from assignment.collector import (
 )
 from experiments.names import unit_problem
 from experiments.predictions import Prediction
-from experiments.spec import ExperimentSpec
-from experiments.spec_rollout import Shadow
 from experiments.status import State
 from experiments.store import ExperimentRecord
 
@@ -33,12 +31,6 @@ MAX_LATENCY_MS = 3_600_000.0
 class ParsedPredictions:
     by_experiment: dict[str, list[tuple[int, Prediction]]] = field(default_factory=dict)
     rejected: list[tuple[int, RejectedEventError]] = field(default_factory=list)
-
-
-def shadow_of(spec: ExperimentSpec) -> Shadow:
-    """The experiment's shadow phase (its score range and pairing window), or the defaults."""
-    phases = spec.rollout.phases if spec.rollout else ()
-    return next((p for p in phases if isinstance(p, Shadow)), Shadow())
 
 
 def parse_predictions(

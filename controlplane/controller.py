@@ -30,10 +30,10 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any
 
-from controlplane.judge import Judge, phase_of, state_of
+from controlplane.judge import Judge, state_of
 from controlplane.metrics import MetricsProvider
 from controlplane.observability import ControllerTelemetry
-from controlplane.rollout import RolloutState, route_plan
+from controlplane.rollout import RolloutState, phase_of, route_plan
 from controlplane.routing.plan import RoutePlan
 from controlplane.targets import Resolved, Routers, blocker, claimant, claims
 from experiments.errors import AbmeshError, ConflictError, NotFoundError

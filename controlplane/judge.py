@@ -24,6 +24,7 @@ from controlplane.rollout import (
     enter_phase,
     finish,
     next_step,
+    phase_of,
     promote,
     roll_back,
 )
@@ -356,12 +357,6 @@ class Judge:
 
 def state_of(status: Status) -> RolloutState | None:
     return RolloutState.from_dict(status.rollout) if status.rollout else None
-
-
-def phase_of(spec: ExperimentSpec, state: RolloutState) -> Any:
-    assert spec.rollout is not None
-    phases = spec.rollout.phases
-    return phases[state.phase] if state.phase < len(phases) else None
 
 
 def _kind(spec: ExperimentSpec, state: RolloutState) -> str | None:

@@ -91,11 +91,16 @@ class RolloutState:
         return Mode.EXPERIMENT
 
 
+def phase_of(spec: ExperimentSpec, state: RolloutState) -> Any:
+    """The phase the rollout is in; None past the plan's last (or without a plan)."""
+    phases = spec.rollout.phases if spec.rollout else ()
+    return phases[state.phase] if state.phase < len(phases) else None
+
+
 def route_plan(spec: ExperimentSpec, state: RolloutState) -> RoutePlan:
     """The routes the rollout's position asks for: its weights, and a running shadow phase's
     mirror."""
-    phases = spec.rollout.phases if spec.rollout else ()
-    phase = phases[state.phase] if state.phase < len(phases) else None
+    phase = phase_of(spec, state)
     mirror = None
     if isinstance(phase, Shadow) and state.status is RolloutStatus.RUNNING:
         mirror = Mirror(spec.candidate_variant.key, phase.percent, phase.methods)

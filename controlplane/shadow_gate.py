@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from controlplane.rollout import RolloutState, RolloutStatus, enter_phase, roll_back
+from experiments.predictions import shadow_of
 from experiments.spec_rollout import OnTimeout, ScoreDrift, Shadow
 from experiments.store import ExperimentRecord, Store
 
@@ -76,8 +77,6 @@ def drift_check(
     """The score-drift guardrail read now: (its entry among the guardrail readings, the reason
     to roll back or None)."""
     from analysis.score_drift import score_drift
-    from assignment.predictions_in import shadow_of
-
     shadow = shadow_of(record.spec)
     sums = store.shadow_sums(record.name, analysis_phase, score_range=shadow.score_range,
                              window_s=shadow.pair_window_s, now=now)  # fmt: skip

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from experiments.shadow_sums import BINS, ShadowSums
+from experiments.spec import ExperimentSpec
+from experiments.spec_rollout import Shadow
 
 ROLES = ("stable", "candidate")
 _SCALARS = ("pairs", "labelled", "disagreements", "scored", "sum_d", "sum_d2", "sum_stable",
@@ -88,6 +90,11 @@ def pair(
         out.paired.append(p.request_id)
         finished.add(p.request_id)
     return out
+
+
+def shadow_of(spec: ExperimentSpec) -> Shadow:
+    """The experiment's shadow phase (its score range and pairing window), or the defaults."""
+    return (spec.rollout.shadow if spec.rollout else None) or Shadow()
 
 
 def _side(p: Prediction) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from typing import Any
 
 from experiments.shadow_sums import ShadowSums
 from experiments.spec import ExperimentSpec
-from experiments.spec_rollout import Shadow
 from experiments.store import Store
 
 
@@ -19,8 +18,7 @@ def shadow_section(
 ) -> dict[str, Any] | None:
     from analysis.shadow import judge_shadow
 
-    phases = spec.rollout.phases if spec.rollout else ()
-    shadow = next((p for p in phases if isinstance(p, Shadow)), None)
+    shadow = spec.rollout.shadow if spec.rollout else None
     if shadow is None:
         return None
     sums = store.shadow_sums(spec.name, phase, score_range=shadow.score_range,

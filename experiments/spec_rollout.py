@@ -392,6 +392,11 @@ class Rollout(SpecModel):
         default_factory=lambda: (Canary(), ABTest(), Promote()), min_length=1, max_length=10
     )
 
+    @property
+    def shadow(self) -> Shadow | None:
+        """The plan's shadow phase (its score range and pairing window), if it has one."""
+        return next((p for p in self.phases if isinstance(p, Shadow)), None)
+
     @model_validator(mode="after")
     def _order(self) -> Self:
         no_repeats([g.name for g in self.guardrails], "rollout.guardrails: names")

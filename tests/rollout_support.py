@@ -39,8 +39,9 @@ def spec_doc(phases: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
 
 
 class Traffic:
-    """Requests without a group header through Envoy, as fast as one client goes; each answer's
-    model is kept with the time the request was sent."""
+    """Requests without a group header through Envoy, as fast as one client goes, each one
+    distinct (a toy model's prediction depends on the request); each answer's model is kept
+    with the time the request was sent."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -54,7 +55,7 @@ class Traffic:
             while not self._stop.is_set():
                 sent = time.time()  # when routed: a slow answer arrives after a route change
                 try:
-                    reply = client.get(self.url)
+                    reply = client.get(self.url, params={"request": len(self.seen)})
                     self.seen.append((sent, reply.headers.get("x-model", "?")))
                 except httpx.HTTPError:
                     self.seen.append((sent, "error"))

@@ -25,7 +25,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     workdir = tmp_path_factory.mktemp("predictions")
     svc = start_service(f"sqlite:///{workdir / 'abmesh.db'}", workdir, max_events=1000)
     with httpx.Client(base_url=svc.url, headers=auth(Role.ADMIN), timeout=30) as admin:
-        for name, start in (("shadowed", True), ("idle", False)):
+        for name, start in (("shadowed", True), ("second", True), ("idle", False)):
             assert admin.post("/v1/experiments", json={**EXAMPLE, "name": name}).status_code == 201
             if start:
                 assert admin.post(f"/v1/experiments/{name}/start").status_code == 200
@@ -66,6 +66,25 @@ def test_pairs_are_recorded_and_a_retry_changes_nothing(served: Service) -> None
     sums = shadow.json()["sums"]
     assert (sums["pairs"], sums["labelled"], sums["disagreements"], sums["pending"]) == (2, 2, 1, 1)
     assert sums["sum_d"] == pytest.approx(0.1)
+
+
+def test_one_batch_for_two_experiments_pairs_each_apart(served: Service) -> None:
+    """The same request ids in two experiments are two pairs, one in each."""
+    items = [
+        {**item(rid, variant, score=score), "experiment": name}
+        for name, score in (("shadowed", 0.1), ("second", 0.7))
+        for rid in ("m-1", "m-2")
+        for variant in ("control", "treatment")
+    ]
+    r = post(served, {"predictions": items})
+    assert r.json() == {"accepted": 8, "duplicates": 0, "paired": 4, "rejected": []}
+    for name, score in (("shadowed", 0.1), ("second", 0.7)):
+        sums = httpx.get(f"{served.url}/v1/experiments/{name}/shadow", headers=auth(Role.READER),
+                         timeout=30).json()["sums"]  # fmt: skip
+        shown = sums["traffic"]["stable"]
+        assert shown[1 + int(score * 1000)] >= 2  # its own scores
+        if name == "second":  # an experiment of its own: no score of the other's
+            assert (sums["pairs"], shown[1 + int(0.1 * 1000)]) == (2, 0)
 
 
 @pytest.mark.parametrize(

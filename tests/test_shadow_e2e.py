@@ -9,13 +9,11 @@ goes on to the next one.  Timings are printed, not asserted."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from assignment.auth import Role
@@ -24,38 +22,10 @@ from experiments.report import build_report
 from experiments.report_html import render_html
 from experiments.store import Store, open_store
 from tests.browser import chart_drawn, chromium, rendered
-from tests.rollout_support import controller, moves, spec_doc, start
+from tests.rollout_support import Traffic, controller, moves, spec_doc, start
 from tests.servers import TOKENS, start_service
 
 pytestmark = pytest.mark.timeout(300)
-
-
-class Requests:
-    """Distinct requests (the toy models score a request by its content) through Envoy without
-    a group header, as fast as one client goes; each answer's model is kept."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.models: list[tuple[float, str]] = []  # (sent at, the model that answered)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=5) as client:
-            i = 0
-            while not self._stop.is_set():
-                i += 1
-                sent = time.time()
-                try:
-                    reply = client.post(self.url, json={"features": [i, i % 7]})
-                    self.models.append((sent, reply.json().get("model", "?")))
-                except (httpx.HTTPError, ValueError):
-                    self.models.append((sent, "error"))
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 @pytest.fixture
@@ -77,15 +47,15 @@ def shadow_rollout(stack: RolloutStack, tmp_path: Path, candidate: dict[str, flo
     for model, variant, extra in (("v1", "control", {}), ("v2", "treatment", candidate)):
         stack.set_model(model, report_to=service.url, experiment="ranker-v2", variant=variant,
                         token=TOKENS[Role.WRITER], **extra)
-    requests = Requests(stack.front)
+    traffic = Traffic(stack.front)
     ctl = controller(url, stack, tmp_path)
     try:
         ended = wait_for_either(store, ("rollback", "promote", "phase"), timeout=240)
     finally:
         ctl.stop()
-        requests.stop()
+        traffic.stop()
         service.stop()
-    return store, ended, requests.models
+    return store, ended, traffic.seen
 
 
 def wait_for_either(store: Store, actions: tuple[str, ...], timeout: float) -> dict[str, Any]:

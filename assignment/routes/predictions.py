@@ -12,9 +12,10 @@ from pydantic import BaseModel, Field
 
 from assignment.deps import ReaderDeps, StateDep, WriterDeps
 from assignment.models import ErrorOut, RejectedOut
-from assignment.predictions_in import ParsedPredictions, parse_predictions, shadow_of
+from assignment.predictions_in import ParsedPredictions, parse_predictions
 from assignment.routes.bounded import bounded
 from assignment.routes.strict_json import StrictJSONRoute
+from experiments.predictions import shadow_of
 from experiments.store import ExperimentRecord, Store
 from experiments.store.protocol import check_phase
 
