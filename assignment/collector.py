@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 from experiments.folding import PRE, Event, FoldPlan
 from experiments.names import unit_problem
+from experiments.spec import ExperimentSpec
+from experiments.spec_segments import value_problem
 from experiments.status import State
 from experiments.store import ExperimentRecord, StatsStore
 
@@ -26,8 +28,11 @@ MAX_ABS_VALUE = 1e15  # sums of squares of such values stay far from float overf
 # milliseconds sent as seconds.  A day still lets through a client whose clock is wrong by a
 # time zone.
 MAX_FUTURE_S = 86_400.0
-FIELDS = frozenset({"event_id", "experiment", "unit", "metric", "value", "timestamp", "pre_period"})
-EXPOSURE_FIELDS = frozenset({"experiment", "unit", "variant", "generation", "timestamp"})
+FIELDS = frozenset(
+    {"event_id", "experiment", "unit", "metric", "value", "timestamp", "pre_period", "segments"}
+)
+EXPOSURE_FIELDS = frozenset({"experiment", "unit", "variant", "generation", "timestamp",
+                             "segments"})  # fmt: skip
 T = TypeVar("T")
 
 
@@ -111,9 +116,43 @@ def _parse(
     value = _number(item, "value", default=1.0)
     if abs(value) > MAX_ABS_VALUE:
         raise RejectedEventError("value", f"value: must be at most {MAX_ABS_VALUE:g} in size")
+    segments = parse_segments(item.get("segments"), record.spec)
     return name, Event(
-        event_id, unit, metric + PRE if pre else metric, value, parse_timestamp(item, now)
-    )
+        event_id, unit, metric + PRE if pre else metric, value, parse_timestamp(item, now),
+        segments,
+    )  # fmt: skip
+
+
+def parse_segments(raw: Any, spec: ExperimentSpec) -> tuple[tuple[str, str], ...]:
+    """An item's `segments` ({attribute: value} of the spec's declared attributes) as sorted
+    pairs; () if absent.  A number is taken as its text (a bucket index)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise RejectedEventError(
+            "segments", f"segments: must be an object of attribute: value, got {type(raw).__name__}"
+        )
+    declared = [s.name for s in spec.segments]
+    pairs = []
+    for attribute, value in raw.items():
+        if attribute not in declared:
+            listed = f"declared: {', '.join(declared)}" if declared else "it declares none"
+            raise RejectedEventError(
+                "segments",
+                f"segments.{str(attribute)[:64]}: not a segment of {spec.name!r} ({listed})",
+            )
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise RejectedEventError(
+                "segments",
+                f"segments.{attribute}: must be a string, got {type(value).__name__}",
+            )
+        problem = value_problem(value)
+        if problem is not None:
+            raise RejectedEventError("segments", f"segments.{attribute}: {problem}")
+        pairs.append((attribute, value))
+    return tuple(sorted(pairs))
 
 
 def _known(item: Any, fields: frozenset[str], what: str) -> Mapping[str, Any]:
@@ -243,6 +282,7 @@ class Exposure:
     variant: str
     at: float
     generation: int  # of the spec the client assigned with; 0: not given
+    segments: tuple[tuple[str, str], ...] = ()
 
 
 def parse_exposures(
@@ -283,4 +323,5 @@ def _parse_exposure(item: Any, experiments: Mapping[str, ExperimentRecord], now:
                 f"generation: ahead of {record.name!r}, whose spec is at generation"
                 f" {record.generation}",
             )
-    return Exposure(record, unit, variant, parse_timestamp(item, now), generation)
+    segments = parse_segments(item.get("segments"), record.spec)
+    return Exposure(record, unit, variant, parse_timestamp(item, now), generation, segments)

@@ -40,7 +40,8 @@ log = logging.getLogger("abmesh.exposures")
 CHUNK = 2000  # units per append; also how many waiting units start a flush at once
 KNOWN_CAP = 1_000_000  # units remembered as appended, over all experiments (some 100 MB)
 ENTRY_BYTES = 200  # what a buffered unit costs besides its id: dict slot, tuple, floats
-Units = dict[str, tuple[str, float, int]]  # unit -> (variant served, time, spec generation)
+# unit -> (variant served, time, spec generation, segment values as sorted pairs)
+Units = dict[str, tuple[str, float, int, tuple[tuple[str, str], ...]]]
 Batch = dict[tuple[str, str], tuple[FoldPlan, Units]]  # (experiment, phase) -> (plan, units)
 
 
@@ -91,11 +92,13 @@ class ExposureBuffer:
         *,
         at: float | None = None,
         generation: int = 0,
+        segments: tuple[tuple[str, str], ...] = (),
         bulk: bool = False,
     ) -> None:
-        """Note an exposure: the variant served, when (default now), and the generation of the
-        spec that chose it (0: not known).  Called on the event loop; no I/O.  A `bulk` sender
-        has waited for `room` already: its whole batch goes in, up to twice the limit."""
+        """Note an exposure: the variant served, when (default now), the generation of the
+        spec that chose it (0: not known) and the unit's segment values.  Called on the event
+        loop; no I/O.  A `bulk` sender has waited for `room` already: its whole batch goes in,
+        up to twice the limit."""
         key = (experiment, phase)
         if unit in self.known.get(key, ()):
             return
@@ -108,7 +111,7 @@ class ExposureBuffer:
         if self.bytes >= (2 * self.limit_bytes if bulk else self.limit_bytes):
             self._drop(1)
             return
-        units[unit] = (variant, time.time() if at is None else at, generation)
+        units[unit] = (variant, time.time() if at is None else at, generation, segments)
         self.bytes += len(unit) + ENTRY_BYTES
         if self.full:
             self._room.clear()

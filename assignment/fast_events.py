@@ -37,6 +37,7 @@ from assignment.collector import (
     MAX_ID_CHARS,
     Parsed,
     RejectedEventError,
+    parse_segments,
     parse_timestamp,
 )
 from experiments.folding import PRE, Event, FoldPlan
@@ -61,6 +62,7 @@ class EventIn(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     value: Annotated[float, Meta(ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)] | UnsetType = UNSET
     timestamp: Annotated[float, Meta(ge=0)] | str | UnsetType = UNSET  # unix s or ISO 8601
     pre_period: bool | UnsetType = UNSET
+    segments: dict[str, str | int] | UnsetType = UNSET
 
 
 class _Batch(msgspec.Struct, forbid_unknown_fields=True):
@@ -118,12 +120,19 @@ def parse_events(
                 return None
         elif stamp > latest:
             return None
+        segments: tuple[tuple[str, str], ...] = ()
+        if e.segments is not UNSET:
+            try:
+                segments = parse_segments(e.segments, experiments[e.experiment].spec)
+            except RejectedEventError:
+                return None
         event = Event(
             e.event_id,
             e.unit,
             e.metric + PRE if e.pre_period is True else e.metric,
             1.0 if value is UNSET else value,
             stamp,
+            segments,
         )
         groups.setdefault(e.experiment, []).append((i, event))
     return parsed

@@ -79,9 +79,13 @@ class ServiceState:
         return await self.writer.call(work, *args, deadline=deadline)
 
     async def assign(
-        self, record: ExperimentRecord, unit: str, headers: Mapping[str, str] | None
+        self,
+        record: ExperimentRecord,
+        unit: str,
+        headers: Mapping[str, str] | None,
+        segments: tuple[tuple[str, str], ...] = (),
     ) -> Assignment:
-        return (await self.assign_many(record, [unit], headers))[0]
+        return (await self.assign_many(record, [unit], headers, segments=segments))[0]
 
     async def assign_many(
         self,
@@ -90,6 +94,7 @@ class ServiceState:
         headers: Mapping[str, str] | None,
         *,
         bulk: bool = False,
+        segments: tuple[tuple[str, str], ...] = (),
     ) -> list[Assignment]:
         """Assign, count, and buffer the exposures (`bulk`: a batch whose sender waited for
         room; see ExposureBuffer.add).  Only sticky specs touch the store (in a thread); if it
@@ -134,6 +139,7 @@ class ServiceState:
                     unit,
                     a.variant,
                     generation=record.generation,
+                    segments=segments,
                     bulk=bulk,
                 )
         return results

@@ -18,7 +18,7 @@ from rich.table import Table
 from assignment import collector
 from experiments.cli_common import StoreOpt, fail, out, store_for
 from experiments.folding import FoldPlan
-from experiments.reporting import phase_report, stat_rows, take_snapshot
+from experiments.reporting import event_row, phase_report, stat_rows, take_snapshot
 from experiments.store import Store
 
 events_app = typer.Typer(help="Business-metric events.", no_args_is_help=True)
@@ -224,7 +224,7 @@ def export(
                 for row in stat_rows(experiment, s.phase, s.stats, at=s.at)
             ]
         else:
-            rows = [{"experiment": experiment, **e} for e in _all_events(st, experiment)]
+            rows = [{"experiment": experiment, **event_row(e)} for e in _all_events(st, experiment)]
     frame = pd.DataFrame(rows)
     if fmt is FileFormat.PARQUET:
         if output is None:

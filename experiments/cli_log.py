@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from experiments.cli_common import StoreOpt, out, store_for
+from experiments.reporting import event_row
 from experiments.store import Store
 
 ARCHIVE_PAGE = 50_000
@@ -70,7 +71,7 @@ def archive(
             folder = directory / f"experiment={record.name}"
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"events-{cut:.3f}.parquet"
-            pd.DataFrame(rows).to_parquet(path, index=False)
+            pd.DataFrame([event_row(r) for r in rows]).to_parquet(path, index=False)
             written += len(rows)
             out.print(f"{len(rows)} events of {record.name} written to {path}", markup=False)
         purged = st.purge_events(cut)

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 import msgspec
 import numpy as np
 
+from experiments.distributions import bins
 from experiments.folding import PRE, Event, FoldPlan, pair_key, stat_key
+from experiments.segments import CELL, Resolver, cells_of
 
 # How far an event may precede its unit's exposure and still count as after it: the clocks of
 # clients (event times) and of the assignment service (exposure times) differ a little.
@@ -47,28 +49,39 @@ class Exposure(msgspec.Struct, frozen=True, gc=False):
     variant: str
     at: float
     generation: int = 0
+    segments: tuple[tuple[str, str], ...] = ()  # the unit's segment values, if it says
 
 
 @dataclass(slots=True)
 class UnitState:
     """What a partition keeps per unit and phase: its arm once exposed, the raw totals of each
-    series credited so far, and its events still waiting for an exposure."""
+    series credited so far, its events still waiting for an exposure, and its segment values
+    (resolved: experiments.segments)."""
 
     arm: str = ""
     exposed_at: float = math.nan
     totals: dict[str, float] = field(default_factory=dict)
     pending: list[tuple[str, float, float]] = field(default_factory=list)  # series, value, time
+    segments: dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> str:
         at = None if math.isnan(self.exposed_at) else self.exposed_at
-        return _ENCODE([self.arm, at, self.totals, self.pending])
+        fields = [self.arm, at, self.totals, self.pending]
+        return _ENCODE([*fields, self.segments] if self.segments else fields)
 
     @classmethod
     def decode(cls, text: str | None) -> UnitState:
         if text is None:
             return cls()
-        arm, at, totals, pending = _DECODE(text)
-        return cls(arm, math.nan if at is None else at, totals, [tuple(p) for p in pending])
+        arm, at, totals, pending, *segments = _DECODE(text)
+        return cls(
+            arm, math.nan if at is None else at, totals, [tuple(p) for p in pending],
+            segments[0] if segments else {},
+        )  # fmt: skip
+
+    @property
+    def cells(self) -> tuple[str, ...]:
+        return cells_of(self.arm, self.segments)
 
     def credit(self, plan: FoldPlan, series: str, value: float, at: float) -> None:
         """Add an event to the unit's totals (conversions count events), or keep it waiting."""
@@ -115,36 +128,54 @@ def fold_batch(
     shifts: dict[str, float],
 ) -> FoldResult:
     """Apply a batch (in log order) to `states` (every unit of the batch, loaded or new) and to
-    the partition's `stats` and `shifts`, in place: each changed unit's old values leave its arm
-    and its new ones enter, in arrays over the batch's units."""
+    the partition's `stats` and `shifts`, in place: each changed unit's old values leave the
+    cells it was in (its arm, its segments) and its new ones enter the cells it is in now, in
+    arrays over the batch's units.  A counted unit's cells only ever grow: its arm is fixed
+    by its first exposure, and a value by the exposure or, once exposed, by its first mention
+    (experiments.segments)."""
     units = list(states)
-    series = plan.series
-    old_arm = [states[u].arm for u in units]
+    old_cells = [states[u].cells for u in units]
     old = _values(plan, [states[u].totals for u in units])
-    new_count = sum(states[x.unit].expose(plan, x) for x in exposures)
+    resolver = Resolver(plan.segments, stats) if plan.segments else None
+    new_count = 0
+    for x in exposures:
+        state = states[x.unit]
+        if resolver is not None and x.segments:
+            # Until the unit is exposed it is in no cell: its exposure's values win.
+            resolver.merge(state.segments, x.segments, override=not state.arm)
+        new_count += state.expose(plan, x)
     for e in events:
+        if resolver is not None and e.segments:
+            resolver.merge(states[e.unit].segments, e.segments)
         states[e.unit].credit(plan, e.series, e.value, e.timestamp)
     new = _values(plan, [states[u].totals for u in units])
-    arm = [states[u].arm for u in units]
+    new_cells = [states[u].cells for u in units]
     moved = (old != new).any(axis=1)
-    rows = [i for i, a in enumerate(arm) if a and (not old_arm[i] or moved[i])]
+    rows = [i for i, c in enumerate(new_cells) if c and (moved[i] or c != old_cells[i])]
     result = FoldResult(set(), set(), new_count)
     if not rows:
         return result
     old, new = old[rows], new[rows]
-    was = np.array([bool(old_arm[i]) for i in rows])
-    arms = np.array([arm[i] for i in rows])
-    k = _shifts(plan, stats, shifts, new, arms, result)
+    cells_now = [set(new_cells[i]) for i in rows]
+    cells_before = [set(old_cells[i]) for i in rows]
+    every = {c for cs in cells_now for c in cs}
+    arms = np.array([new_cells[i][0] for i in rows])
+    was = np.array([bool(old_cells[i]) for i in rows])
+    k = _shifts(plan, stats, shifts, new, every, result)
     bump = _Bumper(stats, result.changed_stats)
-    for variant in dict.fromkeys(arms.tolist()):
-        now_in = arms == variant
-        before = now_in & was
-        bump(stat_key(variant, "n"), float(now_in.sum() - before.sum()))
+    col = {s: j for j, s in enumerate(plan.series)}
+    for cell in sorted(every):
+        if CELL in cell:
+            now_in = np.array([cell in cs for cs in cells_now])
+            before = np.array([cell in cs for cs in cells_before])
+        else:  # an arm: every unit of the rows is in one, and was if it had any cell before
+            now_in = arms == cell
+            before = now_in & was
+        bump(stat_key(cell, "n"), float(now_in.sum() - before.sum()))
         terms_new, terms_old = _terms(new[now_in], k), _terms(old[before], k)
         for part, t_new, t_old in zip("NSQ", terms_new, terms_old, strict=True):
-            for s, delta in zip(series, t_new.sum(axis=0) - t_old.sum(axis=0), strict=True):
-                bump(stat_key(variant, f"{part}|{s}"), delta)
-        col = {s: j for j, s in enumerate(series)}
+            for s, delta in zip(plan.series, t_new.sum(axis=0) - t_old.sum(axis=0), strict=True):
+                bump(stat_key(cell, f"{part}|{s}"), delta)
         for a, b in plan.pairs:
             ia, ib = col[a], col[b]
             for part, p_new, p_old in zip(
@@ -153,7 +184,13 @@ def fold_batch(
                 _pair_terms(terms_old, ia, ib),
                 strict=True,
             ):
-                bump(stat_key(variant, pair_key(a, b, part)), p_new - p_old)
+                bump(stat_key(cell, pair_key(a, b, part)), p_new - p_old)
+        if CELL not in cell:  # an arm's distribution; its segments' would multiply the keys
+            for s in plan.histograms:
+                counts = bins(new[now_in, col[s]])
+                counts.subtract(bins(old[before, col[s]]))
+                for label, delta in counts.items():
+                    bump(stat_key(cell, f"H|{s}|{label}"), float(delta))
     return result
 
 
@@ -176,13 +213,13 @@ def _shifts(
     stats: dict[str, float],
     shifts: dict[str, float],
     new: np.ndarray,
-    arms: np.ndarray,
+    cells: set[str],
     result: FoldResult,
 ) -> np.ndarray:
     """The shift of each series; chosen anew (its sums cleared to exactly 0) while no unit of
     the partition is non-zero in it, from a non-zero value of this batch."""
     k = np.zeros(len(plan.series))
-    variants = {key.split("|", 1)[0] for key in stats if key.endswith("|n")} | set(arms.tolist())
+    variants = {key.split("|", 1)[0] for key in stats if key.endswith("|n")} | cells
     for j, s in enumerate(plan.series):
         nonzero = sum(stats.get(stat_key(v, f"N|{s}"), 0.0) for v in variants)
         if s in shifts and nonzero:
@@ -263,7 +300,7 @@ def merge_partials(
         for key, count in stats.items():
             # The sums are re-shifted from the counts' keys: a sum that is 0 is not stored.
             variant, kind, *rest = key.split("|")
-            if kind in ("n", "N", "P"):
+            if kind in ("n", "N", "P", "H"):
                 add(key, count)
             if kind == "N":
                 s, d = rest[0], delta.get(rest[0], 0.0)

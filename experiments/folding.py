@@ -32,7 +32,9 @@ from typing import Any
 
 import msgspec
 
+from experiments.segments import CELL, split_cells
 from experiments.spec import ExperimentSpec, MetricKind
+from experiments.spec_segments import Segment
 
 PRE = "~pre"  # suffix of the pre-period (covariate) series of a metric
 
@@ -50,6 +52,7 @@ class Event(msgspec.Struct, frozen=True, gc=False):
     series: str
     value: float
     timestamp: float
+    segments: tuple[tuple[str, str], ...] = ()  # the unit's segment values, if it says
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,10 @@ class FoldPlan:
     conversion: frozenset[str]
     pairs: tuple[tuple[str, str], ...]
     ratios: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # ratio -> (num, den)
+    segments: tuple[Segment, ...] = ()
+    # The series whose unit values are also binned (experiments.distributions); none for a
+    # phase whose plan was stored before the bins existed.
+    histograms: tuple[str, ...] = ()
 
     @classmethod
     def from_spec(cls, spec: ExperimentSpec) -> FoldPlan:
@@ -85,7 +92,8 @@ class FoldPlan:
         pairs: dict[tuple[str, str], None] = {(name, name + PRE): None for name in event_metrics}
         for num, den in ratios.values():
             pairs.update(dict.fromkeys(combinations((num, den, num + PRE, den + PRE), 2)))
-        return cls(series, conversion, tuple(pairs), ratios)
+        binned = tuple(name for name, conv in event_metrics.items() if not conv)
+        return cls(series, conversion, tuple(pairs), ratios, spec.segments, binned)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -94,6 +102,8 @@ class FoldPlan:
                 "conversion": sorted(self.conversion),
                 "pairs": self.pairs,
                 "ratios": dict(self.ratios),
+                "segments": [s.model_dump(mode="json") for s in self.segments],
+                "histograms": self.histograms,
             }
         )
 
@@ -105,6 +115,8 @@ class FoldPlan:
             frozenset(data["conversion"]),
             tuple((a, b) for a, b in data["pairs"]),
             {k: (v[0], v[1]) for k, v in data["ratios"].items()},
+            tuple(Segment.model_validate(s) for s in data.get("segments", ())),
+            tuple(data.get("histograms", ())),
         )
 
     def accepts(self, metric: str) -> bool:
@@ -170,7 +182,9 @@ class _ArmView:
 
 
 def variants_of(stats: Mapping[str, float]) -> list[str]:
-    return sorted({key.split("|", 1)[0] for key in stats if key.endswith("|n")})
+    """The arms (not their segments' cells, experiments.segments)."""
+    arms = {key.split("|", 1)[0] for key in stats if key.endswith("|n")}
+    return sorted(a for a in arms if CELL not in a)
 
 
 def exposures_of(stats: Mapping[str, float]) -> dict[str, int]:
@@ -223,3 +237,13 @@ def export(
             }
         arms[variant] = {"exposures": n, "metrics": metrics}
     return arms
+
+
+def export_segments(
+    plan: FoldPlan, stats: Mapping[str, float], shifts: Mapping[str, float]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per segment attribute and value, its cells' statistics as `export` gives an arm's."""
+    return {
+        attribute: {value: export(plan, cells, shifts) for value, cells in sorted(values.items())}
+        for attribute, values in sorted(split_cells(stats).items())
+    }

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from experiments.folding import FoldPlan, export
+from experiments.distributions import export_distributions
+from experiments.folding import FoldPlan, export, export_segments
 from experiments.spec import ExperimentSpec
 from experiments.status import Status
 from experiments.store import ExperimentRecord, Snapshot, StatsStore
@@ -64,7 +65,9 @@ def phase_report(
     settle: float = SETTLE_S,
 ) -> dict[str, Any]:
     """`{"experiment", "phase", "phases", "arms": {variant: {"exposures", "metrics": {...}}},
-    "fold": {"pending", "lag_s", "folded_through"}}`: the statistics after settling the log
+    "fold": {"pending", "lag_s", "folded_through"}}`, with `"segments": {attribute: {value:
+    arms}}` and `"distributions"` (experiments.distributions) where the phase's plan has them:
+    the statistics after settling the log
     (`logfold`), and how far they are behind it still (everything appended before
     `folded_through`, unix s, is in them).  `settle` bounds the folding a read does first."""
     phase = phase or record.phase
@@ -72,13 +75,18 @@ def phase_report(
     stats, shifts = store.phase_stats(record.name, phase, settle=0)
     # A phase's statistics are read with the plan they were built with.
     plan = store.phase_plan(record.name, phase) or FoldPlan.from_spec(record.spec)
-    return {
+    report = {
         "experiment": record.name,
         "phase": phase,
         "phases": store.phases(record.name),
         "arms": export(plan, stats, shifts),
         "fold": fold.to_dict(),
     }
+    if plan.segments:
+        report["segments"] = export_segments(plan, stats, shifts)
+    if plan.histograms:
+        report["distributions"] = export_distributions(stats, plan.histograms)
+    return report
 
 
 def take_snapshot(store: StatsStore, record: ExperimentRecord, *, bucket: float = 0.0) -> Snapshot:
@@ -121,3 +129,9 @@ def stat_rows(
             row |= {column: values.get(column) for column in STAT_COLUMNS}
             rows.append(row)
     return rows
+
+
+def event_row(event: dict[str, Any]) -> dict[str, Any]:
+    """A raw event as a table row: its segment values as `segment.<attribute>` columns."""
+    segments = event.pop("segments", None) or {}
+    return event | {f"segment.{k}": v for k, v in segments.items()}

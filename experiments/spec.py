@@ -31,6 +31,7 @@ from experiments.spec_base import (
 )
 from experiments.spec_metrics import AnalysisSettings, Direction, Metric, MetricKind, Metrics
 from experiments.spec_rollout import Rollout
+from experiments.spec_segments import Segment, check_segments
 
 __all__ = [
     "BASIS_POINTS",
@@ -46,6 +47,7 @@ __all__ = [
     "Metrics",
     "Override",
     "Rollout",
+    "Segment",
     "Variant",
 ]
 
@@ -143,6 +145,7 @@ class ExperimentSpec(SpecModel):
     overrides: tuple[Override, ...] = Field(default=(), max_length=100)
     sticky: Annotated[bool, Strict()] = False
     metrics: Metrics | None = None
+    segments: tuple[Segment, ...] = ()
     analysis: AnalysisSettings = AnalysisSettings()
     rollout: Rollout | None = None
 
@@ -173,6 +176,7 @@ class ExperimentSpec(SpecModel):
             raise ValueError(f"control: {self.control!r} is not one of the variants {keys}")
         if self.rollout is not None:
             self._check_rollout(self.rollout)
+        check_segments(self.segments)
         candidate = self.rollout.candidate if self.rollout else None
         if candidate is not None and (
             candidate not in keys or candidate == self.control_variant.key

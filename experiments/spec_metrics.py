@@ -102,6 +102,11 @@ class Method(StrEnum):
     GROUP_SEQUENTIAL = "group-sequential"
 
 
+class SegmentHarm(StrEnum):
+    FLAG = "flag"  # a segment's harm is shown; the rollout goes by the whole population
+    ROLLBACK = "rollback"  # a harm confined to one segment is harm for the rollout too
+
+
 class SpendingKind(StrEnum):
     OBF = "obf"
     POCOCK = "pocock"
@@ -126,6 +131,7 @@ class AnalysisSettings(SpecModel):
     spending: SpendingKind = SpendingKind.OBF
     rho: Number = Field(default=2.0, gt=0, le=20, allow_inf_nan=False)  # for spending "power"
     srm_alpha: Number = Field(default=0.001, gt=0, lt=0.5, allow_inf_nan=False)
+    segment_harm: SegmentHarm = SegmentHarm.FLAG
 
     @model_validator(mode="after")
     def _horizon(self) -> Self:

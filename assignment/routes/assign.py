@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from assignment.assign import check_units
+from assignment.collector import RejectedEventError, parse_segments
 from assignment.deps import API_KEY_SECURITY, ApiKeyDeps, StateDep, check_api_key
 from assignment.models import (
     AssignmentOut,
@@ -44,6 +45,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
                 "schema": UNIT_SCHEMA,
                 "description": "The unit id (user, session, device).",
             },
+            {
+                "name": "segment.{attribute}",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "The unit's value of a segment the spec declares, e.g."
+                " segment.country=DE: recorded with the exposure for per-segment analysis.",
+            },
         ],
     },
 )
@@ -56,9 +65,13 @@ async def assign_unit(request: Request) -> Response:
     state: ServiceState = request.app.state.abmesh
     check_api_key(request, state)
     experiment = request.path_params["experiment"]
-    unit = _unit_param(request.scope["query_string"])
+    unit, given = _query(request.scope["query_string"])
     record = state.cache.get(experiment)
-    a = await state.assign(record, unit, request.headers)
+    try:
+        segments = parse_segments(given or None, record.spec)
+    except RejectedEventError as exc:
+        raise HTTPException(422, f"query.segment.{str(exc).removeprefix('segments.')}") from None
+    a = await state.assign(record, unit, request.headers, segments)
     body = json.dumps(assignment_body(unit, a)).encode()
     return Response(body, media_type="application/json", headers={a.header_name: a.header_value})
 
@@ -94,9 +107,10 @@ async def assign_batch(body: BatchAssignIn, state: StateDep) -> Response:
     return Response(json.dumps({"assignments": out}).encode(), media_type="application/json")
 
 
-def _unit_param(query: bytes) -> str:
-    """The one `unit` of a query string, decoded strictly: bytes that are not UTF-8 are a 422,
-    not a U+FFFD that would put every such id into one bucket."""
+def _query(query: bytes) -> tuple[str, dict[str, str]]:
+    """The one `unit` of a query string and its `segment.<attribute>` values, decoded strictly:
+    bytes that are not UTF-8 are a 422, not a U+FFFD that would put every such id into one
+    bucket."""
     try:
         pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, errors="strict")
     except UnicodeDecodeError:
@@ -106,4 +120,8 @@ def _unit_param(query: bytes) -> str:
         raise HTTPException(422, "query.unit: Field required")
     if len(units) > 1:
         raise HTTPException(422, "query.unit: give the unit once")
-    return units[0]
+    segments: dict[str, str] = {}
+    for key, value in pairs:
+        if key.startswith("segment.") and segments.setdefault(key[8:], value) != value:
+            raise HTTPException(422, f"query.{key}: give it once")
+    return units[0], segments

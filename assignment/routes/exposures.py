@@ -60,6 +60,7 @@ async def post_exposures(body: ExposuresIn, state: StateDep) -> dict[str, Any]:
             e.variant,
             at=e.at,
             generation=e.generation,
+            segments=e.segments,
         )
     counter = state.telemetry.exposures_reported
     counter.labels("accepted", "").inc(len(valid))

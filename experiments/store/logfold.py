@@ -30,11 +30,13 @@ def partition_of(unit: str, partitions: int) -> int:
 
 
 def as_exposures(exposures: Mapping[str, Sequence[Any]]) -> list[Exposure]:
-    """`unit -> (variant, time[, generation])`, the shape the exposure buffer keeps."""
+    """`unit -> (variant, time[, generation[, segments]])`, the shape the exposure buffer
+    keeps (segments: sorted (attribute, value) pairs)."""
     return [
-        Exposure(unit, value[0], float(value[1]), int(value[2]) if len(value) > 2 else 0)
+        Exposure(unit, value[0], float(value[1]), int(value[2]) if len(value) > 2 else 0,
+                 tuple(value[3]) if len(value) > 3 else ())
         for unit, value in exposures.items()
-    ]
+    ]  # fmt: skip
 
 
 class Settling(ABC):

@@ -8,6 +8,7 @@ from functools import partial
 from typing import Any
 
 from experiments.folding import FoldPlan
+from experiments.segments import decode_pairs
 from experiments.store.protocol import Snapshot
 from experiments.store.redis_base import RedisBase
 
@@ -107,7 +108,7 @@ class RedisEvents(RedisBase):
 def _event(payload: str | None) -> dict[str, Any] | None:
     if payload is None:
         return None
-    phase, unit, metric, value, timestamp, event_id, received = payload.split(RS)
+    phase, unit, metric, value, timestamp, event_id, received, *segments = payload.split(RS)
     return {
         "event_id": event_id,
         "phase": phase,
@@ -116,4 +117,5 @@ def _event(payload: str | None) -> dict[str, Any] | None:
         "value": float(value),
         "timestamp": float(timestamp),
         "received_at": float(received),
+        "segments": dict(decode_pairs(segments[0])) if segments else {},
     }

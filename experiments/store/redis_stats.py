@@ -36,6 +36,7 @@ from redis.cluster import RedisCluster
 from experiments.errors import StoreError
 from experiments.foldbatch import Exposure, UnitState, fold_batch, merge_partials
 from experiments.folding import Event, FoldPlan
+from experiments.segments import decode_pairs, encode_pairs
 from experiments.store.logfold import FOLD_BATCH, SETTLE_S, Settling, partition_of
 from experiments.store.protocol import FoldState, IngestResult
 from experiments.store.redis_events import RS, RedisEvents
@@ -128,10 +129,11 @@ class RedisStats(Settling, RedisEvents):
         by_partition: dict[int, list[str]] = {}
         for x in exposures:
             args = by_partition.setdefault(partition_of(x.unit, self.partitions), [])
+            segments = f"{RS}{encode_pairs(x.segments)}" if x.segments else ""
             args += (
                 x.unit,
                 f"{x.variant}{RS}{x.at!r}{RS}{x.generation}",
-                f"{phase}{RS}{x.unit}{RS}{x.variant}{RS}{x.at!r}{RS}{x.generation}",
+                f"{phase}{RS}{x.unit}{RS}{x.variant}{RS}{x.at!r}{RS}{x.generation}{segments}",
             )
         script = self._script("exposures", _APPEND_EXPOSURES)
         calls = [
@@ -159,10 +161,11 @@ class RedisStats(Settling, RedisEvents):
                 by_partition[k] = ([], [received])
             positions, args = by_partition[k]
             positions.append(i)
+            segments = f"{RS}{encode_pairs(e.segments)}" if e.segments else ""
             args += (
                 e.event_id,
                 f"{head}{e.unit}{RS}{e.series}{RS}{e.value!r}{RS}{e.timestamp!r}{RS}{e.event_id}"
-                f"{tail}",
+                f"{tail}{segments}",
             )
         script = self._script("events", _APPEND_EVENTS)
         calls: list[tuple[list[str], list[Any]]] = [
@@ -215,11 +218,16 @@ class RedisStats(Settling, RedisEvents):
                     kind, payload = next(iter(fields.items()))
                     phase, unit, *rest = payload.split(RS)
                     todo = by_phase.setdefault(phase, ([], []))
+                    # A last field past the fixed ones is the unit's segment values.
                     if kind == "x":
-                        todo[0].append(Exposure(unit, rest[0], float(rest[1]), int(rest[2])))
+                        segments = decode_pairs(rest[3]) if len(rest) > 3 else ()
+                        todo[0].append(
+                            Exposure(unit, rest[0], float(rest[1]), int(rest[2]), segments)
+                        )
                     else:
+                        segments = decode_pairs(rest[5]) if len(rest) > 5 else ()
                         todo[1].append(
-                            Event(rest[3], unit, rest[0], float(rest[1]), float(rest[2]))
+                            Event(rest[3], unit, rest[0], float(rest[1]), float(rest[2]), segments)
                         )
                 writes = [self._fold_phase(experiment, k, p, *todo) for p, todo in by_phase.items()]
                 pipe.multi()

@@ -21,8 +21,9 @@ from experiments.status import Status
 
 # 2: control, audit, leases; 3: the status document (with the uid) replaces status and phase;
 # 4: exposures and events become a log folded behind (exposure_log, event_log, unit_state);
-# 5: the shadow phase's predictions (prediction_pending, prediction_done, shadow_sums)
-SCHEMA_VERSION = 5
+# 5: the shadow phase's predictions (prediction_pending, prediction_done, shadow_sums);
+# 6: exposures and events carry the unit's segment values (the logs' `segments` column)
+SCHEMA_VERSION = 6
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
     name TEXT PRIMARY KEY, uid TEXT NOT NULL, revision INTEGER NOT NULL,
@@ -37,7 +38,7 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS exposure_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, experiment TEXT NOT NULL, phase TEXT NOT NULL,
     unit TEXT NOT NULL, variant TEXT NOT NULL, at REAL NOT NULL, generation INTEGER NOT NULL,
-    UNIQUE (experiment, phase, unit));
+    segments TEXT NOT NULL DEFAULT '', UNIQUE (experiment, phase, unit));
 CREATE INDEX IF NOT EXISTS exposure_log_fold ON exposure_log (experiment, seq);
 CREATE TABLE IF NOT EXISTS unit_state (
     experiment TEXT NOT NULL, phase TEXT NOT NULL, unit TEXT NOT NULL, state TEXT NOT NULL,
@@ -56,7 +57,8 @@ CREATE TABLE IF NOT EXISTS phases (
 CREATE TABLE IF NOT EXISTS event_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, experiment TEXT NOT NULL, event_id TEXT NOT NULL,
     phase TEXT NOT NULL, unit TEXT NOT NULL, metric TEXT NOT NULL, value REAL NOT NULL,
-    timestamp REAL NOT NULL, received_at REAL NOT NULL, UNIQUE (experiment, event_id));
+    timestamp REAL NOT NULL, received_at REAL NOT NULL, segments TEXT NOT NULL DEFAULT '',
+    UNIQUE (experiment, event_id));
 CREATE INDEX IF NOT EXISTS event_log_fold ON event_log (experiment, seq);
 CREATE INDEX IF NOT EXISTS event_log_received ON event_log (received_at);
 CREATE TABLE IF NOT EXISTS prediction_pending (
@@ -164,6 +166,9 @@ class SQLiteBase:
             db.execute("DROP TABLE experiments_v2")
         if "unit_totals" in {r[0] for r in db.execute("SELECT name FROM sqlite_master")}:
             _to_log(db)
+        for table in ("exposure_log", "event_log"):
+            if "segments" not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN segments TEXT NOT NULL DEFAULT ''")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager

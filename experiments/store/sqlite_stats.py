@@ -19,6 +19,7 @@ from typing import Any
 
 from experiments.foldbatch import Exposure, UnitState, fold_batch
 from experiments.folding import Event, FoldPlan
+from experiments.segments import decode_pairs, encode_pairs
 from experiments.store.logfold import FOLD_BATCH, SETTLE_S, Settling
 from experiments.store.protocol import FoldState, IngestResult, Snapshot
 from experiments.store.sqlite_base import SQLiteBase, chunks
@@ -44,8 +45,12 @@ class SQLiteStats(Settling, SQLiteBase):
             before = db.total_changes
             db.executemany(
                 "INSERT OR IGNORE INTO exposure_log (experiment, phase, unit, variant, at,"
-                " generation) VALUES (?, ?, ?, ?, ?, ?)",
-                [(experiment, phase, x.unit, x.variant, x.at, x.generation) for x in exposures],
+                " generation, segments) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (experiment, phase, x.unit, x.variant, x.at, x.generation,
+                     encode_pairs(x.segments))
+                    for x in exposures
+                ],
             )
             return db.total_changes - before
 
@@ -57,7 +62,7 @@ class SQLiteStats(Settling, SQLiteBase):
             _register(db, experiment, phase, plan)
             seen = _seen(db, experiment, [e.event_id for e in events])
             # One pass: each new event's row, ready for executemany, or its position if seen.
-            rows: list[tuple[str, str, str, str, str, float, float, float]] = []
+            rows: list[tuple[str, str, str, str, str, float, float, float, str]] = []
             duplicates: list[int] = []
             for i, e in enumerate(events):
                 if e.event_id in seen:
@@ -66,11 +71,11 @@ class SQLiteStats(Settling, SQLiteBase):
                     seen.add(e.event_id)
                     rows.append(
                         (experiment, e.event_id, phase, e.unit, e.series, e.value, e.timestamp,
-                         received)
+                         received, encode_pairs(e.segments))
                     )  # fmt: skip
             db.executemany(
                 "INSERT INTO event_log (experiment, event_id, phase, unit, metric, value,"
-                " timestamp, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " timestamp, received_at, segments) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         return IngestResult(len(rows), duplicates)
@@ -81,25 +86,26 @@ class SQLiteStats(Settling, SQLiteBase):
         with self._snapshot() as db:
             position = _position(db, experiment)
             x_rows = db.execute(
-                "SELECT seq, phase, unit, variant, at, generation FROM exposure_log"
+                "SELECT seq, phase, unit, variant, at, generation, segments FROM exposure_log"
                 " WHERE experiment = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (experiment, position[0], limit),
             ).fetchall()
             e_rows = db.execute(
-                "SELECT seq, phase, unit, metric, value, timestamp, event_id FROM event_log"
+                "SELECT seq, phase, unit, metric, value, timestamp, event_id, segments"
+                " FROM event_log"
                 " WHERE experiment = ? AND seq > ? ORDER BY seq LIMIT ?",
                 (experiment, position[1], limit),
             ).fetchall()
             if not x_rows and not e_rows:
                 return 0
             by_phase: dict[str, tuple[list[Exposure], list[Event]]] = {}
-            for _, phase, unit, variant, at, generation in x_rows:
+            for _, phase, unit, variant, at, generation, segs in x_rows:
                 by_phase.setdefault(phase, ([], []))[0].append(
-                    Exposure(unit, variant, at, generation)
+                    Exposure(unit, variant, at, generation, decode_pairs(segs))
                 )
-            for _, phase, unit, series, value, at, event_id in e_rows:
+            for _, phase, unit, series, value, at, event_id, segs in e_rows:
                 by_phase.setdefault(phase, ([], []))[1].append(
-                    Event(event_id, unit, series, value, at)
+                    Event(event_id, unit, series, value, at, decode_pairs(segs))
                 )
             folds = [_fold_phase(db, experiment, p, *todo) for p, todo in by_phase.items()]
         writes = [fold() for fold in folds]
@@ -196,14 +202,17 @@ class SQLiteStats(Settling, SQLiteBase):
     ) -> list[dict[str, Any]]:
         with self._read() as db:
             rows = db.execute(
-                "SELECT event_id, phase, unit, metric, value, timestamp, received_at"
+                "SELECT event_id, phase, unit, metric, value, timestamp, received_at, segments"
                 " FROM event_log WHERE experiment = ?"
                 " AND (received_at > ? OR (received_at = ? AND event_id > ?))"
                 " ORDER BY received_at, event_id LIMIT ?",
                 (experiment, since, since, "" if after is None else after, limit),
             ).fetchall()
         names = ("event_id", "phase", "unit", "metric", "value", "timestamp", "received_at")
-        return [dict(zip(names, row, strict=True)) for row in rows]
+        return [
+            {**dict(zip(names, row[:-1], strict=True)), "segments": dict(decode_pairs(row[-1]))}
+            for row in rows
+        ]
 
     def purge_events(self, received_before: float) -> int:
         with self._write() as db:
