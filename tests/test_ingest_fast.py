@@ -36,6 +36,7 @@ from experiments.store import ExperimentRecord, open_store
 from tests.servers import auth, start_service
 
 SPEC: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / "ranker-v2.yaml").read_text())
+SPEC["segments"] = [{"name": "country", "values": ["US", "DE"]}, "bucket"]
 SPEC["metrics"]["secondary"] = [
     {"name": "revenue", "kind": "sum"},
     {"name": "score", "kind": "mean"},
@@ -77,6 +78,9 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     | st.integers(-(10**17), 10**17),
     "timestamp": st.sampled_from(STAMPS + WRONG) | st.floats(-10.0, NOW + 200_000),
     "pre_period": st.sampled_from([True, False, None, 0, 1, "true"]),
+    "segments": st.sampled_from([None, 1, "US", [], {"colour": "red"}, {"country": None},
+                                 {"country": "a|b"}, {"bucket": 2.5}, {"bucket": True},
+                                 {"country": "(other)"}, {"country": "x" * 65}]),
 }
 
 
@@ -84,6 +88,8 @@ USUAL_VALUES = {
     "value": st.floats(-1e6, 1e6) | st.integers(-5, 5),
     "timestamp": st.sampled_from([NOW, NOW - 5.5, int(NOW), "2026-01-01T00:00:00+00:00"]),
     "pre_period": st.booleans(),
+    "segments": st.sampled_from([{}, {"country": "US"}, {"country": "FR", "bucket": 3},
+                                 {"bucket": "b-1"}]),
 }
 
 
@@ -147,10 +153,11 @@ def _slow(body: bytes) -> list[Any] | None:
         return None
 
 
-def _events(parsed: collector.Parsed) -> dict[str, list[tuple[int, str, str, str, str, str]]]:
+def _events(parsed: collector.Parsed) -> dict[str, list[tuple[Any, ...]]]:
     """Comparable events: floats by repr, so that -0.0 differs from 0.0."""
     return {
-        name: [(i, e.event_id, e.unit, e.series, repr(e.value), repr(e.timestamp)) for i, e in xs]
+        name: [(i, e.event_id, e.unit, e.series, repr(e.value), repr(e.timestamp), e.segments)
+               for i, e in xs]  # fmt: skip
         for name, xs in parsed.by_experiment.items()
     }
 
@@ -194,7 +201,7 @@ USUAL = [
     _usual(1, value=12.5, timestamp=NOW - 10),
     _usual(2, value=-3, timestamp=int(NOW), pre_period=True),
     _usual(3, pre_period=False, timestamp="2026-05-01T12:00:00+02:00"),
-    _usual(4, unit="ünït-ø", value=1e15, timestamp=0),
+    _usual(4, unit="ünït-ø", value=1e15, timestamp=0, segments={"country": "US", "bucket": 7}),
     {**_usual(5, value=0.1), "experiment": "paused"},
 ]
 
