@@ -156,8 +156,10 @@ def _slow(body: bytes) -> list[Any] | None:
 def _events(parsed: collector.Parsed) -> dict[str, list[tuple[Any, ...]]]:
     """Comparable events: floats by repr, so that -0.0 differs from 0.0."""
     return {
-        name: [(i, e.event_id, e.unit, e.series, repr(e.value), repr(e.timestamp), e.segments)
-               for i, e in xs]  # fmt: skip
+        name: [
+            (i, e.event_id, e.unit, e.series, repr(e.value), repr(e.timestamp), e.segments)
+            for i, e in xs
+        ]
         for name, xs in parsed.by_experiment.items()
     }
 
