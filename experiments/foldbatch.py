@@ -81,6 +81,8 @@ class UnitState:
 
     @property
     def cells(self) -> tuple[str, ...]:
+        if not self.segments:  # most units: their arm alone, built without a call
+            return (self.arm,) if self.arm else ()
         return cells_of(self.arm, self.segments)
 
     def credit(self, plan: FoldPlan, series: str, value: float, at: float) -> None:
@@ -156,11 +158,13 @@ def fold_batch(
     if not rows:
         return result
     old, new = old[rows], new[rows]
-    cells_now = [set(new_cells[i]) for i in rows]
-    cells_before = [set(old_cells[i]) for i in rows]
-    every = {c for cs in cells_now for c in cs}
     arms = np.array([new_cells[i][0] for i in rows])
     was = np.array([bool(old_cells[i]) for i in rows])
+    every = set(arms.tolist())
+    if resolver is not None:
+        cells_now = [set(new_cells[i]) for i in rows]
+        cells_before = [set(old_cells[i]) for i in rows]
+        every.update(c for cs in cells_now for c in cs)
     k = _shifts(plan, stats, shifts, new, every, result)
     bump = _Bumper(stats, result.changed_stats)
     col = {s: j for j, s in enumerate(plan.series)}
