@@ -5,7 +5,7 @@ only the spec's types (for `decide`).
 `msprt`, `confidence_sequence` and `SequentialMonitor`; Lan–DeMets `gst_boundaries`; `srm_test`
 and `sequential_srm`; `cuped`; `ratio_arm` (delta method); `sample_size`/`power`;
 `adjust_pvalues` (Holm, Benjamini–Hochberg); and `decide`, which turns them into a Decision.
-Conventions: `a` is control, `b` treatment, effects are b − a; see ../shared/stats-methods.md.
+Conventions: `a` is control, `b` treatment, effects are b − a; see docs/statistics.md §1.
 """
 
 from analysis.cuped import cuped, pooled_theta

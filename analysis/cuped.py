@@ -1,5 +1,5 @@
 """CUPED (Deng, Xu, Kohavi, Walker, WSDM 2013) with one θ pooled over both arms
-(stats-methods.md §6): θ = Cov(Y, X)/Var(X) over the units of both arms,
+(docs/statistics.md §9): θ = Cov(Y, X)/Var(X) over the units of both arms,
 ȳ_cv = ȳ − θ (x̄_k − x̄), Var = s²_Y + θ² s²_X − 2θ s_XY per arm (θ treated as fixed).
 
 `cuped(a, b)` returns the two arms as ArmStats of the adjusted values y − θ(x − x̄), so every

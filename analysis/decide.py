@@ -9,7 +9,7 @@ The order of judgement, and why:
    any look, or Pearson's χ² at the one horizon look) makes every comparison untrustworthy:
    invalid.
 3. Burn-in: no statistical verdict before `min_units_per_arm` units in each arm; plug-in
-   variances are unstable before that (stats-methods.md §9).  Degenerate arms (0 % or 100 %
+   variances are unstable before that (docs/statistics.md §6).  Degenerate arms (0 % or 100 %
    conversions, constants, a zero control under a lift) are judged: analysis.degenerate.
 4. The primary metric by the always-valid confidence sequence (running minimum p, running
    intersection of intervals, kept in the state), or by Lan–DeMets boundaries at planned looks;
@@ -71,7 +71,7 @@ def decide_many(requests: Sequence[Request]) -> list[Decision]:
 
 def evaluate(pairs: Sequence[Pair]) -> Array:
     """Rows: estimate, Var(estimate), running p, running low, running high (one column per
-    pair).  Each pair's confidence sequence is tuned to its spec's n* (stats-methods.md §3)."""
+    pair).  Each pair's confidence sequence is tuned to its spec's n* (docs/statistics.md §6)."""
     if not pairs:
         return np.empty((5, 0))
     cols = np.array(

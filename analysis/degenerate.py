@@ -1,5 +1,5 @@
 """Inputs at the edge of what the normal approximation covers, so that `decide` still decides
-(stats-methods.md §13), and inputs no experiment can produce, which are refused.
+(docs/statistics.md §11), and inputs no experiment can produce, which are refused.
 
 - An arm with 0 % or 100 % conversions has the plug-in variance p̂(1 − p̂) = 0.  Taken as it
   is, a broken candidate (0 of 24,000) would rest on the control's variance alone; refusing it
@@ -10,7 +10,8 @@
 - Two constant arms (zero variance in both) know their difference exactly; `zero_variance`
   marks them and `decide.evaluate` gives them a point interval (p = 0 when the constants
   differ) instead of the mixture's "no information".  A constant read through the power sums
-  of a large mean may be rounding rather than a constant: stores supply `m2` for that (§1).
+  of a large mean may be rounding rather than a constant: stores supply `m2` for that
+  (docs/statistics.md §3).
 - A relative lift over a control mean that is 0 at the metric's own scale is undefined (a
   control mean of 1e-18 printed a lift of +1.4e18 %): the pair is judged on the absolute
   difference, with a reason.

@@ -1,4 +1,4 @@
-"""Fixed-horizon references: Welch's t-test and the two-proportion z-test (stats-methods.md §1).
+"""Fixed-horizon references: Welch's t-test and the two-proportion z-test (docs/statistics.md §4).
 
 `a` is the control arm, `b` the treatment; every effect is b − a.  These are valid for one
 look only: checked repeatedly they overstate significance (see analysis.msprt).

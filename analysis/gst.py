@@ -1,4 +1,4 @@
-"""Group-sequential boundaries by Lan–DeMets alpha spending (stats-methods.md §4).
+"""Group-sequential boundaries by Lan–DeMets alpha spending (docs/statistics.md §7).
 
 At look k the z-statistic Z_k = Δ̂_k/√v_k has Cov(Z_j, Z_k) = √(t_j/t_k) for information
 fractions t_j ≤ t_k.  A spending function α₁(t) says how much of the one-sided level has been

@@ -2,7 +2,8 @@
 information fraction (units per arm over `max_units_per_arm`) reaches the next planned
 fraction k/K; the boundary is recomputed at the fractions actually reached (Lan–DeMets), a
 crossed boundary stops that comparison for good, and the final look without a crossing means
-no difference.  Between looks nothing is concluded: acting there would break the design."""
+no difference.  Between looks nothing is concluded: acting there would break the design
+(docs/statistics.md §7)."""
 
 from __future__ import annotations
 

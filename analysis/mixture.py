@@ -1,7 +1,7 @@
 """The normal-mixture kernel shared by the mSPRT, the confidence sequences and `decide`,
 written on numpy arrays so that one call serves one comparison or a thousand.
 
-With Δ̂ ≈ N(Δ, v) and a N(θ₀, τ²) mixture over the alternatives (stats-methods.md §2):
+With Δ̂ ≈ N(Δ, v) and a N(θ₀, τ²) mixture over the alternatives (docs/statistics.md §5):
 
     ln Λ = ½ ln(v/(v + τ²)) + τ² (Δ̂ − θ₀)² / (2 v (v + τ²))
     radius = sqrt(v (v + τ²)/τ² · ln((v + τ²)/(v α²)))

@@ -1,6 +1,6 @@
 """The mixture sequential probability ratio test (Johari, Koomen, Pekelis, Walsh, "Always Valid
 Inference: Continuous Monitoring of A/B Tests", Operations Research 70(3), 2022), in the
-two-sample normal form of stats-methods.md §2 (the kernel is analysis.mixture).
+two-sample normal form of docs/statistics.md §5 (the kernel is analysis.mixture).
 
 p = min(1, 1/Λ) is valid however often it is looked at (Ville's inequality), and the interval
 Δ̂ ± radius is the set of θ₀ the test keeps.  For the p-value and interval to be always valid

@@ -1,7 +1,7 @@
 """Corrections across metrics and arms: Holm (family-wise error) and Benjamini–Hochberg (false
-discovery rate), by statsmodels.stats.multitest.  Applied at every look to always-valid
-p-values they keep their guarantee (Johari et al.).  nan p-values (no information yet) are
-left out of the family and stay nan."""
+discovery rate), by statsmodels.stats.multitest (docs/statistics.md §12).  Applied at every
+look to always-valid p-values they keep their guarantee (Johari et al.).  nan p-values (no
+information yet) are left out of the family and stay nan."""
 
 from __future__ import annotations
 

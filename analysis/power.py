@@ -1,4 +1,4 @@
-"""Fixed-horizon sample size and power (stats-methods.md §7), two-sided, per arm.
+"""Fixed-horizon sample size and power (docs/statistics.md §13), two-sided, per arm.
 
 Means: n/arm = (z₁₋α/₂ + z₁₋β)² (σ_a² + σ_b²)/δ² with allocation `ratio` = n_b/n_a handled as
 σ_a² + σ_b²/ratio.  Proportions: the classic pooled-null form,

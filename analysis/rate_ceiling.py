@@ -6,9 +6,8 @@ which Envoy's and Istio's histograms count exactly at a bucket bound, with no in
 With X events in N requests (Bernoulli, p the event share), the likelihood ratio of p against
 the ceiling p₀ is (p/p₀)^X ((1 − p)/(1 − p₀))^(N − X); its mixture over a discrete prior on
 logit(p) − logit(p₀) > 0 is a test supermartingale under any p ≤ p₀ (each ratio is monotone
-in X), so Ville's inequality keeps the chance of ever reaching 1/α under α (stats-methods.md
-§10, "absolute ceilings").  The ratio depends on the totals only, so the state is (X, N) and
-the running minimum p.
+in X), so Ville's inequality keeps the chance of ever reaching 1/α under α (docs/statistics.md
+§16).  The ratio depends on the totals only, so the state is (X, N) and the running minimum p.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ log likelihood ratio of one tick simplifies to
 and the Bayes factor is its mixture over a discrete prior on log(δ/δ₀) > 0 (one-sided: only a
 worse candidate is rolled back).  For every δ ≥ δ₀ the ratio is a nonnegative supermartingale
 under any δ_true ≤ δ₀, so the mixture is too, and Ville's inequality bounds the chance it ever
-reaches 1/α by α (stats-methods.md §10).  The always-valid p-value is the running minimum of
+reaches 1/α by α (docs/statistics.md §15).  The always-valid p-value is the running minimum of
 1/BF.  Several event kinds (latency above several bucket bounds) are combined by the mean of
 their Bayes factors, itself a test supermartingale whatever their dependence.
 """

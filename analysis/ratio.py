@@ -2,7 +2,8 @@
 two per-unit sums, R = Σy/Σx, is compared as the mean of the linearised values
 z = R + (y − R x)/x̄, whose variance (s_y² − 2R s_xy + R² s_x²)/x̄² is the delta-method
 variance of R̂ times n (Deng, Knoblich, Lu, "Applying the Delta Method in Metric Analytics",
-KDD 2018).  The result is an ArmStats, so every test takes ratio metrics unchanged."""
+KDD 2018; docs/statistics.md §10).  The result is an ArmStats, so every test takes ratio
+metrics unchanged."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 on its own users' requests, stay within a Kolmogorov distance `tolerance` of the stable
 model's on theirs?  The arms are different requests (not pairs, as in the shadow phase), both
 random samples of the same traffic because assignment is random, so each arm's empirical CDF
-gets its own time-uniform DKW band (Howard & Ramdas, Bernoulli 2022; analysis.shadow_cs) at
+gets its own time-uniform DKW band (Howard & Ramdas, Bernoulli 2022; docs/statistics.md §19) at
 α/2: the distance is shown over the tolerance once D − r_stable − r_candidate > tolerance, at
 any look, however often looked at.  Only harm is acted on: an undecided or a within-tolerance
 reading lets the rollout go on."""

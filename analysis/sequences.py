@@ -2,7 +2,7 @@
 central limit theory and asymptotic confidence sequences", Ann. Statist. 2024) and the monitor
 that keeps an always-valid state across looks.
 
-For the difference of means the CS is the mSPRT interval with τ² = ρ² N v (stats-methods.md §3:
+For the difference of means the CS is the mSPRT interval with τ² = ρ² N v (docs/statistics.md §6:
 the identities are exact), so `confidence_sequence` reuses analysis.msprt.  The relative lift
 r = (ȳ_b − ȳ_a)/|ȳ_a| (ȳ_b/ȳ_a − 1 for a positive control mean) uses the delta-method variance
 Var(r̂) = s_b²/(ȳ_a² n_b) + s_a² ȳ_b²/(ȳ_a⁴ n_a).

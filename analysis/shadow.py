@@ -1,6 +1,7 @@
 """The shadow phase's verdict: is the candidate, on the same requests, within the phase's
 tolerances of the stable model?  A pure function of the phase's sums (experiments.shadow_sums)
-and settings (experiments.spec_rollout.Shadow); the sequences are analysis.shadow_cs.
+and settings (experiments.spec_rollout.Shadow); the sequences are analysis.shadow_cs
+(docs/statistics.md §18).
 
 Gated measures are those whose tolerance is not null: the disagreement rate, the mean score
 shift and the largest distance between the two arms' score CDFs.  The phase's α is split

@@ -1,7 +1,7 @@
-"""The anytime-valid confidence sequences of the shadow phase (analysis.shadow judges with
-them), on numpy arrays so that one call serves one phase or a benchmark's thousand runs.
-Each is valid from the first pair and at every look, with no running state: it is a
-function of the cumulative sums in experiments.shadow_sums alone.
+"""The anytime-valid confidence sequences of the shadow phase (docs/statistics.md §18;
+analysis.shadow judges with them), on numpy arrays so that one call serves one phase or a
+benchmark's thousand runs.  Each is valid from the first pair and at every look, with no
+running state: it is a function of the cumulative sums in experiments.shadow_sums alone.
 
 Disagreement rate p (x disagreements in n labelled pairs): the Beta(½, ½) mixture of the
 Bernoulli likelihood ratios, M_n(p) = B(x + ½, n − x + ½) / (B(½, ½) p^x (1 − p)^(n − x)), is a

@@ -1,6 +1,6 @@
 """Sample ratio mismatch: are the arms' unit counts what the weights promise?  Pearson's χ²
 for one look, and the sequential Dirichlet–multinomial test for continuous monitoring
-(stats-methods.md §5); abmesh flags p < 0.001.  Count assigned units, not events."""
+(docs/statistics.md §8); abmesh flags p < 0.001.  Count assigned units, not events."""
 
 from __future__ import annotations
 

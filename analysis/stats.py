@@ -3,7 +3,7 @@
 `ArmStats` holds, over an arm's units, `n`, `sum`, `sum_sq` and optionally the CUPED covariate
 sums.  Variances are taken from `m2 = Σ(y − ȳ)²` when the store supplies it (computed stably
 there, see experiments/folding.py); `sum_sq − sum²/n` cancels catastrophically for large
-means (stats-methods.md §1), so it is only the fallback.
+means (docs/statistics.md §3), so it is only the fallback.
 """
 
 from __future__ import annotations

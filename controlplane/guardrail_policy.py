@@ -1,4 +1,5 @@
-"""When a guardrail counts as failed: the failure policy over consecutive readings.
+"""When a guardrail counts as failed: the failure policy over consecutive readings
+(docs/statistics.md §17).
 
 As Argo Rollouts' `failureLimit` and `consecutiveErrorLimit`, but per guardrail and on
 consecutive readings: `failure_limit` failing readings in a row (default 1: at once), or more

@@ -11,7 +11,7 @@ Per arm and series the store keeps `n` (exposed units), `N` (exposed units whose
 jumping from 0 to 1e9 then never passes through a sum of squares of size 1e18 that later has to
 cancel, and `m2 = Σ(v − v̄)²` — the non-zero group's `Q − S²/N` merged with the zeros by Chan's
 formula — stays exact for large values (revenue in cents, timestamps), the pitfall in
-stats-methods.md §1.  While a series has no non-zero unit in any arm its shift is chosen anew,
+docs/statistics.md §3.  While a series has no non-zero unit in any arm its shift is chosen anew,
 so a huge value that went back to 0 (a refund) leaves no trace.  For the pairs analyses need (a
 metric and its covariate, for CUPED; a ratio's numerator and denominator with their covariates,
 for the delta method) the same is kept over the units where both values are non-zero

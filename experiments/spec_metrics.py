@@ -179,7 +179,7 @@ class AnalysisSettings(SpecModel):
 
 def mixture_radius(n_star: float, units: float, alpha: float) -> float:
     """The mixture interval's half-width in standard errors after `units` (both arms), with
-    τ² = ρ² N v (stats-methods.md §2-3): r = τ²/v = ρ² N, radius = √((1 + r)/r · ln((1 + r)/α²))."""
+    τ² = ρ² N v (docs/statistics.md §6): r = τ²/v = ρ² N, radius = √((1 + r)/r · ln((1 + r)/α²))."""
     r = (-2 * math.log(alpha) + math.log(1 - 2 * math.log(alpha))) / n_star * units
     return math.sqrt((1 + r) / r * math.log((1 + r) / alpha**2))
 

@@ -1,5 +1,5 @@
 """ArmStats, Welch, two-proportion z, mSPRT and SRM against independent references: scipy,
-statsmodels, and direct numerical integration of the mSPRT mixture (stats-methods.md §1, §2, §5).
+statsmodels, and direct numerical integration of the mSPRT mixture (docs/statistics.md §4, §5, §8).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def test_msprt_matches_the_mixture_integral(theta0: float, n: int) -> None:
 
 
 def test_msprt_n_star_is_gbstats_tau2() -> None:
-    # τ² = ρ² N v with ρ² = (−2 ln α + ln(1 − 2 ln α))/n* (stats-methods.md §3).
+    # τ² = ρ² N v with ρ² = (−2 ln α + ln(1 − 2 ln α))/n* (docs/statistics.md §6).
     a, b = arm(CONTROL), arm(TREATMENT)
     alpha, n_star = 0.05, 5000
     rho2 = (-2 * math.log(alpha) + math.log(1 - 2 * math.log(alpha))) / n_star

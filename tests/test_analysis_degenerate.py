@@ -1,11 +1,11 @@
-"""Degenerate and impossible inputs (stats-methods.md §13): a dead candidate is harm, constant
+"""Degenerate and impossible inputs (docs/statistics.md §11): a dead candidate is harm, constant
 arms are an exact difference, a lift over a zero control falls back to the difference, and
 counts no experiment can produce are refused with the metric and arm named.
 
-References: the mixture interval recomputed from its closed form (stats-methods.md §2-3, written
-out in `mixture_interval`), the ½-success prior from its definition, the lift fallback against
-confidence_sequence on the difference, and the error rate of the prior on rare events by a
-seeded simulation."""
+References: the mixture interval recomputed from its closed form (docs/statistics.md §5 and
+§6, written out in `mixture_interval`), the ½-success prior from its definition, the lift
+fallback against confidence_sequence on the difference, and the error rate of the prior on
+rare events by a seeded simulation."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ Published values:
 - Jennison & Turnbull (2000), Table 2.1 (Pocock C_P) and Table 2.3 (O'Brien–Fleming C_B),
   α = 0.05 two-sided, K equally spaced looks.
 - Lan–DeMets spending, α = 0.05 two-sided (α/2 per side): K = 2 at t = (0.5, 1) from
-  stats-methods.md §4; K = 5 equally spaced as printed by gsDesign
+  docs/statistics.md §7; K = 5 equally spaced as printed by gsDesign
   (`gsDesign(k=5, test.type=2, sfu=sfLDOF)`: 4.877, 3.357, 2.680, 2.290, 2.031;
   `sfu=sfLDPocock`: 2.438, 2.427, 2.410, 2.397, 2.386).
 """
@@ -102,9 +102,9 @@ def test_power_family_spends_alpha_t_to_the_rho() -> None:
 
 def test_the_per_side_convention_is_alpha_over_two() -> None:
     """A two-sided design at α = 0.05 and a one-sided one at 0.025 have the same boundaries up
-    to the chance of crossing the far side first (≤ 2e-5, stats-methods.md §4): both match
+    to the chance of crossing the far side first (≤ 2e-5, docs/statistics.md §7): both match
     gsDesign's published two-sided values.  Spending the total α with the one-sided function
-    would give 2.772, 1.979 for K = 2 instead (the §4 pitfall)."""
+    would give 2.772, 1.979 for K = 2 instead (the convention of docs/statistics.md §7)."""
     published = (4.877, 3.357, 2.680, 2.290, 2.031)
     fractions = (0.2, 0.4, 0.6, 0.8, 1.0)
     one_sided = gst_boundaries(fractions, alpha=0.025, sides=1)

@@ -41,7 +41,7 @@ B = RNG.lognormal(2.05, 0.5, size=900)
 def _waudby_smith(
     estimate: float, v: float, n_total: float, alpha: float, n_star: float
 ) -> tuple[float, float]:
-    """The CS as written in Waudby-Smith et al. (stats-methods.md §3): μ̂ ± σ̂ sqrt(2(tρ²+1)/
+    """The CS as written in Waudby-Smith et al. (docs/statistics.md §6): μ̂ ± σ̂ sqrt(2(tρ²+1)/
     (t²ρ²) ln(sqrt(tρ²+1)/α)) with t = N and σ̂² = N v — a different algebra from the mSPRT."""
     rho2 = (-2 * math.log(alpha) + math.log(1 - 2 * math.log(alpha))) / n_star
     t, sigma = n_total, math.sqrt(n_total * v)

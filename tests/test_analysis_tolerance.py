@@ -6,7 +6,8 @@ References: seeded simulations through `decide_many` with the state carried acro
 (A/A: runs ever declared harm; shifts of ±5 %: runs declared harm; +0.5 %: runs shown within;
 a shift of exactly the tolerance: runs ever shown within, the error of the other kind), and
 one look against the normal-mixture interval written out from its formula
-(`mixture_interval`, stats-methods.md §2-3), on the difference and on the lift (log ratio)."""
+(`mixture_interval`, docs/statistics.md §5 and §6), on the difference and on the lift (log
+ratio)."""
 
 from __future__ import annotations
 

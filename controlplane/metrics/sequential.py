@@ -2,7 +2,7 @@
 candidate's), their increments since the last reading added to the anytime-valid test
 (analysis.rate_ratio, analysis.rate_ceiling), and the test's state handed back for the caller
 to keep (the controller in the rollout state, the verdict endpoint in the store), so a restart
-goes on where the last reading stopped.
+goes on where the last reading stopped (docs/statistics.md §17).
 
 Increments, never rates: `rate()` windows overlap from one tick to the next, and summing them
 would count the same requests again.  A counter that goes down was reset (Envoy restarted):
