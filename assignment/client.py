@@ -59,6 +59,7 @@ class Served:
     variant: str
     generation: int
     at: float = field(default_factory=time.time)
+    segments: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,16 +118,23 @@ class AssignmentClient:
     # remote
 
     def assign(
-        self, experiment: str, unit: str, *, headers: Mapping[str, str] | None = None
+        self,
+        experiment: str,
+        unit: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        segments: Mapping[str, str] | None = None,
     ) -> ClientAssignment:
+        """The unit's variant; `segments` (the unit's values of the spec's declared segments)
+        are recorded with its exposure."""
         if self.local:
             found = self._local_spec(experiment)
             if found is not None and not found.spec.sticky:
-                return self._assign_here(found, unit, headers)
+                return self._assign_here(found, unit, headers, segments)
         try:
             response = self._http.get(
                 f"/v1/assign/{quote(experiment, safe='')}",
-                params={"unit": unit},
+                params={"unit": unit, **{f"segment.{k}": v for k, v in (segments or {}).items()}},
                 headers=dict(headers or {}),
             )
             response.raise_for_status()
@@ -210,7 +218,11 @@ class AssignmentClient:
         return self._specs.get(experiment)
 
     def _assign_here(
-        self, found: Local, unit: str, headers: Mapping[str, str] | None
+        self,
+        found: Local,
+        unit: str,
+        headers: Mapping[str, str] | None,
+        segments: Mapping[str, str] | None = None,
     ) -> ClientAssignment:
         spec = found.spec
         try:
@@ -220,7 +232,7 @@ class AssignmentClient:
         full = False
         if a.in_experiment:
             pending = self._exposed.setdefault(spec.name, [])
-            pending.append(Served(unit, a.variant, found.generation))
+            pending.append(Served(unit, a.variant, found.generation, segments=segments))
             full = len(pending) >= EXPOSURE_BATCH
             if self._first_pending is None:
                 self._first_pending = time.monotonic()
@@ -250,7 +262,7 @@ class AssignmentClient:
             for start in range(0, len(served), EXPOSURE_BATCH):
                 batch = [
                     {"experiment": experiment, "unit": s.unit, "variant": s.variant,
-                     "generation": s.generation, "timestamp": s.at}
+                     "generation": s.generation, "timestamp": s.at, "segments": s.segments}
                     for s in served[start : start + EXPOSURE_BATCH]
                 ]  # fmt: skip
                 try:

@@ -48,6 +48,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, 
         },
         {"name": "gb", "hash": "growthbook-v2"},
         {"name": "idle"},
+        {"name": "segmented", "segments": ["country"]},
     ):
         spec = load_spec({**EXAMPLE, **changes})
         store.put_experiment(spec)
@@ -107,6 +108,29 @@ def test_local_mode_reports_exposures(served: tuple[Service, str]) -> None:
     assert exposed == 120
     # These units are new to the service: the count grows by exactly what this client reported.
     wait_until(lambda: _exposed(url, "ranker-v2") == before + 120, "exposures")
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_segments_are_recorded_with_the_exposure(served: tuple[Service, str], local: bool) -> None:
+    svc, url = served
+    country = "local" if local else "remote"
+    with AssignmentClient(svc.url, local=local, token=READER, writer_token=WRITER) as client:
+        for i in range(10):
+            assert client.assign("segmented", f"{country}-{i}",
+                                 segments={"country": country}).in_experiment  # fmt: skip
+
+    def counted() -> int:
+        from experiments.reporting import phase_report
+
+        store = open_store(url)
+        try:
+            cells = phase_report(store, store.get_experiment("segmented"))["segments"]
+        finally:
+            store.close()
+        arms = cells.get("country", {}).get(country, {})
+        return sum(a["exposures"] for a in arms.values())
+
+    wait_until(lambda: counted() == 10, f"the {country} segment's exposures")
 
 
 def test_local_mode_reports_after_the_interval_and_keeps_failed_reports(
