@@ -46,9 +46,11 @@ def segment_result(
     number of segments, against `srm_alpha`."""
     cfg = look.spec.analysis
     tested = any(c.tested for c in comparisons)
-    note = (
-        None if tested else f"fewer than {cfg.min_units_per_arm} units per arm: shown, not tested"
-    )
+    note = None
+    if not comparisons:
+        note = "the spec names no metric or treatment arm to compare"
+    elif not tested:
+        note = f"fewer than {cfg.min_units_per_arm} units per arm: shown, not tested"
     p = look.seq_srm_p
     adjusted = None if p is None else min(1.0, p * srm_family)
     return SegmentResult(

@@ -212,12 +212,13 @@ def _comparison(pair: Pair, row: list[float]) -> SegmentComparison:
     # plain ratio where the control mean is not 0.
     lift = est if pair.relative else (effect / abs(pair.a.mean) if pair.a.mean else math.nan)
     stable = low <= high
+    note = None if stable else "the running interval is empty (the looks contradict each other)"
+    if pair.key.endswith(":absolute"):  # analysis.looks: the lift over a zero control fell back
+        note = "the control mean is zero at the metric's scale: the difference is judged"
     sign = 1.0 if pair.metric.direction is Direction.INCREASE else -1.0
     signed = sign * est if math.isfinite(est) else 0.0
     return SegmentComparison(
-        pair.metric.name, pair.role, pair.variant, pair.control, stable,
-        None if stable else "the running interval is empty (the looks contradict each other):"
-        " not tested",
+        pair.metric.name, pair.role, pair.variant, pair.control, stable, note,
         finite(effect), finite(lift), "relative" if pair.relative else "absolute",
         finite(low), finite(high), finite(p),
         direction="harm" if signed < 0 else "benefit" if signed > 0 else None,

@@ -114,6 +114,10 @@ def test_a_segment_holding_everyone_gives_the_main_analysis(case: str) -> None:
     result = analyse_segments({"all": {"everyone": arms}}, spec)
     assert_same_as_decide(result, spec, arms, None)
     json.dumps(result.to_dict(), allow_nan=False)
+    if case == "zero control, lift":
+        [c] = result.segments[0].comparisons
+        assert c.scale == "absolute"
+        assert c.note == "the control mean is zero at the metric's scale: the difference is judged"
 
 
 @pytest.mark.parametrize("cuped", [False, True])
@@ -186,6 +190,8 @@ def test_flags_and_bonferroni_are_statsmodels_on_the_mixture_p_values() -> None:
     assert result.correction["flags_family"] == m
     assert result.correction["rollout_alpha"] == pytest.approx(0.05 / m)
     assert any(r.startswith("country=A: treatment harms click") for r in result.reasons)
+    assert result.summary().splitlines()[0] == "segments: 3 flagged, harm for the rollout"
+    assert result._repr_html_().count("<tr>") == 1 + m
     assert any(r.startswith("country=B") and "not acted on" in r for r in result.reasons)
     # the same data under the spec's default rule (flag): shown, not harm for the rollout
     shown = analyse_segments(cells, spec, overall=overall)
@@ -320,6 +326,10 @@ def test_bad_input_is_refused_with_its_name() -> None:
         analyse_segments({}, spec, overall=conv_arms(control=(-1, 0)))
     with pytest.raises(ValueError, match="unknown segment state fields"):
         SegmentState.from_dict({"segmentz": {}})
+    unmeasured = make_spec().model_copy(update={"metrics": None})
+    nothing = analyse_segments({"country": {"DE": good}}, unmeasured)
+    assert nothing.segments[0].comparisons == ()
+    assert nothing.segments[0].note == "the spec names no metric or treatment arm to compare"
     empty = analyse_segments({}, spec)
     assert empty.segments == ()
     assert not empty.harm_for_rollout
