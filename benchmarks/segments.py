@@ -15,8 +15,14 @@ with the state of the previous look: the statistics the product uses, not a copy
 (a) A/A: no differences anywhere.  (b) −10 % relative harm (10 % → 9 %) in country = BR only,
 a 10 % segment; so every platform and bucket segment carries a −1 % harm diluted from it.
 The spec: α 0.05, burn-in 100 per arm, horizon (and n* = 2 × horizon) the last look.
-Rates come with their Monte-Carlo standard error; the named sample is the first look where
-the Benjamini–Hochberg flag rate in the harmed segment reaches 80 %.
+Columns of (b), per look: "BH flag", BR flagged as harm by Benjamini–Hochberg; "Bonferroni",
+BR's interval at α/m wholly below 0 on its own; "harm_for_rollout", the product's rule (a
+flagged harm that the Bonferroni level confirms, in any segment, with segment_harm: rollback);
+"confined", BR's flagged harm while the whole population shows no significant harm (it does
+carry a −1 % harm, which becomes significant late); "other country", US, DE or FR flagged
+(false discoveries); "overlapping", a platform or bucket segment flagged (their diluted harm
+is real).  Rates come with their Monte-Carlo standard error; the named sample is the first look
+where the rate reaches 80 %.
 """
 
 from __future__ import annotations
@@ -145,15 +151,18 @@ def null_rates(results: list[SegmentAnalysis]) -> dict[str, bool]:
 
 
 def harm_rates(result: SegmentAnalysis) -> dict[str, bool]:
-    """At one look of a run with the harm: what the harmed segment and the others show."""
-    harmed = [c for a, v, c in comparisons(result) if (a, v) == HARMED]
-    others = [c for a, v, c in comparisons(result) if (a, v) != HARMED]
+    """At one look of a run with the harm: what the harmed segment shows, and whether another
+    country (no harm: a false discovery) or a platform or bucket segment (a real −1 % harm,
+    diluted from BR) is flagged."""
+    every = comparisons(result)
+    harmed = [c for a, v, c in every if (a, v) == HARMED]
     return {
         "BH flag": any(c.flagged and c.direction == "harm" for c in harmed),
         "Bonferroni": any(excludes_zero(c) and c.direction == "harm" for c in harmed),
         "harm_for_rollout": result.harm_for_rollout,
         "confined": any(c.confined for c in harmed),
-        "others flagged": any(c.flagged for c in others),
+        "other country": any(c.flagged for a, v, c in every if a == HARMED[0] and v != HARMED[1]),
+        "overlapping": any(c.flagged for a, _, c in every if a != HARMED[0]),
     }
 
 
@@ -187,12 +196,12 @@ def main() -> None:
     share = ATTRIBUTES[HARMED[0]][HARMED[1]]
     print(f"\n(b) −10 % harm in {HARMED[0]}={HARMED[1]} ({share:.0%} of units): rate at each look")
     columns = list(harm_rates(runs[0][0]))
-    print(f"  {'units/arm':>9} {'in BR':>7} " + " ".join(f"{c:>16}" for c in columns))
+    print(f"  {'units/arm':>9} {'in BR':>7} " + " ".join(f"{c:>15}" for c in columns))
     named: dict[str, int] = {}
     for look in range(args.looks):
         at = [harm_rates(r[look]) for r in runs]
         n = (look + 1) * args.step
-        cells = " ".join(f"{rate([a[c] for a in at]):>16}" for c in columns)
+        cells = " ".join(f"{rate([a[c] for a in at]):>15}" for c in columns)
         print(f"  {n:>9} {round(n * share):>7} {cells}")
         for c in columns[:3]:
             if c not in named and sum(a[c] for a in at) >= 0.8 * len(at):
