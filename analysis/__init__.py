@@ -4,7 +4,8 @@ only the spec's types (for `decide`).
 `ArmStats`; the fixed-horizon references (`welch_ttest`, `proportions_ztest`); the always-valid
 `msprt`, `confidence_sequence` and `SequentialMonitor`; Lan–DeMets `gst_boundaries`; `srm_test`
 and `sequential_srm`; `cuped`; `ratio_arm` (delta method); `sample_size`/`power`;
-`adjust_pvalues` (Holm, Benjamini–Hochberg); and `decide`, which turns them into a Decision.
+`adjust_pvalues` (Holm, Benjamini–Hochberg); `decide`, which turns them into a Decision; and
+`analyse_segments`, the same comparisons per segment with false-discovery control.
 Conventions: `a` is control, `b` treatment, effects are b − a; see docs/statistics.md §1.
 """
 
@@ -20,6 +21,8 @@ from analysis.multiple import adjust_pvalues
 from analysis.power import power, sample_size
 from analysis.ratio import ratio_arm
 from analysis.results import InferenceResult
+from analysis.segment_result import SegmentAnalysis, SegmentState
+from analysis.segments import analyse_segments
 from analysis.sequences import SequentialMonitor, confidence_sequence
 from analysis.srm import SequentialSRMResult, SRMResult, sequential_srm, srm_test
 from analysis.stats import ArmStats
@@ -34,11 +37,14 @@ __all__ = [
     "GuardrailCheck",
     "InferenceResult",
     "SRMResult",
+    "SegmentAnalysis",
+    "SegmentState",
     "SequentialMonitor",
     "SequentialSRMResult",
     "Status",
     "Threshold",
     "adjust_pvalues",
+    "analyse_segments",
     "classical_constant",
     "confidence_sequence",
     "cuped",

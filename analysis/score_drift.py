@@ -27,7 +27,5 @@ def score_drift(sums: ShadowSums, tolerance: float, alpha: float, min_each: int)
     gap, gap_plus = (float(g) for g in cdf_gaps(stable, candidate))
     radius = float(dkw_radius(n_stable, alpha / 2)) + float(dkw_radius(n_candidate, alpha / 2))
     low, high = max(gap - radius, 0.0), min(gap_plus + radius, 1.0)
-    state: State = (
-        "violated" if low > tolerance else "within" if high < tolerance else "undecided"
-    )
+    state: State = "violated" if low > tolerance else "within" if high < tolerance else "undecided"
     return Measure("score_drift", tolerance, alpha, n, gap, low, high, state, radius)
