@@ -4,7 +4,7 @@ Bonferroni interval is the same mixture read at α/m, degenerate and small segme
 it, the result is plain JSON, and under the null no segment is flagged more often than α.
 
 References: `decide` on the same arms; statsmodels' multipletests (fdr_bh, bonferroni) on
-p-values recomputed from the mixture's closed form (stats-methods.md §2-3, written out in
+p-values recomputed from the mixture's closed form (docs/statistics.md §5 and §6, written out in
 `reference`); analysis.sequential_srm (checked against savvi in test_analysis_srm) and
 scipy.stats.chisquare for the SRM; the null rate by a seeded simulation (the smaller twin of
 benchmarks/segments.py)."""
