@@ -122,3 +122,22 @@ def test_a_bad_segment_rejects_its_item_alone(served: Service) -> None:
     assert exposures.json()["rejected"] == [{"index": 0, "error": (
         "exposures[0].segments.colour: not a segment of 'segmented' (declared: country,"
         " platform)")}]  # fmt: skip
+
+
+def test_the_segments_endpoint_needs_the_reader_token_and_shows_every_segment(
+    served: Service,
+) -> None:
+    assert httpx.get(f"{served.url}/v1/experiments/segmented/segments").status_code == 401
+    stats(served, 4)
+    with client(served, Role.READER) as reader:
+        r = reader.get("/v1/experiments/segmented/segments")
+        missing = reader.get("/v1/experiments/nope/segments")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    shown = {(s["attribute"], s["value"]) for s in body["segments"]}
+    assert {("country", "US"), ("country", "DE"), ("platform", "ios")} <= shown
+    # A handful of units: shown with a note, not tested, nothing flagged.
+    assert not any(s["tested"] for s in body["segments"])
+    assert body["flagged"] == []
+    assert body["harm_for_rollout"]["harm"] is False
+    assert missing.status_code == 404

@@ -15,6 +15,7 @@ from assignment.models import ErrorOut, EventsIn, EventsOut
 from assignment.routes.bounded import bounded
 from assignment.routes.events_body import EventsRoute, typed_events
 from assignment.routes.strict_json import StrictJSONRoute, loads_unique
+from experiments.report_segments import segments_answer
 from experiments.reporting import phase_report
 
 router = APIRouter(prefix="/v1", route_class=StrictJSONRoute)
@@ -97,6 +98,19 @@ def get_stats(name: str, state: StateDep, phase: str | None = None) -> dict[str,
     was appended before the request for up to half the API deadline; `fold` says how far."""
     record = state.store.get_experiment(name)
     return phase_report(state.store, record, phase, settle=state.settings.api_timeout / 2)
+
+
+@router.get(
+    "/experiments/{name}/segments", tags=["stats"], responses=ERRORS, dependencies=ReaderDeps
+)
+@bounded
+def get_segments(name: str, state: StateDep, phase: str | None = None) -> dict[str, Any]:
+    """Per segment (attribute = value) and treatment: the effect with its always-valid interval,
+    Benjamini–Hochberg flags across segments, the Bonferroni rule the rollout acts on, a harm
+    confined to one segment, and the sample ratio per segment (docs/segments.md)."""
+    record = state.store.get_experiment(name)
+    report = phase_report(state.store, record, phase, settle=state.settings.api_timeout / 2)
+    return segments_answer(record, report)
 
 
 @router.get(
