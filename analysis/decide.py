@@ -49,16 +49,23 @@ def decide(
     stats: ExperimentStats,
     guardrails: Sequence[Threshold] = (),
     state: DecisionState | None = None,
+    *,
+    srm: bool = True,
 ) -> Decision:
     """One look at `spec`'s experiment.  `state` is the previous Decision's `state` (None at the
-    first look); it is not changed, and the returned Decision carries the new one."""
-    return decide_many([(spec, stats, guardrails, state)])[0]
+    first look); it is not changed, and the returned Decision carries the new one.
+
+    `srm=False` leaves the sample ratio unjudged (no SRM p-value, never invalid for it): for an
+    observational look at a sample whose split moved while it was collected (a canary's
+    steps), where no planned ratio exists to test the counts against."""
+    return decide_many([(spec, stats, guardrails, state)], srm=srm)[0]
 
 
-def decide_many(requests: Sequence[Request]) -> list[Decision]:
+def decide_many(requests: Sequence[Request], *, srm: bool = True) -> list[Decision]:
     """`decide` for many experiments at once, sharing one vectorised pass."""
     looks = [prepare(*request) for request in requests]
-    check_ratios(looks)
+    if srm:
+        check_ratios(looks)
     # One row per pair (estimate, variance, p, low, high) as Python floats for the verdicts.
     values = evaluate([p for look in looks for p in look.pairs]).T.tolist()
     decisions, start = [], 0

@@ -7,6 +7,8 @@ Per experiment, a tick decides, then applies:
 2. Persist all of it in one compare-and-set write of the status (`Store.commit_status`: one
    SQLite transaction, one Redis MULTI/EXEC).  A conflict (another writer got in) writes
    nothing; the next tick decides again from what is stored, so every move is audited once.
+   Then record the looks taken (experiments.looks_log): history, not state, so a look that
+   cannot be recorded is logged and changes nothing decided.
 3. Apply the routes of the stored state to the experiment's own target, idempotently, every
    tick until confirmed: a crash or a router error after step 2 is repaired by the next tick.
 
@@ -38,6 +40,7 @@ from controlplane.routing.plan import RoutePlan
 from controlplane.targets import Resolved, Routers, blocker, claimant, claims
 from experiments.errors import AbmeshError, ConflictError, NotFoundError
 from experiments.logs import log_context
+from experiments.looks_log import record_look
 from experiments.spec import ExperimentSpec
 from experiments.status import State, Status
 from experiments.store import ExperimentRecord, Store
@@ -231,7 +234,7 @@ class Controller:
         decided = self.judge.decide(record, now)
         if decided is None:
             return
-        state, status, audit = decided
+        state, status, audit, looks = decided
         if status != record.status:
             if not self._lease(record.uid):
                 return
@@ -244,6 +247,8 @@ class Controller:
                 return
             for entry in audit:
                 self.telemetry.decision(entry["action"])
+        for look in looks:
+            record_look(self.store, record.uid, look)
         self._show(record, state)
         self._apply(record, target, state)
 

@@ -1,7 +1,8 @@
-"""What one tick decides for one experiment: the next rollout state, its status and the audit
-entries, from the spec, the stored status, the guardrails and (in an A/B phase) the
-statistics.  Nothing here writes: the controller (controlplane.controller) persists what this
-decides in one compare-and-set, then applies it.
+"""What one tick decides for one experiment: the next rollout state, its status, the audit
+entries and the looks taken, from the spec, the stored status, the guardrails and the
+statistics (gating in an A/B phase; observed, not gated, in a canary: experiments.looks_log).
+Nothing here writes: the controller (controlplane.controller) persists what this decides in
+one compare-and-set, then records the looks and applies the routes.
 
 A spec change during a rollout (a new generation): changed arms (variants, destinations,
 control) or metrics start a new analysis phase and restart the rollout at its first step; a
@@ -32,6 +33,7 @@ from controlplane.shadow_gate import drift_check, shadow_move
 from controlplane.targets import Routers
 from experiments.errors import NotFoundError
 from experiments.folding import exposures_of
+from experiments.looks_log import look_of, observe
 from experiments.spec import ExperimentSpec
 from experiments.spec_rollout import ABTest, Canary, OnNoData, Shadow
 from experiments.status import State, Status, end_phase, new_phase_name
@@ -39,6 +41,7 @@ from experiments.status import enter_phase as enter_analysis_phase
 from experiments.store import ExperimentRecord, Store
 
 Audit = list[dict[str, Any]]
+Looks = list[dict[str, Any]]
 
 
 @dataclass
@@ -54,10 +57,10 @@ class Judge:
 
     def decide(
         self, record: ExperimentRecord, now: float
-    ) -> tuple[RolloutState, Status, Audit] | None:
-        """The next rollout state, status and audit entries; None: nothing to do (a rollout
-        that has not started and is not to start)."""
-        status, audit = record.status, Audit()
+    ) -> tuple[RolloutState, Status, Audit, Looks] | None:
+        """The next rollout state, status, audit entries and looks (experiments.looks_log);
+        None: nothing to do (a rollout that has not started and is not to start)."""
+        status, audit, looks = record.status, Audit(), Looks()
         state = state_of(status)
         if state is None:
             if status.state is not State.RUNNING:
@@ -74,8 +77,8 @@ class Judge:
                 what = roll_back(record.spec, state, "the experiment was stopped")
                 audit.append(self.entry(record, state, "rollback", what))
             elif status.state is State.RUNNING and state.status is RolloutStatus.RUNNING:
-                status = self.advance(record, state, status, now, audit)
-        return state, self.reflect(state, status, now), audit
+                status = self.advance(record, state, status, now, audit, looks)
+        return state, self.reflect(state, status, now), audit, looks
 
     def start(
         self,
@@ -131,7 +134,7 @@ class Judge:
 
     def advance(
         self, record: ExperimentRecord, state: RolloutState, status: Status, now: float,
-        audit: Audit,
+        audit: Audit, looks: Looks,
     ) -> Status:  # fmt: skip
         spec = record.spec
         assert spec.rollout is not None
@@ -166,6 +169,8 @@ class Judge:
             "NoData" if missing else "WithinLimits")  # fmt: skip
         message = "; ".join(failed or failing or missing)
         status = status.with_condition("GuardrailsHealthy", healthy, reason, message, now)
+        if isinstance(phase, Canary):  # before a rollback too: the look that saw the harm
+            looks.append(self._observe(record, state, status.phase, entries, now))
         if failed:
             what = roll_back(spec, state, "; ".join(failed))
             audit.append(self.entry(record, state, "rollback", what, entries))
@@ -196,7 +201,8 @@ class Judge:
         else:
             candidate = spec.candidate_variant.key
             thresholds = [j.reading.threshold(candidate, counted=j.failed) for j in judged]
-            entry = self._ab(record, state, status, thresholds, now)
+            entry = self._ab(record, state, status, thresholds, now,
+                             looks=looks, readings=entries)  # fmt: skip
         if entry is not None:
             audit.append({**entry, "guardrails": entries})
             if isinstance(phase_of(spec, state), ABTest) and not isinstance(phase, ABTest):
@@ -249,9 +255,25 @@ class Judge:
         action = "promote" if state.status is RolloutStatus.PROMOTED else "phase"
         return self.entry(record, state, action, what)
 
+    def _observe(
+        self, record: ExperimentRecord, state: RolloutState, phase: str,
+        readings: list[dict[str, Any]], now: float,
+    ) -> dict[str, Any]:  # fmt: skip
+        """A canary's look at the statistics: the effect as the data scientist wants it during
+        the canary, kept with its running state in `state.observed`; nothing gates on it."""
+        from analysis import DecisionState
+        from experiments.reporting import phase_report
+
+        arms = phase_report(self.store, record, phase)["arms"]
+        previous = DecisionState.from_dict(state.observed) if state.observed else None
+        decision = observe(record, arms, previous)
+        state.observed = decision.state.to_dict()
+        return look_of(decision, arms, record=record, phase=phase, at=now, by=self.owner,
+                       observational=True, guardrails=readings)  # fmt: skip
+
     def _ab(
         self, record: ExperimentRecord, state: RolloutState, status: Status,
-        thresholds: list[Any], now: float,
+        thresholds: list[Any], now: float, *, looks: Looks, readings: list[dict[str, Any]],
     ) -> dict[str, Any] | None:  # fmt: skip
         from analysis import DecisionState, ExperimentStats, decide
         from analysis import Status as Verdict
@@ -263,6 +285,8 @@ class Judge:
         stats = ExperimentStats.from_report(report["arms"])
         decision = decide(analysed_spec(record, status.phase, status), stats, thresholds, previous)
         state.decision = decision.state.to_dict()
+        looks.append(look_of(decision, report["arms"], record=record, phase=status.phase,
+                             at=now, by=self.owner, guardrails=readings))  # fmt: skip
         why = "; ".join(decision.reasons)
         if decision.status is Verdict.HARM:
             return self.entry(record, state, "rollback", roll_back(spec, state, why))

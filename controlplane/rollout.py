@@ -56,6 +56,8 @@ class RolloutState:
     data_at: float = 0.0  # when every guardrail last had data (for the progress deadline)
     resumed_at: float = 0.0  # when data came back after a hold: the step's clock restarts
     decision: dict[str, Any] | None = None  # analysis.DecisionState of the A/B phase
+    # The canary's observational looks (controlplane.judge): their running state, not gated.
+    observed: dict[str, Any] | None = None
     shadow: dict[str, Any] | None = None  # the shadow phase's last comparison (analysis.shadow)
     # Its comparison at every look, thinned evenly past controlplane.shadow_gate.LOOKS.
     shadow_looks: dict[str, Any] = field(default_factory=dict)

@@ -1,11 +1,13 @@
 """`abmesh decide`: one look at an experiment's current statistics, as the promotion loop takes
 it, with the reasons and the numbers.  `--state FILE` keeps the always-valid state (running
-minimum p, running interval, group-sequential looks) between calls, as the controller does."""
+minimum p, running interval, group-sequential looks) between calls, as the controller does.
+The look is recorded in the experiment's history (experiments.looks_log, by "decide")."""
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -13,6 +15,7 @@ import typer
 from rich.table import Table
 
 from experiments.cli_common import Output, OutputOpt, StoreOpt, fail, out, print_data, store_for
+from experiments.looks_log import look_of, record_look
 from experiments.reporting import analysed_spec, phase_report
 
 if TYPE_CHECKING:
@@ -84,8 +87,11 @@ def decide_command(
     with store_for(store) as st:
         record = st.get_experiment(experiment)
         report = phase_report(st, record, phase)
-    spec = analysed_spec(record, report["phase"])  # SRM against the phase's planned split
-    decision = decide(spec, ExperimentStats.from_report(report["arms"]), thresholds, previous)
+        spec = analysed_spec(record, report["phase"])  # SRM against the phase's planned split
+        decision = decide(spec, ExperimentStats.from_report(report["arms"]), thresholds, previous)
+        look = look_of(decision, report["arms"], record=record, phase=report["phase"],
+                       at=time.time(), by="decide")  # fmt: skip
+        record_look(st, record.uid, look)
     if state is not None:
         tmp = state.with_suffix(state.suffix + ".tmp")
         tmp.write_text(json.dumps(decision.state.to_dict()))

@@ -4,7 +4,8 @@ operational guardrails, turned into promote / rollback / pause / continue / no_d
 
 The always-valid state of these looks is kept in the store under the experiment's uid and
 phase, so asking every minute keeps the running minimum p and interval, and a new phase or a
-re-created experiment starts afresh.  The sample is judged with the split its phase was
+re-created experiment starts afresh.  Each look is recorded in the experiment's history
+(experiments.looks_log, by "verdict").  The sample is judged with the split its phase was
 planned with, so a verdict asked after the routes moved (a promotion) is the phase's own.
 Guardrails are read through controlplane.metrics (this module is the one place experiments/
 depends on the control plane: the providers are the controller's, and the verdict reads them
@@ -16,10 +17,12 @@ unless the service has default guardrails (a Prometheus URL: the preset p99 and 
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 from controlplane.metrics import MetricsProvider, Reading, Tests, read_guardrails, variables_for
 from experiments.errors import ConflictError
+from experiments.looks_log import look_of, record_look
 from experiments.reporting import analysed_spec, phase_report
 from experiments.spec import ExperimentSpec
 from experiments.spec_rollout import OperationalGuardrail, default_guardrails
@@ -81,11 +84,15 @@ def current_verdict(
     key = f"{record.uid}#verdict#{record.phase}"
     doc, version = store.get_control(key)
     previous = DecisionState.from_dict(doc) if doc else None
-    stats = ExperimentStats.from_report(phase_report(store, record)["arms"])
+    arms = phase_report(store, record)["arms"]
+    stats = ExperimentStats.from_report(arms)
     decision = decide(analysed_spec(record), stats, thresholds, previous)
     # If another replica answered the same look at the same moment, its state is as good.
     with contextlib.suppress(ConflictError):
         store.put_control(key, decision.state.to_dict(), version)
+    look = look_of(decision, arms, record=record, phase=record.phase, at=time.time(),
+                   by="verdict", guardrails=[r.to_dict() for r in readings])  # fmt: skip
+    record_look(store, record.uid, look)
     verdict = VERDICTS[decision.status.value]
     if verdict == "promote" and decision.winner == spec.control_variant.key:
         verdict = "rollback"  # the stable model is the better one

@@ -132,12 +132,13 @@ class Rig:
         return spec
 
     def feed_clicks(
-        self, spec: ExperimentSpec, phase: str, rates: dict[str, float], units: int = 4000
-    ) -> FoldPlan:
+        self, spec: ExperimentSpec, phase: str, rates: dict[str, float], units: int = 4000,
+        prefix: str = "u", seed: int = 7,
+    ) -> FoldPlan:  # fmt: skip
         """Expose `units` units, alternately per arm, and fold a click for each with its arm's
-        rate (a fixed seed); returns the fold plan used."""
-        plan, rng = FoldPlan.from_spec(spec), random.Random(7)
-        arms = {f"u{i}": "stable" if i % 2 else "candidate" for i in range(units)}
+        rate (a fixed seed); returns the fold plan used.  Another `prefix`: other units."""
+        plan, rng = FoldPlan.from_spec(spec), random.Random(seed)
+        arms = {f"{prefix}{i}": "stable" if i % 2 else "candidate" for i in range(units)}
         self.store.record_exposures(spec.name, phase, plan, {u: (a, 1.0) for u, a in arms.items()})
         clicks = [Event(f"e-{u}", u, "click", 1.0, 2.0) for u, a in arms.items()
                   if rng.random() < rates[a]]  # fmt: skip

@@ -122,8 +122,8 @@ class ExperimentStore(Protocol):
 
     def delete_experiment(self, name: str, *, keep_history: bool = False) -> str:
         """Remove the experiment, its revisions, sticky records, exposures, events, stats and
-        everything kept under its uid (state documents, leases, and the audit log unless
-        `keep_history`).  Returns the uid."""
+        everything kept under its uid (state documents, leases, and the audit log and recorded
+        looks unless `keep_history`).  Returns the uid."""
 
     def config_epoch(self) -> int:
         """A counter that grows on every experiment write: a cheap poll for config caches."""
@@ -299,6 +299,22 @@ class ControlStore(Protocol):
 
 
 @runtime_checkable
+class LookStore(Protocol):
+    """Every look a decision took (experiments.looks_log), appended under the experiment's uid
+    per analysis phase: what the report draws over time.  Deleted with the experiment unless
+    its history is kept, like the audit log."""
+
+    def append_look(self, uid: str, look: dict[str, Any], *, fingerprint: str, cap: int) -> bool:
+        """Append `look` (JSON; its `phase` names the analysis phase) unless the phase's last
+        recorded look has the same `fingerprint` (the same data seen again) or the phase holds
+        `cap` looks already.  True if appended.  One atomic step: concurrent writers never
+        interleave the check and the append."""
+
+    def looks(self, uid: str, phase: str | None = None) -> list[dict[str, Any]]:
+        """The recorded looks, oldest first: of one phase, or of every phase."""
+
+
+@runtime_checkable
 class PredictionStore(Protocol):
     """The shadow phase's predictions, paired by request id (experiments.predictions)."""
 
@@ -327,7 +343,9 @@ class PredictionStore(Protocol):
         """The phase's sums; predictions alone for longer than `window_s` count as unpaired."""
 
 
-class Store(ExperimentStore, StickyStore, StatsStore, PredictionStore, ControlStore, Protocol):
+class Store(
+    ExperimentStore, StickyStore, StatsStore, PredictionStore, ControlStore, LookStore, Protocol
+):
     url: str
 
     def ping(self) -> None:

@@ -1,8 +1,12 @@
 """Redis part of the store for the rollout controller.  Each write is one Lua script, so the
-compare-and-set of a state document and the check-and-take of a lease are atomic on the server
-whatever the number of controllers.  Its keys (`{p}control:K`, `{p}lease:N`, `{p}audit:UID`)
-are in the catalog's slot (see `redis`): a status commit appends to an audit log and a delete
-drops an experiment's documents in the same transaction as the experiment index."""
+compare-and-set of a state document, the check-and-take of a lease and the check-and-append of
+a look are atomic on the server whatever the number of writers.  Its keys (`{p}control:K`,
+`{p}lease:N`, `{p}audit:UID`, `{p}looks:UID` with `{p}looks-last:UID`) are in the catalog's
+slot (see `redis`): a status commit appends to an audit log and a delete drops an experiment's
+documents in the same transaction as the experiment index.
+
+The looks of every phase share one list (`{"phase", "look"}` entries); `looks-last` holds, per
+phase, its count and last fingerprint as `count|fingerprint`, which the append checks."""
 
 from __future__ import annotations
 
@@ -23,6 +27,19 @@ _ACQUIRE = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+_APPEND_LOOK = """
+local last = redis.call('HGET', KEYS[2], ARGV[1])
+local count = 0
+if last then
+  local sep = string.find(last, '|', 1, true)
+  count = tonumber(string.sub(last, 1, sep - 1))
+  if string.sub(last, sep + 1) == ARGV[2] then return 0 end
+end
+if count >= tonumber(ARGV[3]) then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[4])
+redis.call('HSET', KEYS[2], ARGV[1], (count + 1) .. '|' .. ARGV[2])
 return 1
 """
 _RELEASE = """
@@ -64,6 +81,24 @@ class RedisControl(RedisBase):
             rows = self.client.lrange(self.audit_key(uid), 0, -1)
         return [json.loads(r)["entry"] for r in rows]
 
+    def _look_keys(self, uid: str) -> list[str]:
+        return [self.catalog_key(f"looks:{uid}"), self.catalog_key(f"looks-last:{uid}")]
+
+    def append_look(self, uid: str, look: dict[str, Any], *, fingerprint: str, cap: int) -> bool:
+        phase = str(look["phase"])
+        text = json.dumps({"phase": phase, "look": look}, allow_nan=False)
+        with self._guard():
+            added = self.client.eval(
+                _APPEND_LOOK, 2, *self._look_keys(uid), phase, fingerprint, cap, text
+            )
+        return bool(int(added))
+
+    def looks(self, uid: str, phase: str | None = None) -> list[dict[str, Any]]:
+        with self._guard():
+            rows = self.client.lrange(self._look_keys(uid)[0], 0, -1)
+        entries = (json.loads(r) for r in rows)
+        return [e["look"] for e in entries if phase is None or e["phase"] == phase]
+
     def lease_holders(self, prefix: str) -> dict[str, str]:
         head = self.catalog_key("lease:")
         with self._guard():
@@ -74,12 +109,12 @@ class RedisControl(RedisBase):
 
     def uid_keys(self, uid: str, *, keep_history: bool) -> list[str]:
         """The keys kept under an experiment's uid: its state documents and leases (keys
-        equal to the uid or starting with `uid#`) and, unless kept, its audit log."""
+        equal to the uid or starting with `uid#`) and, unless kept, its audit log and looks."""
         found = [self._control(uid)]
         for kind in ("control", "lease"):
             pattern = _glob_escape(self.catalog_key(f"{kind}:{uid}")) + "#*"
             found += self.client.scan_iter(match=pattern, count=500)
-        return found if keep_history else [*found, self.audit_key(uid)]
+        return found if keep_history else [*found, self.audit_key(uid), *self._look_keys(uid)]
 
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         with self._guard():

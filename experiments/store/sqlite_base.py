@@ -22,8 +22,9 @@ from experiments.status import Status
 # 2: control, audit, leases; 3: the status document (with the uid) replaces status and phase;
 # 4: exposures and events become a log folded behind (exposure_log, event_log, unit_state);
 # 5: the shadow phase's predictions (prediction_pending, prediction_done, shadow_sums);
-# 6: exposures and events carry the unit's segment values (the logs' `segments` column)
-SCHEMA_VERSION = 6
+# 6: exposures and events carry the unit's segment values (the logs' `segments` column);
+# 7: the looks decisions took (`looks`, experiments.looks_log)
+SCHEMA_VERSION = 7
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
     name TEXT PRIMARY KEY, uid TEXT NOT NULL, revision INTEGER NOT NULL,
@@ -76,6 +77,10 @@ CREATE TABLE IF NOT EXISTS control (
 CREATE TABLE IF NOT EXISTS audit (
     experiment TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, entry TEXT NOT NULL,
     PRIMARY KEY (experiment, seq));
+CREATE TABLE IF NOT EXISTS looks (
+    uid TEXT NOT NULL, seq INTEGER NOT NULL, phase TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    look TEXT NOT NULL, PRIMARY KEY (uid, seq));
+CREATE INDEX IF NOT EXISTS looks_phase ON looks (uid, phase, seq);
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshots (

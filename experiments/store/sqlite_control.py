@@ -1,5 +1,6 @@
 """SQLite part of the store for the control plane: state documents with a version for
-compare-and-set, the audit log, and leases, all under keys that start with an experiment's uid."""
+compare-and-set, the audit log, the looks decisions took, and leases, all under keys that start
+with an experiment's uid."""
 
 from __future__ import annotations
 
@@ -62,12 +63,38 @@ class SQLiteControl(SQLiteBase):
             )
         if not keep_history:
             db.execute("DELETE FROM audit WHERE experiment = ?", (uid,))
+            db.execute("DELETE FROM looks WHERE uid = ?", (uid,))
 
     def audit(self, uid: str) -> list[dict[str, Any]]:
         with self._read() as db:
             rows = db.execute(
                 "SELECT entry FROM audit WHERE experiment = ? ORDER BY seq", (uid,)
             ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def append_look(self, uid: str, look: dict[str, Any], *, fingerprint: str, cap: int) -> bool:
+        text, phase = json.dumps(look, allow_nan=False), str(look["phase"])
+        with self._write() as db:  # BEGIN IMMEDIATE: the check and the append are one step
+            count, last = db.execute(
+                "SELECT COUNT(*), (SELECT fingerprint FROM looks WHERE uid = ? AND phase = ?"
+                " ORDER BY seq DESC LIMIT 1) FROM looks WHERE uid = ? AND phase = ?",
+                (uid, phase, uid, phase),
+            ).fetchone()
+            if last == fingerprint or count >= cap:
+                return False
+            db.execute(
+                "INSERT INTO looks VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM looks"
+                " WHERE uid = ?), ?, ?, ?)",
+                (uid, uid, phase, fingerprint, text),
+            )
+        return True
+
+    def looks(self, uid: str, phase: str | None = None) -> list[dict[str, Any]]:
+        query, args = "SELECT look FROM looks WHERE uid = ?", [uid]
+        if phase is not None:
+            query, args = query + " AND phase = ?", [uid, phase]
+        with self._read() as db:
+            rows = db.execute(query + " ORDER BY seq", args).fetchall()
         return [json.loads(r[0]) for r in rows]
 
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
