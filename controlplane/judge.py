@@ -277,6 +277,7 @@ class Judge:
     ) -> dict[str, Any] | None:  # fmt: skip
         from analysis import DecisionState, ExperimentStats, decide
         from analysis import Status as Verdict
+        from experiments.report_segments import segment_harm
         from experiments.reporting import analysed_spec, phase_report
 
         spec = record.spec
@@ -290,6 +291,9 @@ class Judge:
         why = "; ".join(decision.reasons)
         if decision.status is Verdict.HARM:
             return self.entry(record, state, "rollback", roll_back(spec, state, why))
+        confined = segment_harm(record, report)
+        if confined is not None:
+            return self.entry(record, state, "rollback", roll_back(spec, state, confined))
         if decision.status is Verdict.WINNER and decision.winner:
             if decision.winner == spec.control_variant.key:
                 return self.entry(record, state, "finish",

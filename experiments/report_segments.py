@@ -14,6 +14,7 @@ from analysis.segment_result import SegmentAnalysis
 from analysis.segments import analyse_segments
 from experiments.reporting import analysed_spec
 from experiments.spec import ExperimentSpec
+from experiments.spec_metrics import SegmentHarm
 from experiments.store import ExperimentRecord
 
 
@@ -37,6 +38,19 @@ def segment_analysis(
     spec = analysed_spec(record, phase_report["phase"])
     return analyse_segments(cells, spec, overall=phase_report["arms"],
                             family_size=family_size(spec, cells))  # fmt: skip
+
+
+def segment_harm(record: ExperimentRecord, phase_report: dict[str, Any]) -> str | None:
+    """Why the rollout must roll back for a harm in a segment, or None: only with
+    `analysis.segment_harm: rollback`, and only for a harm confirmed at the Bonferroni level."""
+    if record.spec.analysis.segment_harm is not SegmentHarm.ROLLBACK:
+        return None
+    analysis = segment_analysis(record, phase_report)
+    if analysis is None or not analysis.harm_for_rollout:
+        return None
+    confirmed = [f"{s.attribute}={s.value}: {c.variant} harms {c.metric}"
+                 for s in analysis.segments for c in s.comparisons if c.harm_confirmed]  # fmt: skip
+    return "harm in a segment: " + "; ".join(confirmed)
 
 
 def segments_answer(record: ExperimentRecord, phase_report: dict[str, Any]) -> dict[str, Any]:

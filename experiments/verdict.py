@@ -23,6 +23,7 @@ from typing import Any
 from controlplane.metrics import MetricsProvider, Reading, Tests, read_guardrails, variables_for
 from experiments.errors import ConflictError
 from experiments.looks_log import look_of, record_look
+from experiments.report_segments import segment_harm
 from experiments.reporting import analysed_spec, phase_report
 from experiments.spec import ExperimentSpec
 from experiments.spec_rollout import OperationalGuardrail, default_guardrails
@@ -84,7 +85,8 @@ def current_verdict(
     key = f"{record.uid}#verdict#{record.phase}"
     doc, version = store.get_control(key)
     previous = DecisionState.from_dict(doc) if doc else None
-    arms = phase_report(store, record)["arms"]
+    report = phase_report(store, record)
+    arms = report["arms"]
     stats = ExperimentStats.from_report(arms)
     decision = decide(analysed_spec(record), stats, thresholds, previous)
     # If another replica answered the same look at the same moment, its state is as good.
@@ -94,7 +96,11 @@ def current_verdict(
                    by="verdict", guardrails=[r.to_dict() for r in readings])  # fmt: skip
     record_look(store, record.uid, look)
     verdict = VERDICTS[decision.status.value]
-    if verdict == "promote" and decision.winner == spec.control_variant.key:
+    reasons = list(decision.reasons)
+    confined = segment_harm(record, report) if verdict != "rollback" else None
+    if confined is not None:
+        verdict, reasons = "rollback", [confined, *reasons]
+    elif verdict == "promote" and decision.winner == spec.control_variant.key:
         verdict = "rollback"  # the stable model is the better one
     elif verdict == "promote" and decision.winner != spec.candidate_variant.key:
         verdict = "continue"  # a third arm won: not something this rollout can promote
@@ -113,6 +119,6 @@ def current_verdict(
         "guardrails_ok": source is not None and all(r.status == "pass" for r in readings),
         "guardrails_failed": any(r.status == "fail" for r in readings),
         "guardrails": [r.to_dict() for r in readings],
-        "reasons": list(decision.reasons),
+        "reasons": reasons,
         "srm_pvalue": decision.srm_pvalue,
     }
