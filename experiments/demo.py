@@ -5,7 +5,8 @@ Prometheus scraping Envoy, the controller (`envoy` router) and simulated users. 
 abmesh for its group, calls the model through Envoy with that header, and converts with a
 probability that depends on the model that answered.  The rollout walks a canary, then an A/B
 phase, to a decision: promotion by default; with `scenario="regression"` the candidate starts
-failing at its second canary step and is rolled back; with `scenario="shadow"` a shadow phase
+failing at its last canary step and is rolled back (by then the canary's observed looks have
+shown the effect for a while: the report's history); with `scenario="shadow"` a shadow phase
 comes first, Envoy mirroring every stable request to the candidate, whose labels differ from
 the stable model's on 3 % of requests: the comparison stops the rollout before any user is
 served by it.  A live table shows the progress; the
@@ -78,8 +79,10 @@ def demo_spec(fast: bool, shadow: bool = False) -> ExperimentSpec:
             "rollout": {
                 "phases": [
                     *first,
+                    # Fast: a step holds 6 s, so a regression at the last one is caught
+                    # there, with the canary's looks in the report before it.
                     {"kind": "canary", "steps": [5, 20, 50], "checks": 1 if fast else 5,
-                     "min_duration_s": 0 if fast else 30},
+                     "min_duration_s": 6 if fast else 30},
                     {"kind": "ab", "split": 50},
                     {"kind": "promote"},
                 ]
@@ -112,6 +115,7 @@ class Users:
     def _run(self, seed: int) -> None:
         rng = random.Random(seed)
         events: list[dict[str, Any]] = []
+        posted = time.monotonic()
         with httpx.Client(timeout=5) as http:
             while not self._stop.is_set():
                 unit = f"user-{uuid.uuid4().hex[:12]}"
@@ -126,9 +130,12 @@ class Users:
                     if reply.status_code == 200 and rng.random() < self.conversion.get(model, 0.0):
                         events.append({"event_id": uuid.uuid4().hex, "experiment": NAME,
                                        "unit": unit, "metric": "purchase"})  # fmt: skip
-                    if len(events) >= 20:
+                    # Posted in batches, but within a quarter second: a conversion that lags
+                    # its exposure counts against the arm whose units are newest, and in a
+                    # canary that is the candidate, whose share keeps growing.
+                    if len(events) >= 20 or (events and time.monotonic() - posted > 0.25):
                         http.post(f"{self.service}/v1/events", json={"events": events})
-                        events = []
+                        events, posted = [], time.monotonic()
                 except (httpx.HTTPError, KeyError, ValueError):
                     time.sleep(0.05)  # the service or Envoy is busy or restarting: try again
                 time.sleep(self.pause)
@@ -218,7 +225,8 @@ def run_demo(
             Routers(defaults),
             Providers(ProviderConfig(stack.prometheus_url, mesh="envoy", window="3s")),
             owner="demo-controller",
-            interval=1.0,
+            # The fast run's test decides in seconds: half-second looks still give ten or more.
+            interval=0.5 if fast else 1.0,
             settle_s=3.0,
         )
         loop = threading.Thread(target=controller.run, args=(stop,), daemon=True)
@@ -233,7 +241,7 @@ def run_demo(
                 live.update(_table(store, started, users.served))
                 if doc and doc["status"] in ("promoted", "rolled_back", "no_difference"):
                     break
-                if scenario == "regression" and not broken and doc and doc["step"] >= 1:
+                if scenario == "regression" and not broken and doc and doc["step"] >= 2:
                     stack.set_model("v2", error_rate=0.05)  # the candidate starts failing
                     broken = True
                 time.sleep(0.5)

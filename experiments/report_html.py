@@ -1,5 +1,6 @@
 """The report as one self-contained HTML page: plotly's script is embedded once, so the page
-opens offline; every chart is drawn from the report JSON (experiments.report)."""
+opens offline; every chart is drawn from the report JSON (experiments.report), those over
+time by experiments.report_charts."""
 
 from __future__ import annotations
 
@@ -11,14 +12,11 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from experiments import report_charts as charts
+
 
 def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _x(ts: float) -> datetime:
-    """A chart's time axis keeps sub-second steps (a fast demo snapshots that often)."""
-    return datetime.fromtimestamp(ts, UTC)
 
 
 def _fmt(value: Any) -> str:
@@ -29,96 +27,15 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _table(head: list[str], rows: list[list[Any]]) -> str:
+def _table(head: list[str], rows: list[list[Any]], table_id: str = "") -> str:
     cells = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{cells}</table>"
+    named = f' id="{table_id}"' if table_id else ""
+    return f"<table{named}><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{cells}</table>"
 
 
-def _chart(fig: go.Figure, chart_id: str) -> str:
-    fig.update_layout(height=360, margin={"l": 50, "r": 20, "t": 40, "b": 40})
+def _chart(fig: go.Figure, chart_id: str, height: int = 360) -> str:
+    fig.update_layout(height=height, margin={"l": 50, "r": 20, "t": 40, "b": 40})
     return str(fig.to_html(full_html=False, include_plotlyjs=False, div_id=chart_id))
-
-
-def _effect_chart(report: dict[str, Any]) -> go.Figure:
-    fig = go.Figure()
-    points = report["over_time"]
-    variants = sorted({v for p in points for v in p["effects"]})
-    for v in variants:
-        xs = [_x(p["at"]) for p in points if v in p["effects"]]
-        ef = [p["effects"][v] for p in points if v in p["effects"]]
-        fig.add_scatter(x=xs, y=[e["high"] for e in ef], mode="lines", line={"width": 0},
-                        showlegend=False, name=f"{v} high")  # fmt: skip
-        fig.add_scatter(x=xs, y=[e["low"] for e in ef], mode="lines", line={"width": 0},
-                        fill="tonexty", name=f"{v} always-valid interval")  # fmt: skip
-        fig.add_scatter(x=xs, y=[e["effect"] for e in ef], mode="lines+markers", name=f"{v} effect")
-    fig.add_hline(y=0, line_dash="dot")
-    fig.update_layout(title="Primary metric: effect with its always-valid interval over time")
-    return fig
-
-
-def _pvalue_chart(report: dict[str, Any]) -> go.Figure:
-    fig = go.Figure()
-    points = report["over_time"]
-    for v in sorted({v for p in points for v in p["effects"]}):
-        xs = [_x(p["at"]) for p in points if v in p["effects"]]
-        fig.add_scatter(x=xs, y=[p["effects"][v]["pvalue"] for p in points if v in p["effects"]],
-                        mode="lines+markers", name=f"{v} always-valid p")  # fmt: skip
-    fig.update_yaxes(type="log")
-    fig.update_layout(title="Always-valid p-value (running minimum)")
-    return fig
-
-
-def _exposure_chart(report: dict[str, Any]) -> go.Figure:
-    fig = go.Figure()
-    points = report["over_time"]
-    for v in sorted({v for p in points for v in p["units"]}):
-        xs, ys = [_x(p["at"]) for p in points], [p["units"].get(v, 0) for p in points]
-        fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=v)
-    fig.update_layout(title="Exposed units per arm")
-    return fig
-
-
-def _stages_chart(report: dict[str, Any]) -> go.Figure:
-    fig = go.Figure()
-    stages = [e for e in report["audit"] if e.get("weights")]
-    labels = [f"{i + 1}. {e.get('action', '')}" for i, e in enumerate(stages)]
-    for v in sorted({v for e in stages for v in e["weights"]}):
-        fig.add_bar(x=labels, y=[e["weights"].get(v, 0) for e in stages], name=v)
-    fig.update_layout(barmode="stack", title="Traffic share per rollout stage (%)")
-    return fig
-
-
-def _guardrail_chart(report: dict[str, Any]) -> go.Figure:
-    fig = go.Figure()
-    readings: dict[str, list[tuple[datetime, float, float]]] = {}
-    for e in report["audit"]:
-        for g in e.get("guardrails", []):
-            if g.get("value") is not None:
-                readings.setdefault(g["name"], []).append((_x(e["at"]), g["value"], g["limit"]))
-    for name, rows in readings.items():
-        fig.add_scatter(
-            x=[r[0] for r in rows], y=[r[1] for r in rows], mode="lines+markers", name=name
-        )
-        fig.add_scatter(x=[r[0] for r in rows], y=[r[2] for r in rows], mode="lines",
-                        line={"dash": "dash"}, name=f"{name} limit")  # fmt: skip
-    fig.update_layout(title="Guardrails at each rollout decision (value and limit)")
-    return fig
-
-
-def _boundary_chart(report: dict[str, Any]) -> go.Figure:
-    """Group-sequential: the planned |z| boundaries and the observed z by information."""
-    fig = go.Figure()
-    design = report["group_sequential"]
-    fig.add_scatter(x=design["fractions"], y=design["z"], mode="lines+markers", name="boundary")
-    fig.add_scatter(x=design["fractions"], y=[-z for z in design["z"]], mode="lines+markers",
-                    name="lower boundary", line={"dash": "dot"})  # fmt: skip
-    points = report["over_time"]
-    for v in sorted({v for p in points for v in p["effects"]}):
-        seen = [p["effects"][v] for p in points if p["effects"].get(v, {}).get("z") is not None]
-        fig.add_scatter(x=[e["information"] for e in seen], y=[e["z"] for e in seen],
-                        mode="markers", name=f"{v} z")  # fmt: skip
-    fig.update_layout(title="Group-sequential boundaries (z) by information fraction")
-    return fig
 
 
 def _shadow_charts(shadow: dict[str, Any]) -> list[str]:
@@ -176,6 +93,20 @@ Wasserstein {_fmt(shown.get("wasserstein"))} (shown, not gated)</p>
 {"".join(_shadow_charts(shadow))}"""
 
 
+def _basis(report: dict[str, Any]) -> str:
+    """Which look the decision and tables are from."""
+    d = report["decision"]
+    seen = ", observed, not gated" if d["observational"] else ""
+    taken = "taken now" if d["by"] == "report" else f"by {d['by']} at {_when(d['at'])}"
+    recorded = sum(p["phase"] == report["phase"] and "look" in p for p in report["over_time"])
+    return (f"phase {report['phase']}, look {d['look']} ({taken}{seen}): {d['status']}; "
+            f"{recorded} looks recorded in the phase")  # fmt: skip
+
+
+def _weights(weights: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g} %" for k, v in weights.items())
+
+
 def render_html(report: dict[str, Any]) -> str:
     d = report["decision"]
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in d["reasons"])
@@ -193,15 +124,19 @@ def render_html(report: dict[str, Any]) -> str:
         [_when(e.get("at", 0)), e.get("action"), json.dumps(e.get("weights", {})), e.get("what")]
         for e in report["audit"]
     ]  # fmt: skip
-    charts = [
-        _chart(_effect_chart(report), "chart-effect"),
-        _chart(_pvalue_chart(report), "chart-pvalue"),
-        _chart(_exposure_chart(report), "chart-exposures"),
-        _chart(_stages_chart(report), "chart-stages"),
-        _chart(_guardrail_chart(report), "chart-guardrails"),
+    clock = charts.clock_of(report)
+    over_time = [
+        _chart(charts.effect_chart(report, clock), "chart-effect"),
+        _chart(charts.pvalue_chart(report, clock), "chart-pvalue"),
+        _chart(charts.exposure_chart(report, clock), "chart-exposures"),
+        _chart(charts.traffic_chart(report, clock), "chart-traffic"),
     ]
     if report.get("group_sequential"):
-        charts.append(_chart(_boundary_chart(report), "chart-boundaries"))
+        over_time.append(_chart(charts.boundary_chart(report), "chart-boundaries"))
+    guardrails = "".join(
+        f'<div class="panel">{_chart(fig, chart_id, 260)}</div>'
+        for chart_id, fig in charts.guardrail_charts(report, clock)
+    )
     routes = report["routes"]
     route_rows = [
         [r["name"], f"{r['header']}: {r['value']}", r["variant"]] for r in routes["rules"]
@@ -212,17 +147,19 @@ def render_html(report: dict[str, Any]) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px}}
-.status{{font-size:1.4em;font-weight:bold}}</style>
+.status{{font-size:1.4em;font-weight:bold}}
+.panels{{display:grid;grid-template-columns:1fr 1fr;gap:8px}}</style>
 <script>{get_plotlyjs()}</script></head>
 <body><h1>{title}</h1>
-<p class="status" id="decision">{html.escape(d["status"])}{f": {html.escape(d['winner'])}" if d["winner"] else ""}</p>
-<p>phase {html.escape(report["phase"])}, experiment {html.escape(report["status"])}, SRM p {_fmt(d["srm_pvalue"])},
-weights {html.escape(json.dumps(report["weights"]))}</p>
+<p class="status" id="decision">{html.escape(report["headline"])}</p>
+<p id="basis">{html.escape(_basis(report))}; SRM p {_fmt(d["srm_pvalue"])};
+served now: <span id="weights">{html.escape(_weights(report["weights"]))}</span></p>
 <h2>Why</h2><ul id="reasons">{reasons}</ul>
 <h2>Effects</h2>{_table(["metric", "role", "variant", "verdict", "effect", "relative", "low", "high", "p"], metric_rows)}
 <h2>Arms</h2>{_table(["metric", "variant", "units", "mean"], arm_rows)}
 <h2>Route plan</h2>{_table(["route", "match", "to"], route_rows)}
 {_shadow_html(report.get("shadow"))}
-<h2>Over time</h2>{"".join(charts)}
-<h2>Rollout log</h2>{_table(["at", "action", "weights", "what"], audit_rows)}
+<h2>Over time</h2>{"".join(over_time)}
+<h2>Guardrails</h2><div class="panels">{guardrails or "<p>no guardrail readings</p>"}</div>
+<h2>Rollout log</h2>{_table(["at", "action", "weights", "what"], audit_rows, "log")}
 </body></html>"""  # noqa: E501

@@ -1,6 +1,7 @@
-"""The experiment report: its JSON against the analysis it summarises, the CLI and the API,
-and the HTML page in a real headless Chromium (it renders, its charts exist, no console
-errors; a screenshot is kept in the test's temp dir)."""
+"""The experiment report: its JSON against the analysis it summarises (here from snapshots: no
+look was recorded; tests/test_report_history.py has the looks), the CLI and the API, and the
+HTML page in a real headless Chromium (it renders, its charts exist, no console errors; a
+screenshot is kept in the test's temp dir)."""
 
 from __future__ import annotations
 
@@ -133,11 +134,11 @@ def test_the_html_page_renders_in_chromium_with_its_charts(tmp_path: Path) -> No
         "chart-effect",
         "chart-pvalue",
         "chart-exposures",
-        "chart-stages",
-        "chart-guardrails",
+        "chart-traffic",
+        "chart-guardrail-p99_latency_ms",
     ):
         assert chart_drawn(dom, chart), f"{chart} did not render"
-    assert 'id="decision">winner: treatment' in dom
+    assert 'id="decision">phase main: winner: treatment' in dom
     assert not errors, errors
     shot = tmp_path / "report.png"
     subprocess.run(
