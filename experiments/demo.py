@@ -50,6 +50,8 @@ NAME = "model-demo"
 # What each model's answers make users do: a large lift in the fast run, a smaller one, which
 # takes the test a few minutes to resolve, in the default run.
 SCENARIOS = ("promote", "regression", "shadow")
+COUNTRIES = ("US", "DE", "BR")
+PLATFORMS = ("ios", "android", "web")
 CONVERSION = {True: {"v1": 0.10, "v2": 0.15}, False: {"v1": 0.10, "v2": 0.125}}
 
 
@@ -74,7 +76,11 @@ def demo_spec(fast: bool, shadow: bool = False) -> ExperimentSpec:
         {
             "name": NAME,
             "variants": model_variants(),
-            "metrics": {"primary": {"name": "purchase", "kind": "conversion"}},
+            "metrics": {"primary": {"name": "purchase", "kind": "conversion"},
+                        "secondary": [{"name": "revenue", "kind": "sum"}]},
+            # Who the users are, for the report's per-segment effects.
+            "segments": [{"name": "country", "values": list(COUNTRIES)},
+                         {"name": "platform", "values": list(PLATFORMS)}],
             "analysis": {"min_units_per_arm": 100, "n_star": 2000 if fast else 10_000},
             "rollout": {
                 "phases": [
@@ -119,8 +125,11 @@ class Users:
         with httpx.Client(timeout=5) as http:
             while not self._stop.is_set():
                 unit = f"user-{uuid.uuid4().hex[:12]}"
+                who = {"segment.country": rng.choices(COUNTRIES, weights=(5, 3, 2))[0],
+                       "segment.platform": rng.choice(PLATFORMS)}  # fmt: skip
                 try:
-                    a = http.get(f"{self.service}/v1/assign/{NAME}", params={"unit": unit}).json()
+                    a = http.get(f"{self.service}/v1/assign/{NAME}",
+                                 params={"unit": unit, **who}).json()  # fmt: skip
                     header = a["header"]
                     # The user's own request: a model's answer (and prediction) depends on it.
                     reply = http.get(self.front, params={"user": unit},
@@ -130,6 +139,9 @@ class Users:
                     if reply.status_code == 200 and rng.random() < self.conversion.get(model, 0.0):
                         events.append({"event_id": uuid.uuid4().hex, "experiment": NAME,
                                        "unit": unit, "metric": "purchase"})  # fmt: skip
+                        events.append({"event_id": uuid.uuid4().hex, "experiment": NAME,
+                                       "unit": unit, "metric": "revenue",
+                                       "value": round(rng.lognormvariate(3, 0.8), 2)})  # fmt: skip
                     # Posted in batches, but within a quarter second: a conversion that lags
                     # its exposure counts against the arm whose units are newest, and in a
                     # canary that is the candidate, whose share keeps growing.

@@ -9,8 +9,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from experiments.report_distributions import distributions_section
 from experiments.report_history import basis_look, headline, num, over_time
+from experiments.report_segments import segments_answer
 from experiments.report_shadow import shadow_section
+from experiments.reporting import phase_report
 from experiments.store import ExperimentRecord, Store
 
 
@@ -49,6 +52,7 @@ def build_report(store: Store, name: str) -> dict[str, Any]:
             ],
         })  # fmt: skip
     points = over_time(store, record, looks, kinds)
+    current = phase_report(store, record, phase)  # segments and distributions: as folded now
     audit = store.audit(record.uid)
     times = [e["at"] for e in audit if "at" in e] + [p["at"] for p in points]
     return {
@@ -70,6 +74,8 @@ def build_report(store: Store, name: str) -> dict[str, Any]:
         "group_sequential": _design(spec),
         "alpha": spec.analysis.alpha,
         "shadow": shadow_section(store, spec, phase, rollout),
+        "segments": segments_answer(record, current) if spec.segments else None,
+        "distributions": distributions_section(current),
         "audit": audit,
         # The time axes count from the first thing that happened, up to when this was built.
         "started_at": min(times, default=record.created_at),

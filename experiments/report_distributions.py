@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from experiments.distributions import quantile
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
+QUANTILE_NAMES = tuple(f"p{round(q * 100)}" for q in QUANTILES)
 
 
 def distributions_section(phase_report: dict[str, Any]) -> dict[str, Any] | None:
@@ -30,7 +31,10 @@ def distributions_section(phase_report: dict[str, Any]) -> dict[str, Any] | None
                 "units": dist["units"],
                 "zeros": dist["zeros"],
                 "mean": metric.get("sum", 0.0) / n if n else None,
-                "quantiles": {f"p{round(q * 100)}": quantile(dist, q) for q in QUANTILES},
+                "quantiles": {
+                    name: quantile(dist, q)
+                    for name, q in zip(QUANTILE_NAMES, QUANTILES, strict=True)
+                },
                 "ecdf": _ecdf(dist),
             }
     return out

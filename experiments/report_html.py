@@ -13,6 +13,8 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from experiments import report_charts as charts
+from experiments.report_distributions import QUANTILE_NAMES, distribution_figures
+from experiments.report_segments import segments_figure
 
 
 def _when(ts: float) -> str:
@@ -93,6 +95,42 @@ Wasserstein {_fmt(shown.get("wasserstein"))} (shown, not gated)</p>
 {"".join(_shadow_charts(shadow))}"""
 
 
+def _segments_html(report: dict[str, Any]) -> str:
+    """Per segment and treatment, each metric's effect and interval with its flags; the
+    primary metric's forest chart."""
+    section = report.get("segments")
+    if section is None:
+        return ""
+    rows = [
+        [f"{s['attribute']}={s['value']}", c["variant"], c["metric"], c["effect"],
+         c["relative_effect"], c["low"], c["high"], c["pvalue"], c["adjusted_pvalue"],
+         (c["direction"] or "") + (" (confined)" if c["confined"] else "") if c["flagged"]
+         else "", "rollout" if c["harm_confirmed"] else "", s["srm_pvalue"], c["note"] or ""]
+        for s in section["segments"] for c in s["comparisons"]
+    ]  # fmt: skip
+    said = section.get("harm_for_rollout", {}).get("reasons", [])
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in said)
+    head = ["segment", "variant", "metric", "effect", "relative", "low", "high", "p", "BH p",
+            "flagged", "Bonferroni", "SRM p", "note"]  # fmt: skip
+    primary = next((m["metric"] for m in report["metrics"] if m["role"] == "primary"), "")
+    chart = _chart(segments_figure(section, primary), "chart-segments") if rows else ""
+    note = f"<p>{html.escape(section['note'])}</p>" if section.get("note") else ""
+    return (f'<h2 id="segments">Segments</h2>{note}<ul>{reasons}</ul>'
+            f'{_table(head, rows, "segments-table")}{chart}')  # fmt: skip
+
+
+def _distributions_html(report: dict[str, Any]) -> str:
+    figures = distribution_figures(report.get("distributions"))
+    if not figures:
+        return ""
+    rows = [[series, variant, d["units"], d["zeros"], d["mean"], *d["quantiles"].values()]
+            for series, per_arm in report["distributions"].items()
+            for variant, d in sorted(per_arm.items())]  # fmt: skip
+    head = ["metric", "variant", "units", "at 0", "mean", *QUANTILE_NAMES]
+    return (f'<h2 id="distributions">Distributions per unit</h2>{_table(head, rows)}'
+            + "".join(_chart(fig, chart_id) for chart_id, fig in figures))
+
+
 def _basis(report: dict[str, Any]) -> str:
     """Which look the decision and tables are from."""
     d = report["decision"]
@@ -159,6 +197,8 @@ served now: <span id="weights">{html.escape(_weights(report["weights"]))}</span>
 <h2>Arms</h2>{_table(["metric", "variant", "units", "mean"], arm_rows)}
 <h2>Route plan</h2>{_table(["route", "match", "to"], route_rows)}
 {_shadow_html(report.get("shadow"))}
+{_segments_html(report)}
+{_distributions_html(report)}
 <h2>Over time</h2>{"".join(over_time)}
 <h2>Guardrails</h2><div class="panels">{guardrails or "<p>no guardrail readings</p>"}</div>
 <h2>Rollout log</h2>{_table(["at", "action", "weights", "what"], audit_rows, "log")}

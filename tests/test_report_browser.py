@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from experiments.demo import COUNTRIES, PLATFORMS
 from experiments.localstack import prometheus_binary
 from experiments.report import build_report
 from experiments.store import open_store
@@ -69,6 +70,7 @@ def test_the_demo_report_in_chromium(scenario: str, tmp_path: Path) -> None:
     p_axis_spans_0_to_1(opened)
     each_guardrail_has_its_own_panel(opened)
     final_move_is_in_the_traffic_chart_and_the_log(opened)
+    segments_and_distributions_are_shown(opened)
     assert opened.screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert opened.screenshot.stat().st_size > 50_000
 
@@ -156,3 +158,20 @@ def final_move_is_in_the_traffic_chart_and_the_log(opened: Opened) -> None:
     assert len(log) == len(opened.report["audit"])
     assert log[-1][1] == action
     assert log[-1][3] == last["what"]
+
+
+def segments_and_distributions_are_shown(opened: Opened) -> None:
+    """The demo's users say their country and platform: every segment is in the report, the
+    tested ones in the forest chart; revenue's per-unit distribution has an ECDF per arm."""
+    section = opened.report["segments"]
+    shown = {(x["attribute"], x["value"]) for x in section["segments"]}
+    assert shown == {("country", c) for c in COUNTRIES} | {("platform", p) for p in PLATFORMS}
+    tested = [c for x in section["segments"] for c in x["comparisons"]
+              if c["tested"] and c["metric"] == "purchase"]  # fmt: skip
+    if tested:
+        points = opened.page["charts"]["chart-segments"]["traces"]
+        assert sum(len(t["x"]) for t in points) == len(tested)
+    ecdf = opened.page["charts"]["chart-distribution-revenue"]
+    arms = {t["name"].split(" ")[0] for t in ecdf["traces"]}
+    assert arms == set(opened.report["distributions"]["revenue"])
+    assert ecdf["yrange"] == [0, 1]
