@@ -42,7 +42,7 @@ def text(notebook: nbformat.NotebookNode) -> str:
 @pytest.mark.timeout(300)
 def test_the_walkthrough_reads_the_experiment_and_explains_the_decision(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'a.db'}"
-    seeded(url).close()
+    seeded(url, looks=True).close()
     root = str(Path(__file__).resolve().parent.parent)
     env = {"ABMESH_STORE": url, "EXPERIMENT": "ranker-v2", "PYTHONPATH": root}
     nb = run("experiment_walkthrough.ipynb", env, tmp_path)
@@ -50,6 +50,8 @@ def test_the_walkthrough_reads_the_experiment_and_explains_the_decision(tmp_path
     assert "ranker-v2: winner (winner treatment)" in out
     assert "SRM chi-square" in out
     assert "confidence sequence (proportion)" in out
+    assert "5 looks recorded" in out  # one `decide` look per batch: the history
+    assert "segments: 0 flagged" in out  # ~670 units per arm and country: too few to flag
 
 
 @pytest.mark.timeout(300)

@@ -24,6 +24,7 @@ from experiments import load_spec
 from experiments.folding import Event, FoldPlan
 from experiments.report import build_report
 from experiments.reporting import take_snapshot
+from experiments.segments import as_pairs
 from experiments.store import Store, open_store
 from tests.browser import BROWSER, chart_drawn, chromium, rendered
 from tests.rollout_support import spec_doc
@@ -32,13 +33,15 @@ from tests.servers import start_service
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def seeded(url: str) -> Store:
-    """ranker-v2 at 50/50 with 5 batches of 800 users, a snapshot after each, and the audit
-    entries of a canary that went 95/5 → 80/20 → 50/50."""
+def seeded(url: str, *, looks: bool = False) -> Store:
+    """ranker-v2 at 50/50 with 5 batches of 800 users (each from one of three countries, a
+    segment), a snapshot after each (with `looks`, a recorded look of `decide` too), and the
+    audit entries of a canary that went 95/5 → 80/20 → 50/50."""
     store = open_store(url)
     doc = spec_doc([{"kind": "ab", "split": 50}])
     doc["variants"][0]["weight"] = doc["variants"][1]["weight"] = 50
     doc["metrics"]["secondary"] = [{"name": "revenue", "kind": "sum"}]
+    doc["segments"] = [{"name": "country", "values": ["US", "DE", "BR"]}]
     spec = load_spec(doc)
     store.put_experiment(spec)
     running = change_state(store, spec.name, Action.START)
@@ -50,10 +53,14 @@ def seeded(url: str) -> Store:
         expected_version=running.status.version,
     )
     plan, rng = FoldPlan.from_spec(spec), random.Random(5)
+    state = None
     for batch in range(5):
         units = [f"u{batch}-{i}" for i in range(800)]
         arms = {u: a.variant for u, a in zip(units, assign_many(spec, units), strict=True)}
-        store.record_exposures(spec.name, "main", plan, {u: (arms[u], 1.0) for u in units})
+        countries = {u: rng.choice(("US", "DE", "BR")) for u in units}
+        store.record_exposures(spec.name, "main", plan, {
+            u: (arms[u], 1.0, 0, as_pairs({"country": countries[u]})) for u in units
+        })  # fmt: skip
         rate = {"control": 0.10, "treatment": 0.14}
         events = [
             Event(f"c-{u}", u, "click", 1.0, 1.0) for u in units if rng.random() < rate[arms[u]]
@@ -61,6 +68,8 @@ def seeded(url: str) -> Store:
         events += [Event(f"r-{u}", u, "revenue", rng.lognormvariate(1, 1), 1.0) for u in units]
         store.ingest_events(spec.name, "main", plan, events)
         take_snapshot(store, store.get_experiment(spec.name))
+        if looks:
+            state = look(store, spec.name, state)
         time.sleep(0.01)
     for share, action in ((5, "start"), (20, "step"), (50, "phase")):
         store.append_audit(record.uid, {
@@ -71,6 +80,20 @@ def seeded(url: str) -> Store:
             ],
         })  # fmt: skip
     return store
+
+
+def look(store: Store, name: str, state: Any) -> Any:
+    """A look as `abmesh decide --state` takes and records it; returns the state to carry."""
+    from analysis import ExperimentStats, decide
+    from experiments.looks_log import look_of, record_look
+    from experiments.reporting import analysed_spec, phase_report
+
+    record = store.get_experiment(name)
+    arms = phase_report(store, record)["arms"]
+    decision = decide(analysed_spec(record), ExperimentStats.from_report(arms), (), state)
+    record_look(store, record.uid, look_of(decision, arms, record=record, phase=record.phase,
+                                           at=time.time(), by="decide"))  # fmt: skip
+    return decision.state
 
 
 def test_the_report_json_is_the_analysis(tmp_path: Path) -> None:
