@@ -76,7 +76,9 @@ def design_of(spec: ExperimentSpec) -> str:
         exclude = {"primary": {"tolerance"}, "secondary": {"__all__": {"tolerance"}},
                    "guardrails": unset}  # fmt: skip
         metrics = spec.metrics.model_dump_json(exclude=exclude)  # type: ignore[arg-type]
-    text = f"{spec.name}|{arms}|{metrics}|{spec.analysis.model_dump_json()}"
+    # segment_harm only decides what a segment harm does: not part of the state's design.
+    settings = spec.analysis.model_dump_json(exclude={"segment_harm"})
+    text = f"{spec.name}|{arms}|{metrics}|{settings}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
