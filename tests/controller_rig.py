@@ -145,6 +145,20 @@ class Rig:
         self.store.ingest_events(spec.name, phase, plan, clicks)
         return plan
 
+    def tick_with_data(
+        self, spec: ExperimentSpec, controller: Controller, phase: str, batches: int,
+        rates: dict[str, float], *, step_s: float = 10.0, until_concluded: bool = True,
+    ) -> int:  # fmt: skip
+        """Up to `batches` times: fold 300 more units (a seed per batch), move the clock and
+        tick; stop once the rollout concluded.  Returns the batches fed."""
+        for batch in range(batches):
+            self.feed_clicks(spec, phase, rates, units=300, prefix=f"{phase}-{batch}-", seed=batch)
+            self.clock.now += step_s
+            controller.tick()
+            if until_concluded and self.store.get_experiment(spec.name).status.outcome:
+                return batch + 1
+        return batches
+
     def actions(self, name: str = "ranker") -> list[str]:
         """The rollout's moves (lifecycle commands left out)."""
         entries = self.store.audit(self.store.get_experiment(name).uid)

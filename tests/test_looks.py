@@ -78,17 +78,11 @@ def ab_rollout(rig: Rig) -> Any:
 
 def test_the_controller_records_each_ab_look_with_the_inputs_it_decided_on(rig: Rig) -> None:
     spec, c = ab_rollout(rig)
-    for batch in range(20):
-        rig.feed_clicks(spec, "ab-1", {"stable": 0.10, "candidate": 0.16}, units=300,
-                        prefix=f"b{batch}-", seed=batch)  # fmt: skip
-        rig.clock.now += 10
-        c.tick()
-        if rig.store.get_experiment("ranker").status.outcome is not None:
-            break
+    ticks = rig.tick_with_data(spec, c, "ab-1", 20, {"stable": 0.10, "candidate": 0.16})
     record = rig.store.get_experiment("ranker")
     assert record.status.outcome is Outcome.PROMOTED
     looks = rig.store.looks(record.uid, "ab-1")
-    assert len(looks) == batch + 1 >= 3  # one per tick that saw new data
+    assert len(looks) == ticks >= 3  # one per tick that saw new data
     assert rig.store.looks(record.uid) == looks
     assert [x["at"] for x in looks] == sorted(x["at"] for x in looks)
     assert {x["by"] for x in looks} == {"c1"}

@@ -1,17 +1,15 @@
 """The demo's report as a data scientist opens it: `abmesh demo --fast` run to a promotion and to
-a rollback (one run per scenario: one test each, so pytest-xdist never runs a demo twice),
-each page opened in headless Chromium and read through the DevTools protocol
-(tests.browser.DevTools).  Checked from the page's DOM and
-its plotly data: the headline is the outcome, the effect chart has one point per recorded look
-(at least ten), the p axis spans [0, 1], each guardrail has its own panel, the final move is in
-the traffic chart and the log, and no script failed.  Screenshots of both pages are kept in the
-test's temp dir."""
+a rollback (one run per scenario: one test each, so pytest-xdist never runs a demo twice; the
+suite runs these two scenarios only here), each run first checked as every demo run is
+(tests/demo_support.py), then its page opened in headless Chromium and read through the
+DevTools protocol (tests.browser.DevTools).  From the page's DOM and its plotly data: the
+headline is the outcome, the effect chart has one point per recorded look (at least ten with
+an effect), the p axis spans [0, 1], each guardrail has its own panel, the final move is in
+the traffic chart and the log, and no script failed.  Screenshots of both pages are kept in
+the test's temp dir."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +18,8 @@ import pytest
 
 from experiments.demo import COUNTRIES, PLATFORMS
 from experiments.localstack import prometheus_binary
-from experiments.report import build_report
-from experiments.store import open_store
 from tests.browser import DevTools, chromium
+from tests.demo_support import run_to_a_decision
 
 pytestmark = [
     pytest.mark.timeout(400),
@@ -76,16 +73,7 @@ def test_the_demo_report_in_chromium(scenario: str, tmp_path: Path) -> None:
 
 
 def open_report(scenario: str, workdir: Path) -> Opened:
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.cli", "demo", "--fast", "--scenario", scenario,
-         "--workdir", str(workdir)],
-        capture_output=True, text=True, timeout=300, check=False, cwd=workdir,
-        env={k: v for k, v in os.environ.items() if not k.startswith("ABMESH_")},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    store = open_store(f"sqlite:///{workdir / 'abmesh.db'}")
-    report = build_report(store, "model-demo")
-    store.close()
+    report = run_to_a_decision(scenario, workdir)  # every demo's checks, and its report
     shot = workdir / f"report-{scenario}.png"
     with DevTools(workdir / "chromium-profile") as browser:
         browser.open(workdir / "report.html")

@@ -26,13 +26,7 @@ def promoted(rig: Rig, **analysis: Any) -> None:
     spec = rig.start(doc)
     c = rig.controller()
     c.tick()
-    for batch in range(30):
-        rig.feed_clicks(spec, "ab-1", {"stable": 0.10, "candidate": 0.16}, units=300,
-                        prefix=f"b{batch}-", seed=batch)  # fmt: skip
-        rig.clock.now += 10
-        c.tick()
-        if rig.store.get_experiment("ranker").status.outcome is not None:
-            return
+    rig.tick_with_data(spec, c, "ab-1", 30, {"stable": 0.10, "candidate": 0.16})
 
 
 def served_equals_routes(report: dict[str, Any]) -> None:
@@ -103,21 +97,12 @@ def test_over_time_tells_the_canary_s_observed_looks_then_the_ab_test_s(rig: Rig
     c = rig.controller()
     c.tick()
     rig.provider.values["p99_latency_ms"] = None  # the canary holds while data comes in
-    for batch in range(3):
-        rig.feed_clicks(spec, "main", {"stable": 0.10, "candidate": 0.16}, units=300,
-                        prefix=f"c{batch}-", seed=batch)  # fmt: skip
-        rig.clock.now += 5
-        c.tick()
+    rates = {"stable": 0.10, "candidate": 0.16}
+    rig.tick_with_data(spec, c, "main", 3, rates, step_s=5, until_concluded=False)
     rig.provider.values["p99_latency_ms"] = 20.0
     rig.clock.now += 5
     c.tick()  # the canary completes: the A/B test starts its own sample
-    for batch in range(30):
-        rig.feed_clicks(spec, "ab-1", {"stable": 0.10, "candidate": 0.16}, units=300,
-                        prefix=f"b{batch}-", seed=batch)  # fmt: skip
-        rig.clock.now += 10
-        c.tick()
-        if rig.store.get_experiment("ranker").status.outcome is not None:
-            break
+    rig.tick_with_data(spec, c, "ab-1", 30, rates)
     report = build_report(rig.store, "ranker")
     assert report["headline"] == "promoted: candidate"
     phases = [(p["phase"], p["observational"]) for p in report["over_time"]]
