@@ -36,6 +36,7 @@ th, td { border-bottom: 1px solid #ddd; padding: 0.35em 0.6em; text-align: left;
 th { cursor: pointer; background: #f4f4f4; white-space: nowrap; }
 th[data-order="asc"]::after { content: " ▲"; }
 th[data-order="desc"]::after { content: " ▼"; }
+.headline { font-weight: 600; font-size: 0.85em; }
 .description { color: #666; font-size: 0.85em; max-width: 30em; }
 .error { color: #b00020; }
 .num { font-variant-numeric: tabular-nums; white-space: nowrap; }
@@ -115,6 +116,8 @@ def _row(row: Mapping[str, Any]) -> str:
     label = f'<a href="{html.escape(links["html"])}">{name}</a>' if "html" in links else name
     if "json" in links:
         label += f' <a href="{html.escape(links["json"])}" class="json">json</a>'
+    if row["headline"]:
+        label += f'<div class="headline">{html.escape(row["headline"])}</div>'
     description = row["description"]
     if description:
         label += f'<div class="description">{html.escape(_short(description))}</div>'
@@ -164,6 +167,8 @@ def _decision(row: Mapping[str, Any]) -> str:
         return f'<td class="error">error: {html.escape(row["error"])}</td>'
     decision = row["decision"]
     winner = f": {decision['winner']}" if decision["winner"] else ""
+    if decision["observational"]:
+        winner += " (observed, not gated)"
     reasons = html.escape("\n".join(decision["reasons"]))
     return f'<td title="{reasons}">{html.escape(decision["status"] + winner)}</td>'
 

@@ -21,14 +21,15 @@ from typing import Any
 import httpx
 import pytest
 
-from analysis import ArmStats, ExperimentStats
+from analysis import ExperimentStats, decide
 from assignment import assign_many
 from assignment.auth import Role
 from controlplane.lifecycle import Action, change_state
 from experiments import load_spec
 from experiments.folding import Event, FoldPlan
-from experiments.report_index import decide_each, index_rows, look_request
+from experiments.looks_log import look_of, record_look
 from experiments.report_index_html import render_index
+from experiments.reporting import analysed_spec, phase_report
 from experiments.status import Outcome, State, end_phase
 from experiments.store import Store, open_store
 from tests.browser import chromium, rendered
@@ -73,6 +74,11 @@ def seeded(url: str) -> dict[str, tuple[dict[str, float], dict[str, int]]]:
     sent["index"] = running(store, "index")
     sent["promoted"] = running(store, "promoted", analysis={"relative": True})
     record = store.get_experiment("promoted")
+    # The look the controller concluded on, as it records it.
+    arms = phase_report(store, record)["arms"]
+    decision = decide(analysed_spec(record), ExperimentStats.from_report(arms))
+    record_look(store, record.uid, look_of(decision, arms, record=record, phase=record.phase,
+                                           at=time.time(), by="controller"))  # fmt: skip
     concluded = replace(record.status, state=State.CONCLUDED, outcome=Outcome.PROMOTED,
                         weights={"control": 0.0, "treatment": 100.0})  # fmt: skip
     store.commit_status("promoted", end_phase(concluded, time.time()),
@@ -154,6 +160,7 @@ def test_each_row_is_the_data_and_agrees_with_its_report(site: Path, sent: Any) 
         rate = {v: conversions[v] / units[v] for v in units}
         assert c["lift"] == pytest.approx(rate["treatment"] / rate["control"] - 1)
         report = json.loads((site / row["links"]["json"]).read_text())
+        assert row["headline"] == report["headline"]
         assert row["decision"]["status"] == report["decision"]["status"]
         (metric,) = [m for m in report["metrics"] if m["metric"] == "click"]
         (expected,) = metric["comparisons"]
@@ -168,6 +175,10 @@ def test_each_row_is_the_data_and_agrees_with_its_report(site: Path, sent: Any) 
     (lifted,) = rows["promoted"]["primary"]["comparisons"]
     assert (lifted["scale"], lifted["effect"]) == ("relative", lifted["lift"])
     assert (rows["promoted"]["state"], rows["promoted"]["outcome"]) == ("concluded", "promoted")
+    # Told from the look it concluded on, as its report is.
+    assert rows["promoted"]["headline"] == "promoted: treatment"
+    assert rows["promoted"]["decision"]["by"] == "controller"
+    assert rows["ranker-v2"]["decision"]["by"] == "report"  # running: a look taken now
     assert (rows["draft-exp"]["state"], rows["draft-exp"]["outcome"]) == ("draft", None)
     for empty in ("draft-exp", "no-data"):
         assert rows[empty]["decision"]["status"] == "continue"
@@ -188,7 +199,9 @@ def test_hostile_text_is_escaped_everywhere_in_the_page() -> None:
         "phase": "main", "position": {"phase": 1, "of": 2, "kind": "ab", "step": 1,
                                       "rollout": "paused", "reason": HOSTILE},
         "updated_at": 0.0, "units": {"a": 1.0}, "primary": {"metric": "m", "comparisons": []},
-        "decision": {"status": "continue", "winner": None, "reasons": [HOSTILE, '" onclick="x']},
+        "headline": HOSTILE, "decision": {"status": "continue", "winner": None,
+                                          "reasons": [HOSTILE, '" onclick="x'],
+                                          "observational": False},
         "error": None, "links": {"html": 'x.html" onclick="x', "json": "x.json"},
     }  # fmt: skip
     failed = row | {"experiment": "y", "decision": None, "error": HOSTILE}
@@ -197,25 +210,8 @@ def test_hostile_text_is_escaped_everywhere_in_the_page() -> None:
     assert 'alert("' not in page
     assert 'onclick="x' not in page
     assert page.count("<script>") == 1  # the page's own
-    # Descriptions and rollout reasons of both rows, the decision reason, the error.
-    assert page.count("&lt;script&gt;alert(&quot;x&quot;)") == 6
-
-
-def test_one_broken_look_does_not_take_the_others_down(store_url: str, sent: Any) -> None:
-    store = open_store(store_url)
-    good = next(r for r in index_rows(store) if r["experiment"] == "ranker-v2")
-    record = store.get_experiment("ranker-v2")
-    spec = record.spec
-    arm = ArmStats(10, 1, 1)
-    bad = ExperimentStats({"control": -1.0, "treatment": 10.0},
-                          {"click": {"control": arm, "treatment": arm}})  # fmt: skip
-    request = look_request(store, record)
-    first, second = decide_each([request, (spec, bad, (), None)])
-    assert not isinstance(first, Exception)
-    assert first.status.value == good["decision"]["status"]
-    assert isinstance(second, ValueError)
-    assert "not a count" in str(second)
-    store.close()
+    # Headlines, descriptions and rollout reasons of both rows, the decision reason, the error.
+    assert page.count("&lt;script&gt;alert(&quot;x&quot;)") == 8
 
 
 def test_a_killed_run_leaves_the_previous_index_whole(site: Path, store_url: str) -> None:
