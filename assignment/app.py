@@ -123,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         integrations.router,
         predictions.router,
         reports.router,
+        reports.index_router,
     ):
         app.include_router(router)
     app.openapi = describe(app, settings)  # type: ignore[method-assign]

@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from experiments.cli_common import Output, OutputOpt, StoreOpt, fail, out, print_data, store_for
+from experiments.cli_common import (
+    Output,
+    OutputOpt,
+    StoreOpt,
+    err,
+    fail,
+    out,
+    print_data,
+    store_for,
+)
 from experiments.looks_log import look_of, record_look
 from experiments.reporting import analysed_spec, phase_report
 
@@ -113,16 +122,37 @@ def decide_command(
 
 
 def report_command(
-    experiment: str,
+    experiment: Annotated[
+        str | None, typer.Argument(help="The experiment; or --all for every one.")
+    ] = None,
+    every: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Every experiment: its report and an index.html linking them, in -o DIR."
+        ),
+    ] = False,
     out_file: Annotated[
-        Path | None, typer.Option("--out", "-o", help="report.html, or .json for the data.")
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="report.html, or .json for the data; with --all a directory (default: site).",
+        ),
     ] = None,
     store: StoreOpt = None,
 ) -> None:
-    """Write the experiment's report: a self-contained HTML page (or its JSON)."""
+    """Write the experiment's report: a self-contained HTML page (or its JSON); with --all,
+    every experiment's report and an index of them into a directory."""
     from experiments.report import build_report
     from experiments.report_html import render_html
 
+    if every and experiment is not None:
+        fail(f"give an experiment or --all, not both (got {experiment!r} and --all)")
+    if every:
+        _report_all(out_file or Path("site"), store)
+        return
+    if experiment is None:
+        fail("name an experiment (abmesh report NAME), or --all for every one")
     with store_for(store) as st:
         report = build_report(st, experiment)
     path = out_file or Path(f"{experiment}-report.html")
@@ -131,6 +161,27 @@ def report_command(
     else:
         path.write_text(render_html(report))
     out.print(f"{experiment}: {report['decision']['status']}; report written to {path}")
+
+
+def _report_all(directory: Path, store: str | None) -> None:
+    from experiments.report_site import write_site
+
+    if directory.exists() and not directory.is_dir():
+        fail(f"-o {directory}: not a directory (--all writes index.html and a report per"
+             " experiment into a directory)")  # fmt: skip
+    if not directory.exists() and directory.suffix in (".html", ".json"):
+        fail(f"-o {directory}: --all writes a directory, not one {directory.suffix} file")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with store_for(store) as st:
+            rows = write_site(st, directory)
+    except OSError as exc:
+        fail(f"-o {directory}: cannot write the site: {exc}")
+    failed = [row for row in rows if row["error"]]
+    out.print(f"{len(rows) - len(failed)} of {len(rows)} experiments' reports written;"
+              f" index: {directory / 'index.html'}", markup=False)  # fmt: skip
+    for row in failed:
+        err.print(f"warning: {row['experiment']}: {row['error']}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,11 +4,11 @@ time, one point per look, whatever the rollout's length.
 A look is recorded by whoever takes it (the rollout controller, `abmesh decide`, the verdict
 endpoints), with its inputs and result: when, who, the analysis phase, the look's number (the
 decision state's counter), the per-arm sufficient statistics as `phase_report` gives them, and
-the decision (status, winner, reasons, SRM p) with, per comparison, the effect, its
-always-valid interval and p-value (for a group-sequential design: z, the information fraction
-and the boundary).  A canary's looks are observational: the controller does not gate on them
-and the split moves under them, so they are compared at a fixed nominal split without an SRM
-judgement (`observe`), and marked so.
+the decision (status, winner, reasons, SRM p) with, per comparison, the effect (the lift, where
+`relative`), its always-valid interval and p-value (for a group-sequential design: z, the
+information fraction and the boundary).  A canary's looks are observational: the controller
+does not gate on them and the split moves under them, so they are compared at a fixed nominal
+split without an SRM judgement (`observe`), and marked so.
 
 Bounded, because a decision may be asked for every few seconds for months:
 - a look that saw the same data as the phase's last recorded one (the same exposures and
@@ -102,6 +102,7 @@ def look_of(
             "effect": c.estimate, "low": c.ci_low, "high": c.ci_high, "pvalue": c.pvalue,
             "z": c.statistic if cap else None, "information": information,
             "boundary": c.boundary, "units": [c.n_control, c.n_treatment],
+            "relative": c.relative,
         })  # fmt: skip
     return {
         "at": at,

@@ -26,10 +26,11 @@ BROWSER = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stde
            "--virtual-time-budget=10000"]  # fmt: skip
 
 
-def rendered(page: Path) -> tuple[str, list[str]]:
-    """(the DOM, the console errors) of `page` once its charts are drawn."""
+def rendered(page: Path, query: str = "") -> tuple[str, list[str]]:
+    """(the DOM, the console errors) of `page` (with `query`, e.g. "?q=x") once its charts are
+    drawn."""
     dom = subprocess.run(
-        [chromium() or "chromium", *BROWSER, "--dump-dom", page.as_uri()],
+        [chromium() or "chromium", *BROWSER, "--dump-dom", page.as_uri() + query],
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]

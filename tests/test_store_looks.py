@@ -1,7 +1,7 @@
 """The looks history's part of the store contract, on SQLite, a real Redis server and a real
-Redis Cluster: append-only per uid and phase, a repeat of the phase's last data skipped, a hard
-cap per phase, two writers at once, delete (or keep) with the experiment, and an SQLite store
-of schema 6 migrated in place."""
+Redis Cluster: append-only per uid and phase, a phase's last look read alone, a repeat of the
+phase's last data skipped, a hard cap per phase, two writers at once, delete (or keep) with the
+experiment, and an SQLite store of schema 6 migrated in place."""
 
 from __future__ import annotations
 
@@ -39,6 +39,17 @@ def test_looks_are_kept_per_phase_oldest_first(store: Store) -> None:
     assert [x["look"] for x in store.looks("uid-1")] == [1, 2, 3, 4, 5]
     assert store.looks("uid-1", "none") == []
     assert store.looks("uid-2") == []
+
+
+def test_a_phase_s_last_look_is_read_alone(store: Store) -> None:
+    assert store.last_look("u", "main") is None
+    # 20 looks of main, then 50 of another phase: main's last lies several chunks back.
+    for i, phase in enumerate(["main"] * 20 + ["ab-1"] * 50, start=1):
+        assert store.append_look("u", look(phase, i), fingerprint=f"f{i}", cap=100)
+        assert store.last_look("u", phase) == store.looks("u", phase)[-1] == look(phase, i)
+    assert store.last_look("u", "main") == look("main", 20)
+    assert store.last_look("u", "none") is None
+    assert store.last_look("other", "main") is None
 
 
 def test_a_look_at_the_phase_s_last_data_is_not_recorded_again(store: Store) -> None:

@@ -313,6 +313,10 @@ class LookStore(Protocol):
     def looks(self, uid: str, phase: str | None = None) -> list[dict[str, Any]]:
         """The recorded looks, oldest first: of one phase, or of every phase."""
 
+    def last_look(self, uid: str, phase: str) -> dict[str, Any] | None:
+        """The phase's last recorded look (None if none), without reading the others: what
+        a concluded experiment's report is told from (the index reads it for every one)."""
+
 
 @runtime_checkable
 class PredictionStore(Protocol):

@@ -99,6 +99,22 @@ class RedisControl(RedisBase):
         entries = (json.loads(r) for r in rows)
         return [e["look"] for e in entries if phase is None or e["phase"] == phase]
 
+    def last_look(self, uid: str, phase: str) -> dict[str, Any] | None:
+        # Read back from the end in growing chunks: the phase asked for is nearly always the
+        # last one looked at.  A look appended meanwhile shifts the negative indexes towards
+        # entries already read, so none is skipped.
+        key, end, size = self._look_keys(uid)[0], -1, 8
+        with self._guard():
+            while True:
+                rows = self.client.lrange(key, end - size + 1, end)
+                for row in reversed(rows):
+                    entry = json.loads(row)
+                    if entry["phase"] == phase:
+                        return dict(entry["look"])
+                if len(rows) < size:
+                    return None
+                end, size = end - size, size * 2
+
     def lease_holders(self, prefix: str) -> dict[str, str]:
         head = self.catalog_key("lease:")
         with self._guard():

@@ -97,6 +97,14 @@ class SQLiteControl(SQLiteBase):
             rows = db.execute(query + " ORDER BY seq", args).fetchall()
         return [json.loads(r[0]) for r in rows]
 
+    def last_look(self, uid: str, phase: str) -> dict[str, Any] | None:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT look FROM looks WHERE uid = ? AND phase = ? ORDER BY seq DESC LIMIT 1",
+                (uid, phase),
+            ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
         now = time.time()
         with self._write() as db:
