@@ -5,7 +5,7 @@ Prometheus scraping Envoy, the controller (`envoy` router) and simulated users. 
 abmesh for its group, calls the model through Envoy with that header, and converts with a
 probability that depends on the model that answered.  The rollout walks a canary, then an A/B
 phase, to a decision: promotion by default; with `scenario="regression"` the candidate starts
-failing at its last canary step and is rolled back (by then the canary's observed looks have
+failing at its second canary step and is rolled back (by then the canary's observed looks have
 shown the effect for a while: the report's history); with `scenario="shadow"` a shadow phase
 comes first, Envoy mirroring every stable request to the candidate, whose labels differ from
 the stable model's on 3 % of requests: the comparison stops the rollout before any user is
@@ -81,12 +81,15 @@ def demo_spec(fast: bool, shadow: bool = False) -> ExperimentSpec:
             # Who the users are, for the report's per-segment effects.
             "segments": [{"name": "country", "values": list(COUNTRIES)},
                          {"name": "platform", "values": list(PLATFORMS)}],
-            "analysis": {"min_units_per_arm": 100, "n_star": 2000 if fast else 10_000},
+            # Fast: a verdict from 30 units an arm, so the canary's looks show the effect
+            # after seconds, not after the candidate's 5 % reached 100 units.
+            "analysis": {"min_units_per_arm": 30 if fast else 100,
+                         "n_star": 2000 if fast else 10_000},
             "rollout": {
                 "phases": [
                     *first,
-                    # Fast: a step holds 6 s, so a regression at the last one is caught
-                    # there, with the canary's looks in the report before it.
+                    # Fast: a step holds 6 s, so a regression is caught within the canary
+                    # (it takes a few seconds), with the canary's looks before it.
                     {"kind": "canary", "steps": [5, 20, 50], "checks": 1 if fast else 5,
                      "min_duration_s": 6 if fast else 30},
                     {"kind": "ab", "split": 50},
@@ -237,8 +240,7 @@ def run_demo(
             Routers(defaults),
             Providers(ProviderConfig(stack.prometheus_url, mesh="envoy", window="3s")),
             owner="demo-controller",
-            # The fast run's test decides in seconds: half-second looks still give ten or more.
-            interval=0.5 if fast else 1.0,
+            interval=1.0,
             settle_s=3.0,
         )
         loop = threading.Thread(target=controller.run, args=(stop,), daemon=True)
@@ -246,14 +248,14 @@ def run_demo(
         # The default run paces its users (about 100 a second) so the loop can be watched.
         users = Users(service.url, stack.front, CONVERSION[fast], pause=0.0 if fast else 0.03)
         broken = False
-        deadline = started + (90 if fast else 420)
+        deadline = started + (150 if fast else 420)
         with Live(console=console, refresh_per_second=2, transient=False) as live:
             while time.time() < deadline:
                 doc = store.get_experiment(NAME).status.rollout
                 live.update(_table(store, started, users.served))
                 if doc and doc["status"] in ("promoted", "rolled_back", "no_difference"):
                     break
-                if scenario == "regression" and not broken and doc and doc["step"] >= 2:
+                if scenario == "regression" and not broken and doc and doc["step"] >= 1:
                     stack.set_model("v2", error_rate=0.05)  # the candidate starts failing
                     broken = True
                 time.sleep(0.5)

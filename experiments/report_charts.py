@@ -180,12 +180,10 @@ def guardrail_charts(report: dict[str, Any], clock: Clock) -> list[tuple[str, go
         fig.add_scatter(x=xs, y=[r.get(limit) for r in rows], mode="lines", name="limit",
                         line={"dash": "dash", "color": "#d62728"})  # fmt: skip
         read = any(r.get(value) is not None for r in rows)
-        title = f"Guardrail {name}"
-        if sequential:
-            title += f" ({rows[-1].get('kind', 'sequential')}: always-valid p against α)"
-        title += "" if read else " (no data)"
+        title = name + (f" ({rows[-1].get('kind', 'sequential')})" if sequential else "")
+        title += "" if read else ": no data"
         fig.update_layout(title=title, showlegend=False,
-                          yaxis_title="always-valid p" if sequential else name)  # fmt: skip
+                          yaxis_title="always-valid p vs α" if sequential else name)  # fmt: skip
         if sequential:
             fig.update_yaxes(range=[0, 1])
         clock.axis(fig)

@@ -141,6 +141,12 @@ def _basis(report: dict[str, Any]) -> str:
             f"{recorded} looks recorded in the phase")  # fmt: skip
 
 
+def _srm(decision: dict[str, Any]) -> str:
+    if decision["observational"]:
+        return "SRM not judged (the split moved)"
+    return f"SRM p {_fmt(decision['srm_pvalue'])}"
+
+
 def _weights(weights: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:g} %" for k, v in weights.items())
 
@@ -190,7 +196,7 @@ table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;paddi
 <script>{get_plotlyjs()}</script></head>
 <body><h1>{title}</h1>
 <p class="status" id="decision">{html.escape(report["headline"])}</p>
-<p id="basis">{html.escape(_basis(report))}; SRM p {_fmt(d["srm_pvalue"])};
+<p id="basis">{html.escape(_basis(report))}; {_srm(d)};
 served now: <span id="weights">{html.escape(_weights(report["weights"]))}</span></p>
 <h2>Why</h2><ul id="reasons">{reasons}</ul>
 <h2>Effects</h2>{_table(["metric", "role", "variant", "verdict", "effect", "relative", "low", "high", "p"], metric_rows)}
