@@ -29,7 +29,8 @@ from experiments import load_spec
 from experiments.folding import Event, FoldPlan
 from experiments.looks_log import look_of, record_look
 from experiments.report_index_html import render_index
-from experiments.reporting import analysed_spec, phase_report
+from experiments.report_site import write_site
+from experiments.reporting import analysed_spec, phase_report, take_snapshot
 from experiments.status import Outcome, State, end_phase
 from experiments.store import Store, open_store
 from tests.browser import chromium, rendered
@@ -83,8 +84,7 @@ def seeded(url: str) -> dict[str, tuple[dict[str, float], dict[str, int]]]:
                         weights={"control": 0.0, "treatment": 100.0})  # fmt: skip
     store.commit_status("promoted", end_phase(concluded, time.time()),
                         expected_version=record.status.version)  # fmt: skip
-    store.put_experiment(load_spec(spec_doc([{"kind": "ab"}]) | {"name": "no-data"}))
-    change_state(store, "no-data", Action.START)
+    running(store, "no-data", users=0)
     store.put_experiment(load_spec(spec_doc([{"kind": "ab"}], description=HOSTILE)
                                    | {"name": "draft-exp"}))  # fmt: skip
     running(store, "broken")
@@ -105,6 +105,14 @@ def abmesh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def site_rows(site: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = json.loads((site / "index.json").read_text())["experiments"]
     return rows
+
+
+def comparable(row: dict[str, Any]) -> dict[str, Any]:
+    """A row without its links and, for a look taken when asked, the time it was taken."""
+    decision = row["decision"]
+    if decision is not None and decision["by"] == "report":
+        decision = {k: v for k, v in decision.items() if k != "at"}
+    return {k: v for k, v in row.items() if k != "links"} | {"decision": decision}
 
 
 def links(page: str) -> list[str]:
@@ -181,9 +189,12 @@ def test_each_row_is_the_data_and_agrees_with_its_report(site: Path, sent: Any) 
     assert rows["ranker-v2"]["decision"]["by"] == "report"  # running: a look taken now
     assert (rows["draft-exp"]["state"], rows["draft-exp"]["outcome"]) == ("draft", None)
     for empty in ("draft-exp", "no-data"):
-        assert rows[empty]["decision"]["status"] == "continue"
-        assert not any(rows[empty]["units"].values())
-        assert all(c["effect"] is None for c in rows[empty]["primary"]["comparisons"])
+        assert (rows[empty]["decision"]["status"], rows[empty]["units"]) == ("continue", {})
+    (waiting,) = rows["no-data"]["primary"]["comparisons"]
+    assert (waiting["verdict"], waiting["effect"], waiting["lift"]) == ("burn_in", None, None)
+    assert rows["no-data"]["decision"]["reasons"][0].startswith("burn-in: click has 0 units")
+    assert rows["draft-exp"]["primary"]["comparisons"] == []  # all of it to control: no test
+    assert rows["draft-exp"]["headline"] == "draft, phase main: inconclusive"
     broken = rows["broken"]
     assert "links" not in broken
     assert broken["decision"] is None
@@ -191,6 +202,29 @@ def test_each_row_is_the_data_and_agrees_with_its_report(site: Path, sent: Any) 
     page = (site / "index.html").read_text()
     assert HOSTILE not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &lt;b&gt;bold" in page
+
+
+def test_a_report_that_cannot_be_built_is_listed_with_its_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    store = open_store(url)
+    running(store, "kept")
+    running(store, "bad-history")
+    take_snapshot(store, store.get_experiment("bad-history"))
+    # Its one snapshot is unreadable: its row is told from the statistics, its report fails.
+    with sqlite3.connect(tmp_path / "a.db") as db:
+        db.execute("UPDATE snapshots SET stats = '[' WHERE experiment = 'bad-history'")
+    site = tmp_path / "site"
+    site.mkdir()
+    bad, kept = write_site(store, site)
+    store.close()
+    assert bad["decision"]["status"] == "continue"  # the row could be told
+    assert bad["error"].startswith("report: JSONDecodeError")
+    assert "links" not in bad
+    assert kept["links"] == {"html": "kept.html", "json": "kept.json"}
+    assert sorted(p.name for p in site.iterdir()) == [
+        "index.html", "index.json", "kept.html", "kept.json"
+    ]  # fmt: skip
+    assert f"error: {bad['error']}" in (site / "index.html").read_text()
 
 
 def test_hostile_text_is_escaped_everywhere_in_the_page() -> None:
@@ -275,9 +309,9 @@ def test_the_service_serves_the_index_to_readers(
         answer = httpx.get(f"{service.url}/v1/reports", headers=reader, timeout=120)
         assert answer.status_code == 200
         rows = answer.json()["experiments"]
-        # The same rows as the site's, but for where the reports are.
-        served = [{k: v for k, v in r.items() if k != "links"} for r in rows]
-        assert served == [{k: v for k, v in r.items() if k != "links"} for r in site_rows(site)]
+        # The same rows as the site's, but for where the reports are and when a look was taken
+        # now.
+        assert [comparable(r) for r in rows] == [comparable(r) for r in site_rows(site)]
         for row in rows:
             name = row["experiment"]
             if row["error"]:

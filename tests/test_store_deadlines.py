@@ -37,6 +37,8 @@ BOUNDED_ROUTES = [
     ("GET", f"/v1/experiments/{PLAIN}/report", None),
     ("GET", f"/v1/experiments/{PLAIN}/report.html", None),
     ("GET", f"/v1/experiments/{PLAIN}/decision", None),
+    ("GET", "/v1/reports", None),
+    ("GET", "/reports", None),
     ("POST", "/v1/flagger/confirm-promotion", FLAGGER),
     ("POST", "/v1/flagger/event", FLAGGER),
     ("POST", f"/v1/experiments/{PLAIN}/pause", None),
