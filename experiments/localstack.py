@@ -33,7 +33,8 @@ def free_port() -> int:
 def wait_until(
     check: Callable[[], object],
     what: str,
-    timeout: float = 20.0,
+    # Generous: a busy two-core machine (CI, a test suite beside it) starts a service slowly.
+    timeout: float = 60.0,
     ignore: tuple[type[BaseException], ...] = (OSError, httpx.HTTPError),
 ) -> None:
     """Poll `check` until it is true; errors in `ignore` count as "not yet"."""

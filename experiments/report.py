@@ -47,7 +47,7 @@ def build_report(store: Store, name: str) -> dict[str, Any]:
             "comparisons": [
                 {"variant": c["variant"], "verdict": c["verdict"], "effect": c["effect"],
                  "low": c["low"], "high": c["high"], "pvalue": c["pvalue"],
-                 "relative": _relative(per_arm, control, c["variant"])}
+                 "relative": point_lift(per_arm, control, c["variant"])}
                 for c in comparisons
             ],
         })  # fmt: skip
@@ -122,7 +122,8 @@ def _design(spec: Any) -> dict[str, Any] | None:
     }
 
 
-def _relative(per_arm: Mapping[str, Any], control: str, variant: str) -> float | None:
+def point_lift(per_arm: Mapping[str, Any], control: str, variant: str) -> float | None:
+    """(b̄ − ā)/|ā|; None where it is undefined (an empty arm, a control mean of 0)."""
     a, b = per_arm.get(control), per_arm.get(variant)
     if a is None or b is None or not a.n or not b.n or a.mean == 0:
         return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from experiments.errors import StoreError
-from experiments.report import _relative
+from experiments.report import point_lift
 from experiments.report_history import basis_look, headline
 from experiments.reporting import position
 from experiments.store import ExperimentRecord, Store
@@ -78,7 +78,7 @@ def _told(store: Store, record: ExperimentRecord) -> dict[str, Any]:
                  "low": c["low"], "high": c["high"],
                  "scale": "relative" if c.get("relative") else "absolute",
                  "lift": c["effect"] if c.get("relative")
-                 else _relative(per_arm, control, c["variant"])}
+                 else point_lift(per_arm, control, c["variant"])}
                 for c in look["comparisons"] if c["metric"] == name
             ],
         }  # fmt: skip

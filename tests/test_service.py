@@ -316,4 +316,5 @@ def test_openapi_schema_builds_cleanly(tmp_path: Path) -> None:
     assert [(p["name"], p["in"], p["required"]) for p in params] == [
         ("experiment", "path", True),
         ("unit", "query", True),
+        ("segment.{attribute}", "query", False),  # documents segment.country=DE and the like
     ]
