@@ -25,7 +25,8 @@ def build_report(store: Store, name: str) -> dict[str, Any]:
     rollout = record.status.rollout
     phase = record.phase  # the analysed phase: the current one, or the one it concluded with
     looks = store.looks(record.uid)
-    look = basis_look(store, record, [x for x in looks if x["phase"] == phase])
+    current = phase_report(store, record, phase)  # one read: the look now, segments, bins
+    look = basis_look(store, record, [x for x in looks if x["phase"] == phase], current)
     stats = ExperimentStats.from_report(look["arms"])
     control = spec.control_variant.key
     kinds: dict[str, tuple[str, str]] = {}
@@ -52,7 +53,6 @@ def build_report(store: Store, name: str) -> dict[str, Any]:
             ],
         })  # fmt: skip
     points = over_time(store, record, looks, kinds)
-    current = phase_report(store, record, phase)  # segments and distributions: as folded now
     audit = store.audit(record.uid)
     times = [e["at"] for e in audit if "at" in e] + [p["at"] for p in points]
     return {

@@ -38,15 +38,19 @@ def observational(record: ExperimentRecord, phase: str) -> bool:
 
 
 def basis_look(
-    store: Store, record: ExperimentRecord, looks: list[dict[str, Any]]
+    store: Store,
+    record: ExperimentRecord,
+    looks: list[dict[str, Any]],
+    current: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The look the report is told from: the concluding look, or one taken now."""
+    """The look the report is told from: the concluding look, or one taken now (on `current`,
+    the phase's report, if the caller has read it already)."""
     from analysis import DecisionState, ExperimentStats, decide
 
     if record.state is State.CONCLUDED and looks:
         return looks[-1]
     phase, rollout = record.phase, record.status.rollout or {}
-    arms = phase_report(store, record, phase)["arms"]
+    arms = (current or phase_report(store, record, phase))["arms"]
     if observational(record, phase):
         saved = rollout.get("observed")
         decision = observe(record, arms, DecisionState.from_dict(saved) if saved else None)

@@ -191,7 +191,10 @@ def test_local_mode_keeps_its_configs_when_the_service_goes_away(tmp_path: Path)
     change_state(store, "ranker-v2", Action.START)
     store.close()
     svc = start_service(url, tmp_path)
-    client = AssignmentClient(svc.url, local=True, token=READER, refresh_interval=0, timeout=0.2)
+    # A generous timeout: on a busy machine a 0.2 s one let the first refresh time out, and the
+    # client then had no configs to keep.  A stopped service refuses at once anyway.
+    client = AssignmentClient(svc.url, local=True, token=READER, refresh_interval=0, timeout=10)
+    client.refresh()  # the configs it is to keep
     before = client.assign("ranker-v2", "user-5")
     svc.stop()
     after = client.assign("ranker-v2", "user-5")  # the refresh fails; the last configs serve

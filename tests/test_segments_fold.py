@@ -138,3 +138,28 @@ def test_an_unknown_attribute_in_the_log_is_ignored(store: Store) -> None:
     report = phase_report(store, store.get_experiment("segmented"), "main")
     assert list(report["segments"]) == ["platform"]
     assert report["arms"]["control"]["exposures"] == 1
+
+
+def test_a_store_of_schema_5_gains_the_segments_column_and_keeps_its_log(tmp_path: Any) -> None:
+    """Logs written before segments existed fold as before; new entries carry segments."""
+    import sqlite3
+
+    from experiments.store import open_store
+
+    path = tmp_path / "old.db"
+    url = f"sqlite:///{path}"
+    store = open_store(url)
+    plan = start(store, spec(["platform"]))
+    store.append_exposures("segmented", "main", plan, as_exposures({"old": ("control", NOW)}))
+    store.close()
+    db = sqlite3.connect(path)  # back to schema 5: the logs without their segments column
+    db.executescript("ALTER TABLE exposure_log DROP COLUMN segments;"
+                     " ALTER TABLE event_log DROP COLUMN segments; PRAGMA user_version = 5;")
+    db.close()
+    store = open_store(url)
+    store.record_exposures("segmented", "main", plan,
+                           {"new": ("control", NOW, 1, (("platform", "ios"),))})  # fmt: skip
+    report = phase_report(store, store.get_experiment("segmented"), "main")
+    assert report["arms"]["control"]["exposures"] == 2  # the old unit and the new one
+    assert report["segments"]["platform"]["ios"]["control"]["exposures"] == 1
+    store.close()

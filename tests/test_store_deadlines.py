@@ -32,6 +32,7 @@ BOUNDED_ROUTES = [
     ("GET", "/v1/experiments", None),
     ("GET", f"/v1/experiments/{PLAIN}", None),
     ("GET", f"/v1/experiments/{PLAIN}/stats", None),
+    ("GET", f"/v1/experiments/{PLAIN}/segments", None),
     ("GET", f"/v1/experiments/{PLAIN}/snapshots", None),
     ("GET", f"/v1/experiments/{PLAIN}/events", None),
     ("GET", f"/v1/experiments/{PLAIN}/report", None),
