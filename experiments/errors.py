@@ -37,3 +37,8 @@ class ConflictError(AbmeshError):
 
 class StoreError(AbmeshError):
     """The store URL is malformed, or the store cannot be reached."""
+
+
+class SourceError(StoreError):
+    """A SQL metric source cannot be reached, or its query failed or timed out: the metrics
+    are unreadable, as with a store that is down."""

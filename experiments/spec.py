@@ -32,6 +32,7 @@ from experiments.spec_base import (
 from experiments.spec_metrics import AnalysisSettings, Direction, Metric, MetricKind, Metrics
 from experiments.spec_rollout import Rollout
 from experiments.spec_segments import Segment, check_segments
+from experiments.spec_source import SqlSource, check_sources
 
 __all__ = [
     "BASIS_POINTS",
@@ -148,6 +149,8 @@ class ExperimentSpec(SpecModel):
     segments: tuple[Segment, ...] = ()
     analysis: AnalysisSettings = AnalysisSettings()
     rollout: Rollout | None = None
+    # Where the metrics' events are read: default abmesh's own store (experiments.spec_source).
+    source: SqlSource | None = None
 
     @field_validator("variants")
     @classmethod
@@ -177,6 +180,7 @@ class ExperimentSpec(SpecModel):
         if self.rollout is not None:
             self._check_rollout(self.rollout)
         check_segments(self.segments)
+        check_sources(self.source, self.metrics, self.segments)
         candidate = self.rollout.candidate if self.rollout else None
         if candidate is not None and (
             candidate not in keys or candidate == self.control_variant.key

@@ -13,6 +13,7 @@ from typing import Annotated, Self
 from pydantic import Field, Strict, model_validator
 
 from experiments.spec_base import Name, Number, SpecModel, no_repeats
+from experiments.spec_source import SqlSource
 
 Count = Annotated[int, Strict()]
 Flag = Annotated[bool, Strict()]
@@ -46,6 +47,8 @@ class Metric(SpecModel):
     # Two-sided tolerance for guardrails, relative to control (0.02: a shift of more than 2 %
     # either way is harm), for a metric that should not move at all, e.g. a model's mean score.
     tolerance: Number | None = Field(default=None, gt=0, allow_inf_nan=False)
+    # Where its events are read (a ratio's: both parts'); default: the spec's `source`.
+    source: SqlSource | None = None
 
     @model_validator(mode="after")
     def _one_bound(self) -> Self:

@@ -1,0 +1,271 @@
+"""The one query that turns a warehouse's exposures and events into per-arm (and per-segment)
+sufficient statistics, with abmesh's own folding rules (experiments.foldbatch):
+
+- a unit's arm is its first exposure in the phase (earliest, ties by variant);
+- an event counts once per `event_id` (redeliveries are dropped);
+- an event no earlier than `SKEW_S` before the unit's exposure counts in the metric, an
+  earlier one (and the exposure's covariate column, if the source names one) in the metric's
+  pre-period series, the CUPED covariate; events of units never exposed never count;
+- a unit's value is its total (`sum`/`mean`) or whether it has any event (`conversion`); an
+  exposed unit without events counts as 0;
+- per arm, and per cell `arm × segment value`, the query returns n, Σv and the central
+  moments Σ(v − v̄)² and Σ(a − ā)(b − b̄), in two passes (the mean first): stable however
+  large the values, the pitfall of docs/statistics.md §3.
+
+It is written once, in DuckDB's dialect, and transpiled by sqlglot for the others; what no
+transpiler knows is isolated here: a timestamp column's unix seconds (`EPOCH_SQL`) and the
+user's own table or query, placed verbatim in the engine's dialect after transpiling."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import sqlglot
+
+from experiments.foldbatch import SKEW_S
+from experiments.folding import PRE
+from experiments.spec_segments import MAX_VALUE_CHARS, OTHER, Segment
+from experiments.spec_source import SqlSource, is_query
+
+# A timestamp column's unix seconds, per dialect (sqlglot has no portable spelling of it).
+EPOCH_SQL = {
+    "duckdb": "epoch({})",
+    "postgres": "EXTRACT(EPOCH FROM {})",
+    "clickhouse": "(toUnixTimestamp64Micro(toDateTime64({}, 6)) / 1e6)",
+    "bigquery": "(UNIX_MICROS({}) / 1e6)",
+    "snowflake": "(DATE_PART(epoch_microsecond, {}) / 1e6)",
+}
+DIALECTS = tuple(EPOCH_SQL)
+_EXPOSURES, _EVENTS, _EPOCH = "abmesh_exposures_src", "abmesh_events_src", "ABMESH_EPOCH"
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What a look reads: exposures in [start, until], events in [pre_start, until]."""
+
+    start: float
+    until: float
+    pre_start: float
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The result's columns after `attr, val, arm, n`: per series Σv and m2, per pair the
+    co-moment.  `attr` is '' on an arm's row, else the segment of the cell `val`."""
+
+    series: tuple[str, ...]
+    pairs: tuple[tuple[str, str], ...]
+
+
+def literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def ident(name: str) -> str:
+    return '"' + name + '"'
+
+
+def _number(x: float) -> str:
+    return repr(float(x))
+
+
+def build(
+    source: SqlSource,
+    *,
+    experiment: str,
+    metrics: Mapping[str, bool],
+    pairs: Sequence[tuple[str, str]],
+    segments: Sequence[Segment],
+    window: Window,
+    dialect: str,
+) -> tuple[str, Layout]:
+    """The query for `metrics` (event metric -> is a conversion) with the co-moments of
+    `pairs` (of their series), and its layout."""
+    cols, ecols = source.columns.exposures, source.columns.events
+    series = tuple(s for m in metrics for s in (m, m + PRE))
+    segment_cols = [cols.segments.get(s.name, s.name) for s in segments]
+    covariates = [(m, c) for m, c in cols.covariates.items() if m in metrics]
+
+    def at(column: str) -> str:
+        col = ident(column)
+        return f"{_EPOCH}({col})" if source.timestamps == "timestamp" else col
+
+    x_at, e_at = at(cols.timestamp), at(ecols.timestamp)
+    x_filter = f"{x_at} >= {_number(window.start)} AND {x_at} <= {_number(window.until)}"
+    if cols.experiment:
+        x_filter += f" AND {ident(cols.experiment)} = {literal(experiment)}"
+    names = ", ".join(literal(m) for m in metrics)
+    e_filter = (
+        f"{ident(ecols.metric)} IN ({names}) AND {e_at} >= {_number(window.pre_start)}"
+        f" AND {e_at} <= {_number(window.until)}"
+    )
+    if ecols.experiment:
+        e_filter += f" AND {ident(ecols.experiment)} = {literal(experiment)}"
+    seg = [f"s{i}" for i in range(len(segments))]
+    cov = [f"k{i}" for i in range(len(covariates))]
+    x_extra = [
+        f"CAST({ident(c)} AS VARCHAR) AS {s}" for c, s in zip(segment_cols, seg, strict=True)
+    ]
+    x_extra += [
+        f"CAST({ident(c)} AS DOUBLE) AS {k}" for (_, c), k in zip(covariates, cov, strict=True)
+    ]
+    keep = "".join(f", {c}" for c in seg + cov)
+    ctes = [
+        f"xs AS (SELECT CAST({ident(cols.unit)} AS VARCHAR) AS unit,"
+        f" CAST({ident(cols.variant)} AS VARCHAR) AS variant, CAST({x_at} AS DOUBLE) AS ts_s"
+        + "".join(f", {c}" for c in x_extra)
+        + f" FROM {_EXPOSURES} WHERE {x_filter})",
+        f"xr AS (SELECT unit, variant, ts_s{keep}, ROW_NUMBER() OVER"
+        " (PARTITION BY unit ORDER BY ts_s, variant) AS rn FROM xs)",
+        *_segment_ctes(segments, seg, cov),
+        f"es AS (SELECT CAST({ident(ecols.event_id)} AS VARCHAR) AS event_id,"
+        f" CAST({ident(ecols.unit)} AS VARCHAR) AS unit,"
+        f" CAST({ident(ecols.metric)} AS VARCHAR) AS metric,"
+        f" CAST({ident(ecols.value)} AS DOUBLE) AS value, CAST({e_at} AS DOUBLE) AS ts_s"
+        f" FROM {_EVENTS} WHERE {e_filter})",
+        "er AS (SELECT unit, metric, value, ts_s, ROW_NUMBER() OVER"
+        " (PARTITION BY event_id ORDER BY ts_s, unit, metric, value) AS rn FROM es)",
+        "e AS (SELECT unit, metric, value, ts_s FROM er WHERE rn = 1)",
+        _units_cte(metrics, covariates, seg, cov),
+        _cells_cte(segments, seg, len(series)),
+        "c AS (SELECT attr, val, arm"
+        + "".join(
+            f", w{i}, w{i} - AVG(w{i}) OVER (PARTITION BY attr, val, arm) AS d{i}"
+            for i in range(len(series))
+        )
+        + " FROM cells)",
+    ]
+    col = {s: i for i, s in enumerate(series)}
+    wanted = [(a, b) for a, b in pairs if a in col and b in col]
+    select = ["attr", "val", "arm", "CAST(COUNT(*) AS DOUBLE) AS n"]
+    for i in range(len(series)):
+        select += [f"SUM(w{i}) AS sum{i}", f"SUM(d{i} * d{i}) AS m2_{i}"]
+    select += [f"SUM(d{col[a]} * d{col[b]}) AS c{j}" for j, (a, b) in enumerate(wanted)]
+    text = (
+        "WITH " + ", ".join(ctes) + " SELECT " + ", ".join(select)
+        + " FROM c GROUP BY attr, val, arm ORDER BY attr, val, arm"
+    )  # fmt: skip
+    return _place(text, source, dialect), Layout(series, tuple(wanted))
+
+
+def _segment_ctes(segments: Sequence[Segment], seg: list[str], cov: list[str]) -> list[str]:
+    """`x`: each exposed unit once, with its segment values resolved: a value outside the
+    declared list, not a valid label, or beyond the `max_values` with most units, is `(other)`;
+    none (NULL or '') is no value."""
+    keep = "".join(f", {c}" for c in seg + cov)
+    if not segments:
+        return [f"x AS (SELECT unit, variant, ts_s{keep} FROM xr WHERE rn = 1)"]
+    counts = "".join(f", COUNT(*) OVER (PARTITION BY {s}) AS n_{s}" for s in seg)
+    ranks = "".join(
+        f", DENSE_RANK() OVER (ORDER BY CASE WHEN {_valid(s)} THEN 0 ELSE 1 END, n_{s} DESC,"
+        f" {s}) AS r_{s}"
+        for s in seg
+    )
+    resolved = []
+    for s, rule in zip(seg, segments, strict=True):
+        if rule.values is not None:
+            listed = ", ".join(literal(v) for v in rule.values)
+            known = f"{s} IN ({listed})"
+        else:
+            known = f"{_valid(s)} AND r_{s} <= {rule.max_values}"
+        resolved.append(
+            f"CASE WHEN {s} IS NULL OR {s} = '' THEN NULL WHEN {known} THEN {s}"
+            f" ELSE {literal(OTHER)} END AS {s}"
+        )
+    covs = "".join(f", {c}" for c in cov)
+    return [
+        f"xc AS (SELECT unit, variant, ts_s{keep}{counts} FROM xr WHERE rn = 1)",
+        f"xk AS (SELECT unit, variant, ts_s{keep}" + "".join(f", n_{s}" for s in seg)
+        + f"{ranks} FROM xc)",
+        f"x AS (SELECT unit, variant, ts_s{covs}, " + ", ".join(resolved) + " FROM xk)",
+    ]  # fmt: skip
+
+
+def _valid(s: str) -> str:
+    """Whether a segment value can be a label (experiments.spec_segments.value_problem)."""
+    return (
+        f"{s} IS NOT NULL AND {s} <> '' AND LENGTH({s}) <= {MAX_VALUE_CHARS}"
+        f" AND {s} NOT LIKE '%|%' AND {s} NOT LIKE '%@%' AND {s} NOT LIKE '%=%'"
+        f" AND {s} <> {literal(OTHER)}"
+    )
+
+
+def _units_cte(
+    metrics: Mapping[str, bool],
+    covariates: Sequence[tuple[str, str]],
+    seg: list[str],
+    cov: list[str],
+) -> str:
+    """`u`: per exposed unit its arm, segment values and one value `w<i>` per series."""
+    skew = f"x.ts_s - {_number(SKEW_S)}"
+    covariate = {m: k for (m, _), k in zip(covariates, cov, strict=True)}
+    values = []
+    i = 0
+    for metric, conversion in metrics.items():
+        name = literal(metric)
+        post_when = f"e.metric = {name} AND e.ts_s >= {skew}"
+        pre_when = f"e.metric = {name} AND e.ts_s < {skew}"
+        k = covariate.get(metric)
+        if conversion:
+            post = f"MAX(CASE WHEN {post_when} THEN 1 ELSE 0 END)"
+            pre_any = f"MAX(CASE WHEN {pre_when} THEN 1 ELSE 0 END) = 1"
+            if k is not None:
+                pre_any += f" OR x.{k} IS NOT NULL"
+            pre = f"CASE WHEN {pre_any} THEN 1 ELSE 0 END"
+            values += [f"CAST({post} AS DOUBLE) AS w{i}", f"CAST({pre} AS DOUBLE) AS w{i + 1}"]
+        else:
+            post = f"SUM(CASE WHEN {post_when} THEN e.value ELSE 0 END)"
+            pre_sum = f"SUM(CASE WHEN {pre_when} THEN e.value ELSE 0 END)"
+            if k is not None:
+                pre_sum += f" + COALESCE(x.{k}, 0)"
+            values += [f"CAST({post} AS DOUBLE) AS w{i}", f"CAST({pre_sum} AS DOUBLE) AS w{i + 1}"]
+        i += 2
+    group = ", ".join(f"x.{c}" for c in ["unit", "variant", "ts_s", *seg, *cov])
+    return (
+        "u AS (SELECT x.variant AS arm" + "".join(f", x.{s} AS {s}" for s in seg)
+        + ", " + ", ".join(values)
+        + f" FROM x LEFT JOIN e ON e.unit = x.unit GROUP BY {group})"
+    )  # fmt: skip
+
+
+def _cells_cte(segments: Sequence[Segment], seg: list[str], width: int) -> str:
+    """`cells`: every unit in its arm's row, and again in its cell per segment it has."""
+    ws = "".join(f", w{i}" for i in range(width))
+    parts = [f"SELECT '' AS attr, '' AS val, arm{ws} FROM u"]
+    parts += [
+        f"SELECT {literal(rule.name)} AS attr, {s} AS val, arm{ws} FROM u WHERE {s} IS NOT NULL"
+        for s, rule in zip(seg, segments, strict=True)
+    ]
+    return "cells AS (" + " UNION ALL ".join(parts) + ")"
+
+
+def _place(text: str, source: SqlSource, dialect: str) -> str:
+    """Transpile, then put in what sqlglot must not touch: the epoch spelling and the user's
+    own relations, verbatim in the engine's dialect."""
+    if dialect not in EPOCH_SQL:
+        raise ValueError(f"dialect {dialect!r}: one of {list(EPOCH_SQL)}")
+    if dialect != "duckdb":
+        text = sqlglot.transpile(text, read="duckdb", write=dialect)[0]
+    epoch = EPOCH_SQL[dialect]
+    text = _replace_calls(text, _EPOCH, epoch)
+    for placeholder, relation in ((_EXPOSURES, source.exposures), (_EVENTS, source.events)):
+        text = text.replace(placeholder, _relation(relation, dialect))
+    return text
+
+
+def _replace_calls(text: str, name: str, template: str) -> str:
+    """`NAME(arg)` -> the template around `arg` (an identifier: no nested parentheses)."""
+    out, rest = [], text
+    while (i := rest.find(name + "(")) >= 0:
+        j = rest.index(")", i)
+        out += [rest[:i], template.format(rest[i + len(name) + 1 : j])]
+        rest = rest[j + 1 :]
+    return "".join(out) + rest
+
+
+def _relation(relation: str, dialect: str) -> str:
+    if is_query(relation):
+        return f"({relation}) AS src"
+    quote = "`" if dialect == "bigquery" else '"'
+    return ".".join(f"{quote}{part}{quote}" for part in relation.split(".")) + " AS src"

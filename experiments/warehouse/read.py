@@ -1,0 +1,149 @@
+"""A look at the metrics a SQL source holds: the query for the phase's window (from the
+phase's start to the look, or the phase's end), run at most once per `min_interval` per
+experiment, phase and source, its rows made into the per-arm statistics `folding.export`
+gives for the built-in store, and what ran (query text, engine, duration) kept beside them
+for the look's history."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from experiments.folding import PRE, FoldPlan
+from experiments.spec import ExperimentSpec
+from experiments.spec_source import SqlSource, sources_of
+from experiments.status import PhaseRecord
+from experiments.warehouse.engines import DIALECT, engine_of, resolve, run
+from experiments.warehouse.query import Layout, Window, build
+
+_CACHE_SIZE = 512  # (experiment, phase, source) answers kept per process
+
+
+@dataclass(frozen=True, slots=True)
+class SourceAnswer:
+    arms: dict[str, Any]  # variant -> {"exposures", "metrics"}, as folding.export
+    segments: dict[str, dict[str, dict[str, Any]]]  # attribute -> value -> arms
+    ran: dict[str, Any]  # what ran: engine, query, duration_s, at, window
+
+
+_cache: OrderedDict[tuple[str, str, str], tuple[float, SourceAnswer]] = OrderedDict()
+_lock = threading.Lock()
+
+
+def sql_sources(spec: ExperimentSpec) -> list[tuple[SqlSource, dict[str, bool]]]:
+    """Each SQL source the spec reads with its event metrics (name -> is a conversion)."""
+    plan = FoldPlan.from_spec(spec)
+    grouped: dict[str, tuple[SqlSource, dict[str, bool]]] = {}
+    for metric, source in sources_of(spec.source, spec.metrics).items():
+        if source is not None:
+            entry = grouped.setdefault(source.model_dump_json(), (source, {}))
+            entry[1][metric] = metric in plan.conversion
+    if spec.source is not None:  # the exposures come from it, metrics or not
+        grouped.setdefault(spec.source.model_dump_json(), (spec.source, {}))
+    return list(grouped.values())
+
+
+def read_source(
+    spec: ExperimentSpec,
+    source: SqlSource,
+    metrics: Mapping[str, bool],
+    *,
+    key: tuple[str, str],
+    phase: PhaseRecord,
+    now: float,
+) -> SourceAnswer:
+    """The source's statistics for `metrics` in `phase` at `now`; the answer of a query run
+    less than `min_interval` ago is reused (`ran["reused"]`)."""
+    cache_key = (*key, source.model_dump_json())
+    with _lock:
+        held = _cache.get(cache_key)
+    if held is not None and time.monotonic() - held[0] < source.min_interval:
+        return SourceAnswer(held[1].arms, held[1].segments, {**held[1].ran, "reused": True})
+    url = resolve(source.connection)
+    engine = engine_of(url)
+    until = now if phase.ended_at is None else min(now, phase.ended_at)
+    window = Window(phase.started_at, until, phase.started_at - source.pre_period)
+    sql, layout = build(
+        source, experiment=spec.name, metrics=metrics, pairs=FoldPlan.from_spec(spec).pairs,
+        segments=spec.segments, window=window, dialect=DIALECT[engine],
+    )  # fmt: skip
+    began = time.perf_counter()
+    rows = run(url, sql, source.timeout)
+    ran = {
+        "kind": "sql", "engine": engine, "metrics": sorted(metrics), "query": sql,
+        "duration_s": time.perf_counter() - began, "at": until, "reused": False,
+        "window": {"start": window.start, "until": window.until, "pre_start": window.pre_start},
+    }  # fmt: skip
+    answer = assemble(rows, layout, FoldPlan.from_spec(spec), ran)
+    with _lock:
+        _cache[cache_key] = (time.monotonic(), answer)
+        _cache.move_to_end(cache_key)
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return answer
+
+
+def assemble(
+    rows: Sequence[Sequence[Any]], layout: Layout, plan: FoldPlan, ran: dict[str, Any]
+) -> SourceAnswer:
+    """The query's rows as `folding.export`'s arms (and `export_segments`' cells)."""
+    arms: dict[str, Any] = {}
+    segments: dict[str, dict[str, dict[str, Any]]] = {}
+    width = len(layout.series)
+    for row in rows:
+        attr, value, variant, n = str(row[0] or ""), str(row[1] or ""), str(row[2]), float(row[3])
+        sums = {
+            s: (float(row[4 + 2 * i]), float(row[5 + 2 * i])) for i, s in enumerate(layout.series)
+        }
+        comoments = {pair: float(row[4 + 2 * width + j]) for j, pair in enumerate(layout.pairs)}
+        arm = {"exposures": int(n), "metrics": _metrics(plan, n, sums, comoments)}
+        if attr:
+            segments.setdefault(attr, {}).setdefault(value, {})[variant] = arm
+        else:
+            arms[variant] = arm
+    return SourceAnswer(arms, segments, ran)
+
+
+def _metrics(
+    plan: FoldPlan,
+    n: float,
+    sums: Mapping[str, tuple[float, float]],
+    comoments: Mapping[tuple[str, str], float],
+) -> dict[str, Any]:
+    """One arm's metrics from Σv, m2 per series and the pairs' co-moments."""
+
+    def cross(a: str, b: str) -> tuple[float, float]:
+        c = comoments[(a, b)]
+        return c + sums[a][0] * sums[b][0] / n, c
+
+    out: dict[str, Any] = {}
+    for s in layout_metrics(sums):
+        (total, m2), (x, m2_x) = sums[s], sums[s + PRE]
+        xy, c_xy = cross(s, s + PRE)
+        out[s] = {
+            "n": int(n), "sum": total, "sum_sq": m2 + total * total / n, "m2": m2,
+            "sum_x": x, "sum_x2": m2_x + x * x / n, "m2_x": m2_x, "sum_xy": xy, "c_xy": c_xy,
+        }  # fmt: skip
+    for name, (num, den) in plan.ratios.items():
+        if num not in sums or den not in sums:
+            continue
+        parts = (num, den, num + PRE, den + PRE)
+        pairs = {
+            f"{a}|{b}": dict(zip(("sum", "comoment"), cross(a, b), strict=True))
+            for a, b in plan.pairs
+            if a in parts and b in parts
+        }
+        out[name] = {
+            "n": int(n), "numerator": num, "denominator": den,
+            "sum_num_den": pairs[f"{num}|{den}"]["sum"],
+            "c_num_den": pairs[f"{num}|{den}"]["comoment"], "pairs": pairs,
+        }  # fmt: skip
+    return out
+
+
+def layout_metrics(sums: Mapping[str, Any]) -> list[str]:
+    return [s for s in sums if not s.endswith(PRE)]
