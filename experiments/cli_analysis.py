@@ -99,7 +99,7 @@ def decide_command(
         spec = analysed_spec(record, report["phase"])  # SRM against the phase's planned split
         decision = decide(spec, ExperimentStats.from_report(report["arms"]), thresholds, previous)
         look = look_of(decision, report["arms"], record=record, phase=report["phase"],
-                       at=time.time(), by="decide")  # fmt: skip
+                       at=time.time(), by="decide", sources=report.get("sources"))  # fmt: skip
         record_look(st, record.uid, look)
     if state is not None:
         tmp = state.with_suffix(state.suffix + ".tmp")

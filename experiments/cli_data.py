@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from assignment import collector
-from experiments.cli_common import StoreOpt, fail, out, store_for
+from experiments.cli_common import Output, OutputOpt, StoreOpt, fail, out, print_data, store_for
 from experiments.folding import FoldPlan
 from experiments.reporting import event_row, phase_report, stat_rows, take_snapshot
 from experiments.store import Store
@@ -148,11 +148,15 @@ def _format_of(path: Path) -> FileFormat:
 def stats(
     experiment: str,
     phase: Annotated[str | None, typer.Option(help="Default: the current phase.")] = None,
+    output: OutputOpt = Output.TEXT,
     store: StoreOpt = None,
 ) -> None:
-    """Per-arm statistics of an experiment's phase."""
+    """Per-arm statistics of an experiment's phase (from its SQL source, if it names one)."""
     with store_for(store) as st:
         report = phase_report(st, st.get_experiment(experiment), phase)
+    if output is not Output.TEXT:
+        print_data(report, output)
+        return
     rows = stat_rows(experiment, report["phase"], report["arms"])
     table = Table(
         "VARIANT",

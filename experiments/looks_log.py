@@ -87,9 +87,11 @@ def look_of(
     by: str,
     observational: bool = False,
     guardrails: Sequence[Mapping[str, Any]] | None = None,
+    sources: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The look as it is stored (plain JSON); `guardrails`: the operational readings as the
-    caller read them (default: the decision's own checks)."""
+    caller read them (default: the decision's own checks); `sources`: the SQL queries that
+    read the statistics (the phase report's `sources`: engine, query text, duration)."""
     cfg = record.spec.analysis
     cap = cfg.max_units_per_arm if cfg.method.value == "group-sequential" else None
     comparisons = []
@@ -104,7 +106,7 @@ def look_of(
             "boundary": c.boundary, "units": [c.n_control, c.n_treatment],
             "relative": c.relative,
         })  # fmt: skip
-    return {
+    look = {
         "at": at,
         "by": by,
         "phase": phase,
@@ -122,6 +124,9 @@ def look_of(
         if guardrails is not None
         else [asdict(g) for g in decision.guardrails],
     }
+    if sources:
+        look["sources"] = [dict(s) for s in sources]
+    return look
 
 
 def record_look(store: LookStore, uid: str, look: dict[str, Any]) -> bool:

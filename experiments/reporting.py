@@ -12,6 +12,7 @@ from experiments.spec import ExperimentSpec
 from experiments.status import Status
 from experiments.store import ExperimentRecord, Snapshot, StatsStore
 from experiments.store.logfold import SETTLE_S
+from experiments.warehouse.look import overlay, reads_sql, sql_report
 
 
 def record_data(record: ExperimentRecord, *, defaults: bool = True) -> dict[str, Any]:
@@ -66,11 +67,14 @@ def phase_report(
 ) -> dict[str, Any]:
     """`{"experiment", "phase", "phases", "arms": {variant: {"exposures", "metrics": {...}}},
     "fold": {"pending", "lag_s", "folded_through"}}`, with `"segments": {attribute: {value:
-    arms}}` and `"distributions"` (experiments.distributions) where the phase's plan has them:
+    arms}}` and `"distributions"` (experiments.distributions) where the phase's plan has them,
+    and `"sources"` (what ran) where metrics come from SQL (experiments.warehouse.look):
     the statistics after settling the log
     (`logfold`), and how far they are behind it still (everything appended before
     `folded_through`, unix s, is in them).  `settle` bounds the folding a read does first."""
     phase = phase or record.phase
+    if record.spec.source is not None:  # every metric is read from SQL: the store holds none
+        return sql_report(store, record, phase)
     fold = store.settle(record.name, timeout=settle)  # first: what it says is pending may be in
     stats, shifts = store.phase_stats(record.name, phase, settle=0)
     # A phase's statistics are read with the plan they were built with.
@@ -86,6 +90,8 @@ def phase_report(
         report["segments"] = export_segments(plan, stats, shifts)
     if plan.histograms:
         report["distributions"] = export_distributions(stats, plan.histograms)
+    if reads_sql(record):  # some metrics name a SQL source of their own
+        overlay(report, store, record, phase)
     return report
 
 

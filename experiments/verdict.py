@@ -93,7 +93,8 @@ def current_verdict(
     with contextlib.suppress(ConflictError):
         store.put_control(key, decision.state.to_dict(), version)
     look = look_of(decision, arms, record=record, phase=record.phase, at=time.time(),
-                   by="verdict", guardrails=[r.to_dict() for r in readings])  # fmt: skip
+                   by="verdict", guardrails=[r.to_dict() for r in readings],
+                   sources=report.get("sources"))  # fmt: skip
     record_look(store, record.uid, look)
     verdict = VERDICTS[decision.status.value]
     reasons = list(decision.reasons)

@@ -1,11 +1,18 @@
 """A look at the metrics a SQL source holds: the query for the phase's window (from the
-phase's start to the look, or the phase's end), run at most once per `min_interval` per
-experiment, phase and source, its rows made into the per-arm statistics `folding.export`
-gives for the built-in store, and what ran (query text, engine, duration) kept beside them
-for the look's history."""
+phase's start to the look, or the phase's end), its rows made into the per-arm statistics
+`folding.export` gives for the built-in store, and what ran (query text, engine, duration)
+kept beside them for the look's history.
+
+A source is queried at most once per `min_interval` per experiment, phase and source: the
+answer is kept in the process and in the store's control documents (under the experiment's
+uid, so deleted with it), so the controller, every service replica's verdict endpoint and
+each `abmesh decide` share one query per interval instead of each running its own."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -13,13 +20,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from experiments.errors import ConflictError, StoreError
 from experiments.folding import PRE, FoldPlan
 from experiments.spec import ExperimentSpec
 from experiments.spec_source import SqlSource, sources_of
 from experiments.status import PhaseRecord
+from experiments.store.protocol import ControlStore
 from experiments.warehouse.engines import DIALECT, engine_of, resolve, run
 from experiments.warehouse.query import Layout, Window, build
 
+log = logging.getLogger("abmesh.warehouse")
 _CACHE_SIZE = 512  # (experiment, phase, source) answers kept per process
 
 
@@ -55,36 +65,77 @@ def read_source(
     key: tuple[str, str],
     phase: PhaseRecord,
     now: float,
+    shared: ControlStore | None = None,
 ) -> SourceAnswer:
-    """The source's statistics for `metrics` in `phase` at `now`; the answer of a query run
-    less than `min_interval` ago is reused (`ran["reused"]`)."""
-    cache_key = (*key, source.model_dump_json())
+    """The source's statistics for `metrics` in `phase` at `now` (`key`: the experiment's
+    uid and the phase); the answer of a query run less than `min_interval` ago, here or by
+    another process sharing the store, is reused (`ran["reused"]`)."""
+    # What the query depends on besides the window: a spec change that alters it is a miss.
+    identity = json.dumps([source.model_dump(mode="json"), sorted(metrics.items()),
+                           [s.model_dump(mode="json") for s in spec.segments]])  # fmt: skip
+    cache_key = (*key, identity)
+    doc_key = f"{key[0]}#sql#{key[1]}#{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
     with _lock:
         held = _cache.get(cache_key)
     if held is not None and time.monotonic() - held[0] < source.min_interval:
         return SourceAnswer(held[1].arms, held[1].segments, {**held[1].ran, "reused": True})
+    doc, version = _shared_answer(shared, doc_key)
+    if doc is not None and 0 <= time.time() - doc["queried_at"] < source.min_interval:
+        return SourceAnswer(doc["arms"], doc["segments"], {**doc["ran"], "reused": True})
     url = resolve(source.connection)
     engine = engine_of(url)
-    until = now if phase.ended_at is None else min(now, phase.ended_at)
-    window = Window(phase.started_at, until, phase.started_at - source.pre_period)
-    sql, layout = build(
-        source, experiment=spec.name, metrics=metrics, pairs=FoldPlan.from_spec(spec).pairs,
-        segments=spec.segments, window=window, dialect=DIALECT[engine],
-    )  # fmt: skip
+    sql, layout, window = query_for(spec, source, metrics, phase, now, DIALECT[engine])
     began = time.perf_counter()
     rows = run(url, sql, source.timeout)
     ran = {
         "kind": "sql", "engine": engine, "metrics": sorted(metrics), "query": sql,
-        "duration_s": time.perf_counter() - began, "at": until, "reused": False,
+        "duration_s": time.perf_counter() - began, "at": window.until, "reused": False,
         "window": {"start": window.start, "until": window.until, "pre_start": window.pre_start},
     }  # fmt: skip
     answer = assemble(rows, layout, FoldPlan.from_spec(spec), ran)
+    if shared is not None:
+        saved = {"queried_at": time.time(), "arms": answer.arms, "segments": answer.segments,
+                 "ran": ran}  # fmt: skip
+        try:
+            shared.put_control(doc_key, saved, version)
+        except ConflictError:
+            pass  # another process answered the same look: its answer is as good
+        except StoreError as exc:
+            log.warning("SQL answer of %s not shared through the store: %s", key[0], exc)
     with _lock:
         _cache[cache_key] = (time.monotonic(), answer)
         _cache.move_to_end(cache_key)
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
     return answer
+
+
+def query_for(
+    spec: ExperimentSpec,
+    source: SqlSource,
+    metrics: Mapping[str, bool],
+    phase: PhaseRecord,
+    now: float,
+    dialect: str,
+) -> tuple[str, Layout, Window]:
+    """The query a look at `now` runs: the phase's window, up to its end if it ended."""
+    until = now if phase.ended_at is None else min(now, phase.ended_at)
+    window = Window(phase.started_at, until, phase.started_at - source.pre_period)
+    sql, layout = build(
+        source, experiment=spec.name, metrics=metrics, pairs=FoldPlan.from_spec(spec).pairs,
+        segments=spec.segments, window=window, dialect=dialect,
+    )  # fmt: skip
+    return sql, layout, window
+
+
+def _shared_answer(shared: ControlStore | None, key: str) -> tuple[dict[str, Any] | None, int]:
+    if shared is None:
+        return None, 0
+    try:
+        return shared.get_control(key)
+    except StoreError as exc:  # the warehouse can still answer
+        log.warning("SQL answers not shared through the store: %s", exc)
+        return None, 0
 
 
 def assemble(
@@ -121,7 +172,7 @@ def _metrics(
         return c + sums[a][0] * sums[b][0] / n, c
 
     out: dict[str, Any] = {}
-    for s in layout_metrics(sums):
+    for s in (s for s in sums if not s.endswith(PRE)):
         (total, m2), (x, m2_x) = sums[s], sums[s + PRE]
         xy, c_xy = cross(s, s + PRE)
         out[s] = {
@@ -143,7 +194,3 @@ def _metrics(
             "c_num_den": pairs[f"{num}|{den}"]["comoment"], "pairs": pairs,
         }  # fmt: skip
     return out
-
-
-def layout_metrics(sums: Mapping[str, Any]) -> list[str]:
-    return [s for s in sums if not s.endswith(PRE)]
