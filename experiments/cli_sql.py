@@ -24,7 +24,6 @@ class Dialect(StrEnum):  # experiments.warehouse.query.DIALECTS
     SNOWFLAKE = "snowflake"
 
 
-
 def sql(
     experiment: str,
     dialect: Annotated[

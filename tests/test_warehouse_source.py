@@ -100,7 +100,7 @@ def test_a_decide_look_records_the_query_and_its_duration(
 def test_looks_sooner_than_the_minimum_interval_share_one_query(
     db: tuple[str, Data], store: Store
 ) -> None:
-    url, data = db
+    url, _ = db
     start(store, source(url, min_interval=3600))
     record = store.get_experiment("warehouse")
     first = phase_report(store, record)
@@ -136,7 +136,8 @@ def test_the_window_is_the_phase_and_the_experiment_column_filters(
                     " country TEXT, platform TEXT)")  # fmt: skip
         con.execute("CREATE TABLE events (exp TEXT, event_id TEXT, unit TEXT, metric TEXT,"
                     " value DOUBLE, timestamp DOUBLE)")  # fmt: skip
-        con.executemany("INSERT INTO exposures (exp, unit, variant, timestamp) VALUES (?, ?, ?, ?)", [
+        insert = "INSERT INTO exposures (exp, unit, variant, timestamp) VALUES (?, ?, ?, ?)"
+        con.executemany(insert, [
             ("warehouse", "a", "control", T0 + 10),
             ("warehouse", "b", "treatment", T0 + 20),
             ("warehouse", "old", "treatment", T0 - 10),  # exposed before the phase began
@@ -209,9 +210,7 @@ def test_segment_values_beyond_the_cap_and_invalid_ones_count_as_other(
     assert count == {"web": 8, "(other)": 2}
 
 
-def test_a_metric_with_its_own_source_beside_the_store(
-    db: tuple[str, Data], store: Store
-) -> None:
+def test_a_metric_with_its_own_source_beside_the_store(db: tuple[str, Data], store: Store) -> None:
     url, data = db
     body = spec("warehouse").model_dump(mode="json", by_alias=True)
     for metric in body["metrics"]["secondary"]:  # revenue and its ratio from SQL, purchase not
@@ -263,7 +262,7 @@ def test_a_connection_from_the_environment(
 
 def test_a_refusing_postgres_fails_at_once(store: Store) -> None:
     start(store, source("postgresql://postgres@127.0.0.1:1/test"))
-    with pytest.raises(SourceError, match="127.0.0.1"):
+    with pytest.raises(SourceError, match=r"127\.0\.0\.1.*Connection refused"):
         phase_report(store, store.get_experiment("warehouse"))
 
 
@@ -275,7 +274,7 @@ def test_a_query_past_its_timeout_is_cancelled(tmp_path: Path, store: Store) -> 
               f" 1.0 AS value, {T0} + i % 1000 AS timestamp {rows}")  # fmt: skip
     start(store, {**source("duckdb:///:memory:"), "exposures": endless, "events": events,
                   "timeout": 1})  # fmt: skip
-    with pytest.raises(SourceError, match="ran past 1 s"):
+    with pytest.raises(SourceError, match=r"ran past 1 s"):
         phase_report(store, store.get_experiment("warehouse"))
 
 
@@ -285,7 +284,9 @@ def test_an_empty_source_is_no_data_not_an_error(tmp_path: Path, store: Store) -
     start(store, source(f"duckdb:///{path}"))
     report = phase_report(store, store.get_experiment("warehouse"))
     assert report["arms"] == {}
-    result = runner.invoke(app, ["decide", "warehouse", "--store", f"sqlite:///{tmp_path}/store.db"])
+    result = runner.invoke(
+        app, ["decide", "warehouse", "--store", f"sqlite:///{tmp_path}/store.db"]
+    )
     assert result.exit_code == 0, result.output
 
 
