@@ -12,6 +12,7 @@ current phase restarts); any other change applies at once.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -31,7 +32,7 @@ from controlplane.rollout import (
 )
 from controlplane.shadow_gate import drift_check, shadow_move
 from controlplane.targets import Routers
-from experiments.errors import NotFoundError
+from experiments.errors import NotFoundError, SourceError
 from experiments.folding import exposures_of
 from experiments.looks_log import look_of, observe
 from experiments.spec import ExperimentSpec
@@ -39,6 +40,8 @@ from experiments.spec_rollout import ABTest, Canary, OnNoData, Shadow
 from experiments.status import State, Status, end_phase, new_phase_name
 from experiments.status import enter_phase as enter_analysis_phase
 from experiments.store import ExperimentRecord, Store
+
+log = logging.getLogger("abmesh.controller")
 
 Audit = list[dict[str, Any]]
 Looks = list[dict[str, Any]]
@@ -170,7 +173,7 @@ class Judge:
         message = "; ".join(failed or failing or missing)
         status = status.with_condition("GuardrailsHealthy", healthy, reason, message, now)
         if isinstance(phase, Canary):  # before a rollback too: the look that saw the harm
-            looks.append(self._observe(record, state, status.phase, entries, now))
+            looks.extend(self._observe(record, state, status.phase, entries, now))
         if failed:
             what = roll_back(spec, state, "; ".join(failed))
             audit.append(self.entry(record, state, "rollback", what, entries))
@@ -201,8 +204,14 @@ class Judge:
         else:
             candidate = spec.candidate_variant.key
             thresholds = [j.reading.threshold(candidate, counted=j.failed) for j in judged]
-            entry = self._ab(record, state, status, thresholds, now,
-                             looks=looks, readings=entries)  # fmt: skip
+            try:
+                entry = self._ab(record, state, status, thresholds, now,
+                                 looks=looks, readings=entries)  # fmt: skip
+            except SourceError as exc:  # held, not failed: the warehouse may come back
+                if progressing is None or progressing.reason != "MetricsUnreadable":
+                    audit.append(self.entry(record, state, "hold", f"held: {exc}", entries))
+                return status.with_condition("Progressing", False, "MetricsUnreadable",
+                                             str(exc), now)  # fmt: skip
         if entry is not None:
             audit.append({**entry, "guardrails": entries})
             if isinstance(phase_of(spec, state), ABTest) and not isinstance(phase, ABTest):
@@ -258,18 +267,25 @@ class Judge:
     def _observe(
         self, record: ExperimentRecord, state: RolloutState, phase: str,
         readings: list[dict[str, Any]], now: float,
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> list[dict[str, Any]]:  # fmt: skip
         """A canary's look at the statistics: the effect as the data scientist wants it during
-        the canary, kept with its running state in `state.observed`; nothing gates on it."""
+        the canary, kept with its running state in `state.observed`; nothing gates on it, so
+        a SQL source that fails skips it (a guardrail's rollback does not wait for it)."""
         from analysis import DecisionState
         from experiments.reporting import phase_report
 
-        arms = phase_report(self.store, record, phase)["arms"]
+        try:
+            report = phase_report(self.store, record, phase)
+        except SourceError as exc:
+            log.warning("canary look at %s skipped: %s", record.name, exc)
+            return []
+        arms = report["arms"]
         previous = DecisionState.from_dict(state.observed) if state.observed else None
         decision = observe(record, arms, previous)
         state.observed = decision.state.to_dict()
-        return look_of(decision, arms, record=record, phase=phase, at=now, by=self.owner,
-                       observational=True, guardrails=readings)  # fmt: skip
+        return [look_of(decision, arms, record=record, phase=phase, at=now, by=self.owner,
+                        observational=True, guardrails=readings,
+                        sources=report.get("sources"))]  # fmt: skip
 
     def _ab(
         self, record: ExperimentRecord, state: RolloutState, status: Status,
@@ -287,7 +303,8 @@ class Judge:
         decision = decide(analysed_spec(record, status.phase, status), stats, thresholds, previous)
         state.decision = decision.state.to_dict()
         looks.append(look_of(decision, report["arms"], record=record, phase=status.phase,
-                             at=now, by=self.owner, guardrails=readings))  # fmt: skip
+                             at=now, by=self.owner, guardrails=readings,
+                             sources=report.get("sources")))  # fmt: skip
         why = "; ".join(decision.reasons)
         if decision.status is Verdict.HARM:
             return self.entry(record, state, "rollback", roll_back(spec, state, why))
@@ -356,8 +373,20 @@ class Judge:
         return arms[spec.candidate_variant.key], stable
 
     def _candidate_units(self, record: ExperimentRecord, status: Status) -> float:
+        """The candidate's exposed units in the phase, wherever they are counted (a SQL
+        source that fails counts none: the step waits)."""
+        candidate = record.spec.candidate_variant.key
+        if record.spec.source is not None:
+            from experiments.reporting import phase_report
+
+            try:
+                arms = phase_report(self.store, record, status.phase)["arms"]
+            except SourceError as exc:
+                log.warning("units of %s unknown: %s", record.name, exc)
+                return 0.0
+            return float(arms.get(candidate, {}).get("exposures", 0))
         stats, _ = self.store.phase_stats(record.name, status.phase)
-        return float(exposures_of(stats).get(record.spec.candidate_variant.key, 0))
+        return float(exposures_of(stats).get(candidate, 0))
 
     def entry(
         self,

@@ -115,3 +115,52 @@ def test_decide_reads_postgres_and_a_down_server_is_a_clear_error(rig: Rig, sche
     assert "SQL source postgresql://" in result.output
     assert "127.0.0.1:1/test" in result.output
     assert "Connection refused" in result.output
+
+
+def test_a_warehouse_that_is_down_holds_the_ab_phase_until_it_answers(
+    rig: Rig, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = doc_for(schema)
+    doc["source"]["connection"] = "ABMESH_E2E_WAREHOUSE"
+    monkeypatch.setenv("ABMESH_E2E_WAREHOUSE", "postgresql://postgres@127.0.0.1:1/test")
+    spec = rig.start(doc)
+    controller = rig.controller()
+    controller.tick()
+    started = rig.store.get_experiment(spec.name).status.phase_record("ab-1")
+    assert started is not None
+    for batch in range(12):
+        arrive(schema, batch, started.started_at + 1, {"stable": 0.10, "candidate": 0.30})
+    for _ in range(3):
+        rig.clock.now += 10
+        controller.tick()
+    record = rig.store.get_experiment(spec.name)
+    assert record.status.outcome is None
+    held = record.status.condition("Progressing")
+    assert held is not None
+    assert held.reason == "MetricsUnreadable"
+    assert "Connection refused" in held.message
+    assert rig.actions(spec.name).count("hold") == 1  # said once, not every tick
+    monkeypatch.setenv("ABMESH_E2E_WAREHOUSE", POSTGRES)  # back
+    for _ in range(3):
+        rig.clock.now += 10
+        controller.tick()
+    assert rig.store.get_experiment(spec.name).status.outcome is Outcome.PROMOTED
+
+
+def test_a_guardrail_rolls_a_canary_back_while_the_warehouse_is_down(
+    rig: Rig, schema: str
+) -> None:
+    doc = doc_for(schema)
+    doc["rollout"]["phases"] = [{"kind": "canary", "steps": [10, 50], "checks": 1},
+                                {"kind": "ab", "split": 50}, {"kind": "promote"}]  # fmt: skip
+    doc["source"]["connection"] = "postgresql://postgres@127.0.0.1:1/test"
+    spec = rig.start(doc)
+    controller = rig.controller()
+    controller.tick()
+    rig.provider.values["error_ratio"] = 0.5
+    for _ in range(3):
+        rig.clock.now += 10
+        controller.tick()
+    record = rig.store.get_experiment(spec.name)
+    assert record.status.outcome is Outcome.ROLLED_BACK
+    assert "rollback" in rig.actions(spec.name)
