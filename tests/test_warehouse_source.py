@@ -301,3 +301,16 @@ def test_sql_prints_the_query_in_any_dialect(db: tuple[str, Data], tmp_path: Pat
     assert result.exit_code == 0, result.output
     assert "UNIX_MICROS" not in result.output  # epoch columns: no conversion
     assert "`unit`" in result.output
+
+
+def test_the_report_of_an_experiment_read_from_sql(db: tuple[str, Data], tmp_path: Path) -> None:
+    url, _ = db
+    store_url = f"sqlite:///{tmp_path}/store.db"
+    start(open_store(store_url), source(url))
+    assert runner.invoke(app, ["decide", "warehouse", "--store", store_url]).exit_code == 0
+    out = tmp_path / "report.html"
+    result = runner.invoke(app, ["report", "warehouse", "-o", str(out), "--store", store_url])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert "revenue_per_click" in page
+    assert "country" in page  # the segments section, from the source's cells
