@@ -314,3 +314,45 @@ def test_the_report_of_an_experiment_read_from_sql(db: tuple[str, Data], tmp_pat
     page = out.read_text()
     assert "revenue_per_click" in page
     assert "country" in page  # the segments section, from the source's cells
+
+
+def test_variants_by_key_or_header_value_and_no_others(tmp_path: Path, store: Store) -> None:
+    path = tmp_path / "w.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE exposures (unit TEXT, variant TEXT, timestamp DOUBLE,"
+                    " country TEXT, platform TEXT)")  # fmt: skip
+        con.executemany("INSERT INTO exposures (unit, variant, timestamp) VALUES (?, ?, ?)", [
+            ("a", "control", T0 + 1), ("b", "group-treatment", T0 + 1),  # a header value
+            ("c", "holdout", T0 + 1),  # not an arm of the spec: not read
+            ("d", "holdout", T0 + 1), ("d", "treatment", T0 + 2),  # its first arm of the spec
+        ])  # fmt: skip
+        con.execute("CREATE TABLE events (event_id TEXT, unit TEXT, metric TEXT, value DOUBLE,"
+                    " timestamp DOUBLE)")  # fmt: skip
+    start(store, source(f"duckdb:///{path}"))
+    arms = phase_report(store, store.get_experiment("warehouse"))["arms"]
+    assert {v: a["exposures"] for v, a in arms.items()} == {"control": 1, "treatment": 2}
+
+
+def test_a_query_that_would_write_to_postgres_is_refused(store: Store) -> None:
+    import uuid
+
+    import psycopg
+
+    from tests.warehouse_data import POSTGRES, drop_postgres
+
+    schema = f"abmesh_ro_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES, autocommit=True) as con:
+        con.execute(f'CREATE SCHEMA "{schema}"')
+        con.execute(f'CREATE SEQUENCE "{schema}".ids')
+    try:
+        # nextval writes (the sequence moves); a read-only transaction refuses it.
+        writes = (f"SELECT 'u' AS unit, 'control' AS variant, {T0 + 1} AS timestamp,"
+                  " NULL AS country, NULL AS platform"
+                  f" FROM (SELECT nextval('{schema}.ids')) AS w")  # fmt: skip
+        events = ("SELECT 'e' AS event_id, 'u' AS unit, 'click' AS metric, 1.0 AS value,"
+                  " 0.0 AS timestamp")  # fmt: skip
+        start(store, {**source(POSTGRES), "exposures": writes, "events": events})
+        with pytest.raises(SourceError, match=r"read-only transaction"):
+            phase_report(store, store.get_experiment("warehouse"))
+    finally:
+        drop_postgres(schema)

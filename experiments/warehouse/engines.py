@@ -92,6 +92,8 @@ def _postgres(url: str, sql: str, timeout: float) -> Rows:
     # connect_timeout: a server that does not answer (a black hole) is not waited on forever.
     with psycopg.connect(dsn, connect_timeout=max(int(timeout), 1), autocommit=True) as con:
         con.execute(f"SET statement_timeout = {int(timeout * 1000)}")
+        # A look only reads: a source's query that would write (a data-modifying CTE) fails.
+        con.execute("SET default_transaction_read_only = on")
         try:
             return [tuple(r) for r in con.execute(sql).fetchall()]
         except psycopg.errors.QueryCanceled:

@@ -1,7 +1,8 @@
 """The one query that turns a warehouse's exposures and events into per-arm (and per-segment)
 sufficient statistics, with abmesh's own folding rules (experiments.foldbatch):
 
-- a unit's arm is its first exposure in the phase (earliest, ties by variant);
+- a unit's arm is its first exposure in the phase (earliest, ties by variant), a variant
+  named by its key or its header value (`group-b`); rows of other variants are not read;
 - an event counts once per `event_id` (redeliveries are dropped);
 - an event no earlier than `SKEW_S` before the unit's exposure counts in the metric, an
   earlier one (and the exposure's covariate column, if the source names one) in the metric's
@@ -74,6 +75,7 @@ def build(
     source: SqlSource,
     *,
     experiment: str,
+    variants: Mapping[str, str],
     metrics: Mapping[str, bool],
     pairs: Sequence[tuple[str, str]],
     segments: Sequence[Segment],
@@ -81,7 +83,8 @@ def build(
     dialect: str,
 ) -> tuple[str, Layout]:
     """The query for `metrics` (event metric -> is a conversion) with the co-moments of
-    `pairs` (of their series), and its layout."""
+    `pairs` (of their series), and its layout; `variants`: the exposures' variant names ->
+    the arm each counts in."""
     cols, ecols = source.columns.exposures, source.columns.events
     series = tuple(s for m in metrics for s in (m, m + PRE))
     segment_cols = [cols.segments.get(s.name, s.name) for s in segments]
@@ -95,6 +98,9 @@ def build(
     x_filter = f"{x_at} >= {_number(window.start)} AND {x_at} <= {_number(window.until)}"
     if cols.experiment:
         x_filter += f" AND {ident(cols.experiment)} = {literal(experiment)}"
+    served = f"CAST({ident(cols.variant)} AS VARCHAR)"
+    x_filter += f" AND {served} IN ({', '.join(literal(v) for v in variants)})"
+    arm = " ".join(f"WHEN {literal(v)} THEN {literal(k)}" for v, k in variants.items())
     names = ", ".join(literal(m) for m in metrics)
     e_filter = (
         f"{ident(ecols.metric)} IN ({names}) AND {e_at} >= {_number(window.pre_start)}"
@@ -113,7 +119,7 @@ def build(
     keep = "".join(f", {c}" for c in seg + cov)
     ctes = [
         f"xs AS (SELECT CAST({ident(cols.unit)} AS VARCHAR) AS unit,"
-        f" CAST({ident(cols.variant)} AS VARCHAR) AS variant, CAST({x_at} AS DOUBLE) AS ts_s"
+        f" CASE {served} {arm} END AS variant, CAST({x_at} AS DOUBLE) AS ts_s"
         + "".join(f", {c}" for c in x_extra)
         + f" FROM {_EXPOSURES} WHERE {x_filter})",
         f"xr AS (SELECT unit, variant, ts_s{keep}, ROW_NUMBER() OVER"

@@ -121,9 +121,11 @@ def query_for(
     """The query a look at `now` runs: the phase's window, up to its end if it ended."""
     until = now if phase.ended_at is None else min(now, phase.ended_at)
     window = Window(phase.started_at, until, phase.started_at - source.pre_period)
+    names = {v.header_value: v.key for v in spec.variants} | {v.key: v.key for v in spec.variants}
     sql, layout = build(
-        source, experiment=spec.name, metrics=metrics, pairs=FoldPlan.from_spec(spec).pairs,
-        segments=spec.segments, window=window, dialect=dialect,
+        source, experiment=spec.name, variants=names, metrics=metrics,
+        pairs=FoldPlan.from_spec(spec).pairs, segments=spec.segments, window=window,
+        dialect=dialect,
     )  # fmt: skip
     return sql, layout, window
 
