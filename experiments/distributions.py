@@ -20,8 +20,8 @@ import numpy as np
 from experiments.folding import stat_key, variants_of
 
 PER_DECADE = 20
-_LOW, _HIGH = -15 * PER_DECADE, 16 * PER_DECADE  # 1e-15 .. 1e16 (values are at most 1e15)
-_SPAN = _HIGH - _LOW + 1  # negative values' codes are shifted below every positive one's
+LOW_BIN, HIGH_BIN = -15 * PER_DECADE, 16 * PER_DECADE  # 1e-15 .. 1e16 (values are at most 1e15)
+_SPAN = HIGH_BIN - LOW_BIN + 1  # negative values' codes are shifted below every positive one's
 
 
 def bins(values: np.ndarray) -> Counter[str]:
@@ -30,11 +30,11 @@ def bins(values: np.ndarray) -> Counter[str]:
     values = values[values != 0]
     if not len(values):
         return Counter()
-    k = np.clip(np.floor(np.log10(np.abs(values)) * PER_DECADE), _LOW, _HIGH).astype(np.int64)
+    k = np.clip(np.floor(np.log10(np.abs(values)) * PER_DECADE), LOW_BIN, HIGH_BIN).astype(np.int64)
     # One code per (sign, bin), counted in numpy: a batch has thousands of values, few bins.
     codes, counts = np.unique(np.where(values > 0, k, k - _SPAN), return_counts=True)
     return Counter({
-        (f"p{c}" if c >= _LOW else f"n{c + _SPAN}"): int(n)
+        (f"p{c}" if c >= LOW_BIN else f"n{c + _SPAN}"): int(n)
         for c, n in zip(codes.tolist(), counts.tolist(), strict=True)
     })
 

@@ -109,6 +109,10 @@ def close(a: Any, b: Any, where: str, scale: float = 0.0) -> None:
 def check(own: dict[str, Any], sql: SourceAnswer) -> None:
     close(own["arms"], sql.arms, "arms")
     close(own["segments"], sql.segments, "segments")
+    # The value distributions' bins (experiments.distributions), counted exactly.
+    assert sql.distributions == own["distributions"]
+    assert sorted(sql.distributions) == ["click", "revenue"]
+    assert len(sql.distributions["revenue"]["control"]["bins"]) > 20
     # The comparison is not empty: every arm, metric and segment was there to compare.
     assert sorted(sql.arms) == ["control", "treatment"]
     assert sorted(sql.arms["control"]["metrics"]) == [

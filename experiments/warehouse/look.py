@@ -60,6 +60,8 @@ def overlay(
             shared=shared,
         )
         ran.append(answer.ran)
+        if answer.distributions:
+            report.setdefault("distributions", {}).update(answer.distributions)
         counts = source == spec.source
         _merge(report["arms"], answer.arms, exposures=counts)
         for attribute, values in answer.segments.items():

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import sqlglot
 
+from experiments.distributions import HIGH_BIN, LOW_BIN, PER_DECADE
 from experiments.foldbatch import SKEW_S
 from experiments.folding import PRE
 from experiments.spec_segments import MAX_VALUE_CHARS, OTHER, Segment
@@ -39,6 +40,11 @@ EPOCH_SQL = {
 }
 DIALECTS = tuple(EPOCH_SQL)
 _EXPOSURES, _EVENTS, _EPOCH = "abmesh_exposures_src", "abmesh_events_src", "ABMESH_EPOCH"
+# log10, spelled per dialect: sqlglot writes PostgreSQL's as LOG(10, x), which PostgreSQL has
+# for numeric only, and ln(x)/ln(10) is not log10 to the last bit (the bins' edges would move).
+_LOG10 = "ABMESH_LOG10"
+LOG10_SQL = {"duckdb": "log10({})", "postgres": "log({})", "clickhouse": "log10({})",
+             "bigquery": "LOG10({})", "snowflake": "LOG(10, {})"}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +59,15 @@ class Window:
 @dataclass(frozen=True, slots=True)
 class Layout:
     """The result's columns after `attr, val, arm, n`: per series Σv and m2, per pair the
-    co-moment.  `attr` is '' on an arm's row, else the segment of the cell `val`."""
+    co-moment.  `attr` is '' on an arm's row, `BINS` on a bin's (`val`: `series|label`, `n`
+    its units, experiments.distributions), else the segment of the cell `val`."""
 
     series: tuple[str, ...]
     pairs: tuple[tuple[str, str], ...]
+    binned: tuple[str, ...] = ()
+
+
+BINS = "~bins"  # not a segment's name: those start with a letter or digit
 
 
 def literal(text: str) -> str:
@@ -81,6 +92,7 @@ def build(
     segments: Sequence[Segment],
     window: Window,
     dialect: str,
+    binned: Sequence[str] = (),
 ) -> tuple[str, Layout]:
     """The query for `metrics` (event metric -> is a conversion) with the co-moments of
     `pairs` (of their series), and its layout; `variants`: the exposures' variant names ->
@@ -148,11 +160,27 @@ def build(
     for i in range(len(series)):
         select += [f"SUM(w{i}) AS sum{i}", f"SUM(d{i} * d{i}) AS m2_{i}"]
     select += [f"SUM(d{col[a]} * d{col[b]}) AS c{j}" for j, (a, b) in enumerate(wanted)]
+    binned = [s for s in binned if s in col]
     text = (
         "WITH " + ", ".join(ctes) + " SELECT " + ", ".join(select)
-        + " FROM c GROUP BY attr, val, arm ORDER BY attr, val, arm"
+        + " FROM c GROUP BY attr, val, arm"
+        + "".join(_bins_select(s, col[s], len(select) - 4) for s in binned)
     )  # fmt: skip
-    return _place(text, source, dialect), Layout(series, tuple(wanted))
+    return _place(text, source, dialect), Layout(series, tuple(wanted), tuple(binned))
+
+
+def _bins_select(series: str, i: int, padding: int) -> str:
+    """The arms' units per bin of a series' non-zero values (experiments.distributions.bins:
+    floor(20·log10|v|), clipped, `p`/`n` by sign), as rows of the main result's shape."""
+    k = f"LEAST(GREATEST(FLOOR({_LOG10}(a) * {PER_DECADE}), {LOW_BIN}), {HIGH_BIN})"
+    label = f"CASE WHEN v > 0 THEN 'p' ELSE 'n' END || CAST(CAST({k} AS BIGINT) AS VARCHAR)"
+    pad = "".join(", CAST(0 AS DOUBLE)" for _ in range(padding))
+    return (
+        f" UNION ALL SELECT {literal(BINS)} AS attr, {literal(series + '|')} || label AS val,"
+        f" arm, CAST(COUNT(*) AS DOUBLE) AS n{pad} FROM (SELECT arm, {label} AS label FROM"
+        f" (SELECT arm, w{i} AS v, ABS(w{i}) AS a FROM u WHERE w{i} <> 0) AS m{i}) AS b{i}"
+        " GROUP BY arm, label"
+    )
 
 
 def _segment_ctes(segments: Sequence[Segment], seg: list[str], cov: list[str]) -> list[str]:
@@ -255,6 +283,7 @@ def _place(text: str, source: SqlSource, dialect: str) -> str:
         text = sqlglot.transpile(text, read="duckdb", write=dialect)[0]
     epoch = EPOCH_SQL[dialect]
     text = _replace_calls(text, _EPOCH, epoch)
+    text = _replace_calls(text, _LOG10, LOG10_SQL[dialect])
     for placeholder, relation in ((_EXPOSURES, source.exposures), (_EVENTS, source.events)):
         text = text.replace(placeholder, _relation(relation, dialect))
     return text

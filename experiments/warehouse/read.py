@@ -17,9 +17,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from experiments.distributions import edges
 from experiments.errors import ConflictError, StoreError
 from experiments.folding import PRE, FoldPlan
 from experiments.spec import ExperimentSpec
@@ -27,7 +28,7 @@ from experiments.spec_source import SqlSource, sources_of
 from experiments.status import PhaseRecord
 from experiments.store.protocol import ControlStore
 from experiments.warehouse.engines import DIALECT, engine_of, resolve, run
-from experiments.warehouse.query import Layout, Window, build
+from experiments.warehouse.query import BINS, Layout, Window, build
 
 log = logging.getLogger("abmesh.warehouse")
 _CACHE_SIZE = 512  # (experiment, phase, source) answers kept per process
@@ -38,6 +39,10 @@ class SourceAnswer:
     arms: dict[str, Any]  # variant -> {"exposures", "metrics"}, as folding.export
     segments: dict[str, dict[str, dict[str, Any]]]  # attribute -> value -> arms
     ran: dict[str, Any]  # what ran: engine, query, duration_s, at, window
+    distributions: dict[str, dict[str, Any]]  # as experiments.distributions exports them
+
+    def reused(self) -> SourceAnswer:
+        return replace(self, ran={**self.ran, "reused": True})
 
 
 _cache: OrderedDict[tuple[str, str, str], tuple[float, SourceAnswer]] = OrderedDict()
@@ -78,10 +83,10 @@ def read_source(
     with _lock:
         held = _cache.get(cache_key)
     if held is not None and time.monotonic() - held[0] < source.min_interval:
-        return SourceAnswer(held[1].arms, held[1].segments, {**held[1].ran, "reused": True})
+        return held[1].reused()
     doc, version = _shared_answer(shared, doc_key)
     if doc is not None and 0 <= time.time() - doc["queried_at"] < source.min_interval:
-        return SourceAnswer(doc["arms"], doc["segments"], {**doc["ran"], "reused": True})
+        return SourceAnswer(**doc["answer"]).reused()
     url = resolve(source.connection)
     engine = engine_of(url)
     sql, layout, window = query_for(spec, source, metrics, phase, now, DIALECT[engine])
@@ -94,8 +99,7 @@ def read_source(
     }  # fmt: skip
     answer = assemble(rows, layout, FoldPlan.from_spec(spec), ran)
     if shared is not None:
-        saved = {"queried_at": time.time(), "arms": answer.arms, "segments": answer.segments,
-                 "ran": ran}  # fmt: skip
+        saved = {"queried_at": time.time(), "answer": asdict(answer)}
         try:
             shared.put_control(doc_key, saved, version)
         except ConflictError:
@@ -125,7 +129,7 @@ def query_for(
     sql, layout = build(
         source, experiment=spec.name, variants=names, metrics=metrics,
         pairs=FoldPlan.from_spec(spec).pairs, segments=spec.segments, window=window,
-        dialect=dialect,
+        dialect=dialect, binned=FoldPlan.from_spec(spec).histograms,
     )  # fmt: skip
     return sql, layout, window
 
@@ -143,12 +147,18 @@ def _shared_answer(shared: ControlStore | None, key: str) -> tuple[dict[str, Any
 def assemble(
     rows: Sequence[Sequence[Any]], layout: Layout, plan: FoldPlan, ran: dict[str, Any]
 ) -> SourceAnswer:
-    """The query's rows as `folding.export`'s arms (and `export_segments`' cells)."""
+    """The query's rows as `folding.export`'s arms (and `export_segments`' cells, and
+    `export_distributions`' bins)."""
     arms: dict[str, Any] = {}
     segments: dict[str, dict[str, dict[str, Any]]] = {}
+    bins: dict[str, dict[str, list[list[float]]]] = {s: {} for s in layout.binned}
     width = len(layout.series)
-    for row in rows:
+    for row in sorted(rows, key=lambda r: (str(r[0] or ""), str(r[1] or ""), str(r[2]))):
         attr, value, variant, n = str(row[0] or ""), str(row[1] or ""), str(row[2]), float(row[3])
+        if attr == BINS:
+            series, _, label = value.rpartition("|")
+            bins[series].setdefault(variant, []).append([*edges(label), int(n)])
+            continue
         sums = {
             s: (float(row[4 + 2 * i]), float(row[5 + 2 * i])) for i, s in enumerate(layout.series)
         }
@@ -158,7 +168,18 @@ def assemble(
             segments.setdefault(attr, {}).setdefault(value, {})[variant] = arm
         else:
             arms[variant] = arm
-    return SourceAnswer(arms, segments, ran)
+    distributions = {
+        s: {
+            variant: {
+                "units": arm["exposures"],
+                "zeros": arm["exposures"] - sum(c for _, _, c in per_arm.get(variant, [])),
+                "bins": sorted(per_arm.get(variant, [])),
+            }
+            for variant, arm in arms.items()
+        }
+        for s, per_arm in bins.items()
+    }
+    return SourceAnswer(arms, segments, ran, distributions)
 
 
 def _metrics(
