@@ -17,6 +17,7 @@ from rich.table import Table
 from experiments.cli_common import (
     Output,
     OutputOpt,
+    PhaseOpt,
     StoreOpt,
     err,
     fail,
@@ -79,7 +80,7 @@ def decide_command(
     state: Annotated[
         Path | None, typer.Option(help="JSON file keeping the state between looks.")
     ] = None,
-    phase: Annotated[str | None, typer.Option(help="Default: the current phase.")] = None,
+    phase: PhaseOpt = None,
     output: OutputOpt = Output.TEXT,
     store: StoreOpt = None,
 ) -> None:

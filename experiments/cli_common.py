@@ -28,6 +28,7 @@ StoreOpt = Annotated[
         help="sqlite:///path.db or redis://host:port/db (default: ./abmesh.db)",
     ),
 ]
+PhaseOpt = Annotated[str | None, typer.Option(help="Default: the current phase.")]
 
 
 class Output(StrEnum):

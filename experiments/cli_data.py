@@ -16,7 +16,16 @@ import typer
 from rich.table import Table
 
 from assignment import collector
-from experiments.cli_common import Output, OutputOpt, StoreOpt, fail, out, print_data, store_for
+from experiments.cli_common import (
+    Output,
+    OutputOpt,
+    PhaseOpt,
+    StoreOpt,
+    fail,
+    out,
+    print_data,
+    store_for,
+)
 from experiments.folding import FoldPlan
 from experiments.reporting import event_row, phase_report, stat_rows, take_snapshot
 from experiments.store import Store
@@ -147,7 +156,7 @@ def _format_of(path: Path) -> FileFormat:
 
 def stats(
     experiment: str,
-    phase: Annotated[str | None, typer.Option(help="Default: the current phase.")] = None,
+    phase: PhaseOpt = None,
     output: OutputOpt = Output.TEXT,
     store: StoreOpt = None,
 ) -> None:
@@ -210,7 +219,7 @@ def export(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="File (default: standard output).")
     ] = None,
-    phase: Annotated[str | None, typer.Option(help="Default: the current phase.")] = None,
+    phase: PhaseOpt = None,
     store: StoreOpt = None,
 ) -> None:
     """Export per-arm statistics, snapshots or raw events as a table for pandas."""

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from experiments.cli_common import StoreOpt, fail, out, store_for
+from experiments.cli_common import PhaseOpt, StoreOpt, fail, out, store_for
 from experiments.errors import AbmeshError
 from experiments.warehouse.engines import DIALECT, engine_of, resolve
 from experiments.warehouse.read import query_for, sql_sources
@@ -30,7 +30,7 @@ def sql(
         Dialect | None,
         typer.Option(help="Default: the engine of the source's connection."),
     ] = None,
-    phase: Annotated[str | None, typer.Option(help="Default: the current phase.")] = None,
+    phase: PhaseOpt = None,
     store: StoreOpt = None,
 ) -> None:
     """Print the SQL a look at the experiment's metrics runs now, one query per source."""

@@ -60,13 +60,19 @@ def store(tmp_path: Path) -> Store:
     return open_store(f"sqlite:///{tmp_path}/store.db")
 
 
+@pytest.fixture
+def started(db: tuple[str, Data], tmp_path: Path) -> str:
+    """The URL of a store holding the experiment, reading `db`."""
+    url = f"sqlite:///{tmp_path}/store.db"
+    start(open_store(url), source(db[0]))
+    return url
+
+
 def test_stats_answers_from_the_source_in_the_usual_shape(
-    db: tuple[str, Data], tmp_path: Path
+    db: tuple[str, Data], started: str
 ) -> None:
-    url, data = db
-    store_url = f"sqlite:///{tmp_path}/store.db"
-    st = open_store(store_url)
-    start(st, source(url))
+    _, data = db
+    store_url = started
     result = runner.invoke(app, ["stats", "warehouse", "-o", "json", "--store", store_url])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -81,13 +87,8 @@ def test_stats_answers_from_the_source_in_the_usual_shape(
     assert ran["query"].startswith("WITH ")
 
 
-def test_a_decide_look_records_the_query_and_its_duration(
-    db: tuple[str, Data], tmp_path: Path
-) -> None:
-    url, _ = db
-    store_url = f"sqlite:///{tmp_path}/store.db"
-    st = open_store(store_url)
-    start(st, source(url))
+def test_a_decide_look_records_the_query_and_its_duration(started: str) -> None:
+    store_url, st = started, open_store(started)
     result = runner.invoke(app, ["decide", "warehouse", "-o", "json", "--store", store_url])
     assert result.exit_code == 0, result.output
     (look,) = st.looks(st.get_experiment("warehouse").uid)
@@ -290,10 +291,8 @@ def test_an_empty_source_is_no_data_not_an_error(tmp_path: Path, store: Store) -
     assert result.exit_code == 0, result.output
 
 
-def test_sql_prints_the_query_in_any_dialect(db: tuple[str, Data], tmp_path: Path) -> None:
-    url, _ = db
-    store_url = f"sqlite:///{tmp_path}/store.db"
-    start(open_store(store_url), source(url))
+def test_sql_prints_the_query_in_any_dialect(started: str) -> None:
+    store_url = started
     result = runner.invoke(app, ["sql", "warehouse", "--store", store_url])
     assert result.exit_code == 0, result.output
     assert "-- metrics click, purchase, revenue, duckdb" in result.output
@@ -303,10 +302,8 @@ def test_sql_prints_the_query_in_any_dialect(db: tuple[str, Data], tmp_path: Pat
     assert "`unit`" in result.output
 
 
-def test_the_report_of_an_experiment_read_from_sql(db: tuple[str, Data], tmp_path: Path) -> None:
-    url, _ = db
-    store_url = f"sqlite:///{tmp_path}/store.db"
-    start(open_store(store_url), source(url))
+def test_the_report_of_an_experiment_read_from_sql(started: str, tmp_path: Path) -> None:
+    store_url = started
     assert runner.invoke(app, ["decide", "warehouse", "--store", store_url]).exit_code == 0
     out = tmp_path / "report.html"
     result = runner.invoke(app, ["report", "warehouse", "-o", str(out), "--store", store_url])
