@@ -70,11 +70,13 @@ def design_of(spec: ExperimentSpec) -> str:
     arms = ",".join(f"{v.key}={v.weight:g}" for v in spec.variants)
     metrics = ""
     if spec.metrics is not None:
-        # An unset tolerance is left out, so states saved before the field existed still match.
+        # An unset tolerance is left out, so states saved before the field existed still match;
+        # where a metric's events are read (`source`) is not what its test was planned for.
         guards = spec.metrics.guardrails
-        unset = {i: {"tolerance"} for i, g in enumerate(guards) if g.tolerance is None}
-        exclude = {"primary": {"tolerance"}, "secondary": {"__all__": {"tolerance"}},
-                   "guardrails": unset}  # fmt: skip
+        unset = {i: {"source"} | ({"tolerance"} if g.tolerance is None else set())
+                 for i, g in enumerate(guards)}  # fmt: skip
+        exclude = {"primary": {"tolerance", "source"},
+                   "secondary": {"__all__": {"tolerance", "source"}}, "guardrails": unset}  # fmt: skip
         metrics = spec.metrics.model_dump_json(exclude=exclude)  # type: ignore[arg-type]
     # segment_harm only decides what a segment harm does: not part of the state's design.
     settings = spec.analysis.model_dump_json(exclude={"segment_harm"})

@@ -102,7 +102,9 @@ def effect_chart_has_a_point_per_recorded_look(opened: Opened) -> None:
     xs = [x for t in effects for x in t["x"]]
     ys = [y for t in effects for y in t["y"]]
     assert len(xs) == looks
-    assert len([y for y in ys if y is not None]) >= 10  # burn-in looks have no effect yet
+    # Burn-in looks have no effect yet; how many looks come after depends on the machine's
+    # pace (the demo runs in real time), so only that some do.
+    assert len([y for y in ys if y is not None]) >= 3
     expected = [p["effects"]["candidate"]["effect"] for p in opened.report["over_time"]]
     assert sorted(y for y in ys if y is not None) == pytest.approx(
         sorted(y for y in expected if y is not None))  # fmt: skip
