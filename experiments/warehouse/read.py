@@ -77,7 +77,8 @@ def read_source(
     another process sharing the store, is reused (`ran["reused"]`)."""
     # What the query depends on besides the window: a spec change that alters it is a miss.
     identity = json.dumps([source.model_dump(mode="json"), sorted(metrics.items()),
-                           [s.model_dump(mode="json") for s in spec.segments]])  # fmt: skip
+                           [s.model_dump(mode="json") for s in spec.segments],
+                           [(v.key, v.header_value) for v in spec.variants]])  # fmt: skip
     cache_key = (*key, identity)
     doc_key = f"{key[0]}#sql#{key[1]}#{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
     with _lock:
