@@ -19,7 +19,7 @@ from rich.table import Table
 from assignment import assign_many
 from controlplane import cli as cli_rollout
 from controlplane.lifecycle import Action, apply_spec, change_state
-from experiments import cli_analysis, cli_data, cli_log, cli_sql
+from experiments import cli_analysis, cli_data, cli_log, cli_warehouse
 from experiments.cli_common import (
     LogFormatOpt,
     LogLevelOpt,
@@ -263,7 +263,7 @@ def serve(
 cli_data.register(app)
 cli_log.register(app, cli_data.events_app)
 cli_analysis.register(app)
-cli_sql.register(app)
+cli_warehouse.register(app)
 cli_rollout.register(app)
 
 

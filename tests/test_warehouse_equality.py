@@ -97,6 +97,8 @@ def close(a: Any, b: Any, where: str, scale: float = 0.0) -> None:
             inner = scale
             if key in ("c_xy", "comoment", "c_num_den") and isinstance(a.get("m2"), float):
                 inner = math.sqrt(abs(a["m2"] * a.get("m2_x", a["m2"])))
+            if key == "sum_xy":  # Σxy = c_xy + ΣxΣy/n: 0 exactly, or a rounding of it
+                inner = math.sqrt(abs(a["sum_sq"] * a["sum_x2"]))
             close(a[key], b[key], f"{where}.{key}", inner)
         return
     if isinstance(a, float) or isinstance(b, float):

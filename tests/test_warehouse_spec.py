@@ -12,7 +12,7 @@ import duckdb
 import pytest
 import sqlglot
 
-from experiments.cli_sql import Dialect
+from experiments.cli_warehouse import Dialect
 from experiments.errors import SpecError
 from experiments.status import PhaseRecord
 from experiments.warehouse.query import DIALECTS, EPOCH_SQL

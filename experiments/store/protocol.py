@@ -263,6 +263,12 @@ class StatsStore(Protocol):
         event id received at `since`), from just after it: a cursor for paging, since a whole
         batch shares one receive time."""
 
+    def raw_exposures(
+        self, experiment: str, phase: str, *, after: str = "", limit: int = 100_000
+    ) -> list[dict[str, Any]]:
+        """The phase's logged first exposures (unit, variant, at, generation, segments), in
+        unit order from just after the unit `after`: a cursor for paging."""
+
     def purge_events(self, received_before: float) -> int:
         """Forget folded raw events received before the time (and their ids: a retry older
         than this counts again); events not folded yet are kept."""

@@ -23,6 +23,7 @@ phase -> first seen), `plans` (hash, phase -> the fold plan) and `snap` (snapsho
 
 from __future__ import annotations
 
+import heapq
 import time
 import uuid
 from collections.abc import Sequence
@@ -333,6 +334,31 @@ class RedisStats(Settling, RedisEvents):
             if raw is not None:
                 variant, at, generation = raw.split(RS)
                 out[unit] = {"variant": variant, "at": float(at), "generation": int(generation)}
+        return out
+
+    def raw_exposures(
+        self, experiment: str, phase: str, *, after: str = "", limit: int = 100_000
+    ) -> list[dict[str, Any]]:
+        """Each partition's units past `after` (HSCAN of its first exposures), the first
+        `limit` of all in unit order; segment values as the fold resolved them (the unit's
+        state), since the log's own entries are trimmed once folded."""
+        with self._guard():
+            found: list[tuple[str, str]] = []
+            for k in range(self.partitions):
+                key = self.partition_key(experiment, k, f"xp:{phase}")
+                past = ((u, raw) for u, raw in self.client.hscan_iter(key, count=1000) if u > after)
+                found = heapq.nsmallest(limit, [*found, *heapq.nsmallest(limit, past)])
+            pipe = self.client.pipeline(transaction=False)
+            for unit, _ in found:
+                k = partition_of(unit, self.partitions)
+                pipe.hget(self.partition_key(experiment, k, f"u:{phase}"), unit)
+            states = pipe.execute()
+        out = []
+        for (unit, raw), state in zip(found, states, strict=True):
+            variant, at, generation = raw.split(RS)
+            out.append({"unit": unit, "variant": variant, "at": float(at),
+                        "generation": int(generation),
+                        "segments": UnitState.decode(state).segments})  # fmt: skip
         return out
 
 

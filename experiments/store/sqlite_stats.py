@@ -214,6 +214,21 @@ class SQLiteStats(Settling, SQLiteBase):
             for row in rows
         ]
 
+    def raw_exposures(
+        self, experiment: str, phase: str, *, after: str = "", limit: int = 100_000
+    ) -> list[dict[str, Any]]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT unit, variant, at, generation, segments FROM exposure_log"
+                " WHERE experiment = ? AND phase = ? AND unit > ? ORDER BY unit LIMIT ?",
+                (experiment, phase, after, limit),
+            ).fetchall()
+        names = ("unit", "variant", "at", "generation")
+        return [
+            {**dict(zip(names, row[:-1], strict=True)), "segments": dict(decode_pairs(row[-1]))}
+            for row in rows
+        ]
+
     def purge_events(self, received_before: float) -> int:
         with self._write() as db:
             return db.execute(

@@ -1,6 +1,7 @@
-"""`abmesh sql`: the query a look at an experiment's SQL source runs, for reading, for running
-by hand, or, with `--dialect`, for a warehouse abmesh does not connect to itself (BigQuery,
-Snowflake): the same query, transpiled."""
+"""Warehouse commands: `abmesh sql`, the query a look at an experiment's SQL source runs (for
+reading, for running by hand, or, with `--dialect`, for a warehouse abmesh does not connect to
+itself: BigQuery, Snowflake); `abmesh export-warehouse`, abmesh's own exposures and events
+written in the layout a SQL source reads (experiments.warehouse.export)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import typer
 
 from experiments.cli_common import PhaseOpt, StoreOpt, fail, out, store_for
 from experiments.errors import AbmeshError
-from experiments.warehouse.engines import DIALECT, engine_of, resolve
+from experiments.warehouse.engines import DIALECT, engine_of, redacted, resolve
 from experiments.warehouse.read import query_for, sql_sources
 
 
@@ -54,5 +55,35 @@ def sql(
         out.print(text + ";", markup=False, soft_wrap=True)
 
 
+def export_warehouse(
+    experiment: str,
+    to: Annotated[
+        str, typer.Option("--to", help="A directory (Parquet files) or a postgresql:// URL.")
+    ],
+    phase: Annotated[str | None, typer.Option(help="Default: every phase.")] = None,
+    schema: Annotated[str | None, typer.Option(help="PostgreSQL schema (created).")] = None,
+    exposures_table: str = "exposures",
+    events_table: str = "events",
+    store: StoreOpt = None,
+) -> None:
+    """Write the experiment's exposures and events where a SQL source can read them."""
+    from experiments.names import check_name
+    from experiments.warehouse.export import export
+
+    try:
+        for name in (schema, exposures_table, events_table):
+            if name is not None:
+                check_name(name, "table or schema name")
+    except ValueError as exc:
+        fail(str(exc))
+    with store_for(store) as st:
+        record = st.get_experiment(experiment)
+        exposures, events = export(st, record, to, phase=phase, schema=schema,
+                                   tables=(exposures_table, events_table))  # fmt: skip
+    out.print(f"{exposures} exposures and {events} events of {experiment} written to"
+              f" {redacted(to)}", markup=False)  # fmt: skip
+
+
 def register(app: typer.Typer) -> None:
     app.command()(sql)
+    app.command("export-warehouse")(export_warehouse)
