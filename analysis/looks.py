@@ -75,8 +75,8 @@ def design_of(spec: ExperimentSpec) -> str:
         guards = spec.metrics.guardrails
         unset = {i: {"source"} | ({"tolerance"} if g.tolerance is None else set())
                  for i, g in enumerate(guards)}  # fmt: skip
-        exclude = {"primary": {"tolerance", "source"},
-                   "secondary": {"__all__": {"tolerance", "source"}}, "guardrails": unset}  # fmt: skip
+        plain = {"tolerance", "source"}
+        exclude = {"primary": plain, "secondary": {"__all__": plain}, "guardrails": unset}
         metrics = spec.metrics.model_dump_json(exclude=exclude)  # type: ignore[arg-type]
     # segment_harm only decides what a segment harm does: not part of the state's design.
     settings = spec.analysis.model_dump_json(exclude={"segment_harm"})

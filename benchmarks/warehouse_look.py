@@ -69,10 +69,12 @@ def row(engine: str, events: int, load_s: float, times: list[float]) -> str:
             f" {max(warm):>8.2f} {events / median:>12,.0f}")  # fmt: skip
 
 
+Loaded = tuple[str, tuple[str, str], Callable[[], None]]  # URL, relations, clean-up
+
+
 def measure(
-    engine: str, data: Data, load: Callable[[Data], tuple[str, tuple[str, str], Callable[[], None]]],
-    count: int,
-) -> tuple[str, float]:  # fmt: skip
+    engine: str, data: Data, load: Callable[[Data], Loaded], count: int
+) -> tuple[str, float]:
     began = time.perf_counter()
     url, relation, cleanup = load(data)
     load_s = time.perf_counter() - began
@@ -94,22 +96,22 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="abmesh-wh-"))
 
-    def duckdb_at(name: str) -> Callable[[Data], tuple[str, tuple[str, str], Callable[[], None]]]:
-        def load(data: Data) -> tuple[str, tuple[str, str], Callable[[], None]]:
+    def duckdb_at(name: str) -> Callable[[Data], Loaded]:
+        def load(data: Data) -> Loaded:
             load_duckdb(str(work / f"{name}.duckdb"), data)
             return f"duckdb:///{work}/{name}.duckdb", ("exposures", "events"), lambda: None
 
         return load
 
-    def chdb_at(name: str) -> Callable[[Data], tuple[str, tuple[str, str], Callable[[], None]]]:
-        def load(data: Data) -> tuple[str, tuple[str, str], Callable[[], None]]:
+    def chdb_at(name: str) -> Callable[[Data], Loaded]:
+        def load(data: Data) -> Loaded:
             (work / name).mkdir()
             load_chdb(str(work / name), data)
             return f"chdb://{work}/{name}", ("exposures", "events"), lambda: None
 
         return load
 
-    def postgres(data: Data) -> tuple[str, tuple[str, str], Callable[[], None]]:
+    def postgres(data: Data) -> Loaded:
         schema = f"abmesh_bench_{uuid.uuid4().hex[:10]}"
         try:
             load_postgres(schema, data)

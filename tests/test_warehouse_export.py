@@ -94,9 +94,8 @@ def test_postgres_tables_read_back_and_a_rerun_never_duplicates(
         result = export(store_url, "--to", POSTGRES, "--schema", schema)
         assert result.exit_code == 0, result.output
     with psycopg.connect(POSTGRES) as con:
-        (exposed,) = con.execute(f'SELECT count(*) FROM "{schema}".exposures').fetchone() or (0,)
-        (units,) = con.execute(
-            f'SELECT count(DISTINCT unit) FROM "{schema}".exposures').fetchone() or (0,)  # fmt: skip
+        counted = f'SELECT count(*), count(DISTINCT unit) FROM "{schema}".exposures'
+        exposed, units = con.execute(counted).fetchone() or (0, 0)
     assert exposed == units == sum(a["exposures"] for a in filled["arms"].values())
     sql = read_back(POSTGRES, f"{schema}.exposures", f"{schema}.events")
     close(filled["arms"], sql.arms, "arms")
