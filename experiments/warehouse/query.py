@@ -120,6 +120,8 @@ def build(
     )
     if ecols.experiment:
         e_filter += f" AND {ident(ecols.experiment)} = {literal(experiment)}"
+    col = {s: i for i, s in enumerate(series)}
+    binned = [s for s in binned if s in col]
     seg = [f"s{i}" for i in range(len(segments))]
     cov = [f"k{i}" for i in range(len(covariates))]
     x_extra = [
@@ -146,7 +148,7 @@ def build(
         " (PARTITION BY event_id ORDER BY ts_s, unit, metric, value) AS rn FROM es)",
         "e AS (SELECT unit, metric, value, ts_s FROM er WHERE rn = 1)",
         _units_cte(metrics, covariates, seg, cov),
-        _cells_cte(segments, seg, len(series)),
+        *_cells_ctes(segments, seg, len(series), [(s, col[s]) for s in binned]),
         "c AS (SELECT attr, val, arm"
         + "".join(
             f", w{i}, w{i} - AVG(w{i}) OVER (PARTITION BY attr, val, arm) AS d{i}"
@@ -154,33 +156,16 @@ def build(
         )
         + " FROM cells)",
     ]
-    col = {s: i for i, s in enumerate(series)}
     wanted = [(a, b) for a, b in pairs if a in col and b in col]
     select = ["attr", "val", "arm", "CAST(COUNT(*) AS DOUBLE) AS n"]
     for i in range(len(series)):
         select += [f"SUM(w{i}) AS sum{i}", f"SUM(d{i} * d{i}) AS m2_{i}"]
     select += [f"SUM(d{col[a]} * d{col[b]}) AS c{j}" for j, (a, b) in enumerate(wanted)]
-    binned = [s for s in binned if s in col]
     text = (
         "WITH " + ", ".join(ctes) + " SELECT " + ", ".join(select)
         + " FROM c GROUP BY attr, val, arm"
-        + "".join(_bins_select(s, col[s], len(select) - 4) for s in binned)
     )  # fmt: skip
     return _place(text, source, dialect), Layout(series, tuple(wanted), tuple(binned))
-
-
-def _bins_select(series: str, i: int, padding: int) -> str:
-    """The arms' units per bin of a series' non-zero values (experiments.distributions.bins:
-    floor(20·log10|v|), clipped, `p`/`n` by sign), as rows of the main result's shape."""
-    k = f"LEAST(GREATEST(FLOOR({_LOG10}(a) * {PER_DECADE}), {LOW_BIN}), {HIGH_BIN})"
-    label = f"CASE WHEN v > 0 THEN 'p' ELSE 'n' END || CAST(CAST({k} AS BIGINT) AS VARCHAR)"
-    pad = "".join(", CAST(0 AS DOUBLE)" for _ in range(padding))
-    return (
-        f" UNION ALL SELECT {literal(BINS)} AS attr, {literal(series + '|')} || label AS val,"
-        f" arm, CAST(COUNT(*) AS DOUBLE) AS n{pad} FROM (SELECT arm, {label} AS label FROM"
-        f" (SELECT arm, w{i} AS v, ABS(w{i}) AS a FROM u WHERE w{i} <> 0) AS m{i}) AS b{i}"
-        " GROUP BY arm, label"
-    )
 
 
 def _segment_ctes(segments: Sequence[Segment], seg: list[str], cov: list[str]) -> list[str]:
@@ -263,15 +248,34 @@ def _units_cte(
     )  # fmt: skip
 
 
-def _cells_cte(segments: Sequence[Segment], seg: list[str], width: int) -> str:
-    """`cells`: every unit in its arm's row, and again in its cell per segment it has."""
+def _cells_ctes(
+    segments: Sequence[Segment], seg: list[str], width: int, binned: Sequence[tuple[str, int]]
+) -> list[str]:
+    """`cells`: every unit in its arm's row, again in its cell per segment it has, and per
+    binned series with a non-zero value in that value's bin (experiments.distributions.bins:
+    floor(20·log10|v|), clipped, `p`/`n` by sign; a bin's rows count its units).  One pass
+    over `u`, crossed with the list of views: ClickHouse inlines a CTE wherever it is named,
+    so naming `u` once per view would fold the units again for each."""
+    views = [("''", "''")]
+    views += [(literal(rule.name), s) for s, rule in zip(seg, segments, strict=True)]
+    for series, i in binned:
+        k = f"LEAST(GREATEST(FLOOR({_LOG10}(a{i}) * {PER_DECADE}), {LOW_BIN}), {HIGH_BIN})"
+        label = f"CASE WHEN w{i} > 0 THEN 'p' ELSE 'n' END || CAST(CAST({k} AS BIGINT) AS VARCHAR)"
+        views.append(
+            (literal(BINS), f"CASE WHEN w{i} <> 0 THEN {literal(series + '|')} || {label} END")
+        )
+    listed = " UNION ALL ".join(
+        f"SELECT {j} AS i, {attr} AS attr" for j, (attr, _) in enumerate(views)
+    )
+    pick = " ".join(f"WHEN {j} THEN {val}" for j, (_, val) in enumerate(views))
     ws = "".join(f", w{i}" for i in range(width))
-    parts = [f"SELECT '' AS attr, '' AS val, arm{ws} FROM u"]
-    parts += [
-        f"SELECT {literal(rule.name)} AS attr, {s} AS val, arm{ws} FROM u WHERE {s} IS NOT NULL"
-        for s, rule in zip(seg, segments, strict=True)
+    absolute = "".join(f", ABS(w{i}) AS a{i}" for _, i in binned)
+    return [
+        f"ua AS (SELECT u.*{absolute} FROM u)",
+        f"cells AS (SELECT attr, val, arm{ws} FROM (SELECT views.attr AS attr, CASE views.i"
+        f" {pick} END AS val, ua.arm AS arm{''.join(f', ua.w{i} AS w{i}' for i in range(width))}"
+        f" FROM ua CROSS JOIN ({listed}) AS views) AS z WHERE val IS NOT NULL)",
     ]
-    return "cells AS (" + " UNION ALL ".join(parts) + ")"
 
 
 def _place(text: str, source: SqlSource, dialect: str) -> str:
