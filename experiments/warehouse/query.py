@@ -258,20 +258,19 @@ def _cells_ctes(
     so naming `u` once per view would fold the units again for each."""
     views = [("''", "''")]
     views += [(literal(rule.name), s) for s, rule in zip(seg, segments, strict=True)]
+    labels = []  # per unit, computed once in `ua`, not once per view
     for series, i in binned:
-        k = f"LEAST(GREATEST(FLOOR({_LOG10}(a{i}) * {PER_DECADE}), {LOW_BIN}), {HIGH_BIN})"
+        k = f"LEAST(GREATEST(FLOOR({_LOG10}(ABS(w{i})) * {PER_DECADE}), {LOW_BIN}), {HIGH_BIN})"
         label = f"CASE WHEN w{i} > 0 THEN 'p' ELSE 'n' END || CAST(CAST({k} AS BIGINT) AS VARCHAR)"
-        views.append(
-            (literal(BINS), f"CASE WHEN w{i} <> 0 THEN {literal(series + '|')} || {label} END")
-        )
+        labels.append(f", CASE WHEN w{i} <> 0 THEN {literal(series + '|')} || {label} END AS b{i}")
+        views.append((literal(BINS), f"ua.b{i}"))
     listed = " UNION ALL ".join(
         f"SELECT {j} AS i, {attr} AS attr" for j, (attr, _) in enumerate(views)
     )
     pick = " ".join(f"WHEN {j} THEN {val}" for j, (_, val) in enumerate(views))
     ws = "".join(f", w{i}" for i in range(width))
-    absolute = "".join(f", ABS(w{i}) AS a{i}" for _, i in binned)
     return [
-        f"ua AS (SELECT u.*{absolute} FROM u)",
+        f"ua AS (SELECT u.*{''.join(labels)} FROM u)",
         f"cells AS (SELECT attr, val, arm{ws} FROM (SELECT views.attr AS attr, CASE views.i"
         f" {pick} END AS val, ua.arm AS arm{''.join(f', ua.w{i} AS w{i}' for i in range(width))}"
         f" FROM ua CROSS JOIN ({listed}) AS views) AS z WHERE val IS NOT NULL)",
@@ -294,12 +293,16 @@ def _place(text: str, source: SqlSource, dialect: str) -> str:
 
 
 def _replace_calls(text: str, name: str, template: str) -> str:
-    """`NAME(arg)` -> the template around `arg` (an identifier: no nested parentheses)."""
+    """`NAME(arg)` -> the template around `arg` (an expression: its parentheses balanced)."""
     out, rest = [], text
     while (i := rest.find(name + "(")) >= 0:
-        j = rest.index(")", i)
-        out += [rest[:i], template.format(rest[i + len(name) + 1 : j])]
-        rest = rest[j + 1 :]
+        start = j = i + len(name) + 1
+        depth = 1
+        while depth:
+            depth += {"(": 1, ")": -1}.get(rest[j], 0)
+            j += 1
+        out += [rest[:i], template.format(rest[start : j - 1])]
+        rest = rest[j:]
     return "".join(out) + rest
 
 
