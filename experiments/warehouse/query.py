@@ -9,9 +9,9 @@ sufficient statistics, with abmesh's own folding rules (experiments.foldbatch):
   pre-period series, the CUPED covariate; events of units never exposed never count;
 - a unit's value is its total (`sum`/`mean`) or whether it has any event (`conversion`); an
   exposed unit without events counts as 0;
-- per arm, and per cell `arm × segment value`, the query returns n, Σv and the central
-  moments Σ(v − v̄)² and Σ(a − ā)(b − b̄), in two passes (the mean first): stable however
-  large the values, the pitfall of docs/statistics.md §3.
+- per arm, and per cell `arm × segment value`, the query returns n, Σv and the sums of the
+  values centred on their arm's mean, computed first (two passes): the central moments
+  follow without the cancellation of docs/statistics.md §3 (§21).
 
 It is written once, in DuckDB's dialect, and transpiled by sqlglot for the others; what no
 transpiler knows is isolated here: a timestamp column's unix seconds (`EPOCH_SQL`) and the
@@ -58,9 +58,10 @@ class Window:
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """The result's columns after `attr, val, arm, n`: per series Σv and m2, per pair the
-    co-moment.  `attr` is '' on an arm's row, `BINS` on a bin's (`val`: `series|label`, `n`
-    its units, experiments.distributions), else the segment of the cell `val`."""
+    """The result's columns after `attr, val, arm, n`: per series Σv, Σd and Σd², d = v − the
+    arm's mean, then per pair Σd_a·d_b.  `attr` is '' on an arm's row, `BINS` on a bin's
+    (`val`: `series|label`, `n` its units, experiments.distributions), else the segment of
+    the cell `val`."""
 
     series: tuple[str, ...]
     pairs: tuple[tuple[str, str], ...]
@@ -149,21 +150,15 @@ def build(
         "e AS (SELECT unit, metric, value, ts_s FROM er WHERE rn = 1)",
         _units_cte(metrics, covariates, seg, cov),
         *_cells_ctes(segments, seg, len(series), [(s, col[s]) for s in binned]),
-        "c AS (SELECT attr, val, arm"
-        + "".join(
-            f", w{i}, w{i} - AVG(w{i}) OVER (PARTITION BY attr, val, arm) AS d{i}"
-            for i in range(len(series))
-        )
-        + " FROM cells)",
     ]
     wanted = [(a, b) for a, b in pairs if a in col and b in col]
     select = ["attr", "val", "arm", "CAST(COUNT(*) AS DOUBLE) AS n"]
     for i in range(len(series)):
-        select += [f"SUM(w{i}) AS sum{i}", f"SUM(d{i} * d{i}) AS m2_{i}"]
+        select += [f"SUM(w{i}) AS sum{i}", f"SUM(d{i}) AS sd{i}", f"SUM(d{i} * d{i}) AS q{i}"]
     select += [f"SUM(d{col[a]} * d{col[b]}) AS c{j}" for j, (a, b) in enumerate(wanted)]
     text = (
         "WITH " + ", ".join(ctes) + " SELECT " + ", ".join(select)
-        + " FROM c GROUP BY attr, val, arm"
+        + " FROM cells GROUP BY attr, val, arm"
     )  # fmt: skip
     return _place(text, source, dialect), Layout(series, tuple(wanted), tuple(binned))
 
@@ -269,11 +264,16 @@ def _cells_ctes(
     )
     pick = " ".join(f"WHEN {j} THEN {val}" for j, (_, val) in enumerate(views))
     ws = "".join(f", w{i}" for i in range(width))
+    ds = "".join(f", d{i}" for i in range(width))
+    # Centred on the arm's mean (the first pass); a cell's sums, shifted by it, are then as
+    # well conditioned as the arm's (docs/statistics.md §21).
+    centred = "".join(f", w{i} - AVG(w{i}) OVER (PARTITION BY arm) AS d{i}" for i in range(width))
     return [
-        f"ua AS (SELECT u.*{''.join(labels)} FROM u)",
-        f"cells AS (SELECT attr, val, arm{ws} FROM (SELECT views.attr AS attr, CASE views.i"
-        f" {pick} END AS val, ua.arm AS arm{''.join(f', ua.w{i} AS w{i}' for i in range(width))}"
-        f" FROM ua CROSS JOIN ({listed}) AS views) AS z WHERE val IS NOT NULL)",
+        f"ua AS (SELECT u.*{''.join(labels)}{centred} FROM u)",
+        f"cells AS (SELECT attr, val, arm{ws}{ds} FROM (SELECT views.attr AS attr, CASE views.i"
+        f" {pick} END AS val, ua.arm AS arm"
+        + "".join(f", ua.w{i} AS w{i}, ua.d{i} AS d{i}" for i in range(width))
+        + f" FROM ua CROSS JOIN ({listed}) AS views) AS z WHERE val IS NOT NULL)",
     ]
 
 

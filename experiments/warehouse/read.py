@@ -160,10 +160,14 @@ def assemble(
             series, _, label = value.rpartition("|")
             bins[series].setdefault(variant, []).append([*edges(label), int(n)])
             continue
-        sums = {
-            s: (float(row[4 + 2 * i]), float(row[5 + 2 * i])) for i, s in enumerate(layout.series)
+        # Per series Σv, Σd and Σd², d = v − (the arm's mean): the cell's m2 = Σd² − (Σd)²/n.
+        shifted = {s: [float(x) for x in row[4 + 3 * i : 7 + 3 * i]]
+                   for i, s in enumerate(layout.series)}  # fmt: skip
+        sums = {s: (v, max(q - d * d / n, 0.0)) for s, (v, d, q) in shifted.items()}
+        comoments = {
+            (a, b): float(row[4 + 3 * width + j]) - shifted[a][1] * shifted[b][1] / n
+            for j, (a, b) in enumerate(layout.pairs)
         }
-        comoments = {pair: float(row[4 + 2 * width + j]) for j, pair in enumerate(layout.pairs)}
         arm = {"exposures": int(n), "metrics": _metrics(plan, n, sums, comoments)}
         if attr:
             segments.setdefault(attr, {}).setdefault(value, {})[variant] = arm
