@@ -11,7 +11,7 @@ sufficient statistics, with abmesh's own folding rules (experiments.foldbatch):
   exposed unit without events counts as 0;
 - per arm, and per cell `arm × segment value`, the query returns n, Σv and the sums of the
   values centred on their arm's mean, computed first (two passes): the central moments
-  follow without the cancellation of docs/statistics.md §3 (§21).
+  follow without the cancellation of docs/statistics.md §3 (docs/statistics.md §21).
 
 It is written once, in DuckDB's dialect, and transpiled by sqlglot for the others; what no
 transpiler knows is isolated here: a timestamp column's unix seconds (`EPOCH_SQL`) and the
