@@ -167,3 +167,49 @@ def test_chdb_equals_the_built_in_folding(own: dict[str, Any], data: Data, tmp_p
     sql = answer(f"chdb://{tmp_path}", "exposures", "events")
     check(own, sql)
     assert sql.ran["engine"] == "chdb"
+
+
+@pytest.fixture
+def clickhouse(tmp_path: Path) -> Iterator[str]:
+    """A ClickHouse HTTP server on a loopback port of its own (tests/clickhouse_http.py)."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from experiments.localstack import free_port, wait_until
+
+    port, log = free_port(), (tmp_path / "clickhouse.log").open("wb")
+    (tmp_path / "ch").mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.clickhouse_http", str(port), str(tmp_path / "ch")],
+        stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.post(url, content=b"SELECT 1").status_code == 200,
+                   "the ClickHouse stub")  # fmt: skip
+        yield f"clickhouse://127.0.0.1:{port}/default"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_a_clickhouse_server_equals_the_built_in_folding(
+    own: dict[str, Any], data: Data, clickhouse: str, tmp_path: Path
+) -> None:
+    """Through clickhouse-connect, over ClickHouse's HTTP interface."""
+    import clickhouse_connect
+
+    port = int(clickhouse.split(":")[2].split("/")[0])
+    client = clickhouse_connect.get_client(host="127.0.0.1", port=port)
+    for name, frame in (("exposures", data.exposures), ("events", data.events)):
+        frame.to_parquet(tmp_path / f"{name}.parquet", index=False)
+        client.command(f"CREATE TABLE {name} ENGINE = MergeTree ORDER BY tuple()"
+                       f" AS SELECT * FROM file('{tmp_path}/{name}.parquet', Parquet)")  # fmt: skip
+    client.close()
+    sql = answer(clickhouse, "exposures", "events")
+    check(own, sql)
+    assert sql.ran["engine"] == "clickhouse"
+    assert sql.distributions == own["distributions"]
