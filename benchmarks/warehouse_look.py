@@ -29,35 +29,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from experiments.status import PhaseRecord  # noqa: E402
-from experiments.warehouse.read import read_source  # noqa: E402
 from tests.warehouse_data import (  # noqa: E402
     POSTGRES,
-    SPAN,
-    START,
     Data,
     drop_postgres,
     generate,
     load_chdb,
     load_duckdb,
     load_postgres,
-    spec,
+    look,
 )
 
-PHASE = PhaseRecord("main", START, START + SPAN + 30 * 86_400.0)
-METRICS = {"purchase": True, "revenue": False, "click": False}
 COLUMNS = {"exposures": {"covariates": {"revenue": "pre_revenue"}}}
 
 
 def looks(url: str, relation: tuple[str, str], count: int) -> list[float]:
-    s = spec(source={"kind": "sql", "connection": url, "exposures": relation[0],
-                     "events": relation[1], "columns": COLUMNS, "min_interval": 0})  # fmt: skip
-    assert s.source is not None
     times = []
     for _ in range(count):
         began = time.perf_counter()
-        answer = read_source(s, s.source, METRICS, key=(uuid.uuid4().hex, "main"), phase=PHASE,
-                             now=PHASE.ended_at or 0.0)  # fmt: skip
+        answer = look(url, *relation, COLUMNS)
         times.append(time.perf_counter() - began)
         assert answer.arms, "the look found no exposures"
     return times

@@ -14,28 +14,21 @@ from typing import Any
 
 import pytest
 
-from experiments.folding import Event
-from experiments.reporting import phase_report
-from experiments.segments import as_pairs
-from experiments.status import PhaseRecord
 from experiments.store import Store, open_store
-from experiments.store.logfold import as_exposures
-from experiments.warehouse.read import SourceAnswer, read_source
+from experiments.warehouse.read import SourceAnswer
 from tests.warehouse_data import (
     POSTGRES,
-    SPAN,
-    START,
     Data,
     drop_postgres,
+    fold_in_store,
     generate,
     load_chdb,
     load_duckdb,
     load_postgres,
-    spec,
+    look,
 )
 
 REL = 1e-9
-PHASE = PhaseRecord("main", START, START + SPAN + 30 * 86_400.0)
 COLUMNS = {"exposures": {"covariates": {"revenue": "pre_revenue"}}}
 
 
@@ -46,45 +39,16 @@ def data() -> Data:
 
 @pytest.fixture(scope="module")
 def own(data: Data, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """abmesh's own folding of the data: appended to a SQLite store in batches, folded."""
+    """abmesh's own folding of the data, in a SQLite store."""
     store: Store = open_store(f"sqlite:///{tmp_path_factory.mktemp('own')}/store.db")
-    s = spec()
-    store.put_experiment(s)
-    record = store.get_experiment(s.name)
-    plan_phase = record.phase
-    from experiments.folding import FoldPlan
-
-    plan = FoldPlan.from_spec(s)
-    exposures = {
-        row.unit: (row.variant, row.timestamp, 1,
-                   as_pairs({k: v for k, v in (("country", row.country),
-                                               ("platform", row.platform)) if isinstance(v, str)}))
-        for row in data.exposures.itertuples()
-    }  # fmt: skip
-    events = [
-        Event(r.event_id, r.unit, r.metric, r.value, r.timestamp)
-        for frame in (data.events, data.covariate_events)
-        for r in frame.itertuples()
-    ]
-    half = len(events) // 2  # half the events are logged before the exposures, half after
-    for i in range(0, half, 5000):
-        store.append_events(s.name, plan_phase, plan, events[i : min(i + 5000, half)])
-    store.append_exposures(s.name, plan_phase, plan, as_exposures(exposures))
-    for i in range(half, len(events), 5000):
-        store.append_events(s.name, plan_phase, plan, events[i : i + 5000])
-    report = phase_report(store, record, settle=120)
-    store.close()
-    assert report["fold"]["pending"] == 0
-    return report
+    try:
+        return fold_in_store(store, data)
+    finally:
+        store.close()
 
 
 def answer(url: str, exposures: str, events: str) -> SourceAnswer:
-    s = spec(source={"kind": "sql", "connection": url, "exposures": exposures,
-                     "events": events, "columns": COLUMNS, "min_interval": 0})  # fmt: skip
-    assert s.source is not None
-    metrics = {"purchase": True, "revenue": False, "click": False}
-    return read_source(s, s.source, metrics, key=(str(uuid.uuid4()), "main"), phase=PHASE,
-                       now=PHASE.ended_at or 0.0)  # fmt: skip
+    return look(url, exposures, events, COLUMNS)
 
 
 def close(a: Any, b: Any, where: str, scale: float = 0.0) -> None:

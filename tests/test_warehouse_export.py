@@ -15,17 +15,12 @@ import pytest
 from typer.testing import CliRunner
 
 from experiments.cli import app
-from experiments.folding import Event, FoldPlan
-from experiments.reporting import phase_report
-from experiments.segments import as_pairs
 from experiments.store import Store
-from experiments.store.logfold import as_exposures
-from experiments.warehouse.read import SourceAnswer, read_source
-from tests.test_warehouse_equality import PHASE, close
-from tests.warehouse_data import POSTGRES, drop_postgres, generate, spec
+from experiments.warehouse.read import SourceAnswer
+from tests.test_warehouse_equality import close
+from tests.warehouse_data import POSTGRES, drop_postgres, fold_in_store, generate, look
 
 runner = CliRunner()
-METRICS = {"purchase": True, "revenue": False, "click": False}
 COLUMNS = {"exposures": {"experiment": "experiment"}, "events": {"experiment": "experiment"}}
 
 
@@ -33,30 +28,11 @@ COLUMNS = {"exposures": {"experiment": "experiment"}, "events": {"experiment": "
 def filled(store: Store) -> dict[str, Any]:
     """The store holding an experiment's exposures (with segments) and events, folded; its
     own report."""
-    s = spec()
-    store.put_experiment(s)
-    data = generate(units=300, events=2500, seed=11)
-    plan, phase = FoldPlan.from_spec(s), store.get_experiment(s.name).phase
-    exposures = {
-        r.unit: (r.variant, r.timestamp, 1, as_pairs({k: v for k, v in (("country", r.country),
-                 ("platform", r.platform)) if isinstance(v, str)}))
-        for r in data.exposures.itertuples()
-    }  # fmt: skip
-    events = [Event(r.event_id, r.unit, r.metric, r.value, r.timestamp)
-              for f in (data.events, data.covariate_events) for r in f.itertuples()]  # fmt: skip
-    store.append_exposures(s.name, phase, plan, as_exposures(exposures))
-    store.append_events(s.name, phase, plan, events)
-    report = phase_report(store, store.get_experiment(s.name), settle=60)
-    assert report["fold"]["pending"] == 0
-    return report
+    return fold_in_store(store, generate(units=300, events=2500, seed=11))
 
 
 def read_back(connection: str, exposures: str, events: str) -> SourceAnswer:
-    s = spec(source={"kind": "sql", "connection": connection, "exposures": exposures,
-                     "events": events, "columns": COLUMNS, "min_interval": 0})  # fmt: skip
-    assert s.source is not None
-    return read_source(s, s.source, METRICS, key=(uuid.uuid4().hex, "main"), phase=PHASE,
-                       now=PHASE.ended_at or 0.0)  # fmt: skip
+    return look(connection, exposures, events, COLUMNS)
 
 
 def export(store_url: str, *args: str) -> Any:

@@ -14,15 +14,12 @@ import sqlglot
 
 from experiments.cli_warehouse import Dialect
 from experiments.errors import SpecError
-from experiments.status import PhaseRecord
 from experiments.warehouse.query import DIALECTS, EPOCH_SQL
 from experiments.warehouse.read import query_for
-from tests.warehouse_data import SPAN, START, generate, load_duckdb, spec
+from tests.warehouse_data import METRICS, PHASE, START, generate, load_duckdb, spec
 
 GOOD = {"kind": "sql", "connection": "duckdb:///w.db", "exposures": "exposures",
         "events": "events"}  # fmt: skip
-PHASE = PhaseRecord("main", START, START + SPAN + 30 * 86_400.0)
-METRICS = {"purchase": True, "revenue": False, "click": False}
 
 
 @pytest.mark.parametrize(

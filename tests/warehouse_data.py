@@ -6,6 +6,7 @@ outside the phase's window.  Vectorised, so the benchmark draws 10^7 events with
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,14 @@ import numpy as np
 import pandas as pd
 
 from experiments import load_spec
+from experiments.folding import Event, FoldPlan
+from experiments.reporting import phase_report
+from experiments.segments import as_pairs
 from experiments.spec import ExperimentSpec
+from experiments.status import PhaseRecord
+from experiments.store import Store
+from experiments.store.logfold import as_exposures
+from experiments.warehouse.read import SourceAnswer, read_source
 
 START = 1_800_000_000.0  # the phase's start (unix s)
 SPAN = 7 * 86_400.0  # exposures arrive over this long
@@ -134,3 +142,42 @@ def load_chdb(directory: str, data: Data) -> None:
         frame.to_parquet(parquet, index=False)
         run(f"chdb://{directory}", f"CREATE TABLE {name} ENGINE = MergeTree ORDER BY tuple()"
             f" AS SELECT * FROM file('{parquet}', Parquet)", 600)  # fmt: skip
+
+
+PHASE = PhaseRecord("main", START, START + SPAN + 30 * 86_400.0)  # a window holding every row
+METRICS = {"purchase": True, "revenue": False, "click": False}  # the spec's event metrics
+
+
+def fold_in_store(store: Store, data: Data) -> dict[str, Any]:
+    """abmesh's own folding of the data (the covariate column as pre-exposure events): the
+    spec put in `store`, half the events appended before the exposures and half after, in
+    batches, folded; the phase's report."""
+    s = spec()
+    store.put_experiment(s)
+    record = store.get_experiment(s.name)
+    plan = FoldPlan.from_spec(s)
+    exposures = {
+        r.unit: (r.variant, r.timestamp, 1, as_pairs({k: v for k, v in (("country", r.country),
+                 ("platform", r.platform)) if isinstance(v, str)}))
+        for r in data.exposures.itertuples()
+    }  # fmt: skip
+    events = [Event(r.event_id, r.unit, r.metric, r.value, r.timestamp)
+              for f in (data.events, data.covariate_events) for r in f.itertuples()]  # fmt: skip
+    half = len(events) // 2
+    for i in range(0, half, 5000):
+        store.append_events(s.name, record.phase, plan, events[i : min(i + 5000, half)])
+    store.append_exposures(s.name, record.phase, plan, as_exposures(exposures))
+    for i in range(half, len(events), 5000):
+        store.append_events(s.name, record.phase, plan, events[i : i + 5000])
+    report = phase_report(store, record, settle=120)
+    assert report["fold"]["pending"] == 0
+    return report
+
+
+def look(url: str, exposures: str, events: str, columns: dict[str, Any]) -> SourceAnswer:
+    """One look at the spec's metrics through a SQL source, over `PHASE`, queried anew."""
+    s = spec(source={"kind": "sql", "connection": url, "exposures": exposures,
+                     "events": events, "columns": columns, "min_interval": 0})  # fmt: skip
+    assert s.source is not None
+    return read_source(s, s.source, METRICS, key=(uuid.uuid4().hex, "main"), phase=PHASE,
+                       now=PHASE.ended_at or 0.0)  # fmt: skip
