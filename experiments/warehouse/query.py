@@ -19,6 +19,7 @@ user's own table or query, placed verbatim in the engine's dialect after transpi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ EPOCH_SQL = {
     "snowflake": "(DATE_PART(epoch_microsecond, {}) / 1e6)",
 }
 DIALECTS = tuple(EPOCH_SQL)
+_NOT_NULL = re.compile(r"AS Nullable\((String|Float64)\)\) AS (unit|event_id|metric|value|ts_s)\b")
 _EXPOSURES, _EVENTS, _EPOCH = "abmesh_exposures_src", "abmesh_events_src", "ABMESH_EPOCH"
 # log10, spelled per dialect: sqlglot writes PostgreSQL's as LOG(10, x), which PostgreSQL has
 # for numeric only, and ln(x)/ln(10) is not log10 to the last bit (the bins' edges would move).
@@ -108,7 +110,11 @@ def build(
         return f"{_EPOCH}({col})" if source.timestamps == "timestamp" else col
 
     x_at, e_at = at(cols.timestamp), at(ecols.timestamp)
-    x_filter = f"{x_at} >= {_number(window.start)} AND {x_at} <= {_number(window.until)}"
+    # A row without a unit (or an event without an id) cannot be counted for anyone.
+    x_filter = (
+        f"{x_at} >= {_number(window.start)} AND {x_at} <= {_number(window.until)}"
+        f" AND {ident(cols.unit)} IS NOT NULL"
+    )
     if cols.experiment:
         x_filter += f" AND {ident(cols.experiment)} = {literal(experiment)}"
     served = f"CAST({ident(cols.variant)} AS VARCHAR)"
@@ -117,7 +123,8 @@ def build(
     names = ", ".join(literal(m) for m in metrics)
     e_filter = (
         f"{ident(ecols.metric)} IN ({names}) AND {e_at} >= {_number(window.pre_start)}"
-        f" AND {e_at} <= {_number(window.until)}"
+        f" AND {e_at} <= {_number(window.until)} AND {ident(ecols.unit)} IS NOT NULL"
+        f" AND {ident(ecols.event_id)} IS NOT NULL"
     )
     if ecols.experiment:
         e_filter += f" AND {ident(ecols.experiment)} = {literal(experiment)}"
@@ -143,7 +150,8 @@ def build(
         f"es AS (SELECT CAST({ident(ecols.event_id)} AS VARCHAR) AS event_id,"
         f" CAST({ident(ecols.unit)} AS VARCHAR) AS unit,"
         f" CAST({ident(ecols.metric)} AS VARCHAR) AS metric,"
-        f" CAST({ident(ecols.value)} AS DOUBLE) AS value, CAST({e_at} AS DOUBLE) AS ts_s"
+        f" CAST(COALESCE({ident(ecols.value)}, 0) AS DOUBLE) AS value,"
+        f" CAST({e_at} AS DOUBLE) AS ts_s"
         f" FROM {_EVENTS} WHERE {e_filter})",
         "er AS (SELECT unit, metric, value, ts_s, ROW_NUMBER() OVER"
         " (PARTITION BY event_id ORDER BY ts_s, unit, metric, value) AS rn FROM es)",
@@ -284,6 +292,11 @@ def _place(text: str, source: SqlSource, dialect: str) -> str:
         raise ValueError(f"dialect {dialect!r}: one of {list(EPOCH_SQL)}")
     if dialect != "duckdb":
         text = sqlglot.transpile(text, read="duckdb", write=dialect)[0]
+    if dialect == "clickhouse":
+        # sqlglot casts to Nullable types; keys, values and times are never NULL (filtered, or a
+        # missing value is a 0, as a sum counts it), and ClickHouse groups, joins and sorts
+        # plain columns faster (a sixth of a 10^7-event look).
+        text = _NOT_NULL.sub(r"AS \1) AS \2", text)
     epoch = EPOCH_SQL[dialect]
     text = _replace_calls(text, _EPOCH, epoch)
     text = _replace_calls(text, _LOG10, LOG10_SQL[dialect])
