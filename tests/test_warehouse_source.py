@@ -353,3 +353,25 @@ def test_a_query_that_would_write_to_postgres_is_refused(store: Store) -> None:
             phase_report(store, store.get_experiment("warehouse"))
     finally:
         drop_postgres(schema)
+
+
+def test_rows_without_a_unit_or_an_id_are_not_read_and_a_missing_value_is_zero(
+    tmp_path: Path, store: Store
+) -> None:
+    path = tmp_path / "w.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE exposures (unit TEXT, variant TEXT, timestamp DOUBLE,"
+                    " country TEXT, platform TEXT)")  # fmt: skip
+        insert = "INSERT INTO exposures (unit, variant, timestamp) VALUES (?, ?, ?)"
+        con.executemany(insert, [("a", "control", T0 + 1), (None, "control", T0 + 1)])
+        con.execute("CREATE TABLE events (event_id TEXT, unit TEXT, metric TEXT, value DOUBLE,"
+                    " timestamp DOUBLE)")  # fmt: skip
+        con.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", [
+            ("e1", "a", "revenue", 4.0, T0 + 2), ("e2", "a", "revenue", None, T0 + 2),
+            (None, "a", "revenue", 100.0, T0 + 2), ("e3", "a", "purchase", None, T0 + 2),
+        ])  # fmt: skip
+    start(store, source(f"duckdb:///{path}"))
+    arm = phase_report(store, store.get_experiment("warehouse"))["arms"]["control"]
+    assert arm["exposures"] == 1
+    assert arm["metrics"]["revenue"]["sum"] == 4.0
+    assert arm["metrics"]["purchase"]["sum"] == 1.0  # a conversion's value is not read
