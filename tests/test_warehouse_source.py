@@ -29,6 +29,14 @@ T0 = time.time() - 40 * DAY  # the phase's start: every generated row lies befor
 runner = CliRunner()
 
 
+def tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Empty exposures and events tables in the default layout, with the segment columns."""
+    con.execute("CREATE TABLE exposures (unit TEXT, variant TEXT, timestamp DOUBLE,"
+                " country TEXT, platform TEXT)")  # fmt: skip
+    con.execute("CREATE TABLE events (event_id TEXT, unit TEXT, metric TEXT, value DOUBLE,"
+                " timestamp DOUBLE)")  # fmt: skip
+
+
 def shifted(data: Data, by: float) -> Data:
     for frame in (data.exposures, data.events, data.covariate_events):
         frame["timestamp"] += by
@@ -190,11 +198,8 @@ def test_segment_values_beyond_the_cap_and_invalid_ones_count_as_other(
     rows = [(f"u{i}", "control", T0 + 1, "US" if i < 5 else "DE" if i < 8 else "FR",
              "a|b" if i == 9 else "x" * 65 if i == 8 else "web") for i in range(10)]  # fmt: skip
     with duckdb.connect(str(path)) as con:
-        con.execute("CREATE TABLE exposures (unit TEXT, variant TEXT, timestamp DOUBLE,"
-                    " country TEXT, platform TEXT)")  # fmt: skip
+        tables(con)
         con.executemany("INSERT INTO exposures VALUES (?, ?, ?, ?, ?)", rows)
-        con.execute("CREATE TABLE events (event_id TEXT, unit TEXT, metric TEXT, value DOUBLE,"
-                    " timestamp DOUBLE)")  # fmt: skip
     body = spec("warehouse", source(f"duckdb:///{path}")).model_dump(mode="json", by_alias=True)
     body["segments"] = [{"name": "country", "max_values": 2}, "platform"]
     from experiments import load_spec
@@ -316,15 +321,12 @@ def test_the_report_of_an_experiment_read_from_sql(started: str, tmp_path: Path)
 def test_variants_by_key_or_header_value_and_no_others(tmp_path: Path, store: Store) -> None:
     path = tmp_path / "w.duckdb"
     with duckdb.connect(str(path)) as con:
-        con.execute("CREATE TABLE exposures (unit TEXT, variant TEXT, timestamp DOUBLE,"
-                    " country TEXT, platform TEXT)")  # fmt: skip
+        tables(con)
         con.executemany("INSERT INTO exposures (unit, variant, timestamp) VALUES (?, ?, ?)", [
             ("a", "control", T0 + 1), ("b", "group-treatment", T0 + 1),  # a header value
             ("c", "holdout", T0 + 1),  # not an arm of the spec: not read
             ("d", "holdout", T0 + 1), ("d", "treatment", T0 + 2),  # its first arm of the spec
         ])  # fmt: skip
-        con.execute("CREATE TABLE events (event_id TEXT, unit TEXT, metric TEXT, value DOUBLE,"
-                    " timestamp DOUBLE)")  # fmt: skip
     start(store, source(f"duckdb:///{path}"))
     arms = phase_report(store, store.get_experiment("warehouse"))["arms"]
     assert {v: a["exposures"] for v, a in arms.items()} == {"control": 1, "treatment": 2}
@@ -360,12 +362,9 @@ def test_rows_without_a_unit_or_an_id_are_not_read_and_a_missing_value_is_zero(
 ) -> None:
     path = tmp_path / "w.duckdb"
     with duckdb.connect(str(path)) as con:
-        con.execute("CREATE TABLE exposures (unit TEXT, variant TEXT, timestamp DOUBLE,"
-                    " country TEXT, platform TEXT)")  # fmt: skip
+        tables(con)
         insert = "INSERT INTO exposures (unit, variant, timestamp) VALUES (?, ?, ?)"
         con.executemany(insert, [("a", "control", T0 + 1), (None, "control", T0 + 1)])
-        con.execute("CREATE TABLE events (event_id TEXT, unit TEXT, metric TEXT, value DOUBLE,"
-                    " timestamp DOUBLE)")  # fmt: skip
         con.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", [
             ("e1", "a", "revenue", 4.0, T0 + 2), ("e2", "a", "revenue", None, T0 + 2),
             (None, "a", "revenue", 100.0, T0 + 2), ("e3", "a", "purchase", None, T0 + 2),
