@@ -13,7 +13,8 @@ import typer
 
 from experiments.cli_common import PhaseOpt, StoreOpt, fail, out, store_for
 from experiments.errors import AbmeshError
-from experiments.warehouse.engines import DIALECT, engine_of, redacted, resolve
+from experiments.store.credentials import redact
+from experiments.warehouse.engines import DIALECT, engine_of, resolve
 from experiments.warehouse.read import query_for, sql_sources
 
 
@@ -81,7 +82,7 @@ def export_warehouse(
         exposures, events = export(st, record, to, phase=phase, schema=schema,
                                    tables=(exposures_table, events_table))  # fmt: skip
     out.print(f"{exposures} exposures and {events} events of {experiment} written to"
-              f" {redacted(to)}", markup=False)  # fmt: skip
+              f" {redact(to)}", markup=False)  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

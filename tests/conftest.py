@@ -133,3 +133,15 @@ def rig(sqlite_store_url: str, tmp_path: Path) -> Iterator[Rig]:
     r = Rig(sqlite_store_url, tmp_path)
     yield r
     r.store.close()
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A PostgreSQL schema name of the test's own, dropped (with what it holds) after it."""
+    from tests.warehouse_data import drop_postgres
+
+    schema = f"abmesh_{uuid.uuid4().hex[:12]}"
+    try:
+        yield schema
+    finally:
+        drop_postgres(schema)

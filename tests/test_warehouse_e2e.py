@@ -147,9 +147,7 @@ def test_a_warehouse_that_is_down_holds_the_ab_phase_until_it_answers(
     assert rig.store.get_experiment(spec.name).status.outcome is Outcome.PROMOTED
 
 
-def test_a_guardrail_rolls_a_canary_back_while_the_warehouse_is_down(
-    rig: Rig, schema: str
-) -> None:
+def test_a_guardrail_rolls_a_canary_back_while_the_warehouse_is_down(rig: Rig, schema: str) -> None:
     doc = doc_for(schema)
     doc["rollout"]["phases"] = [{"kind": "canary", "steps": [10, 50], "checks": 1},
                                 {"kind": "ab", "split": 50}, {"kind": "promote"}]  # fmt: skip

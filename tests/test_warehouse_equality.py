@@ -7,7 +7,6 @@ is the built-in store: the same rows appended to a SQLite store, folded, and exp
 from __future__ import annotations
 
 import math
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from experiments.warehouse.read import SourceAnswer
 from tests.warehouse_data import (
     POSTGRES,
     Data,
-    drop_postgres,
     fold_in_store,
     generate,
     load_chdb,
@@ -106,15 +104,6 @@ def test_duckdb_over_parquet_files_equals_it_too(
                  f"SELECT * FROM read_parquet('{tmp_path}/exposures.parquet')",
                  f"SELECT * FROM read_parquet('{tmp_path}/events.parquet')")  # fmt: skip
     check(own, sql)
-
-
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    schema = f"abmesh_{uuid.uuid4().hex[:12]}"
-    try:
-        yield schema
-    finally:
-        drop_postgres(schema)
 
 
 def test_postgres_equals_the_built_in_folding(

@@ -5,8 +5,6 @@ replaces, never duplicates; a bad target is a clear error."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from experiments.cli import app
 from experiments.store import Store
 from experiments.warehouse.read import SourceAnswer
 from tests.test_warehouse_equality import close
-from tests.warehouse_data import POSTGRES, drop_postgres, fold_in_store, generate, look
+from tests.warehouse_data import POSTGRES, fold_in_store, generate, look
 
 runner = CliRunner()
 COLUMNS = {"exposures": {"experiment": "experiment"}, "events": {"experiment": "experiment"}}
@@ -54,26 +52,17 @@ def test_parquet_files_read_back_to_the_same_statistics(
     assert sorted(sql.arms) == ["control", "treatment"]
 
 
-@pytest.fixture
-def schema() -> Iterator[str]:
-    name = f"abmesh_export_{uuid.uuid4().hex[:10]}"
-    try:
-        yield name
-    finally:
-        drop_postgres(name)
-
-
 def test_postgres_tables_read_back_and_a_rerun_never_duplicates(
-    store_url: str, filled: dict[str, Any], schema: str
+    store_url: str, filled: dict[str, Any], pg_schema: str
 ) -> None:
     for _ in range(2):
-        result = export(store_url, "--to", POSTGRES, "--schema", schema)
+        result = export(store_url, "--to", POSTGRES, "--schema", pg_schema)
         assert result.exit_code == 0, result.output
     with psycopg.connect(POSTGRES) as con:
-        counted = f'SELECT count(*), count(DISTINCT unit) FROM "{schema}".exposures'
+        counted = f'SELECT count(*), count(DISTINCT unit) FROM "{pg_schema}".exposures'
         exposed, units = con.execute(counted).fetchone() or (0, 0)
     assert exposed == units == sum(a["exposures"] for a in filled["arms"].values())
-    sql = read_back(POSTGRES, f"{schema}.exposures", f"{schema}.events")
+    sql = read_back(POSTGRES, f"{pg_schema}.exposures", f"{pg_schema}.events")
     close(filled["arms"], sql.arms, "arms")
     close(filled["segments"], sql.segments, "segments")
 

@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from experiments.errors import SourceError
 from experiments.spec_source import ENV_VAR, SCHEMES
+from experiments.store.credentials import redact
 
 Rows = list[Sequence[Any]]
 # The SQL dialect each engine speaks (experiments.warehouse.query).
@@ -45,15 +46,6 @@ def engine_of(url: str) -> str:
     return SCHEMES[urlsplit(url).scheme]
 
 
-def redacted(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
-
-
 def run(url: str, sql: str, timeout: float) -> Rows:
     runner = _RUNNERS[engine_of(url)]
     try:
@@ -62,7 +54,7 @@ def run(url: str, sql: str, timeout: float) -> Rows:
         raise
     except Exception as exc:  # every driver has its own error tree; all mean "unreadable"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SourceError(f"SQL source {redacted(url)}: {first}") from exc
+        raise SourceError(redact(f"SQL source {url}: {first}", urlsplit(url).password)) from exc
 
 
 def _duckdb(url: str, sql: str, timeout: float) -> Rows:
@@ -98,7 +90,7 @@ def _postgres(url: str, sql: str, timeout: float) -> Rows:
             return [tuple(r) for r in con.execute(sql).fetchall()]
         except psycopg.errors.QueryCanceled:
             raise SourceError(
-                f"SQL source {redacted(url)}: the query ran past {timeout:g} s"
+                f"SQL source {redact(url)}: the query ran past {timeout:g} s"
             ) from None
 
 

@@ -25,12 +25,13 @@ from experiments.store import ExperimentRecord, Store
 PAGE = 50_000
 EXPOSURES = ("experiment", "phase", "unit", "variant", "timestamp", "generation")
 EVENTS = ("experiment", "phase", "event_id", "unit", "metric", "value", "timestamp", "received_at")
+# Column -> its SQL type (every other column is TEXT); the Parquet types follow from it.
 _TYPES = {
     "generation": "BIGINT",
     "value": "DOUBLE PRECISION",
     "timestamp": "DOUBLE PRECISION",
     "received_at": "DOUBLE PRECISION",
-}  # fmt: skip; every other column is TEXT
+}
 
 
 def exposure_pages(
@@ -101,9 +102,8 @@ def _parquet(path: Path, columns: Sequence[str], pages: Iterator[list[tuple[Any,
     import pyarrow as pa  # type: ignore[import-untyped]
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-    types = {"generation": pa.int64(), "value": pa.float64(), "timestamp": pa.float64(),
-             "received_at": pa.float64()}  # fmt: skip
-    schema = pa.schema([(c, types.get(c, pa.string())) for c in columns])
+    arrow = {"BIGINT": pa.int64(), "DOUBLE PRECISION": pa.float64(), "TEXT": pa.string()}
+    schema = pa.schema([(c, arrow[column_type(c)]) for c in columns])
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     count = 0
     try:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from experiments.errors import SourceError
-from experiments.warehouse.engines import redacted
+from experiments.store.credentials import redact
 from experiments.warehouse.export import column_type
 
 
@@ -61,5 +62,5 @@ def copy_into(
                 counts.append(count)
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SourceError(f"export to {redacted(url)}: {first}") from exc
+        raise SourceError(redact(f"export to {url}: {first}", urlsplit(url).password)) from exc
     return counts[0], counts[1]

@@ -90,7 +90,8 @@ def read_source(
         return SourceAnswer(**doc["answer"]).reused()
     url = resolve(source.connection)
     engine = engine_of(url)
-    sql, layout, window = query_for(spec, source, metrics, phase, now, DIALECT[engine])
+    plan = FoldPlan.from_spec(spec)
+    sql, layout, window = query_for(spec, source, metrics, phase, now, DIALECT[engine], plan)
     began = time.perf_counter()
     rows = run(url, sql, source.timeout)
     ran = {
@@ -98,7 +99,7 @@ def read_source(
         "duration_s": time.perf_counter() - began, "at": window.until, "reused": False,
         "window": {"start": window.start, "until": window.until, "pre_start": window.pre_start},
     }  # fmt: skip
-    answer = assemble(rows, layout, FoldPlan.from_spec(spec), ran)
+    answer = assemble(rows, layout, plan, ran)
     if shared is not None:
         saved = {"queried_at": time.time(), "answer": asdict(answer)}
         try:
@@ -122,15 +123,18 @@ def query_for(
     phase: PhaseRecord,
     now: float,
     dialect: str,
+    plan: FoldPlan | None = None,
 ) -> tuple[str, Layout, Window]:
-    """The query a look at `now` runs: the phase's window, up to its end if it ended."""
+    """The query a look at `now` runs: the phase's window, up to its end if it ended (`plan`:
+    the spec's fold plan, if the caller has it)."""
+    plan = plan or FoldPlan.from_spec(spec)
     until = now if phase.ended_at is None else min(now, phase.ended_at)
     window = Window(phase.started_at, until, phase.started_at - source.pre_period)
     names = {v.header_value: v.key for v in spec.variants} | {v.key: v.key for v in spec.variants}
     sql, layout = build(
         source, experiment=spec.name, variants=names, metrics=metrics,
-        pairs=FoldPlan.from_spec(spec).pairs, segments=spec.segments, window=window,
-        dialect=dialect, binned=FoldPlan.from_spec(spec).histograms,
+        pairs=plan.pairs, segments=spec.segments, window=window, dialect=dialect,
+        binned=plan.histograms,
     )  # fmt: skip
     return sql, layout, window
 
