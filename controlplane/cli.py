@@ -54,10 +54,18 @@ def _clusters(pairs: list[str]) -> dict[str, str]:
     return out_
 
 
+class Source(StrEnum):
+    STORE = "store"
+    KUBERNETES = "kubernetes"
+
+
 def controller(
     router: Annotated[
-        str, typer.Option(help="Default router for specs whose target names none: envoy, istio,"
-                          " gateway-api or manifests.")
+        str,
+        typer.Option(
+            help="Default router for specs whose target names none: envoy, istio,"
+            " gateway-api or manifests."
+        ),
     ] = "envoy",
     interval: Annotated[float, typer.Option(help="Seconds between ticks.", min=0.1)] = 10.0,
     prometheus: Annotated[str, typer.Option(help="Prometheus base URL.")] = "http://127.0.0.1:9090",
@@ -65,8 +73,7 @@ def controller(
     window: Annotated[str, typer.Option(help="Rate window of the queries.")] = "30s",
     settle: Annotated[
         float | None,
-        typer.Option(help="Seconds after a step before checks count (default: the window).",
-                     min=0),
+        typer.Option(help="Seconds after a step before checks count (default: the window).", min=0),
     ] = None,
     envoy_routes: Annotated[Path | None, typer.Option(help="RDS file Envoy watches.")] = None,
     envoy_admin: Annotated[str, typer.Option(help="Envoy admin URL.")] = "http://127.0.0.1:9901",
@@ -85,8 +92,11 @@ def controller(
     ] = None,
     owner: Annotated[
         str | None,
-        typer.Option("--id", help="This controller's identity, stable across restarts so a"
-                     " restarted one resumes its leases (default: $POD_NAME, else the host name)."),
+        typer.Option(
+            "--id",
+            help="This controller's identity, stable across restarts so a"
+            " restarted one resumes its leases (default: $POD_NAME, else the host name).",
+        ),
     ] = None,
     lease: Annotated[
         float | None,
@@ -99,6 +109,27 @@ def controller(
         int, typer.Option(help="Port of /metrics, /healthz, /readyz (0: none).", min=0, max=65535)
     ] = 9102,
     once: Annotated[bool, typer.Option(help="One tick, then exit.")] = False,
+    source: Annotated[
+        Source,
+        typer.Option(
+            help="Where experiments come from: the store (abmesh apply), or Experiment"
+            " objects (kubectl apply), mirrored into the store."
+        ),
+    ] = Source.STORE,
+    watch_namespace: Annotated[
+        str | None,
+        typer.Option(
+            help="--source kubernetes: the namespace of the Experiment objects; '*'"
+            " for all (default: $POD_NAMESPACE, else --namespace)."
+        ),
+    ] = None,
+    lease_namespace: Annotated[
+        str | None,
+        typer.Option(
+            help="--source kubernetes: the namespace of the controllers' Leases"
+            " (default: $POD_NAMESPACE, else --namespace)."
+        ),
+    ] = None,
     store: StoreOpt = None,
     log_level: LogLevelOpt = LogLevel.INFO,
     log_format: LogFormatOpt = None,
@@ -134,11 +165,26 @@ def controller(
             settle_s=_seconds(window) if settle is None else settle, lease_s=lease,
             experiments=experiment or (), telemetry=telemetry,
         )  # fmt: skip
+        stopped = threading.Event()
+        kube = None
+        if source is Source.KUBERNETES:
+            from controlplane.kube.source import connect
+
+            here = os.environ.get("POD_NAMESPACE") or namespace
+            watched = watch_namespace or here
+            try:
+                kube = connect(st, None if watched == "*" else watched, lease_namespace or here)
+            except AbmeshError as exc:
+                fail(str(exc))
+            kube.attach(loop)
+            kube.start(stopped)
         if once:
+            if kube is not None and not kube.watch.synced.wait(30):
+                fail("--source kubernetes: no list of Experiments from the API in 30 s")
             loop.tick()
             loop.release_leases()
+            stopped.set()
             return
-        stopped = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stopped.set())
         started = time.time()
@@ -164,6 +210,8 @@ def controller(
             if not worker.is_alive():
                 break
         worker.join(timeout=1.0)
+        if kube is not None:
+            kube.stop()
         loop.release_leases()
         if health is not None:
             health.stop()
@@ -298,8 +346,10 @@ def demo(
     ] = False,
     scenario: Annotated[
         str,
-        typer.Option(help="promote; regression (a rollback); shadow (a candidate stopped by"
-                     " the shadow comparison before serving anyone)."),
+        typer.Option(
+            help="promote; regression (a rollback); shadow (a candidate stopped by"
+            " the shadow comparison before serving anyone)."
+        ),
     ] = "promote",
     workdir: Annotated[
         Path | None, typer.Option(help="Where logs, the store and the report go.")

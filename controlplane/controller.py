@@ -44,6 +44,7 @@ from experiments.looks_log import record_look
 from experiments.spec import ExperimentSpec
 from experiments.status import State, Status
 from experiments.store import ExperimentRecord, Store
+from experiments.store.protocol import LeaseStore
 
 log = logging.getLogger("abmesh.controller")
 
@@ -76,8 +77,14 @@ class Controller:
         experiments: Collection[str] = (),
         clock: Callable[[], float] = time.time,
         telemetry: ControllerTelemetry | None = None,
+        leases: LeaseStore | None = None,
     ) -> None:
         self.store, self.routers = store, routers
+        self.leases: LeaseStore = leases or store  # Kubernetes Leases: controlplane.kube
+        # The Kubernetes mirror (controlplane.kube.source): objects into the store before a
+        # tick, status back after it.
+        self.before_tick: Callable[[], None] | None = None
+        self.after_tick: Callable[[], None] | None = None
         self.owner, self.interval, self.clock = owner, interval, clock
         self.judge = Judge(store, routers, provider, owner, settle_s, clock)
         self.lease_s = lease_s if lease_s is not None else default_lease_s(interval)
@@ -105,17 +112,18 @@ class Controller:
     def release_leases(self) -> None:
         for uid in sorted(self.held):
             try:
-                self.store.release_lease(lease_name(uid), self.owner)
+                self.leases.release_lease(lease_name(uid), self.owner)
             except AbmeshError as exc:  # the lease lapses on its own
                 log.warning("lease of %s not released: %s", uid, exc)
         self.held.clear()
         self.telemetry.leases(0)
         with contextlib.suppress(AbmeshError):  # it lapses on its own
-            self.store.release_lease(f"{MEMBER}{self.owner}", self.owner)
+            self.leases.release_lease(f"{MEMBER}{self.owner}", self.owner)
 
     def tick(self) -> None:
         """One step for every experiment this controller can hold; never raises."""
         started, ok = time.monotonic(), True
+        ok = self._hook(self.before_tick)
         try:
             records = self.store.list_experiments()
             self.store_ok = (True, "store reachable")
@@ -158,14 +166,25 @@ class Controller:
                     log.exception("rollout of %s: this tick failed; the next one retries",
                                   record.name)  # fmt: skip
         for uid in self.held - held:  # concluded and settled, or deleted
-            self.store.release_lease(lease_name(uid), self.owner)
+            self.leases.release_lease(lease_name(uid), self.owner)
         self.held = held
         names = {r.name for r in records}
         for gone in self._shown - names:
             self.telemetry.forget(gone)
         self._shown = names & self._shown
         self.telemetry.leases(len(held))
+        ok = self._hook(self.after_tick) and ok
         self.telemetry.tick_done(time.monotonic() - started, ok=ok)
+
+    @staticmethod
+    def _hook(hook: Callable[[], None] | None) -> bool:
+        try:
+            if hook is not None:
+                hook()
+        except Exception:  # the mirror retries at the next tick; the rollouts go on
+            log.exception("mirroring Experiment objects failed")
+            return False
+        return True
 
     def _share(
         self, wanted: list[ExperimentRecord]
@@ -176,8 +195,8 @@ class Controller:
         of their own, so a newcomer gets its share as the others give up what they hold beyond
         theirs; a controller limited to some experiments (--experiment) still counts as a
         member, so what the others leave for it but it does not want is picked up once overdue."""
-        self.store.acquire_lease(f"{MEMBER}{self.owner}", self.owner, ttl_s=self.lease_s)
-        leases = self.store.lease_holders("")
+        self.leases.acquire_lease(f"{MEMBER}{self.owner}", self.owner, ttl_s=self.lease_s)
+        leases = self.leases.lease_holders("")
         members = max(1, sum(name.startswith(MEMBER) for name in leases))
         fair = -(-len(wanted) // members)
         self._adopted &= {r.uid for r in wanted}
@@ -185,7 +204,7 @@ class Controller:
         adopted = [r for r in mine if r.uid in self._adopted]
         mine = [r for r in mine if r.uid not in self._adopted]
         for extra in mine[fair:]:
-            self.store.release_lease(lease_name(extra.uid), self.owner)
+            self.leases.release_lease(lease_name(extra.uid), self.owner)
         free = [r for r in wanted if lease_name(r.uid) not in leases]
         now = time.monotonic()
         self._free_since = {r.uid: self._free_since.get(r.uid, now) for r in free}
@@ -201,7 +220,20 @@ class Controller:
         return not (record.state is State.CONCLUDED and self._settled(record, target))
 
     def _lease(self, uid: str) -> bool:
-        return self.store.acquire_lease(lease_name(uid), self.owner, ttl_s=self.lease_s)
+        return self.leases.acquire_lease(lease_name(uid), self.owner, ttl_s=self.lease_s)
+
+    def settled(self, record: ExperimentRecord) -> bool:
+        """Concluded, with its final routes confirmed (or none to take back): what a deleted
+        Experiment object waits for (controlplane.kube.mirror)."""
+        if record.state is not State.CONCLUDED:
+            return False
+        if record.spec.rollout is None or record.status.rollout is None:
+            return True
+        try:
+            target = self.routers.resolve(record.spec)
+        except AbmeshError:  # no target: no routes of its own anywhere
+            return True
+        return self._settled(record, target)
 
     def _settled(self, record: ExperimentRecord, target: Resolved) -> bool:
         """The rollout ended and the target confirmed its final routes."""

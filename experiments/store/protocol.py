@@ -275,7 +275,23 @@ class StatsStore(Protocol):
 
 
 @runtime_checkable
-class ControlStore(Protocol):
+class LeaseStore(Protocol):
+    """Leases: one controller drives an experiment at a time (the store's, or Kubernetes'
+    Leases: controlplane.kube.leases)."""
+
+    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew the lease `name` for `owner` if it is free, expired or already
+        `owner`'s; False if another owner holds it."""
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease up if `owner` holds it."""
+
+    def lease_holders(self, prefix: str) -> dict[str, str]:
+        """The unexpired leases whose names start with `prefix`: name -> owner."""
+
+
+@runtime_checkable
+class ControlStore(LeaseStore, Protocol):
     """What the control plane keeps beside the status, under keys that start with the
     experiment's uid: state documents (the verdict endpoints' always-valid state, written with
     a compare-and-set on their version), an append-only audit log, and leases (one controller
@@ -292,16 +308,6 @@ class ControlStore(Protocol):
 
     def audit(self, uid: str) -> list[dict[str, Any]]:
         """The audit entries of the experiment with this uid, oldest first."""
-
-    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
-        """Take or renew the lease `name` for `owner` if it is free, expired or already
-        `owner`'s; False if another owner holds it."""
-
-    def release_lease(self, name: str, owner: str) -> None:
-        """Give the lease up if `owner` holds it."""
-
-    def lease_holders(self, prefix: str) -> dict[str, str]:
-        """The unexpired leases whose names start with `prefix`: name -> owner."""
 
 
 @runtime_checkable
