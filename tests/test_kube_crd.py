@@ -120,3 +120,11 @@ def test_the_published_status_passes_the_status_schema() -> None:
     assert published["conditions"][0]["lastTransitionTime"] == "1970-01-01T00:16:40Z"
     assert published["state"] == "draft"
     assert published["candidateWeight"] == 0.0
+
+
+def test_the_example_object_is_the_example_spec_and_passes_the_schema() -> None:
+    obj = yaml.safe_load((FILES[0].parent / "model-rollout.experiment.yaml").read_text())
+    OAS30Validator(SCHEMA).validate(obj)
+    assert spec_of(obj) == load_spec(EXAMPLES_DIR / "model-rollout.yaml")
+    kustomization = yaml.safe_load((FILES[0].parent / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == [FILES[0].name]

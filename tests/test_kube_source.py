@@ -148,6 +148,8 @@ def test_an_applied_object_runs_and_its_status_comes_back(cluster: Cluster) -> N
     assert status["candidateWeight"] == 10.0
     assert condition(obj, "Accepted")["status"] == "True"
     assert condition(obj, "RouteTargetReady")["status"] == "True"
+    # the rollout's summary, not its whole state (that stays in the store)
+    assert status["rollout"] == {"status": "running", "phase": 0, "step": 0}
     assert obj["metadata"]["uid"] == created["metadata"]["uid"]
 
 

@@ -91,11 +91,20 @@ def published_status(
         "candidateWeight": float(weights.get(spec.candidate_variant.key, 0.0)),
         "weights": {k: float(v) for k, v in weights.items()},
         "conditions": [*ours, *extra],
-        "rollout": status.rollout,
+        "rollout": _summary(status.rollout),
         "routes": status.routes,
     }
     # A merge patch deletes what is null, so unset fields are left out rather than null.
     return {k: v for k, v in published.items() if v is not None}
+
+
+def _summary(rollout: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What people read of the rollout state (the whole of it stays in the store: it holds
+    every look of a shadow phase, more than an object's status should carry)."""
+    if rollout is None:
+        return None
+    keys = ("status", "phase", "step", "winner", "reason")
+    return {k: rollout[k] for k in keys if rollout.get(k) not in (None, "")}
 
 
 def _finished(state: Any) -> str:
