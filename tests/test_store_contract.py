@@ -368,3 +368,32 @@ def test_raw_events_page_by_cursor(store: Store) -> None:
     assert len(seen) == len(set(seen))
     assert store.purge_events(received_before=time.time() + 1) == 30
     assert store.raw_events("ranker-v2") == []
+
+
+def test_raw_exposures_carry_the_first_exposures_segments_before_any_fold(store: Store) -> None:
+    from experiments.foldbatch import Exposure
+
+    store.put_experiment(make_spec())
+    first = [
+        Exposure("u1", "control", 1.0, 1, (("country", "DE"),)),
+        Exposure("u2", "treatment", 2.0, 1),
+    ]
+    store.append_exposures("ranker-v2", "main", PLAN, first)
+    # a later exposure of u1 with other values changes nothing: the first one counts
+    store.append_exposures(
+        "ranker-v2", "main", PLAN, [Exposure("u1", "control", 3.0, 1, (("country", "FR"),))]
+    )
+    expected = [
+        {
+            "unit": "u1",
+            "variant": "control",
+            "at": 1.0,
+            "generation": 1,
+            "segments": {"country": "DE"},
+        },
+        {"unit": "u2", "variant": "treatment", "at": 2.0, "generation": 1, "segments": {}},
+    ]
+    assert store.raw_exposures("ranker-v2", "main") == expected  # not folded yet
+    store.settle("ranker-v2")
+    assert store.raw_exposures("ranker-v2", "main") == expected
+    assert store.raw_exposures("ranker-v2", "main", after="u1") == expected[1:]

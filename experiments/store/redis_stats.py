@@ -9,7 +9,8 @@ fold is a script or transaction within one slot of a cluster:
   pos            "<last folded entry id><RS><entries folded>": the fold position
   lock           the folder working on the partition (a lease, SET NX PX)
   ids            zset    event_id -> received at (idempotency, for the retention)
-  xp:P           hash    unit -> "variant<RS>at<RS>generation": its first exposure in phase P
+  xp:P           hash    unit -> "variant<RS>at<RS>generation<RS>segments": its first exposure
+                         in phase P (segments as in the log entry; absent before 0.1.1)
   u:P            hash    unit -> its state (foldbatch.UnitState)
   st:P, sh:P     hash    the partition's statistics and shifts (see experiments.folding)
 An append is one script per partition: it adds to `log` only events whose id is new in `ids`
@@ -133,7 +134,7 @@ class RedisStats(Settling, RedisEvents):
             segments = f"{RS}{encode_pairs(x.segments)}" if x.segments else ""
             args += (
                 x.unit,
-                f"{x.variant}{RS}{x.at!r}{RS}{x.generation}",
+                f"{x.variant}{RS}{x.at!r}{RS}{x.generation}{RS}{encode_pairs(x.segments)}",
                 f"{phase}{RS}{x.unit}{RS}{x.variant}{RS}{x.at!r}{RS}{x.generation}{segments}",
             )
         script = self._script("exposures", _APPEND_EXPOSURES)
@@ -332,7 +333,7 @@ class RedisStats(Settling, RedisEvents):
         out: dict[str, Any] = {}
         for unit, raw in zip(units, replies, strict=True):
             if raw is not None:
-                variant, at, generation = raw.split(RS)
+                variant, at, generation, _ = _first_exposure(raw)
                 out[unit] = {"variant": variant, "at": float(at), "generation": int(generation)}
         return out
 
@@ -340,8 +341,9 @@ class RedisStats(Settling, RedisEvents):
         self, experiment: str, phase: str, *, after: str = "", limit: int = 100_000
     ) -> list[dict[str, Any]]:
         """Each partition's units past `after` (HSCAN of its first exposures), the first
-        `limit` of all in unit order; segment values as the fold resolved them (the unit's
-        state), since the log's own entries are trimmed once folded."""
+        `limit` of all in unit order, with the segment values of the first exposure (kept
+        beside it, since the log's own entries are trimmed once folded; for exposures stored
+        before that, the values the fold resolved, from the unit's state)."""
         with self._guard():
             found: list[tuple[str, str]] = []
             for k in range(self.partitions):
@@ -355,11 +357,18 @@ class RedisStats(Settling, RedisEvents):
             states = pipe.execute()
         out = []
         for (unit, raw), state in zip(found, states, strict=True):
-            variant, at, generation = raw.split(RS)
+            variant, at, generation, segments = _first_exposure(raw)
             out.append({"unit": unit, "variant": variant, "at": float(at),
                         "generation": int(generation),
-                        "segments": UnitState.decode(state).segments})  # fmt: skip
+                        "segments": dict(decode_pairs(segments)) if segments is not None
+                        else UnitState.decode(state).segments})  # fmt: skip
         return out
+
+
+def _first_exposure(raw: str) -> tuple[str, str, str, str | None]:
+    """variant, at, generation and the encoded segments (None: stored without them)."""
+    variant, at, generation, *segments = raw.split(RS)
+    return variant, at, generation, segments[0] if segments else None
 
 
 def _position(raw: str | None) -> tuple[str, int]:
