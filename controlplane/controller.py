@@ -150,7 +150,14 @@ class Controller:
         )
         wanted = [r for r in records if r.uid in targets and self._wanted(r, targets[r.uid])]
         held: set[str] = set()
-        ordered, fair, overdue = self._share(wanted)
+        try:
+            ordered, fair, overdue = self._share(wanted)
+        except AbmeshError as exc:  # the leases cannot be read: drive nothing this tick
+            log.warning("tick skipped: leases: %s", exc)
+            self.held = set()  # not renewed: they lapse, and another controller may take them
+            self.telemetry.leases(0)
+            self.telemetry.tick_done(time.monotonic() - started, ok=False)
+            return
         for record in ordered:
             beyond = len(held - self._adopted) >= fair and record.uid not in self._adopted
             if (beyond and record.uid not in overdue) or not self._lease(record.uid):
@@ -165,8 +172,9 @@ class Controller:
                     ok = False
                     log.exception("rollout of %s: this tick failed; the next one retries",
                                   record.name)  # fmt: skip
-        for uid in self.held - held:  # concluded and settled, or deleted
-            self.leases.release_lease(lease_name(uid), self.owner)
+        for uid in self.held - held:  # concluded and settled, or deleted (or not renewed)
+            with contextlib.suppress(AbmeshError):  # it lapses on its own
+                self.leases.release_lease(lease_name(uid), self.owner)
         self.held = held
         names = {r.name for r in records}
         for gone in self._shown - names:
@@ -220,7 +228,12 @@ class Controller:
         return not (record.state is State.CONCLUDED and self._settled(record, target))
 
     def _lease(self, uid: str) -> bool:
-        return self.leases.acquire_lease(lease_name(uid), self.owner, ttl_s=self.lease_s)
+        """Take or renew the experiment's lease; a lease store that fails is "not held"."""
+        try:
+            return self.leases.acquire_lease(lease_name(uid), self.owner, ttl_s=self.lease_s)
+        except AbmeshError as exc:
+            log.warning("lease of %s: %s", uid, exc)
+            return False
 
     def settled(self, record: ExperimentRecord) -> bool:
         """Concluded, with its final routes confirmed (or none to take back): what a deleted

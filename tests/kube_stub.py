@@ -17,6 +17,7 @@ here), speaking the real protocol to the real `kubernetes` client:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import threading
@@ -81,6 +82,7 @@ class KubeStub:
         self.events: list[tuple[int, str, str, dict[str, Any]]] = []  # rv, type, path, object
         self.requests: list[tuple[str, str]] = []  # method, path (with query)
         self.conflicts = 0
+        self.hang = threading.Event()  # set: requests get no answer until it is cleared
         self.oldest = 0  # watches from a resourceVersion below this get 410 Gone
         self._changed = threading.Condition()
         self._version = 100
@@ -95,7 +97,8 @@ class KubeStub:
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it gave up
+                    self.wfile.write(data)
 
             def _body(self) -> dict[str, Any]:
                 length = int(self.headers.get("content-length") or 0)
@@ -105,6 +108,8 @@ class KubeStub:
                 url = urlsplit(self.path)
                 query = {k: v[-1] for k, v in parse_qs(url.query).items()}
                 stub.requests.append((method, self.path))
+                while stub.hang.is_set() and not stub._stopped:
+                    time.sleep(0.05)
                 try:
                     if method == "GET" and query.get("watch") in ("true", "True", "1"):
                         return self._watch(url.path, query)

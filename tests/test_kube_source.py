@@ -20,6 +20,7 @@ import yaml
 from kubernetes import client as k8s
 
 from controlplane.controller import Controller
+from controlplane.kube import leases as leases_module
 from controlplane.kube.crd import GROUP, PLURAL, VERSION
 from controlplane.kube.leases import KubeLeases, object_name
 from controlplane.kube.mirror import FINALIZER
@@ -374,3 +375,24 @@ def test_the_controller_command_runs_from_objects(
     # the leases were Leases in the pod's namespace, given up on exit
     assert not [p for p in stub.objects if "/leases/" in p]
     assert any(m == "POST" and f"/namespaces/{NS}/leases" in p for m, p in stub.requests)
+
+
+def test_an_api_server_that_hangs_fails_the_tick_not_the_controller(
+    cluster: Cluster, stub: KubeStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(leases_module, "TIMEOUT_S", 0.3)
+    controller, watch = cluster.controller()
+    cluster.create(spec_of("ranker"))
+    cluster.seen(watch, "ranker", bool)
+    controller.tick()
+    assert controller.held
+    stub.hang.set()
+    ticking = threading.Thread(target=controller.tick)
+    ticking.start()
+    ticking.join(timeout=120)
+    assert not ticking.is_alive()  # every request has a deadline
+    assert not controller.held  # no lease could be renewed: nothing is driven blind
+    stub.hang.clear()
+    controller.tick()
+    assert controller.held
+    assert cluster.rig.store.get_experiment("ranker").state is State.RUNNING

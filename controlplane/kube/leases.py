@@ -17,12 +17,18 @@ import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
+import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from experiments.errors import StoreError
 
+T = TypeVar("T")
+# Every request's deadline: an API server that hangs fails the tick instead of holding it (the
+# controller's liveness probe would restart a hung one).
+TIMEOUT_S = 10.0
 NAME = "abmesh.io/lease"  # annotation: abmesh's name of the lease
 LABEL = ("app.kubernetes.io/managed-by", "abmesh")
 _SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
@@ -52,7 +58,7 @@ class KubeLeases:
         now = datetime.fromtimestamp(self.clock(), UTC)
         seconds = max(1, math.ceil(ttl_s))
         try:
-            current = self.api.read_namespaced_lease(object_name(name), self.namespace)
+            current = call(self.api.read_namespaced_lease, object_name(name), self.namespace)
         except ApiException as exc:
             if exc.status != 404:
                 raise _failed(f"lease {name}", exc) from None
@@ -67,7 +73,7 @@ class KubeLeases:
         spec.holder_identity, spec.lease_duration_seconds, spec.renew_time = owner, seconds, now
         current.spec = spec
         try:
-            self.api.replace_namespaced_lease(object_name(name), self.namespace, current)
+            call(self.api.replace_namespaced_lease, object_name(name), self.namespace, current)
         except ApiException as exc:
             if exc.status in (404, 409):  # taken or deleted in between: not ours this time
                 return False
@@ -91,7 +97,7 @@ class KubeLeases:
             ),
         )
         try:
-            self.api.create_namespaced_lease(self.namespace, body)
+            call(self.api.create_namespaced_lease, self.namespace, body)
         except ApiException as exc:
             if exc.status == 409:  # another controller created it first
                 return False
@@ -106,21 +112,23 @@ class KubeLeases:
 
     def release_lease(self, name: str, owner: str) -> None:
         try:
-            current = self.api.read_namespaced_lease(object_name(name), self.namespace)
+            current = call(self.api.read_namespaced_lease, object_name(name), self.namespace)
             if current.spec is None or current.spec.holder_identity != owner:
                 return
             version = current.metadata.resource_version if current.metadata else None
             options = k8s.V1DeleteOptions(
                 preconditions=k8s.V1Preconditions(resource_version=version)
             )
-            self.api.delete_namespaced_lease(object_name(name), self.namespace, body=options)
+            call(self.api.delete_namespaced_lease, object_name(name), self.namespace, body=options)
         except ApiException as exc:
             if exc.status not in (404, 409):  # gone, or renewed by a new holder meanwhile
                 raise _failed(f"lease {name}", exc) from None
 
     def lease_holders(self, prefix: str) -> dict[str, str]:
         try:
-            leases = self.api.list_namespaced_lease(self.namespace, label_selector="=".join(LABEL))
+            leases = call(
+                self.api.list_namespaced_lease, self.namespace, label_selector="=".join(LABEL)
+            )
         except ApiException as exc:
             raise _failed("leases", exc) from None
         held: dict[str, str] = {}
@@ -139,3 +147,12 @@ class KubeLeases:
 
 def _failed(what: str, exc: ApiException) -> StoreError:
     return StoreError(f"Kubernetes API, {what}: {exc.status} {exc.reason}")
+
+
+def call(method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """One API request with the deadline; a connection that fails or hangs is a StoreError
+    (the API's own answers stay ApiExceptions, for the caller to read)."""
+    try:
+        return method(*args, _request_timeout=TIMEOUT_S, **kwargs)
+    except urllib3.exceptions.HTTPError as exc:
+        raise StoreError(f"Kubernetes API: {exc}") from None

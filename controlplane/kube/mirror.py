@@ -30,6 +30,7 @@ from kubernetes.client.exceptions import ApiException
 
 from controlplane import lifecycle
 from controlplane.kube.crd import GROUP, PLURAL, VERSION
+from controlplane.kube.leases import call
 from controlplane.kube.objects import condition, desired_state, key_of, published_status, spec_of
 from controlplane.lifecycle import Action
 from experiments.errors import AbmeshError, ConflictError, NotFoundError
@@ -182,7 +183,7 @@ class Mirror:
             }
             where = (GROUP, VERSION, meta["namespace"], PLURAL, meta["name"])
             try:
-                self.api.patch_namespaced_custom_object(*where, patch)
+                call(self.api.patch_namespaced_custom_object, *where, patch)
                 return
             except ApiException as exc:
                 if exc.status == 404:
@@ -191,7 +192,7 @@ class Mirror:
                     log.warning("finalizer of %s: %s %s", key_of(obj), exc.status, exc.reason)
                     return
             try:
-                fresh = self.api.get_namespaced_custom_object(*where)
+                fresh = call(self.api.get_namespaced_custom_object, *where)
                 meta = cast(dict[str, Any], fresh)["metadata"]
             except ApiException:
                 return  # the next tick tries again
@@ -222,8 +223,14 @@ class Mirror:
             return
         patch = {"status": _replacing(current, wanted)}
         try:
-            self.api.patch_namespaced_custom_object_status(
-                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], patch
+            call(
+                self.api.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                PLURAL,
+                meta["name"],
+                patch,
             )
         except ApiException as exc:
             if exc.status != 404:

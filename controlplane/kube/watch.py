@@ -18,6 +18,7 @@ from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
 from controlplane.kube.crd import GROUP, PLURAL, VERSION
+from controlplane.kube.leases import TIMEOUT_S
 from controlplane.kube.objects import key_of
 
 log = logging.getLogger("abmesh.kube")
@@ -78,7 +79,7 @@ class ExperimentWatch:
 
     def relist(self) -> None:
         call, args = self._lister()
-        listed: dict[str, Any] = call(*args)
+        listed: dict[str, Any] = call(*args, _request_timeout=TIMEOUT_S)
         with self._lock:
             self._objects = {key_of(o): o for o in listed.get("items", [])}
         self._version = listed["metadata"]["resourceVersion"]
