@@ -70,20 +70,22 @@ def test_overlays_build_and_core_objects_pass_the_kubernetes_schemas(overlay: st
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
+def assert_locked_down(deployment: dict[str, Any]) -> None:
+    """Non-root pod; every container read-only, without privilege escalation or capabilities
+    (also the Helm chart's check, tests/test_helm_chart.py)."""
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert (sc["readOnlyRootFilesystem"], sc["allowPrivilegeEscalation"]) == (True, False)
+        assert sc["capabilities"]["drop"] == ["ALL"]
+
+
 def test_containers_run_locked_down() -> None:
     for overlay in ("overlays/dev", "overlays/production"):
         for doc in kustomize(overlay):
-            if doc["kind"] != "Deployment":
-                continue
-            pod = doc["spec"]["template"]["spec"]
-            assert pod["securityContext"]["runAsNonRoot"] is True
-            for c in pod["containers"]:
-                sc = c["securityContext"]
-                assert (sc["readOnlyRootFilesystem"], sc["allowPrivilegeEscalation"]) == (
-                    True,
-                    False,
-                )
-                assert sc["capabilities"]["drop"] == ["ALL"]
+            if doc["kind"] == "Deployment":
+                assert_locked_down(doc)
 
 
 def test_probes_and_controller_rights() -> None:
