@@ -8,6 +8,7 @@ drift."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from assignment.auth import Role
 from tests.test_manifests import (
     CRDS,
     K8S_VERSION,
@@ -155,8 +157,12 @@ def test_lint_strict_and_every_core_object_passes_the_kubernetes_schemas(name: s
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)
-def test_every_container_is_probed_bounded_and_locked_down(name: str) -> None:
-    deployments = [d for d in render(VALUE_SETS[name]) if d["kind"] == "Deployment"]
+def test_every_container_is_probed_bounded_locked_down_and_holds_no_token(name: str) -> None:
+    docs = render(VALUE_SETS[name])
+    forbidden = {role.variable for role in Role} | {"ABMESH_INSECURE"}  # values, not files
+    for settings in (d["data"] for d in docs if d["kind"] == "ConfigMap"):
+        assert not set(settings) & forbidden
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
     assert deployments
     for deployment in deployments:
         assert_locked_down(deployment)
@@ -165,34 +171,42 @@ def test_every_container_is_probed_bounded_and_locked_down(name: str) -> None:
             assert c["livenessProbe"], c["name"]
             assert c["resources"]["requests"], c["name"]
             assert c["resources"]["limits"]["memory"], c["name"]
+            assert not {e["name"] for e in c.get("env", [])} & forbidden
 
 
-@pytest.mark.parametrize(
-    ("values", "expected"),
-    [
-        ({}, {*scoped("models", ROUTER_RIGHTS["istio"])}),
-        *[
-            ({"controller": {"router": r}}, scoped("models", ROUTER_RIGHTS[r]))
-            for r in ROUTER_RIGHTS
-        ],
-        (
-            {"controller": {"source": "kubernetes", "extraRouteNamespaces": ["ml"]}},
-            scoped("models", ROUTER_RIGHTS["istio"])
-            | scoped("ml", ROUTER_RIGHTS["istio"])
-            | scoped(NAMESPACE, SOURCE_RIGHTS),
-        ),
-        (
-            {"controller": {"source": "kubernetes", "watchNamespace": "teams"}},
-            scoped("models", ROUTER_RIGHTS["istio"]) | scoped("teams", SOURCE_RIGHTS),
-        ),
-        (
-            {"controller": {"source": "kubernetes", "clusterWide": True, "router": "seldon"}},
-            scoped("*", ROUTER_RIGHTS["seldon"] | SOURCE_RIGHTS),
-        ),
-        ({"controller": {"clusterWide": True}}, scoped("*", ROUTER_RIGHTS["istio"])),
-        ({"controller": {"enabled": False}}, set()),
+RBAC_CASES = [
+    pytest.param({}, scoped("models", ROUTER_RIGHTS["istio"]), id="defaults"),
+    *[
+        pytest.param({"controller": {"router": r}}, scoped("models", ROUTER_RIGHTS[r]), id=r)
+        for r in ROUTER_RIGHTS
     ],
-)
+    pytest.param(
+        {"controller": {"source": "kubernetes", "extraRouteNamespaces": ["ml"]}},
+        scoped("models", ROUTER_RIGHTS["istio"])
+        | scoped("ml", ROUTER_RIGHTS["istio"])
+        | scoped(NAMESPACE, SOURCE_RIGHTS),
+        id="kubernetes-source",
+    ),
+    pytest.param(
+        {"controller": {"source": "kubernetes", "watchNamespace": "teams"}},
+        scoped("models", ROUTER_RIGHTS["istio"]) | scoped("teams", SOURCE_RIGHTS),
+        id="kubernetes-source-elsewhere",
+    ),
+    pytest.param(
+        {"controller": {"source": "kubernetes", "clusterWide": True, "router": "seldon"}},
+        scoped("*", ROUTER_RIGHTS["seldon"] | SOURCE_RIGHTS),
+        id="kubernetes-source-cluster-wide",
+    ),
+    pytest.param(
+        {"controller": {"clusterWide": True}},
+        scoped("*", ROUTER_RIGHTS["istio"]),
+        id="store-source-cluster-wide",
+    ),
+    pytest.param({"controller": {"enabled": False}}, set(), id="no-controller"),
+]
+
+
+@pytest.mark.parametrize(("values", "expected"), RBAC_CASES)
 def test_the_controller_gets_exactly_the_rights_it_needs(
     values: dict[str, Any], expected: Rights
 ) -> None:
@@ -250,7 +264,8 @@ def test_tokens_come_from_a_secret_the_chart_makes_only_when_given_every_token()
     docs = render(VALUE_SETS["secrets"])
     (secret,) = (d for d in docs if d["kind"] == "Secret")
     assert secret["metadata"]["name"] == "roles"
-    assert set(secret["data"]) == {"read", "write", "root"}
+    decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert decoded == {"read": "r1", "write": "w1", "root": "a1"}
     pod = by_name(docs)[("Deployment", "abmesh")]["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["tokens"]["secret"]["secretName"] == "roles"
@@ -259,19 +274,8 @@ def test_tokens_come_from_a_secret_the_chart_makes_only_when_given_every_token()
     service = pod["containers"][0]
     (mount,) = (m for m in service["volumeMounts"] if m["name"] == "tokens")
     env = {e["name"]: e.get("value") for e in service["env"]}
-    assert {env[f"ABMESH_{f.upper()}_TOKEN_FILE"] for f in files.values()} == {
-        f"{mount['mountPath']}/{f}" for f in files.values()
-    }
-    for name in VALUE_SETS:  # no token value in any environment or setting
-        rendered = render(VALUE_SETS[name])
-        for doc in rendered:
-            if doc["kind"] == "ConfigMap":
-                assert not {k for k in doc["data"] if "TOKEN" in k or k == "ABMESH_INSECURE"}
-        for d in (d for d in rendered if d["kind"] == "Deployment"):
-            for c in d["spec"]["template"]["spec"]["containers"]:
-                assert not {e["name"] for e in c.get("env", [])} & {
-                    "ABMESH_READER_TOKEN", "ABMESH_WRITER_TOKEN", "ABMESH_ADMIN_TOKEN",
-                    "ABMESH_INSECURE"}  # fmt: skip
+    for role in Role:
+        assert env[f"{role.variable}_FILE"] == f"{mount['mountPath']}/{role.value}"
 
 
 def test_the_store_is_the_release_redis_an_existing_url_or_a_secret() -> None:
