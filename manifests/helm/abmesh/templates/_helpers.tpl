@@ -30,6 +30,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: abmesh
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/name: {{ include "abmesh.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{- define "abmesh.selectorLabels" -}}
@@ -40,7 +42,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "abmesh.componentLabels" -}}
 {{ include "abmesh.labels" .ctx }}
-{{ include "abmesh.selectorLabels" . }}
+app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{- define "abmesh.image" -}}
