@@ -75,14 +75,14 @@ ROUTER_RIGHTS = {
     "inference-pool": {("gateway.networking.k8s.io", "httproutes", v) for v in ("get", "patch")}
     | {("inference.networking.k8s.io", "inferencepools", "get")},
 }
-SOURCE_RIGHTS = (
-    {("abmesh.io", "experiments", v) for v in ("get", "list", "watch")}
-    | {("abmesh.io", "experiments/status", v) for v in ("get", "update", "patch")}
-    | {
-        ("coordination.k8s.io", "leases", v)
-        for v in ("get", "list", "watch", "create", "update", "patch", "delete")
-    }
-)
+# patch on experiments: the controller's finalizer (controlplane/kube/mirror.py)
+EXPERIMENT_RIGHTS = {("abmesh.io", "experiments", v) for v in ("get", "list", "watch", "patch")} | {
+    ("abmesh.io", "experiments/status", v) for v in ("get", "update", "patch")
+}
+LEASE_RIGHTS = {
+    ("coordination.k8s.io", "leases", v)
+    for v in ("get", "list", "watch", "create", "update", "patch", "delete")
+}
 
 
 def helm(*args: str, values: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
@@ -174,33 +174,34 @@ def test_every_container_is_probed_bounded_locked_down_and_holds_no_token(name: 
             assert not {e["name"] for e in c.get("env", [])} & forbidden
 
 
+ISTIO = ROUTER_RIGHTS["istio"]
 RBAC_CASES = [
-    pytest.param({}, scoped("models", ROUTER_RIGHTS["istio"]), id="defaults"),
+    pytest.param({}, scoped("models", ISTIO), id="defaults"),
     *[
         pytest.param({"controller": {"router": r}}, scoped("models", ROUTER_RIGHTS[r]), id=r)
         for r in ROUTER_RIGHTS
     ],
     pytest.param(
         {"controller": {"source": "kubernetes", "extraRouteNamespaces": ["ml"]}},
-        scoped("models", ROUTER_RIGHTS["istio"])
-        | scoped("ml", ROUTER_RIGHTS["istio"])
-        | scoped(NAMESPACE, SOURCE_RIGHTS),
+        scoped("models", ISTIO)
+        | scoped("ml", ISTIO)
+        | scoped(NAMESPACE, EXPERIMENT_RIGHTS | LEASE_RIGHTS),
         id="kubernetes-source",
     ),
     pytest.param(
         {"controller": {"source": "kubernetes", "watchNamespace": "teams"}},
-        scoped("models", ROUTER_RIGHTS["istio"]) | scoped("teams", SOURCE_RIGHTS),
+        scoped("models", ISTIO)
+        | scoped("teams", EXPERIMENT_RIGHTS)
+        | scoped(NAMESPACE, LEASE_RIGHTS),
         id="kubernetes-source-elsewhere",
     ),
     pytest.param(
         {"controller": {"source": "kubernetes", "clusterWide": True, "router": "seldon"}},
-        scoped("*", ROUTER_RIGHTS["seldon"] | SOURCE_RIGHTS),
+        scoped("*", ROUTER_RIGHTS["seldon"] | EXPERIMENT_RIGHTS) | scoped(NAMESPACE, LEASE_RIGHTS),
         id="kubernetes-source-cluster-wide",
     ),
     pytest.param(
-        {"controller": {"clusterWide": True}},
-        scoped("*", ROUTER_RIGHTS["istio"]),
-        id="store-source-cluster-wide",
+        {"controller": {"clusterWide": True}}, scoped("*", ISTIO), id="store-source-cluster-wide"
     ),
     pytest.param({"controller": {"enabled": False}}, set(), id="no-controller"),
 ]
@@ -213,12 +214,35 @@ def test_the_controller_gets_exactly_the_rights_it_needs(
     assert rights(render(values)) == expected
 
 
-def test_the_source_flag_follows_the_source_value() -> None:
-    assert not any(
-        a.startswith("--source") for a in container(render(), "abmesh-controller")["args"]
-    )
-    docs = render({"controller": {"source": "kubernetes"}})
-    assert "--source=kubernetes" in container(docs, "abmesh-controller")["args"]
+def flags(docs: list[dict[str, Any]]) -> dict[str, str]:
+    args = container(docs, "abmesh-controller")["args"]
+    return dict(a.removeprefix("--").split("=", 1) for a in args if a.startswith("--"))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"controller": {"source": "kubernetes"}},
+        {"controller": {"source": "kubernetes", "watchNamespace": "teams", "namespace": "ml"}},
+        {"controller": {"source": "kubernetes", "clusterWide": True}},
+    ],
+    ids=["release-namespace", "other-namespaces", "cluster-wide"],
+)
+def test_the_kubernetes_source_is_told_the_namespaces_it_has_rights_in(
+    values: dict[str, Any],
+) -> None:
+    assert "source" not in flags(render())  # the store is the default source
+    docs = render(values)
+    flag = flags(docs)
+    assert flag["source"] == "kubernetes"
+    granted = rights(docs)
+    for namespace, needed in (
+        (flag["namespace"], ISTIO),
+        (flag["watch-namespace"], EXPERIMENT_RIGHTS),
+        (flag["lease-namespace"], LEASE_RIGHTS),
+    ):
+        held = {(g, r, v) for s, g, r, v in granted if s in (namespace, "*")}
+        assert needed <= held, namespace
 
 
 def test_the_assignment_service_has_no_kubernetes_token() -> None:
@@ -243,6 +267,10 @@ def test_the_assignment_service_has_no_kubernetes_token() -> None:
         ({"settings": {"log_level": "debug"}}, 'settings: Property name of "log_level"'),
         ({"settings": {"ABMESH_INSECURE": "1"}}, "settings.ABMESH_INSECURE: not a ConfigMap"),
         ({"settings": {"ABMESH_ADMIN_TOKEN": "x"}}, "settings.ABMESH_ADMIN_TOKEN: not a"),
+        (
+            {"controller": {"clusterWide": True, "watchNamespace": "teams"}},
+            "controller.watchNamespace: with controller.clusterWide",
+        ),
         ({"redis": {"url": "redis://other:6379/0"}}, "redis: set exactly one of"),
         ({"redis": {"enabled": False}}, "redis: set exactly one of"),
         ({"redis": {"passwordSecret": {"name": "p", "key": "k"}}}, "redis.passwordSecret is"),

@@ -124,7 +124,7 @@ affinity:
 {{- end }}
 
 {{/* The controller's rights, as RBAC rules: the router's (per controller.router) and, with
-     the kubernetes source, the Experiments' and the leases'.  Nothing more: no wildcards, no
+     the kubernetes source, the Experiments' and the Leases'.  Nothing more: no wildcards, no
      Secrets, no list/watch on routes (a router reads and patches one named object). */}}
 {{- define "abmesh.routerRules" -}}
 {{- $router := .Values.controller.router }}
@@ -156,20 +156,26 @@ affinity:
 {{- end }}
 {{- end }}
 
-{{- define "abmesh.sourceRules" -}}
+{{- /* patch on experiments: the controller adds and removes its finalizer
+       (abmesh.io/rollback), so a deleted Experiment is rolled back before it goes. */}}
+{{- define "abmesh.experimentRules" -}}
 - apiGroups: [abmesh.io]
   resources: [experiments]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, patch]
 - apiGroups: [abmesh.io]
   resources: [experiments/status]
   verbs: [get, update, patch]
+{{- end }}
+
+{{- define "abmesh.leaseRules" -}}
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
   verbs: [get, list, watch, create, update, patch, delete]
 {{- end }}
 
+{{/* --watch-namespace: one namespace, or every one ("*") with controller.clusterWide. */}}
 {{- define "abmesh.watchNamespace" -}}
-{{- default .Release.Namespace .Values.controller.watchNamespace }}
+{{- if .Values.controller.clusterWide }}*{{ else }}{{ default .Release.Namespace .Values.controller.watchNamespace }}{{ end }}
 {{- end }}
 
 {{/* Refusals the schema cannot express, each naming the values at fault. */}}
@@ -208,6 +214,9 @@ affinity:
 {{- if and $given (or (eq .reader .writer) (eq .reader .admin) (eq .writer .admin)) }}
 {{- fail "tokens.values: each role needs its own token (two are equal)" }}
 {{- end }}
+{{- end }}
+{{- if and .Values.controller.clusterWide .Values.controller.watchNamespace }}
+{{- fail "controller.watchNamespace: with controller.clusterWide the controller watches every namespace; leave it empty" }}
 {{- end }}
 {{- with .Values.assignment.autoscaling }}{{ if and .enabled (gt (int .minReplicas) (int .maxReplicas)) }}
 {{- fail "assignment.autoscaling: minReplicas is above maxReplicas" }}
