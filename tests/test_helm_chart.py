@@ -313,10 +313,8 @@ def test_the_store_is_the_release_redis_an_existing_url_or_a_secret() -> None:
     assert store.startswith(f"redis://abmesh-redis:{redis_port}/")
     external = by_name(render(EXTERNAL_STORE))
     assert ("Deployment", "abmesh-redis") not in external
-    assert (
-        external[("ConfigMap", "abmesh-config")]["data"]["ABMESH_STORE"]
-        == (EXTERNAL_STORE["redis"]["url"])
-    )
+    url = EXTERNAL_STORE["redis"]["url"]
+    assert external[("ConfigMap", "abmesh-config")]["data"]["ABMESH_STORE"] == url
     secret = render(VALUE_SETS["secrets"])
     assert "ABMESH_STORE" not in by_name(secret)[("ConfigMap", "abmesh-config")]["data"]
     for deployment in ("abmesh", "abmesh-controller"):
@@ -396,10 +394,8 @@ def test_the_defaults_render_what_the_kustomize_manifests_do(deployment: str, ov
         ours_budget = chart[("PodDisruptionBudget", deployment)]["spec"]
         assert ours_budget["minAvailable"] == budget["spec"]["minAvailable"]
     if overlay == "base":
-        assert (
-            chart[("ConfigMap", "abmesh-config")]["data"]
-            == (kustomized[("ConfigMap", "abmesh-config")]["data"])
-        )
+        settings = kustomized[("ConfigMap", "abmesh-config")]["data"]
+        assert chart[("ConfigMap", "abmesh-config")]["data"] == settings
     service = kustomized.get(("Service", deployment))
     if service is not None:
         assert chart[("Service", deployment)]["spec"]["ports"] == service["spec"]["ports"]
