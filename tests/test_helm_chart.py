@@ -75,13 +75,14 @@ ROUTER_RIGHTS = {
     "inference-pool": {("gateway.networking.k8s.io", "httproutes", v) for v in ("get", "patch")}
     | {("inference.networking.k8s.io", "inferencepools", "get")},
 }
-# patch on experiments: the controller's finalizer (controlplane/kube/mirror.py)
+# What controlplane/kube calls, no more: patch on experiments is the rollback finalizer
+# (mirror.py), the status is only ever merge-patched, and Leases are read, listed, created,
+# replaced and deleted (leases.py), never watched or patched.
 EXPERIMENT_RIGHTS = {("abmesh.io", "experiments", v) for v in ("get", "list", "watch", "patch")} | {
-    ("abmesh.io", "experiments/status", v) for v in ("get", "update", "patch")
+    ("abmesh.io", "experiments/status", "patch")
 }
 LEASE_RIGHTS = {
-    ("coordination.k8s.io", "leases", v)
-    for v in ("get", "list", "watch", "create", "update", "patch", "delete")
+    ("coordination.k8s.io", "leases", v) for v in ("get", "list", "create", "update", "delete")
 }
 
 

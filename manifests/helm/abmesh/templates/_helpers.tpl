@@ -164,13 +164,13 @@ affinity:
   verbs: [get, list, watch, patch]
 - apiGroups: [abmesh.io]
   resources: [experiments/status]
-  verbs: [get, update, patch]
+  verbs: [patch]
 {{- end }}
 
 {{- define "abmesh.leaseRules" -}}
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
-  verbs: [get, list, watch, create, update, patch, delete]
+  verbs: [get, list, create, update, delete]
 {{- end }}
 
 {{/* --watch-namespace: one namespace, or every one ("*") with controller.clusterWide. */}}
