@@ -1,8 +1,10 @@
 """Mesh routers: where a route plan is written.  `envoy` writes its virtual host into a
 file-based RDS file atomically and confirms from Envoy's admin API that the new version is
 live; `manifests` renders the VirtualService (or HTTPRoute) YAML into a file for GitOps.  Every
-router writes only its experiment's part and skips a write that would change nothing.
-`make_router` refuses names it does not know."""
+router writes only its experiment's part and skips a write that would change nothing.  The
+Kubernetes ones (istio, gateway-api, and the serving platforms' kserve, inference-pool, seldon)
+live in modules of their own, imported when asked for.  `make_router` refuses names it does
+not know; `sticky` says, without building one, whether a router keeps units on their arms."""
 
 from __future__ import annotations
 
