@@ -113,7 +113,8 @@ class KServeRouter(KubeRouter):
         if created != ready:
             raise RouterError(
                 f"{self._where()}: revision {created} is not Ready (latest ready: {ready});"
-                f" it gets no traffic until it is, the rest stays on {stable}"
+                f" it gets no traffic until it is; traffic stays on"
+                f" {stable or 'the rolled-out revision'}"
             )
         if not whole and created == predictor.get("latestRolledoutRevision"):
             raise RouterError(
