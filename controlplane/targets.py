@@ -26,6 +26,8 @@ from experiments.status import State
 from experiments.store import ExperimentRecord
 
 Claim = tuple[str, ...]
+PLATFORM_KINDS = {"kserve": "InferenceService", "inference-pool": "HTTPRoute",
+                  "seldon": "Experiment"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,15 @@ def resolve(spec: ExperimentSpec, defaults: Defaults) -> Resolved:
             options["gateways"] = t.gateways
         claims = {(kind, namespace, name)}
         where = f"{'VirtualService' if kind == 'istio' else 'HTTPRoute'} {namespace}/{name}"
+    elif kind in ("kserve", "inference-pool", "seldon"):
+        name = t.name or service
+        options = {"name": name, "namespace": namespace, "api_client": defaults.api_client}
+        if kind != "inference-pool":
+            options["control"] = spec.control_variant.key
+            options["models"] = tuple(sorted(t.models.items()))
+        # An inference-pool target is an HTTPRoute: it conflicts with gateway-api's.
+        claims = {("gateway-api" if kind == "inference-pool" else kind, namespace, name)}
+        where = f"{PLATFORM_KINDS[kind]} {namespace}/{name}"
     elif kind == "manifests":
         if defaults.out_dir is None:
             raise InvalidInputError("router manifests needs the output directory (--out-dir)")

@@ -343,9 +343,16 @@ class Target(SpecModel):
     istio: `name` (the VirtualService; default: the service), `namespace`, `gateways`;
     gateway-api: `name` (the HTTPRoute), `namespace`; envoy: `route_config` (in the RDS file),
     `domains` of the experiment's virtual host (default `*`), `clusters` (variant -> cluster);
-    manifests: `path` (the file under the output directory; default `<experiment>.yaml`)."""
+    manifests: `path` (the file under the output directory; default `<experiment>.yaml`);
+    kserve: `name` (the InferenceService), `namespace`, `models` (Standard mode: variant ->
+    canary predictor name); inference-pool: `name` (the HTTPRoute), `namespace`; seldon: `name`
+    (the Experiment), `namespace`, `models` (variant -> Seldon model).  `models` defaults to
+    each variant's destination host."""
 
-    router: Literal["envoy", "istio", "gateway-api", "manifests"] | None = None
+    router: (
+        Literal["envoy", "istio", "gateway-api", "manifests", "kserve", "inference-pool", "seldon"]
+        | None
+    ) = None
     name: Name | None = None
     namespace: Name | None = None
     gateways: tuple[Annotated[str, AfterValidator(_gateway)], ...] = Field(
@@ -357,6 +364,7 @@ class Target(SpecModel):
     )
     clusters: dict[Name, Name] = Field(default_factory=dict, max_length=26)
     path: Annotated[str, AfterValidator(_manifest_path)] | None = None
+    models: dict[Name, Name] = Field(default_factory=dict, max_length=26)
 
 
 class ScoreDrift(SpecModel):

@@ -163,7 +163,8 @@ def test_the_manifests_router_writes_only_changes(tmp_path: Path) -> None:
 def test_unknown_routers_and_options_are_refused(tmp_path: Path) -> None:
     with pytest.raises(
         InvalidInputError,
-        match="unknown router 'linkerd2'; known: envoy, gateway-api, istio, manifests",
+        match="unknown router 'linkerd2'; known: envoy, gateway-api, inference-pool, istio,"
+        " kserve, manifests, seldon",
     ):
         make_router("linkerd2")
     with pytest.raises(InvalidInputError, match="router 'manifests'"):

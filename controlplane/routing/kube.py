@@ -8,7 +8,8 @@ list goes out, and the resourceVersion makes the API server answer 409 if someon
 object in between; then it is read again and retried.  A write that would change nothing is
 skipped.  The istio router replaces only routes named `abmesh-…` and keeps every other route
 where it was; the gateway-api router owns the whole HTTPRoute it is pointed at, and refuses one
-annotated for another experiment.
+annotated for another experiment.  The serving platforms' routers (kserve, seldon,
+inference-pool) build on `KubeRouter` in modules of their own.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from controlplane.routing.plan import MANAGED_PREFIX, RoutePlan
 from controlplane.routing.render import ANNOTATION, DEFAULT_ROUTE, http_route, istio_http_routes
 from controlplane.routing.routers import RouterError
+from experiments.errors import InvalidInputError
 
 RETRIES = 5
 HASH = "abmesh.io/routes-hash"  # of the spec abmesh last sent
@@ -39,8 +41,9 @@ def default_api_client() -> k8s.ApiClient:
     return k8s.ApiClient()
 
 
-class _KubeRouter:
-    group = version = plural = kind = ""
+class KubeRouter:
+    name = group = version = plural = kind = ""
+    sticky = True
 
     def __init__(
         self,
@@ -52,7 +55,15 @@ class _KubeRouter:
         gateways: Sequence[str] = (),
     ) -> None:
         self.object_name, self.namespace = name, namespace
-        self.api = k8s.CustomObjectsApi(api_client or default_api_client())
+        if api_client is None:
+            try:
+                api_client = default_api_client()
+            except k8s_config.ConfigException as exc:
+                raise InvalidInputError(
+                    f"router {self.name!r}: no Kubernetes credentials (in-cluster or"
+                    f" kubeconfig): {exc}"
+                ) from None
+        self.api = k8s.CustomObjectsApi(api_client)
         self.port = port  # gateway-api: the Service port the HTTPRoute attaches to
         # istio: the gateways the VirtualService binds to; empty: leave the object's own
         # `gateways` alone (sidecars only, unless it lists some).
@@ -73,6 +84,8 @@ class _KubeRouter:
             raise RouterError(f"{self._where()}: {exc.status} {exc.reason}") from None
 
     def _new_spec(self, current: dict[str, Any], plan: RoutePlan) -> dict[str, Any]:
+        """The spec to merge into the object `current` (the whole object: some platforms'
+        routers read its status)."""
         raise NotImplementedError
 
     def set_routes(self, plan: RoutePlan) -> bool:
@@ -88,7 +101,7 @@ class _KubeRouter:
                 raise RouterError(
                     f"{self._where()} is managed for experiment {owner!r}, not {plan.experiment!r}"
                 )
-            spec = self._new_spec(current.get("spec", {}), plan)
+            spec = self._new_spec(current, plan)
             # The API server fills in defaults (an HTTPRoute's match path, a backendRef's kind),
             # so "unchanged" is judged by the hash of what was last sent, and for objects it
             # does not default (VirtualService) also by the live spec, to undo hand edits.
@@ -118,14 +131,14 @@ class _KubeRouter:
         return True
 
 
-class IstioRouter(_KubeRouter):
+class IstioRouter(KubeRouter):
     name = "istio"
     group, version, plural, kind = "networking.istio.io", "v1", "virtualservices", "VirtualService"
 
     def _new_spec(self, current: dict[str, Any], plan: RoutePlan) -> dict[str, Any]:
         ours = istio_http_routes(plan)
         foreign = [
-            r for r in current.get("http", [])
+            r for r in current.get("spec", {}).get("http", [])
             if not str(r.get("name", "")).startswith(MANAGED_PREFIX)
         ]  # fmt: skip
         catch_all = [str(r.get("name", "(unnamed)")) for r in foreign if not r.get("match")]
@@ -149,7 +162,7 @@ class IstioRouter(_KubeRouter):
         return all(live.get(key) == value for key, value in spec.items())
 
 
-class GatewayApiRouter(_KubeRouter):
+class GatewayApiRouter(KubeRouter):
     name = "gateway-api"
     group, version, plural, kind = "gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute"
 

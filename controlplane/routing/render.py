@@ -11,7 +11,7 @@ mirrors existed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from controlplane.routing import render_mirror
@@ -168,22 +168,32 @@ def envoy_route_configuration(
     }
 
 
-def _backend(d: Destination, weight: int | None = None) -> dict[str, Any]:
-    # Gateway API routes to Services by name (not DNS name): a subset is the version's own
-    # Service, named <service>-<subset>, in the route's namespace.
+Backend = Callable[[Destination], dict[str, Any]]
+
+
+def backend_name(d: Destination) -> str:
+    """Gateway API refers to backends by object name (not DNS name): a subset is the version's
+    own object, named <service>-<subset>, in the route's namespace."""
     service = d.host.split(".")[0]
-    out: dict[str, Any] = {"name": f"{service}-{d.subset}" if d.subset else service}
-    out["port"] = d.port or 80
-    if weight is not None:
-        out["weight"] = weight
-    return out
+    return f"{service}-{d.subset}" if d.subset else service
 
 
-def http_route(plan: RoutePlan, namespace: str = "default", port: int = 80) -> dict[str, Any]:
+def service_backend(d: Destination) -> dict[str, Any]:
+    return {"name": backend_name(d), "port": d.port or 80}
+
+
+def http_route(
+    plan: RoutePlan,
+    namespace: str = "default",
+    port: int = 80,
+    *,
+    backend: Backend = service_backend,
+) -> dict[str, Any]:
     """The plan as an HTTPRoute attached to the service itself (GAMMA, as Linkerd uses it).
     Header rules going to the same destination share one rule (its matches are ORed), which
     keeps within HTTPRoute's limit of 16 rules; a header match outranks the default rule by
-    Gateway API's precedence, whatever the order."""
+    Gateway API's precedence, whatever the order.  `backend` makes a destination's
+    backendRef (a Service by default; an InferencePool for the inference-pool router)."""
     by_destination: dict[str, list[dict[str, Any]]] = {}
     for rule in plan.rules:
         match = {"headers": [{"type": "Exact", "name": rule.header, "value": rule.value}]}
@@ -191,12 +201,13 @@ def http_route(plan: RoutePlan, namespace: str = "default", port: int = 80) -> d
     rules = [
         r
         for variant, matches in by_destination.items()
-        for r in _gateway_mirrored(plan, variant, {
-            "matches": matches, "backendRefs": [_backend(plan.destination(variant))]
+        for r in _gateway_mirrored(plan, variant, backend, {
+            "matches": matches, "backendRefs": [backend(plan.destination(variant))]
         })
     ]  # fmt: skip
-    default = {"backendRefs": [_backend(plan.destination(v), w) for v, w in plan.weights if w > 0]}
-    rules += _gateway_mirrored(plan, plan.mirrored_arm, default)
+    default = {"backendRefs": [{**backend(plan.destination(v)), "weight": w}
+                               for v, w in plan.weights if w > 0]}  # fmt: skip
+    rules += _gateway_mirrored(plan, plan.mirrored_arm, backend, default)
     _check_limits(plan, rules)
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
@@ -210,14 +221,14 @@ def http_route(plan: RoutePlan, namespace: str = "default", port: int = 80) -> d
 
 
 def _gateway_mirrored(
-    plan: RoutePlan, variant: str | None, rule: dict[str, Any]
+    plan: RoutePlan, variant: str | None, backend: Backend, rule: dict[str, Any]
 ) -> list[dict[str, Any]]:
     if plan.mirror is None:
         return [rule]
     mirror = mirror_of(plan, variant)
     if mirror is None:
         return [render_mirror.gateway_kept(plan.mirror, rule)]
-    return render_mirror.gateway_mirrored(mirror, rule, _backend(plan.destination(mirror.variant)))
+    return render_mirror.gateway_mirrored(mirror, rule, backend(plan.destination(mirror.variant)))
 
 
 def _check_limits(plan: RoutePlan, rules: list[dict[str, Any]]) -> None:

@@ -1,8 +1,10 @@
 """Mesh routers: where a route plan is written.  `envoy` writes its virtual host into a
 file-based RDS file atomically and confirms from Envoy's admin API that the new version is
 live; `manifests` renders the VirtualService (or HTTPRoute) YAML into a file for GitOps.  Every
-router writes only its experiment's part and skips a write that would change nothing.
-`make_router` refuses names it does not know."""
+router writes only its experiment's part and skips a write that would change nothing.  The
+Kubernetes ones (istio, gateway-api, and the serving platforms' kserve, inference-pool, seldon)
+live in modules of their own, imported when asked for.  `make_router` refuses names it does
+not know; `sticky` says, without building one, whether a router keeps units on their arms."""
 
 from __future__ import annotations
 
@@ -37,6 +39,9 @@ class RouterError(StoreError):
 
 class MeshRouter(Protocol):
     name: str
+    # True when the router renders abmesh's header rules, so a unit always reaches the arm it
+    # was assigned; False when the platform takes weights only (each request drawn afresh).
+    sticky: bool
 
     def set_routes(self, plan: RoutePlan) -> bool:
         """Make the mesh route as `plan` says; False if it already did (nothing written)."""
@@ -67,6 +72,7 @@ class EnvoyRouter:
     one started, or deleted); Envoy would refuse the file with both."""
 
     name = "envoy"
+    sticky = True
 
     def __init__(
         self,
@@ -192,6 +198,7 @@ class ManifestsRouter:
     One file per experiment: experiments never rewrite each other's."""
 
     name = "manifests"
+    sticky = True
 
     def __init__(
         self,
@@ -229,27 +236,43 @@ class ManifestsRouter:
         return strict_yaml.load_all(self.path.read_text())
 
 
-ROUTERS = ("envoy", "gateway-api", "istio", "manifests")
+ROUTERS = ("envoy", "gateway-api", "inference-pool", "istio", "kserve", "manifests", "seldon")
+
+
+def _router_class(name: str) -> type[MeshRouter]:
+    """The class of router `name`; the Kubernetes ones imported only when asked for."""
+    if name == "envoy":
+        return EnvoyRouter
+    if name == "manifests":
+        return ManifestsRouter
+    if name in ("istio", "gateway-api"):
+        from controlplane.routing.kube import GatewayApiRouter, IstioRouter
+
+        return IstioRouter if name == "istio" else GatewayApiRouter
+    if name == "kserve":
+        from controlplane.routing.kserve import KServeRouter
+
+        return KServeRouter
+    if name == "inference-pool":
+        from controlplane.routing.inference_pool import InferencePoolRouter
+
+        return InferencePoolRouter
+    if name == "seldon":
+        from controlplane.routing.seldon import SeldonRouter
+
+        return SeldonRouter
+    raise InvalidInputError(f"unknown router {name!r}; known: {', '.join(ROUTERS)}")
+
+
+def sticky(router_name: str) -> bool:
+    """Whether router `router_name` keeps each unit on its assigned arm (see MeshRouter)."""
+    return _router_class(router_name).sticky
 
 
 def make_router(name: str, /, **options: Any) -> MeshRouter:
     """A router by name; unknown names and missing options are refused with what is needed."""
+    cls = _router_class(name)
     try:
-        if name == "envoy":
-            return EnvoyRouter(**options)
-        if name == "manifests":
-            return ManifestsRouter(**options)
-        if name in ("istio", "gateway-api"):
-            from kubernetes.config import ConfigException
-
-            from controlplane.routing.kube import GatewayApiRouter, IstioRouter  # the k8s client
-
-            try:
-                return IstioRouter(**options) if name == "istio" else GatewayApiRouter(**options)
-            except ConfigException as exc:
-                raise InvalidInputError(
-                    f"router {name!r}: no Kubernetes credentials (in-cluster or kubeconfig): {exc}"
-                ) from None
+        return cls(**options)
     except TypeError as exc:
         raise InvalidInputError(f"router {name!r}: {exc}") from None
-    raise InvalidInputError(f"unknown router {name!r}; known: {', '.join(ROUTERS)}")
