@@ -37,6 +37,7 @@ from controlplane.metrics import MetricsProvider
 from controlplane.observability import ControllerTelemetry
 from controlplane.rollout import RolloutState, phase_of, route_plan
 from controlplane.routing.plan import RoutePlan
+from controlplane.routing.routers import sticky
 from controlplane.targets import Resolved, Routers, blocker, claimant, claims
 from experiments.errors import AbmeshError, ConflictError, NotFoundError
 from experiments.logs import log_context
@@ -313,16 +314,16 @@ class Controller:
             return
         digest = _route_hash(record, target, state)
         ready = record.status.condition("RouteTargetReady")
+        now, status = self.clock(), record.status
         if (
             (record.status.routes or {}).get("hash") != digest
             or ready is None
             or (ready.status != "True")
         ):
-            now = self.clock()
             routes = {"hash": digest, "applied_at": now, "target": target.where}
-            status = record.status.with_condition("RouteTargetReady", True, "Applied",
-                                                  target.where, now)  # fmt: skip
-            self._note(record, replace(status, routes=routes))
+            status = status.with_condition("RouteTargetReady", True, "Applied", target.where, now)
+            status = replace(status, routes=routes)
+        self._note(record, _with_stickiness(status, target, now))
 
     def _note(self, record: ExperimentRecord, status: Status) -> None:
         """Record an observation (a condition, confirmed routes); a conflict drops it: the
@@ -340,6 +341,19 @@ class Controller:
         share = state.weights.get(record.spec.candidate_variant.key, 0)
         self.telemetry.experiment(record.name, state.phase, kind, float(share))
         self._shown = self._shown | {record.name}
+
+
+def _with_stickiness(status: Status, target: Resolved, now: float) -> Status:
+    """Say whether the target keeps each unit on its arm (routers.refusal says what follows)."""
+    if sticky(target.router):
+        why = f"{target.where}: abmesh's header rules keep each unit on its assigned arm"
+        return status.with_condition("StickyRouting", True, "HeaderRules", why, now)
+    why = (
+        f"{target.where}: router {target.router} splits by weight only, each request drawn"
+        " afresh; no A/B phase, and business metrics mean something only where clients report"
+        " the arm that served (POST /v1/exposures), not the one assigned"
+    )
+    return status.with_condition("StickyRouting", False, "WeightsOnly", why, now)
 
 
 def _plan(spec: ExperimentSpec, state: RolloutState) -> RoutePlan:

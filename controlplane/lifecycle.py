@@ -20,7 +20,8 @@ import time
 from dataclasses import replace
 from enum import StrEnum
 
-from experiments.errors import ConflictError, NotFoundError
+from controlplane.routing.routers import refusal
+from experiments.errors import ConflictError, InvalidInputError, NotFoundError
 from experiments.folding import FoldPlan
 from experiments.spec import ExperimentSpec
 from experiments.status import Outcome, State, Status, end_phase, enter_phase
@@ -74,7 +75,15 @@ def sample_changed(before: ExperimentSpec, after: ExperimentSpec) -> bool:
 
 
 def apply_spec(store: Store, spec: ExperimentSpec) -> PutResult:
-    """Store a spec with what it does to the status (see the module docstring)."""
+    """Store a spec with what it does to the status (see the module docstring).  A rollout
+    whose own target names a router that cannot run its phases is refused here; one that
+    leaves the router to the controller's default is checked by the controller."""
+    router = spec.rollout.target.router if spec.rollout else None
+    if router is not None:
+        assert spec.rollout is not None
+        why = refusal(router, [p.kind for p in spec.rollout.phases])
+        if why is not None:
+            raise InvalidInputError(f"rollout.target.router: {why}")
     try:
         with_data = set(store.phases(spec.name))
     except NotFoundError:

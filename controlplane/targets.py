@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controlplane.routing.routers import MeshRouter, make_router
+from controlplane.routing.routers import MeshRouter, make_router, refusal
 from experiments.errors import InvalidInputError
 from experiments.spec import ExperimentSpec
 from experiments.status import State
@@ -60,6 +60,9 @@ def resolve(spec: ExperimentSpec, defaults: Defaults) -> Resolved:
     assert spec.rollout is not None
     t = spec.rollout.target
     kind = t.router or defaults.router
+    why = refusal(kind, [p.kind for p in spec.rollout.phases])
+    if why is not None:
+        raise InvalidInputError(why)
     service = spec.rollout.service or spec.name
     namespace = t.namespace or defaults.namespace
     if kind == "envoy":

@@ -149,6 +149,7 @@ def test_an_applied_object_runs_and_its_status_comes_back(cluster: Cluster) -> N
     assert status["candidateWeight"] == 10.0
     assert condition(obj, "Accepted")["status"] == "True"
     assert condition(obj, "RouteTargetReady")["status"] == "True"
+    assert condition(obj, "StickyRouting")["reason"] == "HeaderRules"
     # the rollout's summary, not its whole state (that stays in the store)
     assert status["rollout"] == {"status": "running", "phase": 0, "step": 0}
     assert obj["metadata"]["uid"] == created["metadata"]["uid"]
@@ -396,3 +397,21 @@ def test_an_api_server_that_hangs_fails_the_tick_not_the_controller(
     controller.tick()
     assert controller.held
     assert cluster.rig.store.get_experiment("ranker").state is State.RUNNING
+
+
+def test_a_weights_only_target_says_so_and_refuses_an_ab_phase(cluster: Cluster) -> None:
+    controller, watch = cluster.controller()
+    canary = [{"kind": "canary", "steps": [10, 50], "checks": 1}, {"kind": "promote"}]
+    cluster.create(spec_of("ranker", phases=canary, target={"router": "kserve"}))
+    cluster.create(spec_of("ab-test", target={"router": "kserve"}))  # canary, A/B, promote
+    cluster.seen(watch, "ab-test", bool)
+    controller.tick()
+    sticky = condition(cluster.get("ranker"), "StickyRouting")
+    assert sticky["status"] == "False"
+    assert sticky["reason"] == "WeightsOnly"
+    assert sticky["message"].startswith("InferenceService default/ranker: router kserve")
+    refused = condition(cluster.get("ab-test"), "Accepted")
+    assert refused["status"] == "False"
+    assert "A/B phase is refused" in refused["message"]
+    with pytest.raises(NotFoundError):
+        cluster.rig.store.get_experiment("ab-test")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 from kubernetes import client as k8s
 
+from controlplane.lifecycle import apply_spec
 from controlplane.routing import routers
 from controlplane.routing.inference_pool import InferencePoolRouter
 from controlplane.routing.kserve import MODE_ANNOTATION, KServeRouter
@@ -25,7 +27,8 @@ from controlplane.routing.routers import RouterError, make_router
 from controlplane.routing.seldon import SeldonRouter
 from controlplane.targets import Defaults, resolve
 from experiments import load_spec
-from experiments.errors import InvalidInputError
+from experiments.errors import InvalidInputError, NotFoundError
+from experiments.store import open_store
 from tests.kube_stub import KubeStub
 from tests.test_kube_routers import api
 from tests.test_mirror_routes import HTTP_ROUTE_SCHEMA, SCHEMAS, strict
@@ -329,9 +332,12 @@ def test_sticky_flags() -> None:
         routers.sticky("knative")
 
 
+CANARY_ONLY = [{"kind": "canary", "steps": [10, 50]}, {"kind": "promote"}]
+
+
 def test_targets_resolve_the_platform_routers() -> None:
     def target(**t: Any) -> Any:
-        rollout = {**DOC["rollout"], "target": t}
+        rollout = {**DOC["rollout"], "phases": CANARY_ONLY, "target": t}
         return resolve(load_spec({**DOC, "rollout": rollout}), Defaults(namespace="models"))
 
     kserve = target(router="kserve", name="ranker", models={"treatment": "ranker-v2"})
@@ -346,3 +352,35 @@ def test_targets_resolve_the_platform_routers() -> None:
     pool, route = target(router="inference-pool"), target(router="gateway-api")
     assert pool.claims == route.claims  # one HTTPRoute: the two would fight over it
     assert pool.where == "HTTPRoute models/model-inference"
+
+
+@pytest.mark.parametrize(
+    ("router", "phases", "refused"),
+    [
+        ("kserve", ["canary", "ab", "promote"], "an A/B phase is refused"),
+        ("seldon", ["ab", "promote"], "an A/B phase is refused"),
+        ("kserve", ["shadow", "canary", "promote"], "cannot mirror"),
+        ("seldon", ["shadow", "canary", "promote"], None),
+        ("inference-pool", ["shadow", "canary", "ab", "promote"], None),
+    ],
+)
+def test_a_weights_only_target_gets_no_ab_phase(
+    router: str, phases: list[str], refused: str | None, tmp_path: Path
+) -> None:
+    """Refused where the spec names the router (apply) and where the controller's default
+    names it (resolve); the rest runs."""
+    kinds = [{"kind": k, "steps": [10]} if k == "canary" else {"kind": k} for k in phases]
+    doc = {**DOC, "rollout": {**DOC["rollout"], "phases": kinds, "target": {"router": router}}}
+    spec = load_spec(doc)
+    default = load_spec({**doc, "rollout": {**doc["rollout"], "target": {}}})
+    store = open_store(f"sqlite:///{tmp_path}/s.db")
+    if refused is None:
+        apply_spec(store, spec)
+        resolve(default, Defaults(router=router))
+        return
+    with pytest.raises(InvalidInputError, match=refused):
+        apply_spec(store, spec)
+    with pytest.raises(NotFoundError):
+        store.get_experiment(spec.name)  # nothing stored
+    with pytest.raises(InvalidInputError, match=refused):
+        resolve(default, Defaults(router=router))

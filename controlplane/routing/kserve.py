@@ -46,7 +46,7 @@ STANDARD = ("Standard", "RawDeployment")
 
 class KServeRouter(KubeRouter):
     name = "kserve"
-    sticky = False
+    sticky = mirrors = False
     group, version = "serving.kserve.io", "v1beta1"
     plural, kind = "inferenceservices", "InferenceService"
 

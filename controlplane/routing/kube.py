@@ -43,7 +43,7 @@ def default_api_client() -> k8s.ApiClient:
 
 class KubeRouter:
     name = group = version = plural = kind = ""
-    sticky = True
+    sticky = mirrors = True
 
     def __init__(
         self,

@@ -42,6 +42,7 @@ class MeshRouter(Protocol):
     # True when the router renders abmesh's header rules, so a unit always reaches the arm it
     # was assigned; False when the platform takes weights only (each request drawn afresh).
     sticky: bool
+    mirrors: bool  # whether it can mirror requests (a shadow phase)
 
     def set_routes(self, plan: RoutePlan) -> bool:
         """Make the mesh route as `plan` says; False if it already did (nothing written)."""
@@ -72,7 +73,7 @@ class EnvoyRouter:
     one started, or deleted); Envoy would refuse the file with both."""
 
     name = "envoy"
-    sticky = True
+    sticky = mirrors = True
 
     def __init__(
         self,
@@ -198,7 +199,7 @@ class ManifestsRouter:
     One file per experiment: experiments never rewrite each other's."""
 
     name = "manifests"
-    sticky = True
+    sticky = mirrors = True
 
     def __init__(
         self,
@@ -267,6 +268,25 @@ def _router_class(name: str) -> type[MeshRouter]:
 def sticky(router_name: str) -> bool:
     """Whether router `router_name` keeps each unit on its assigned arm (see MeshRouter)."""
     return _router_class(router_name).sticky
+
+
+def refusal(router_name: str, phase_kinds: Sequence[str]) -> str | None:
+    """Why a rollout with these phases cannot run through router `router_name`, if it cannot.
+    An A/B phase compares users, so it needs every user kept on one arm: a weights-only
+    platform would mix the arms inside each user, and the statistics would compare nothing.
+    Canary and shadow phases are judged on requests (guardrails, paired predictions), which
+    such a platform splits honestly."""
+    cls = _router_class(router_name)
+    if "ab" in phase_kinds and not cls.sticky:
+        return (
+            f"router {router_name} splits requests by weight only (each request drawn afresh),"
+            " so no user stays on one arm: an A/B phase is refused on it; use canary and"
+            " shadow phases, or a router with header rules (istio, gateway-api,"
+            " inference-pool, envoy)"
+        )
+    if "shadow" in phase_kinds and not cls.mirrors:
+        return f"router {router_name} cannot mirror requests: a shadow phase is refused on it"
+    return None
 
 
 def make_router(name: str, /, **options: Any) -> MeshRouter:
