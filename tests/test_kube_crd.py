@@ -6,6 +6,7 @@ and its schema admits every example spec and refuses wrong types, as `kubectl ap
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -14,10 +15,12 @@ import yaml
 from openapi_schema_validator import OAS30Validator
 
 from controlplane.kube.crd import FILES, crd, render
+from controlplane.lifecycle import apply_spec
+from controlplane.targets import Defaults, resolve
 from controlplane.kube.objects import experiment_object, published_status, spec_of
 from experiments import EXAMPLES_DIR, load_spec
 from experiments.status import Status
-from experiments.store import ExperimentRecord
+from experiments.store import ExperimentRecord, open_store
 from tests.controller_rig import spec_of as rig_spec
 from tests.test_manifests import K8S_VERSION
 
@@ -128,3 +131,14 @@ def test_the_example_object_is_the_example_spec_and_passes_the_schema() -> None:
     assert spec_of(obj) == load_spec(EXAMPLES_DIR / "model-rollout.yaml")
     kustomization = yaml.safe_load((FILES[0].parent / "kustomization.yaml").read_text())
     assert kustomization["resources"] == [FILES[0].name]
+
+
+def test_the_kserve_example_passes_and_can_run_on_kserve(tmp_path: Path) -> None:
+    obj = yaml.safe_load((FILES[0].parent / "kserve-canary.experiment.yaml").read_text())
+    OAS30Validator(SCHEMA).validate(obj)
+    spec = spec_of(obj)
+    assert spec.rollout is not None
+    assert spec.rollout.target.router == "kserve"
+    apply_spec(open_store(f"sqlite:///{tmp_path}/s.db"), spec)  # no A/B phase: accepted
+    target = resolve(spec, Defaults())
+    assert target.where == "InferenceService models/ranker"

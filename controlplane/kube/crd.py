@@ -173,7 +173,6 @@ def status_schema() -> dict[str, Any]:
             "rolloutPhase": {"type": "string"},
             "candidateWeight": {"type": "number"},
             "weights": {"type": "object", "additionalProperties": {"type": "number"}},
-            "sticky": {"type": "boolean"},
             "conditions": {
                 "type": "array",
                 "items": condition,
