@@ -92,6 +92,7 @@ class Controller:
         self.experiments = set(experiments)  # empty: every experiment with a rollout
         self.telemetry = telemetry or ControllerTelemetry(clock=clock)
         self.held: set[str] = set()  # uids whose lease this controller holds
+        self.closed = False  # its leases given up: it takes none any more
         self.store_ok: tuple[bool, str] = (False, "no tick yet")
         self._shown: set[str] = set()  # experiments with series in the telemetry
         self._free_since: dict[str, float] = {}  # uid -> when first seen held by nobody
@@ -111,6 +112,9 @@ class Controller:
             stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def release_leases(self) -> None:
+        """Give every lease up, for good: a tick still in flight (the process is stopping)
+        takes none again, or it would hold it for a lease period after the hand-over."""
+        self.closed = True
         for uid in sorted(self.held):
             try:
                 self.leases.release_lease(lease_name(uid), self.owner)
@@ -204,6 +208,8 @@ class Controller:
         of their own, so a newcomer gets its share as the others give up what they hold beyond
         theirs; a controller limited to some experiments (--experiment) still counts as a
         member, so what the others leave for it but it does not want is picked up once overdue."""
+        if self.closed:
+            return [], 0, set()
         self.leases.acquire_lease(f"{MEMBER}{self.owner}", self.owner, ttl_s=self.lease_s)
         leases = self.leases.lease_holders("")
         members = max(1, sum(name.startswith(MEMBER) for name in leases))
@@ -230,6 +236,8 @@ class Controller:
 
     def _lease(self, uid: str) -> bool:
         """Take or renew the experiment's lease; a lease store that fails is "not held"."""
+        if self.closed:
+            return False
         try:
             return self.leases.acquire_lease(lease_name(uid), self.owner, ttl_s=self.lease_s)
         except AbmeshError as exc:

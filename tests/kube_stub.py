@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import re
 import threading
 import time
 import uuid
@@ -195,6 +196,7 @@ class KubeStub:
             creationTimestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
         body.pop("status", None)  # the status subresource's to write
+        _check_times(body)
         self._commit(at, copy.deepcopy(body), "ADDED")
         return self.objects[at]
 
@@ -226,6 +228,19 @@ class KubeStub:
                 updated["status"] = copy.deepcopy(obj["status"])
             if updated.get("spec") != obj.get("spec"):
                 updated["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
+            _check_times(updated)
+        added = set(updated["metadata"].get("finalizers") or ()) - set(
+            obj["metadata"].get("finalizers") or ()
+        )
+        if obj["metadata"].get("deletionTimestamp") and added:
+            raise RefusedError(
+                422,
+                "Invalid",
+                "metadata.finalizers: Forbidden: no new"
+                " finalizers can be added if the object is being deleted",
+            )
+        if _unversioned(updated) == _unversioned(obj):  # a write that changes nothing
+            return obj
         if updated["metadata"].get("deletionTimestamp") and not updated["metadata"].get(
             "finalizers"
         ):
@@ -336,6 +351,25 @@ class KubeStub:
             self._changed.notify_all()
         self.server.shutdown()
         self.server.server_close()
+
+
+# Go's RFC3339Micro, which the API server parses MicroTime with: six fraction digits, always.
+MICRO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)")
+
+
+def _check_times(obj: dict[str, Any]) -> None:
+    """A Lease's times are MicroTime: the server refuses any other spelling (400)."""
+    if obj.get("kind") != "Lease":
+        return
+    for field in ("acquireTime", "renewTime"):
+        value = (obj.get("spec") or {}).get(field)
+        if value is not None and not MICRO_TIME.fullmatch(str(value)):
+            raise RefusedError(400, "BadRequest", f"spec.{field}: {value!r} is not a MicroTime")
+
+
+def _unversioned(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}
+    return {**obj, "metadata": meta}
 
 
 def _selected(obj: dict[str, Any], selector: str | None) -> bool:

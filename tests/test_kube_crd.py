@@ -15,9 +15,9 @@ import yaml
 from openapi_schema_validator import OAS30Validator
 
 from controlplane.kube.crd import FILES, crd, render
+from controlplane.kube.objects import experiment_object, published_status, spec_of
 from controlplane.lifecycle import apply_spec
 from controlplane.targets import Defaults, resolve
-from controlplane.kube.objects import experiment_object, published_status, spec_of
 from experiments import EXAMPLES_DIR, load_spec
 from experiments.status import Status
 from experiments.store import ExperimentRecord, open_store

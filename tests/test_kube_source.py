@@ -22,9 +22,10 @@ from kubernetes import client as k8s
 from controlplane.controller import Controller
 from controlplane.kube import leases as leases_module
 from controlplane.kube.crd import GROUP, PLURAL, VERSION
-from controlplane.kube.leases import KubeLeases, object_name
-from controlplane.kube.mirror import FINALIZER
+from controlplane.kube.leases import KubeLeases, micro_time, object_name
+from controlplane.kube.mirror import FINALIZER, Mirror
 from controlplane.kube.objects import experiment_object
+from controlplane.kube.origins import Origins
 from controlplane.kube.source import KubeSource
 from controlplane.kube.watch import ExperimentWatch
 from experiments.errors import NotFoundError
@@ -273,11 +274,11 @@ def test_a_watch_that_meets_410_lists_again(cluster: Cluster, stub: KubeStub) ->
 
 def test_two_controllers_split_the_experiments_by_lease(cluster: Cluster, stub: KubeStub) -> None:
     one, watch = cluster.controller("c1")
-    two, _ = cluster.controller("c2")
+    two, watch_two = cluster.controller("c2")
     names = [f"exp-{i}" for i in range(4)]
     for name in names:
         cluster.create(spec_of(name))
-    wait_for(lambda: len(watch.objects()) == 4, "four objects")
+    wait_for(lambda: len(watch.objects()) == len(watch_two.objects()) == 4, "four objects")
     for _ in range(4):
         cluster.rig.clock.now += 1
         one.tick()
@@ -302,26 +303,39 @@ def test_two_controllers_split_the_experiments_by_lease(cluster: Cluster, stub: 
 
 
 def test_kube_leases_follow_lease_rules(kube: k8s.ApiClient, stub: KubeStub) -> None:
+    """client-go's rules: a Lease another holds expires when its record has not changed for
+    its duration by the reader's own clock, from when the reader first saw that record (so
+    the two controllers' clocks need not agree: b's runs an hour ahead here)."""
     now = [1_000.0]
     a = KubeLeases(kube, "abmesh", clock=lambda: now[0])
-    b = KubeLeases(kube, "abmesh", clock=lambda: now[0])
+    b = KubeLeases(kube, "abmesh", clock=lambda: now[0] + 3600)
     assert a.acquire_lease("u1#rollout", "c1", ttl_s=10)
-    assert not b.acquire_lease("u1#rollout", "c2", ttl_s=10)
+    assert not b.acquire_lease("u1#rollout", "c2", ttl_s=10)  # b first sees the record
     assert a.lease_holders("u1") == {"u1#rollout": "c1"}
     now[0] += 5
-    assert a.acquire_lease("u1#rollout", "c1", ttl_s=10)  # renewed: good for 10 s more
+    assert a.acquire_lease("u1#rollout", "c1", ttl_s=10)  # renewed: a new record
     now[0] += 8
+    assert not b.acquire_lease("u1#rollout", "c2", ttl_s=10)  # b sees the renewal now
+    now[0] += 9.5
     assert not b.acquire_lease("u1#rollout", "c2", ttl_s=10)
-    now[0] += 3  # expired
+    assert b.lease_holders("") == {"u1#rollout": "c1"}
+    now[0] += 1  # 10.5 s since b saw the record: a stopped renewing
     assert b.lease_holders("") == {}
     assert b.acquire_lease("u1#rollout", "c2", ttl_s=10)
     path = f"/apis/coordination.k8s.io/v1/namespaces/abmesh/leases/{object_name('u1#rollout')}"
-    assert stub.objects[path]["spec"]["leaseTransitions"] == 1
+    lease = stub.objects[path]["spec"]
+    assert lease["leaseTransitions"] == 1
+    assert lease["holderIdentity"] == "c2"
+    assert lease["renewTime"] == "1970-01-01T01:17:03.500000Z"  # b's clock, as MicroTime
+    assert micro_time(1000.0) == "1970-01-01T00:16:40.000000Z"  # six digits on a whole second
     a.release_lease("u1#rollout", "c1")  # not c1's: nothing happens
     assert path in stub.objects
     b.release_lease("u1#rollout", "c2")
     assert path not in stub.objects
-    assert object_name("controller#Pod_1").startswith("abmesh.h-")
+    assert object_name("7f3a#rollout") == "abmesh.7f3a.rollout"
+    for awkward in ("controller#Pod_1", "controller#-x", "controller#A"):  # not DNS labels
+        assert object_name(awkward).startswith("abmesh.h-")
+    assert object_name("controller#A") != object_name("controller#a")
 
 
 def test_the_controller_command_runs_from_objects(
@@ -381,12 +395,12 @@ def test_the_controller_command_runs_from_objects(
 def test_an_api_server_that_hangs_fails_the_tick_not_the_controller(
     cluster: Cluster, stub: KubeStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(leases_module, "TIMEOUT_S", 0.3)
     controller, watch = cluster.controller()
     cluster.create(spec_of("ranker"))
     cluster.seen(watch, "ranker", bool)
     controller.tick()
     assert controller.held
+    monkeypatch.setattr(leases_module, "TIMEOUT_S", 0.3)  # only while it hangs
     stub.hang.set()
     ticking = threading.Thread(target=controller.tick)
     ticking.start()
@@ -394,6 +408,7 @@ def test_an_api_server_that_hangs_fails_the_tick_not_the_controller(
     assert not ticking.is_alive()  # every request has a deadline
     assert not controller.held  # no lease could be renewed: nothing is driven blind
     stub.hang.clear()
+    monkeypatch.setattr(leases_module, "TIMEOUT_S", 10.0)
     controller.tick()
     assert controller.held
     assert cluster.rig.store.get_experiment("ranker").state is State.RUNNING
@@ -415,3 +430,70 @@ def test_a_weights_only_target_says_so_and_refuses_an_ab_phase(cluster: Cluster)
     assert "A/B phase is refused" in refused["message"]
     with pytest.raises(NotFoundError):
         cluster.rig.store.get_experiment("ab-test")
+
+
+def test_a_controller_whose_watch_is_behind_undoes_nothing(cluster: Cluster) -> None:
+    """Another controller's copy of the objects can lag: without an object it still has, or
+    with an older generation of it.  Neither retires the experiment nor applies the old spec."""
+    controller, watch = cluster.controller()
+    cluster.create(spec_of("ranker"))
+    cluster.seen(watch, "ranker", bool)
+    old = watch.objects()
+    controller.tick()
+    cluster.patch("ranker", {"description": "generation 2"})
+    cluster.seen(watch, "ranker", lambda o: o["metadata"]["generation"] == 2)
+    controller.tick()
+    behind = Mirror(cluster.kube, cluster.rig.store, NS, cluster.rig.clock, controller.settled)
+    behind.sync({})  # it has not seen the object yet
+    behind.sync(old)  # it has generation 1
+    record = cluster.rig.store.get_experiment("ranker")
+    assert record.state is State.RUNNING
+    assert record.spec.description == "generation 2"
+    assert Origins(cluster.rig.store).get("ranker") is not None
+
+
+def test_two_controllers_claim_two_new_objects_at_once(cluster: Cluster) -> None:
+    """Each sees only its own new object in the same tick: both are mirrored and kept."""
+    controller, watch = cluster.controller()
+    cluster.create(spec_of("a"))
+    cluster.create(spec_of("b"))
+    wait_for(lambda: len(watch.objects()) == 2, "both objects")
+    both = watch.objects()
+    mirrors = [
+        Mirror(cluster.kube, cluster.rig.store, NS, cluster.rig.clock, controller.settled)
+        for _ in range(2)
+    ]
+    mirrors[0].sync({k: v for k, v in both.items() if k.endswith("/a")})
+    mirrors[1].sync({k: v for k, v in both.items() if k.endswith("/b")})
+    assert set(Origins(cluster.rig.store).all()) == {"a", "b"}
+    for name in ("a", "b"):
+        assert cluster.rig.store.get_experiment(name).state is State.RUNNING
+    controller.tick()
+    for name in ("a", "b"):
+        assert condition(cluster.get(name), "Accepted")["status"] == "True"
+
+
+def test_an_object_deleted_and_created_while_no_controller_ran(
+    cluster: Cluster, stub: KubeStub
+) -> None:
+    """Its finalizer removed by hand: the new object (a new uid) replaces the old experiment,
+    which is rolled back and removed first."""
+    controller, watch = cluster.controller()
+    cluster.create(spec_of("ranker"))
+    cluster.seen(watch, "ranker", bool)
+    controller.tick()
+    old = cluster.rig.store.get_experiment("ranker").uid
+    cluster.api.patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, "ranker", {"metadata": {"finalizers": None}}
+    )
+    cluster.api.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "ranker")
+    created = cluster.create(spec_of("ranker"))
+    cluster.seen(watch, "ranker", lambda o: o["metadata"]["uid"] == created["metadata"]["uid"])
+    for _ in range(6):
+        controller.tick()
+        if cluster.rig.store.get_experiment("ranker").uid != old:
+            break
+    assert cluster.rig.store.get_experiment("ranker").uid != old
+    controller.tick()
+    assert condition(cluster.get("ranker"), "Accepted")["status"] == "True"
+    assert Origins(cluster.rig.store).get("ranker").uid == created["metadata"]["uid"]

@@ -1,12 +1,16 @@
 """Controller leases as `coordination.k8s.io/v1` Lease objects, one per experiment (and one per
 live controller, which is how controllers count each other), in the controller's namespace.
 
-The rules are client-go's leader election, per experiment: a Lease is held while
-`renewTime + leaseDurationSeconds` is in the future; its holder renews it, anyone may take an
-expired one, and every write carries the resourceVersion it read, so of two controllers
-taking the same Lease one gets 409 and knows it lost.  Lease names are DNS subdomains, so
-abmesh's own name (`<uid>#rollout`, `controller#<id>`) is kept in an annotation and the
-object named from it.
+The rules are client-go's leader election, per experiment: a holder renews its Lease; a
+Lease another holds expires once its record has not changed for `leaseDurationSeconds` on the
+reader's own clock, counted from when it first read that record (clocks need not agree); and
+every write carries the resourceVersion it read, so of two controllers taking the same Lease
+one gets 409 and knows it lost.  Lease names are DNS subdomains, so abmesh's own name
+(`<uid>#rollout`, `controller#<id>`) is kept in an annotation and the object named from it.
+
+The Leases go through the generic objects API as plain JSON: the typed client re-reads times
+into datetimes and writes them back without the six fraction digits MicroTime requires when
+they happen to be zero, which the API server refuses.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import urllib3
 from kubernetes import client as k8s
@@ -31,15 +35,20 @@ T = TypeVar("T")
 TIMEOUT_S = 10.0
 NAME = "abmesh.io/lease"  # annotation: abmesh's name of the lease
 LABEL = ("app.kubernetes.io/managed-by", "abmesh")
-_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 def object_name(name: str) -> str:
     """The Lease's name: readable where abmesh's name allows it, else a digest."""
-    readable = "abmesh." + name.replace("#", ".").lower()
-    if len(readable) <= 253 and _SUBDOMAIN.fullmatch(readable) and ".." not in readable:
+    readable = "abmesh." + name.replace("#", ".")
+    labels = readable.split(".")
+    if len(readable) <= 253 and all(len(p) <= 63 and _LABEL.fullmatch(p) for p in labels):
         return readable
     return "abmesh.h-" + hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+Lease = dict[str, Any]
+WHERE = ("coordination.k8s.io", "v1")
 
 
 class KubeLeases:
@@ -51,102 +60,138 @@ class KubeLeases:
         namespace: str,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.api = k8s.CoordinationV1Api(api_client)
+        self.api = k8s.CustomObjectsApi(api_client)
         self.namespace, self.clock = namespace, clock
+        # Lease name -> (its record as last read, when this controller first read it).
+        self._seen: dict[str, tuple[tuple[Any, ...], float]] = {}
+
+    def _read(self, name: str) -> Lease | None:
+        try:
+            lease = call(
+                self.api.get_namespaced_custom_object,
+                *WHERE,
+                self.namespace,
+                "leases",
+                object_name(name),
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _failed(f"lease {name}", exc) from None
+        return cast(Lease, lease)
 
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
-        now = datetime.fromtimestamp(self.clock(), UTC)
-        seconds = max(1, math.ceil(ttl_s))
-        try:
-            current = call(self.api.read_namespaced_lease, object_name(name), self.namespace)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise _failed(f"lease {name}", exc) from None
-            return self._create(name, owner, seconds, now)
-        spec = current.spec or k8s.V1LeaseSpec()
-        holder = spec.holder_identity
-        if holder not in (None, "", owner) and not self._expired(spec):
+        current = self._read(name)
+        spec = (current or {}).get("spec") or {}
+        holder = spec.get("holderIdentity")
+        others = current is not None and holder not in (None, "", owner)
+        if others and not self._expired(name, cast(Lease, current)):
             return False
-        if holder != owner:
-            spec.acquire_time = now
-            spec.lease_transitions = (spec.lease_transitions or 0) + 1
-        spec.holder_identity, spec.lease_duration_seconds, spec.renew_time = owner, seconds, now
-        current.spec = spec
+        now, taken = self.clock(), holder != owner
+        acquired = spec.get("acquireTime") if not taken else None
+        metadata: dict[str, Any] = {
+            "name": object_name(name),
+            "namespace": self.namespace,
+            "labels": dict([LABEL]),
+            "annotations": {NAME: name},
+        }
+        if current is not None:
+            metadata["resourceVersion"] = current["metadata"]["resourceVersion"]
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": metadata,
+            "spec": {
+                "holderIdentity": owner,
+                "leaseDurationSeconds": max(1, math.ceil(ttl_s)),
+                "acquireTime": acquired or micro_time(now),
+                "renewTime": micro_time(now),
+                "leaseTransitions": int(spec.get("leaseTransitions") or 0)
+                + (1 if taken and current is not None else 0),
+            },
+        }
         try:
-            call(self.api.replace_namespaced_lease, object_name(name), self.namespace, current)
+            if current is None:
+                call(
+                    self.api.create_namespaced_custom_object, *WHERE, self.namespace, "leases", body
+                )
+            else:
+                call(
+                    self.api.replace_namespaced_custom_object,
+                    *WHERE,
+                    self.namespace,
+                    "leases",
+                    object_name(name),
+                    body,
+                )
         except ApiException as exc:
-            if exc.status in (404, 409):  # taken or deleted in between: not ours this time
+            if exc.status in (404, 409):  # taken, created or deleted in between: not ours now
                 return False
             raise _failed(f"lease {name}", exc) from None
         return True
 
-    def _create(self, name: str, owner: str, seconds: int, now: datetime) -> bool:
-        body = k8s.V1Lease(
-            metadata=k8s.V1ObjectMeta(
-                name=object_name(name),
-                namespace=self.namespace,
-                labels=dict([LABEL]),
-                annotations={NAME: name},
-            ),
-            spec=k8s.V1LeaseSpec(
-                holder_identity=owner,
-                lease_duration_seconds=seconds,
-                acquire_time=now,
-                renew_time=now,
-                lease_transitions=0,
-            ),
+    def _expired(self, name: str, lease: Lease) -> bool:
+        spec = lease.get("spec") or {}
+        record = (
+            spec.get("holderIdentity"),
+            spec.get("renewTime"),
+            lease["metadata"].get("resourceVersion"),
         )
-        try:
-            call(self.api.create_namespaced_lease, self.namespace, body)
-        except ApiException as exc:
-            if exc.status == 409:  # another controller created it first
-                return False
-            raise _failed(f"lease {name}", exc) from None
-        return True
-
-    def _expired(self, spec: k8s.V1LeaseSpec) -> bool:
-        if spec.renew_time is None:
-            return True
-        until = spec.renew_time.timestamp() + (spec.lease_duration_seconds or 0)
-        return until <= self.clock()
+        seen, since = self._seen.get(name, ((), 0.0))
+        if seen != record:
+            self._seen[name] = (record, self.clock())
+            return False
+        return self.clock() - since >= float(spec.get("leaseDurationSeconds") or 0)
 
     def release_lease(self, name: str, owner: str) -> None:
+        current = self._read(name)
+        if current is None or (current.get("spec") or {}).get("holderIdentity") != owner:
+            return
+        version = current["metadata"]["resourceVersion"]
         try:
-            current = call(self.api.read_namespaced_lease, object_name(name), self.namespace)
-            if current.spec is None or current.spec.holder_identity != owner:
-                return
-            version = current.metadata.resource_version if current.metadata else None
-            options = k8s.V1DeleteOptions(
-                preconditions=k8s.V1Preconditions(resource_version=version)
+            call(
+                self.api.delete_namespaced_custom_object,
+                *WHERE,
+                self.namespace,
+                "leases",
+                object_name(name),
+                body={"preconditions": {"resourceVersion": version}},
             )
-            call(self.api.delete_namespaced_lease, object_name(name), self.namespace, body=options)
         except ApiException as exc:
             if exc.status not in (404, 409):  # gone, or renewed by a new holder meanwhile
                 raise _failed(f"lease {name}", exc) from None
 
     def lease_holders(self, prefix: str) -> dict[str, str]:
         try:
-            leases = call(
-                self.api.list_namespaced_lease, self.namespace, label_selector="=".join(LABEL)
+            listed = call(
+                self.api.list_namespaced_custom_object,
+                *WHERE,
+                self.namespace,
+                "leases",
+                label_selector="=".join(LABEL),
             )
         except ApiException as exc:
             raise _failed("leases", exc) from None
         held: dict[str, str] = {}
-        for lease in leases.items:
-            name = ((lease.metadata and lease.metadata.annotations) or {}).get(NAME, "")
-            spec = lease.spec
-            if (
-                name.startswith(prefix)
-                and spec
-                and spec.holder_identity
-                and not self._expired(spec)
-            ):
-                held[name] = spec.holder_identity
+        names = set()
+        for lease in cast(dict[str, Any], listed).get("items", []):
+            name = (lease["metadata"].get("annotations") or {}).get(NAME, "")
+            names.add(name)
+            holder = (lease.get("spec") or {}).get("holderIdentity")
+            if name.startswith(prefix) and holder and not self._expired(name, lease):
+                held[name] = holder
+        if not prefix:  # every Lease listed: forget the ones deleted since
+            self._seen = {n: seen for n, seen in self._seen.items() if n in names}
         return held
 
 
 def _failed(what: str, exc: ApiException) -> StoreError:
     return StoreError(f"Kubernetes API, {what}: {exc.status} {exc.reason}")
+
+
+def micro_time(at: float) -> str:
+    """A MicroTime as the API server parses it: RFC 3339 with exactly six fraction digits."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def call(method: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -13,9 +13,11 @@ controllers doing it at once meet the store's compare-and-set, so this is idempo
   put `Accepted=False` with the reason in the object's status.
 - A finalizer holds a deleted object until its rollout is over: the experiment is stopped (the
   controller rolls its routes back), then deleted from the store, then the finalizer removed.
-- Which store experiment came from which object (namespace/name and object uid) is kept in a
-  store document, so an object deleted while no controller ran, or deleted and created again,
-  is noticed at the next list.
+- Which store experiment came from which object is kept in the store (controlplane.kube.
+  origins), so an object deleted while no controller ran, or deleted and created again, is
+  noticed.  A controller's watch can be behind another's: an object missing from its copy, or
+  with another uid, is read from the API before anything is retired, and an object older
+  than the generation already mirrored is left alone.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from kubernetes.client.exceptions import ApiException
 from controlplane import lifecycle
 from controlplane.kube.crd import GROUP, PLURAL, VERSION
 from controlplane.kube.leases import call
-from controlplane.kube.objects import condition, desired_state, key_of, published_status, spec_of
+from controlplane.kube.objects import condition, desired_state, key_of, spec_of
+from controlplane.kube.origins import Origin, Origins
+from controlplane.kube.publish import StatusWriter
 from controlplane.lifecycle import Action
 from experiments.errors import AbmeshError, ConflictError, NotFoundError
 from experiments.status import State
@@ -39,9 +43,9 @@ from experiments.store import ExperimentRecord, Store
 
 log = logging.getLogger("abmesh.kube")
 FINALIZER = "abmesh.io/rollback"
-INDEX = "kube#objects"  # store control document: experiment name -> {key, uid}
 RETRIES = 3
 ACTIONS = {"running": Action.START, "paused": Action.PAUSE, "stopped": Action.STOP}
+DONE = {(Action.START, State.RUNNING), (Action.PAUSE, State.DRAFT), (Action.PAUSE, State.PAUSED)}
 
 
 class Mirror:
@@ -56,66 +60,99 @@ class Mirror:
         self.api = k8s.CustomObjectsApi(api_client)
         self.store, self.namespace, self.clock = store, namespace, clock
         self.settled = settled  # concluded with its final routes confirmed (the controller's)
-        self._notes: dict[str, dict[str, Any] | None] = {}  # key -> its Accepted condition
+        self.origins = Origins(store)
+        self.writer = StatusWriter(self.api, store)
+        # What this tick's sync saw, for publish: key -> (object, Accepted condition,
+        # generation mirrored, whether the store's experiment is this object's).
+        self._seen: dict[str, tuple[dict[str, Any], dict[str, Any] | None, int, bool]] = {}
 
     def sync(self, objects: dict[str, dict[str, Any]]) -> None:
-        """Mirror every object, and forget experiments whose object is gone."""
-        index, version = self.store.get_control(INDEX)
-        known: dict[str, dict[str, str]] = dict((index or {}).get("experiments", {}))
-        mirrored = dict(known)
-        self._notes = {key: self._mirror(obj, mirrored) for key, obj in sorted(objects.items())}
+        """Mirror every object, and retire experiments whose object is gone.  One object that
+        fails (the API or the store refusing) does not hold up the others."""
+        self._seen = {}
+        for key, obj in sorted(objects.items()):
+            try:
+                self._mirror(obj)
+            except (AbmeshError, ApiException) as exc:
+                log.warning("mirroring %s: %s; the next tick tries again", key, exc)
         live = {key_of(o): o["metadata"].get("uid") for o in objects.values()}
-        watched = [
-            (n, o)
-            for n, o in mirrored.items()
-            if self.namespace is None or o["key"].startswith(f"{self.namespace}/")
-        ]
-        for name, origin in watched:
-            if live.get(origin["key"]) != origin["uid"] and self._retire(name):
-                del mirrored[name]
-        if mirrored != known:
-            # A conflict: another controller wrote it; the next tick merges again.
-            with contextlib.suppress(ConflictError):
-                self.store.put_control(INDEX, {"experiments": mirrored}, version)
+        for name, origin in self.origins.all().items():
+            if live.get(origin.key) == origin.uid or not self._watched(origin.key):
+                continue
+            try:
+                if self._current_uid(origin.key) != origin.uid and self._retire(name):
+                    self.origins.forget(name, origin)
+            except (AbmeshError, ApiException) as exc:
+                log.warning("retiring %s: %s; the next tick tries again", name, exc)
 
-    def _mirror(
-        self, obj: dict[str, Any], mirrored: dict[str, dict[str, str]]
-    ) -> dict[str, Any] | None:
-        """Bring the store to what `obj` asks; a condition for its status if refused."""
+    def publish(self) -> None:
+        """Write the status of each object this tick's sync mirrored, where it changed."""
+        for key, (obj, note, generation, ours) in sorted(self._seen.items()):
+            try:
+                self.writer.publish(obj, note, generation, ours)
+            except AbmeshError as exc:
+                log.warning("status of %s: %s", key, exc)
+
+    def _watched(self, key: str) -> bool:
+        return self.namespace is None or key.startswith(f"{self.namespace}/")
+
+    def _current_uid(self, key: str) -> str | None:
+        """The uid of the object at `key` as the API has it now (None: there is none)."""
+        namespace, name = key.split("/", 1)
+        try:
+            obj = call(
+                self.api.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return str(cast(dict[str, Any], obj)["metadata"].get("uid", ""))
+
+    def _mirror(self, obj: dict[str, Any]) -> None:
         meta, now = obj["metadata"], self.clock()
-        name, origin = meta["name"], {"key": key_of(obj), "uid": meta.get("uid", "")}
-        generation = int(meta.get("generation", 0))
+        name, key = meta["name"], key_of(obj)
+        this = Origin(key, str(meta.get("uid", "")), int(meta.get("generation", 0)))
 
-        def refused(reason: str, message: str) -> dict[str, Any]:
-            return condition("Accepted", False, reason, message, now, generation)
+        def note(ok: bool, reason: str, message: str, ours: bool = False) -> None:
+            accepted = condition("Accepted", ok, reason, message, now, this.generation)
+            self._seen[key] = (obj, accepted, this.generation, ours)
 
-        owner = mirrored.get(name)
-        if owner is not None and owner["key"] != origin["key"]:
-            return refused("NameTaken", f"experiment {name!r} is {owner['key']}'s")
+        held = self.origins.get(name)
+        if held is not None and held.key != key:
+            return note(False, "NameTaken", f"experiment {name!r} is {held.key}'s")
+        if held is not None and held.uid != this.uid:
+            if self._current_uid(key) != this.uid:
+                return None  # this copy is behind the API: the object there is the held one
+            if not self._retire(name):  # deleted and created again: the old one goes first
+                return note(False, "Replacing", "the previous object's rollout is rolled back")
+            self.origins.forget(name, held)
+            held = None
         if meta.get("deletionTimestamp"):
-            return self._finish(obj, name, owner == origin, mirrored)
-        if owner is None and self._exists(name):
-            return refused(
+            return self._finish(obj, name, held)
+        if held is None and self._exists(name):
+            return note(
+                False,
                 "NameTaken",
                 f"experiment {name!r} exists in the store (abmesh"
                 " apply): delete it there or rename this object",
             )
-        if owner is not None and owner["uid"] != origin["uid"]:  # deleted and created again
-            if not self._retire(name):
-                return refused("Replacing", "the previous object's rollout is being rolled back")
-            del mirrored[name]
+        held = self.origins.claim(name, this)
+        if not held.same_object(this):  # another object claimed it in between
+            return note(False, "NameTaken", f"experiment {name!r} is {held.key}'s")
+        if held.generation > this.generation:
+            return None  # another controller mirrored a newer generation: this copy is behind
         self._hold(obj)
         try:
             spec = spec_of(obj)
             wanted = desired_state(obj)
             lifecycle.apply_spec(self.store, spec)
         except ConflictError as exc:
-            return refused("Conflict", str(exc))
+            return note(False, "Conflict", str(exc), ours=self._exists(name))
         except AbmeshError as exc:
-            return refused("InvalidSpec", str(exc))
-        mirrored[name] = origin
+            return note(False, "InvalidSpec", str(exc), ours=self._exists(name))
         self._reach(name, wanted)
-        return condition("Accepted", True, "Mirrored", "in the store", now, generation)
+        return note(True, "Mirrored", "in the store", ours=True)
 
     def _exists(self, name: str) -> bool:
         try:
@@ -127,14 +164,7 @@ class Mirror:
     def _reach(self, name: str, wanted: str) -> None:
         record = self.store.get_experiment(name)
         action = ACTIONS[wanted]
-        if record.state is State.CONCLUDED or (
-            (action, record.state)
-            in (
-                (Action.START, State.RUNNING),
-                (Action.PAUSE, State.DRAFT),
-                (Action.PAUSE, State.PAUSED),
-            )
-        ):
+        if record.state is State.CONCLUDED or (action, record.state) in DONE:
             return
         with contextlib.suppress(ConflictError):  # another controller moved it first
             lifecycle.change_state(self.store, name, action, by="kubernetes")
@@ -154,15 +184,14 @@ class Mirror:
             lifecycle.delete(self.store, name, force=True)
         return True
 
-    def _finish(
-        self, obj: dict[str, Any], name: str, ours: bool, mirrored: dict[str, dict[str, str]]
-    ) -> dict[str, Any] | None:
-        if ours and not self._retire(name):
-            return None
-        if ours:
-            mirrored.pop(name, None)
+    def _finish(self, obj: dict[str, Any], name: str, held: Origin | None) -> None:
+        """A deleted object: its experiment rolled back and removed, then its finalizer."""
+        if held is not None:
+            if not self._retire(name):
+                self._seen[key_of(obj)] = (obj, None, held.generation, True)  # rolling back
+                return
+            self.origins.forget(name, held)
         self._finalizers(obj, add=False)
-        return None
 
     def _hold(self, obj: dict[str, Any]) -> None:
         if FINALIZER not in (obj["metadata"].get("finalizers") or []):
@@ -196,64 +225,3 @@ class Mirror:
                 meta = cast(dict[str, Any], fresh)["metadata"]
             except ApiException:
                 return  # the next tick tries again
-
-    def publish(self, objects: dict[str, dict[str, Any]]) -> None:
-        """Write each object's status from the store, where it changed."""
-        for key, obj in sorted(objects.items()):
-            self._publish(obj, self._notes.get(key))
-
-    def _publish(self, obj: dict[str, Any], note: dict[str, Any] | None) -> None:
-        meta = obj["metadata"]
-        if meta.get("deletionTimestamp") and note is None and not self._exists(meta["name"]):
-            return
-        generation = int(meta.get("generation", 0))
-        record = None
-        if note is None or note["reason"] != "NameTaken":
-            with contextlib.suppress(NotFoundError):
-                record = self.store.get_experiment(meta["name"])
-        if record is None:  # nothing of its own in the store: only why
-            wanted: dict[str, Any] = {
-                "observedGeneration": generation,
-                "conditions": [note] if note else [],
-            }
-        else:
-            wanted = published_status(record, generation, (note,) if note else ())
-        current = obj.get("status") or {}
-        if _same(current, wanted):
-            return
-        patch = {"status": _replacing(current, wanted)}
-        try:
-            call(
-                self.api.patch_namespaced_custom_object_status,
-                GROUP,
-                VERSION,
-                meta["namespace"],
-                PLURAL,
-                meta["name"],
-                patch,
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                log.warning("status of %s: %s %s", key_of(obj), exc.status, exc.reason)
-
-
-def _same(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
-    """Equal but for the conditions' transition times, which move only with their status."""
-
-    def plain(status: dict[str, Any]) -> dict[str, Any]:
-        conditions = [
-            {k: v for k, v in c.items() if k != "lastTransitionTime"}
-            for c in status.get("conditions") or []
-        ]
-        return {**status, "conditions": conditions}
-
-    return plain(current) == plain(wanted)
-
-
-def _replacing(current: Any, wanted: Any) -> Any:
-    """A merge patch that turns `current` into `wanted`: keys it drops are set to null."""
-    if not isinstance(current, dict) or not isinstance(wanted, dict):
-        return wanted
-    patch = {k: _replacing(current.get(k), v) for k, v in wanted.items()}
-    patch.update({k: None for k in current if k not in wanted})
-    return patch

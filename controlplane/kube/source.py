@@ -47,8 +47,7 @@ class KubeSource:
                 mirror.sync(self.watch.objects())
 
         def after() -> None:
-            if self.watch.synced.is_set():
-                mirror.publish(self.watch.objects())
+            mirror.publish()  # what `before` mirrored (nothing before the first list)
 
         controller.before_tick, controller.after_tick = before, after
 

@@ -1,9 +1,8 @@
 """Experiments from the Kubernetes API: list, then watch from the list's resourceVersion; a
 watch that ends is resumed from the last version seen, and one the server no longer remembers
 (410 Gone) is replaced by a fresh list.  What it sees is kept as the latest object per
-namespace/name, which the controller's loop mirrors into the store (controlplane.kube.mirror);
-`changed` wakes that loop early, so a `kubectl apply` takes effect without waiting a whole
-interval."""
+namespace/name, which the controller's loop mirrors into the store at its next tick
+(controlplane.kube.mirror)."""
 
 from __future__ import annotations
 
@@ -37,7 +36,6 @@ class ExperimentWatch:
         self.api = k8s.CustomObjectsApi(api_client)
         self.namespace = namespace  # None: every namespace
         self.retry_s, self.watch_s = retry_s, watch_s
-        self.changed = threading.Event()
         self.synced = threading.Event()  # set once the first list arrived
         self.relists = 0  # lists taken (the first, and one after each 410 or failure)
         self._objects: dict[str, dict[str, Any]] = {}
@@ -85,7 +83,6 @@ class ExperimentWatch:
         self._version = listed["metadata"]["resourceVersion"]
         self.relists += 1
         self.synced.set()
-        self.changed.set()
 
     def _follow(self, stop: threading.Event) -> None:
         self._watch = k8s_watch.Watch()  # type: ignore[no-untyped-call]
@@ -106,6 +103,5 @@ class ExperimentWatch:
                     self._objects.pop(key_of(obj), None)
                 else:
                     self._objects[key_of(obj)] = obj
-            self.changed.set()
             if stop.is_set():
                 self._watch.stop()  # type: ignore[no-untyped-call]
