@@ -47,7 +47,9 @@ class RateCeilingTest:
         self.requests += max(requests, 0.0)
         self.events += min(max(events, 0.0), max(requests, 0.0))
         bf = float(log_bayes_factor(self.events, self.requests, self.ceiling))
-        self.pvalue = min(self.pvalue, math.exp(-min(bf, 700.0)))
+        # Evidence against harm (a negative log factor) bounds p by 1, which it already is;
+        # exp of its negation would overflow once the counts are large.
+        self.pvalue = min(self.pvalue, math.exp(-min(max(bf, 0.0), 700.0)))
 
     @property
     def share(self) -> float | None:

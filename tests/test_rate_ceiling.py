@@ -57,3 +57,17 @@ def test_the_state_round_trips_and_events_are_capped() -> None:
     assert (test.requests, test.events, test.share) == (10.0, 10.0, 1.0)
     again = RateCeilingTest.from_dict(test.to_dict())
     assert again == test
+
+
+def test_a_long_clean_run_keeps_p_at_one_without_overflow() -> None:
+    """Millions of requests far under the ceiling: the log factor is hugely negative (scipy's
+    binomial log-likelihood ratio at the ceiling says how much), and p stays 1."""
+    events, requests, ceiling = 1_000.0, 5_000_000.0, 0.05
+    assert float(log_bayes_factor(events, requests, ceiling)) < -700  # exp(-bf) would overflow
+    assert stats.binom.logpmf(1_000, 5_000_000, 0.0002) - stats.binom.logpmf(
+        1_000, 5_000_000, ceiling
+    ) > 700  # the reference: the data favour the low rate overwhelmingly
+    test = RateCeilingTest(ceiling)
+    test.update(requests, events)
+    test.update(1_000.0, 0.0)
+    assert test.pvalue == 1.0
