@@ -92,6 +92,11 @@ class KubeStub:
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # chunked watches; other answers carry a length
+            # A kept-alive connection otherwise waits out delayed ACKs between the headers
+            # and the body (~40 ms an answer).
+            disable_nagle_algorithm = True
+
             def _send(self, code: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(code)
@@ -124,13 +129,19 @@ class KubeStub:
             def _watch(self, path: str, query: dict[str, str]) -> None:
                 since = int(query.get("resourceVersion") or 0)
                 deadline = time.monotonic() + float(query.get("timeoutSeconds") or 3600)
+                # Chunked, as the API server sends a watch: a client reads each event as its
+                # chunk arrives (without chunks it would wait for its read size or the end).
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
+                self.send_header("transfer-encoding", "chunked")
                 self.send_header("connection", "close")
                 self.end_headers()
-                for event in stub.stream(path, since, query.get("labelSelector"), deadline):
-                    self.wfile.write(json.dumps(event).encode() + b"\n")
-                    self.wfile.flush()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it left
+                    for event in stub.stream(path, since, query.get("labelSelector"), deadline):
+                        line = json.dumps(event).encode() + b"\n"
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
 
             def do_GET(self) -> None:
                 self._serve("GET")
