@@ -26,16 +26,16 @@ from kubernetes import client as k8s
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.controller_tick import Instant, spec  # noqa: E402
-from controlplane.controller import Controller  # noqa: E402
-from controlplane.kube.crd import GROUP, PLURAL, VERSION  # noqa: E402
-from controlplane.kube.objects import experiment_object  # noqa: E402
-from controlplane.kube.source import KubeSource  # noqa: E402
-from controlplane.lifecycle import Action, apply_spec, change_state  # noqa: E402
-from controlplane.targets import Defaults, Routers  # noqa: E402
-from experiments import load_spec  # noqa: E402
-from experiments.store import open_store  # noqa: E402
-from tests.kube_stub import KubeStub  # noqa: E402
+from benchmarks.controller_tick import Instant, spec
+from controlplane.controller import Controller
+from controlplane.kube.crd import GROUP, PLURAL, VERSION
+from controlplane.kube.objects import experiment_object
+from controlplane.kube.source import KubeSource
+from controlplane.lifecycle import Action, apply_spec, change_state
+from controlplane.targets import Defaults, Routers
+from experiments import load_spec
+from experiments.store import open_store
+from tests.kube_stub import KubeStub
 
 NS = "models"
 

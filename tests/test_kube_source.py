@@ -112,7 +112,13 @@ class Cluster:
     def seen(
         self, watch: ExperimentWatch, name: str, check: Callable[[dict[str, Any]], bool]
     ) -> None:
-        wait_for(lambda: check(watch.objects().get(f"{NS}/{name}", {})), f"{name} in the watch")
+        """Wait until the watch holds the object and `check` passes on it."""
+
+        def present() -> bool:
+            obj = watch.objects().get(f"{NS}/{name}")
+            return obj is not None and check(obj)
+
+        wait_for(present, f"{name} in the watch")
 
     def stop(self) -> None:
         for stop, watch in self.stops:
@@ -488,7 +494,8 @@ def test_an_object_deleted_and_created_while_no_controller_ran(
     )
     cluster.api.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "ranker")
     created = cluster.create(spec_of("ranker"))
-    cluster.seen(watch, "ranker", lambda o: o["metadata"]["uid"] == created["metadata"]["uid"])
+    new = created["metadata"]["uid"]
+    cluster.seen(watch, "ranker", lambda o: o.get("metadata", {}).get("uid") == new)
     for _ in range(6):
         controller.tick()
         if cluster.rig.store.get_experiment("ranker").uid != old:
@@ -497,3 +504,21 @@ def test_an_object_deleted_and_created_while_no_controller_ran(
     controller.tick()
     assert condition(cluster.get("ranker"), "Accepted")["status"] == "True"
     assert Origins(cluster.rig.store).get("ranker").uid == created["metadata"]["uid"]
+
+
+def test_a_lease_renewed_a_moment_ago_is_not_asked_for_again(
+    kube: k8s.ApiClient, stub: KubeStub
+) -> None:
+    now = [1_000.0]
+    leases = KubeLeases(kube, "abmesh", clock=lambda: now[0])
+    assert leases.acquire_lease("u1#rollout", "c1", ttl_s=30)
+    asked = len(stub.requests)
+    now[0] += 5
+    assert leases.acquire_lease("u1#rollout", "c1", ttl_s=30)  # within a third: no request
+    assert len(stub.requests) == asked
+    now[0] += 6
+    assert leases.acquire_lease("u1#rollout", "c1", ttl_s=30)  # 11 s: renewed at the API
+    assert len(stub.requests) == asked + 2  # read, replace
+    leases.release_lease("u1#rollout", "c1")
+    assert leases.acquire_lease("u1#rollout", "c1", ttl_s=30)  # released: taken anew
+    assert len(stub.requests) == asked + 2 + 2 + 2  # read, delete; read, create

@@ -64,6 +64,8 @@ class KubeLeases:
         self.namespace, self.clock = namespace, clock
         # Lease name -> (its record as last read, when this controller first read it).
         self._seen: dict[str, tuple[tuple[Any, ...], float]] = {}
+        # Lease name -> when this controller last renewed it, for how long (its own clock).
+        self._renewed: dict[str, tuple[float, float]] = {}
 
     def _read(self, name: str) -> Lease | None:
         try:
@@ -81,6 +83,22 @@ class KubeLeases:
         return cast(Lease, lease)
 
     def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew.  A Lease renewed less than a third of its duration ago is still
+        this controller's (nobody may take it before the whole duration has passed on their
+        own clock since they saw the renewal): the controller asks before each write of a
+        tick, and only the first of them goes to the API."""
+        at, held_for = self._renewed.get(name, (0.0, 0.0))
+        now = self.clock()
+        if 0 <= now - at < held_for / 3:
+            return True
+        renewed = self._acquire(name, owner, ttl_s)
+        if renewed:  # counted from before the request: the Lease says no earlier
+            self._renewed[name] = (now, ttl_s)
+        else:
+            self._renewed.pop(name, None)
+        return renewed
+
+    def _acquire(self, name: str, owner: str, ttl_s: float) -> bool:
         current = self._read(name)
         spec = (current or {}).get("spec") or {}
         holder = spec.get("holderIdentity")
@@ -144,6 +162,7 @@ class KubeLeases:
         return self.clock() - since >= float(spec.get("leaseDurationSeconds") or 0)
 
     def release_lease(self, name: str, owner: str) -> None:
+        self._renewed.pop(name, None)
         current = self._read(name)
         if current is None or (current.get("spec") or {}).get("holderIdentity") != owner:
             return
