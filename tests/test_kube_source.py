@@ -522,3 +522,15 @@ def test_a_lease_renewed_a_moment_ago_is_not_asked_for_again(
     leases.release_lease("u1#rollout", "c1")
     assert leases.acquire_lease("u1#rollout", "c1", ttl_s=30)  # released: taken anew
     assert len(stub.requests) == asked + 2 + 2 + 2  # read, delete; read, create
+
+
+def test_an_experiment_deleted_from_the_store_comes_back_from_its_object(
+    cluster: Cluster,
+) -> None:
+    controller, watch = cluster.controller()
+    cluster.create(spec_of("ranker"))
+    cluster.seen(watch, "ranker", bool)
+    controller.tick()
+    cluster.rig.store.delete_experiment("ranker")  # `abmesh delete --force` behind its back
+    controller.tick()
+    assert cluster.rig.store.get_experiment("ranker").state is State.RUNNING

@@ -65,14 +65,18 @@ class Mirror:
         # What this tick's sync saw, for publish: key -> (object, Accepted condition,
         # generation mirrored, whether the store's experiment is this object's).
         self._seen: dict[str, tuple[dict[str, Any], dict[str, Any] | None, int, bool]] = {}
+        # key -> the object (uid, generation) this controller last applied in full: the same
+        # again, still held, only needs its desired state checked.
+        self._done: dict[str, Origin] = {}
 
     def sync(self, objects: dict[str, dict[str, Any]]) -> None:
         """Mirror every object, and retire experiments whose object is gone.  One object that
         fails (the API or the store refusing) does not hold up the others."""
         self._seen = {}
+        held = self.origins.all()
         for key, obj in sorted(objects.items()):
             try:
-                self._mirror(obj)
+                self._mirror(obj, held.get(obj["metadata"]["name"]))
             except (AbmeshError, ApiException) as exc:
                 log.warning("mirroring %s: %s; the next tick tries again", key, exc)
         live = {key_of(o): o["metadata"].get("uid") for o in objects.values()}
@@ -109,7 +113,9 @@ class Mirror:
             raise
         return str(cast(dict[str, Any], obj)["metadata"].get("uid", ""))
 
-    def _mirror(self, obj: dict[str, Any]) -> None:
+    def _mirror(self, obj: dict[str, Any], held: Origin | None) -> None:
+        """Bring the store to what `obj` asks; `held`: the name's origin as this tick read it
+        (claims below read it again, with their compare-and-set)."""
         meta, now = obj["metadata"], self.clock()
         name, key = meta["name"], key_of(obj)
         this = Origin(key, str(meta.get("uid", "")), int(meta.get("generation", 0)))
@@ -118,7 +124,6 @@ class Mirror:
             accepted = condition("Accepted", ok, reason, message, now, this.generation)
             self._seen[key] = (obj, accepted, this.generation, ours)
 
-        held = self.origins.get(name)
         if held is not None and held.key != key:
             return note(False, "NameTaken", f"experiment {name!r} is {held.key}'s")
         if held is not None and held.uid != this.uid:
@@ -137,6 +142,12 @@ class Mirror:
                 f"experiment {name!r} exists in the store (abmesh"
                 " apply): delete it there or rename this object",
             )
+        if self._done.get(key) == this and held == this:  # mirrored already, unchanged since
+            try:
+                self._reach(name, desired_state(obj))
+                return note(True, "Mirrored", "in the store", ours=True)
+            except NotFoundError:  # deleted from the store by hand: mirrored again below
+                del self._done[key]
         held = self.origins.claim(name, this)
         if not held.same_object(this):  # another object claimed it in between
             return note(False, "NameTaken", f"experiment {name!r} is {held.key}'s")
@@ -152,6 +163,7 @@ class Mirror:
         except AbmeshError as exc:
             return note(False, "InvalidSpec", str(exc), ours=self._exists(name))
         self._reach(name, wanted)
+        self._done[key] = this
         return note(True, "Mirrored", "in the store", ours=True)
 
     def _exists(self, name: str) -> bool:
