@@ -29,12 +29,9 @@ again, retry), and is skipped when unchanged (controlplane.routing.kube).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from kubernetes import client as k8s
-
-from controlplane.routing.kube import KubeRouter
+from controlplane.routing.kube import ModelRouter
 from controlplane.routing.plan import RoutePlan
 from controlplane.routing.routers import RouterError
 from experiments.errors import InvalidInputError
@@ -44,24 +41,11 @@ KNATIVE = ("Knative", "Serverless")
 STANDARD = ("Standard", "RawDeployment")
 
 
-class KServeRouter(KubeRouter):
+class KServeRouter(ModelRouter):
     name = "kserve"
     sticky = mirrors = False
     group, version = "serving.kserve.io", "v1beta1"
     plural, kind = "inferenceservices", "InferenceService"
-
-    def __init__(
-        self,
-        name: str,
-        namespace: str = "default",
-        api_client: k8s.ApiClient | None = None,
-        *,
-        control: str,
-        models: Sequence[tuple[str, str]] = (),
-    ) -> None:
-        super().__init__(name, namespace, api_client)
-        self.control = control  # the variant the stable revision serves
-        self.models = dict(models)  # variant -> canary predictor name (Standard mode)
 
     def _candidate(self, plan: RoutePlan) -> tuple[str, int]:
         """The candidate variant and its percent."""
@@ -84,7 +68,7 @@ class KServeRouter(KubeRouter):
         candidate, percent = self._candidate(plan)
         mode = _mode(current)
         if mode in STANDARD:
-            model = self.models.get(candidate) or plan.destination(candidate).host
+            model = self.model(plan, candidate)
             return {"canary": self._canaries(current, model, percent)}
         if mode not in KNATIVE:
             raise RouterError(

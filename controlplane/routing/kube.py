@@ -168,3 +168,24 @@ class GatewayApiRouter(KubeRouter):
 
     def _new_spec(self, current: dict[str, Any], plan: RoutePlan) -> dict[str, Any]:
         return {"rules": http_route(plan, self.namespace, self.port)["spec"]["rules"]}
+
+
+class ModelRouter(KubeRouter):
+    """A serving platform's router, which names models rather than routes: the control
+    variant (what serves everyone without an experiment) and variant -> the platform's model
+    name (`rollout.target.models`, else the variant's destination host)."""
+
+    def __init__(
+        self,
+        name: str,
+        namespace: str = "default",
+        api_client: k8s.ApiClient | None = None,
+        *,
+        control: str,
+        models: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(name, namespace, api_client)
+        self.control, self.models = control, dict(models)
+
+    def model(self, plan: RoutePlan, variant: str) -> str:
+        return self.models.get(variant) or plan.destination(variant).host

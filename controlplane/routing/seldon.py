@@ -20,39 +20,19 @@ arm), so `sticky = False`: no A/B phase on this target.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from kubernetes import client as k8s
-
-from controlplane.routing.kube import KubeRouter
+from controlplane.routing.kube import ModelRouter
 from controlplane.routing.plan import RoutePlan
 from experiments.errors import InvalidInputError
 
 FIELDS = ("default", "candidates", "mirror")
 
 
-class SeldonRouter(KubeRouter):
+class SeldonRouter(ModelRouter):
     name = "seldon"
     sticky = False
     group, version, plural, kind = "mlops.seldon.io", "v1alpha1", "experiments", "Experiment"
-
-    def __init__(
-        self,
-        name: str,
-        namespace: str = "default",
-        api_client: k8s.ApiClient | None = None,
-        *,
-        control: str,
-        models: Sequence[tuple[str, str]] = (),
-    ) -> None:
-        super().__init__(name, namespace, api_client)
-        self.control = control
-        self.models = dict(models)
-
-    def model(self, plan: RoutePlan, variant: str) -> str:
-        """The Seldon model (or pipeline) that serves `variant`."""
-        return self.models.get(variant) or plan.destination(variant).host
 
     def _new_spec(self, current: dict[str, Any], plan: RoutePlan) -> dict[str, Any]:
         names = {v: self.model(plan, v) for v, _ in plan.weights}
