@@ -127,7 +127,7 @@ class Controller:
 
     def tick(self) -> None:
         """One step for every experiment this controller can hold; never raises."""
-        started, ok = time.monotonic(), True
+        started = time.monotonic()
         ok = self._hook(self.before_tick)
         try:
             records = self.store.list_experiments()

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controlplane.judge import state_of
-from controlplane.kube.crd import API_VERSION, DESIRED_STATES, KIND
+from controlplane.kube.crd import API_VERSION, DESIRED_STATES, KIND, NOT_IN_SPEC
 from controlplane.rollout import phase_of
 from experiments.errors import InvalidInputError
 from experiments.loader import spec_from_mapping
@@ -28,7 +28,7 @@ def spec_of(obj: dict[str, Any]) -> ExperimentSpec:
         raise InvalidInputError(f"not an {API_VERSION} {KIND}: {obj.get('apiVersion')}")
     body = dict(obj.get("spec") or {})
     body.pop("desiredState", None)
-    for field in ("apiVersion", "name"):
+    for field in NOT_IN_SPEC:
         if field in body:
             raise InvalidInputError(f"spec.{field}: not set in an Experiment (metadata says it)")
     return spec_from_mapping({**body, "name": obj["metadata"]["name"]})
@@ -87,7 +87,11 @@ def published_status(
         "state": status.state.value,
         "outcome": status.outcome.value if status.outcome else None,
         "phase": status.phase,
-        "rolloutPhase": str(phase.kind) if phase is not None else _finished(state),
+        "rolloutPhase": str(phase.kind)
+        if phase is not None
+        else "done"
+        if state is not None and state.status.final
+        else "",
         "candidateWeight": float(weights.get(spec.candidate_variant.key, 0.0)),
         "weights": {k: float(v) for k, v in weights.items()},
         "conditions": [*ours, *extra],
@@ -107,18 +111,12 @@ def _summary(rollout: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: rollout[k] for k in keys if rollout.get(k) not in (None, "")}
 
 
-def _finished(state: Any) -> str:
-    if state is None:
-        return ""
-    return "done" if state.status.final else ""
-
-
 def experiment_object(
     spec: ExperimentSpec, namespace: str, desired: str = "running"
 ) -> dict[str, Any]:
     """The custom resource for a spec (what `kubectl apply -f` takes)."""
     body = spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    for field in ("apiVersion", "name"):
+    for field in NOT_IN_SPEC:
         body.pop(field, None)
     if desired != "running":
         body["desiredState"] = desired
